@@ -1,0 +1,513 @@
+//! Records shared by the eBPF programs and the agent.
+//!
+//! Every record that crosses the ring buffer starts with a [`RecordHeader`] whose `kind` says
+//! which body follows. All types are `#[repr(C)]` with explicit padding fields, so the kernel
+//! and userspace agree on every byte and no uninitialised padding ever reaches userspace.
+//! Layout assertions at the bottom of this file fail the build if a field is added carelessly.
+#![no_std]
+
+/// Ring buffer carrying records to userspace.
+pub const EVENTS_MAP: &str = "RST_EVENTS";
+/// Per-CPU exact counters, indexed by [`counter_index`].
+pub const COUNTERS_MAP: &str = "RST_COUNTERS";
+/// Per-thread scratch for syscall arguments seen at entry and needed at exit.
+pub const SYSCALL_ARGS_MAP: &str = "RST_SYSCALL_ARGS";
+/// Read-only global holding [`KernelLayout`], set by the agent at load time.
+pub const LAYOUT_GLOBAL: &str = "RST_LAYOUT";
+
+/// Default ring buffer size (bytes, power of two, multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 22;
+
+/// Offset value meaning "this field does not exist on the running kernel".
+pub const OFFSET_NONE: u16 = u16::MAX;
+/// Struct offset value meaning "this member does not exist on the running kernel".
+pub const MEMBER_NONE: u32 = u32::MAX;
+/// Reason value meaning "the hook carries no reason on this kernel".
+pub const REASON_NONE: u32 = u32::MAX;
+
+/// How many skb drop reasons the kernel side filters on (see [`KernelLayout::drop_reasons`]).
+pub const MAX_DROP_REASONS: usize = 8;
+
+/// Layout version of the records; bumped whenever a record changes shape.
+pub const RECORD_VERSION: u16 = 1;
+
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// The local stack sent an RST (`tcp:tcp_send_reset` and its equivalents).
+    ResetSent = 1,
+    /// An RST arrived on a socket (`tcp:tcp_receive_reset`).
+    ResetReceived = 2,
+    /// A socket changed state in a way that matters for ownership (`sock:inet_sock_set_state`).
+    SockState = 3,
+    /// A TCP segment was freed with one of the configured drop reasons (`skb:kfree_skb`).
+    SkbDrop = 4,
+    /// `accept()`/`accept4()` returned, successfully or with EMFILE/ENFILE.
+    Accept = 5,
+    /// `connect()` returned with an error worth explaining.
+    Connect = 6,
+}
+
+impl RecordKind {
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::ResetSent,
+            2 => Self::ResetReceived,
+            3 => Self::SockState,
+            4 => Self::SkbDrop,
+            5 => Self::Accept,
+            6 => Self::Connect,
+            _ => return None,
+        })
+    }
+}
+
+/// Counter families; each has 256 slots (see [`counter_index`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterFamily {
+    /// RSTs sent, slot = reason code (or 255 when the kernel has no reason).
+    ResetSent = 0,
+    /// RSTs sent on a socket with SO_LINGER {on, 0}, slot = reason code.
+    ResetSentLingerZero = 1,
+    /// RSTs received, slot = TCP state of the socket.
+    ResetReceived = 2,
+    /// Segments dropped, slot = index into [`KernelLayout::drop_reasons`].
+    SkbDrop = 3,
+    /// accept() results, slot = errno (0 for success).
+    Accept = 4,
+    /// connect() failures, slot = errno.
+    Connect = 5,
+    /// Records that could not be reserved in the ring buffer, slot = [`RecordKind`].
+    Lost = 6,
+}
+
+pub const COUNTER_FAMILIES: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 256;
+pub const COUNTERS_LEN: u32 = COUNTER_FAMILIES * COUNTER_SLOTS;
+/// Slot used when the kernel provides no reason code.
+pub const SLOT_NO_REASON: u32 = 255;
+
+#[inline(always)]
+pub const fn counter_index(family: CounterFamily, slot: u32) -> u32 {
+    let slot = if slot >= COUNTER_SLOTS { COUNTER_SLOTS - 1 } else { slot };
+    (family as u32) * COUNTER_SLOTS + slot
+}
+
+/// Common prefix of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordHeader {
+    pub kind: u16,
+    pub version: u16,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook fired.
+    pub ktime_ns: u64,
+    /// Network namespace inode of the socket or packet, 0 when unknown.
+    pub netns: u32,
+    pub _pad: u32,
+}
+
+/// A connection's endpoints, as seen from this host: `local` is our side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// The task running a syscall: only ever filled in process context, where it is the caller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskInfo {
+    /// Thread id (kernel pid).
+    pub tid: u32,
+    /// Process id (kernel tgid).
+    pub pid: u32,
+    /// cgroup v2 id (inode of the cgroup directory).
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// TCP socket state read from `struct tcp_sock` when the hook fired.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpSnapshot {
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    /// jiffies (low 32 bits) of the last data sent.
+    pub lsndtime: u32,
+    /// jiffies (low 32 bits) of the last segment received.
+    pub rcv_tstamp: u32,
+    /// `bpf_jiffies64()` when the hook fired.
+    pub now_jiffies: u64,
+    pub sk_lingertime: u64,
+    pub sk_flags: u64,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    /// Bit set of `SNAP_*`: which of the fields above were read.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+pub const SNAP_SEQ: u32 = 1 << 0;
+pub const SNAP_TIMES: u32 = 1 << 1;
+pub const SNAP_LINGER: u32 = 1 << 2;
+pub const SNAP_BACKLOG: u32 = 1 << 3;
+
+/// Flags on [`ResetSentRecord::flags`].
+pub const RST_HAS_SOCK: u32 = 1 << 0;
+/// The socket had SO_LINGER set with a zero timeout when the RST was sent.
+pub const RST_LINGER_ZERO: u32 = 1 << 1;
+/// The socket pointer was a full socket (not a request or TIME_WAIT mini socket).
+pub const RST_FULLSOCK: u32 = 1 << 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResetSentRecord {
+    pub header: RecordHeader,
+    pub tuple: Tuple,
+    pub skaddr: u64,
+    /// TCP state of the socket (0 when there is none).
+    pub state: u32,
+    /// `enum sk_rst_reason` value, or [`REASON_NONE`].
+    pub reason: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub snap: TcpSnapshot,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResetReceivedRecord {
+    pub header: RecordHeader,
+    pub tuple: Tuple,
+    pub skaddr: u64,
+    pub sock_cookie: u64,
+    pub state: u32,
+    pub _pad: u32,
+    pub snap: TcpSnapshot,
+}
+
+/// Flags on [`SockStateRecord::flags`].
+pub const STATE_TASK_VALID: u32 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockStateRecord {
+    pub header: RecordHeader,
+    pub tuple: Tuple,
+    pub skaddr: u64,
+    pub old_state: u32,
+    pub new_state: u32,
+    pub flags: u32,
+    /// Backlog passed to `listen()` by this thread, when the new state is LISTEN; else 0.
+    pub requested_backlog: u32,
+    /// `sk_max_ack_backlog` when the new state is LISTEN.
+    pub max_ack_backlog: u32,
+    pub _pad: u32,
+    /// The caller, valid only when `flags & STATE_TASK_VALID` (listen() and connect() run the
+    /// transition in the caller's own context).
+    pub task: TaskInfo,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SkbDropRecord {
+    pub header: RecordHeader,
+    /// As the packet travelled: `local` = destination of the dropped segment when it was
+    /// received, `remote` = its source. [`SKB_OUTBOUND`] flips that.
+    pub tuple: Tuple,
+    pub skbaddr: u64,
+    pub rx_sk: u64,
+    pub location: u64,
+    pub reason: u32,
+    /// TCP flags byte of the dropped segment.
+    pub tcp_flags: u8,
+    pub _pad1: [u8; 3],
+    pub flags: u32,
+    pub _pad2: u32,
+}
+
+/// The dropped segment was leaving this host (it had a local socket as sender).
+pub const SKB_OUTBOUND: u32 = 1 << 0;
+/// The tuple was parsed from the packet headers.
+pub const SKB_TUPLE_VALID: u32 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptRecord {
+    pub header: RecordHeader,
+    pub task: TaskInfo,
+    /// The listening socket behind the fd passed to accept().
+    pub listener: Tuple,
+    pub listener_skaddr: u64,
+    /// The accepted connection (zeroed on failure).
+    pub conn: Tuple,
+    pub conn_skaddr: u64,
+    /// fd passed to accept().
+    pub listen_fd: i32,
+    /// Return value: new fd, or -errno.
+    pub ret: i32,
+    pub listener_ack_backlog: u32,
+    pub listener_max_ack_backlog: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectRecord {
+    pub header: RecordHeader,
+    pub task: TaskInfo,
+    /// Destination asked for in connect(); local side zeroed.
+    pub tuple: Tuple,
+    pub fd: i32,
+    pub ret: i32,
+}
+
+/// Per-thread stash between syscall entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallArgs {
+    /// Which syscall stashed this (a [`RecordKind`] or [`STASH_LISTEN`]).
+    pub what: u32,
+    pub fd: i32,
+    pub backlog: u32,
+    pub _pad: u32,
+    pub listener: Tuple,
+    pub listener_skaddr: u64,
+    pub ack_backlog: u32,
+    pub max_ack_backlog: u32,
+    pub netns: u32,
+    pub _pad2: u32,
+}
+
+pub const STASH_LISTEN: u32 = 100;
+
+/// Offsets of the tracepoint fields the programs read, from tracefs `format` files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TracepointOffsets {
+    // tcp:tcp_send_reset
+    pub rst_skbaddr: u16,
+    pub rst_skaddr: u16,
+    pub rst_state: u16,
+    pub rst_reason: u16,
+    /// `saddr`/`daddr` as `struct sockaddr_in6` (kernels ≥ 5.19): 28 bytes each.
+    pub rst_saddr_sockaddr: u16,
+    pub rst_daddr_sockaddr: u16,
+    // older split layout (≤ 5.18): sport, dport, family, saddr[4], daddr[4], saddr_v6, daddr_v6
+    pub rst_sport: u16,
+    pub rst_dport: u16,
+    pub rst_family: u16,
+    pub rst_saddr4: u16,
+    pub rst_daddr4: u16,
+    pub rst_saddr6: u16,
+    pub rst_daddr6: u16,
+    // tcp:tcp_receive_reset
+    pub rr_skaddr: u16,
+    pub rr_sock_cookie: u16,
+    // sock:inet_sock_set_state
+    pub ss_skaddr: u16,
+    pub ss_oldstate: u16,
+    pub ss_newstate: u16,
+    pub ss_protocol: u16,
+    // skb:kfree_skb
+    pub kfs_skbaddr: u16,
+    pub kfs_location: u16,
+    pub kfs_protocol: u16,
+    pub kfs_reason: u16,
+    pub kfs_rx_sk: u16,
+    // syscalls:sys_enter_* / sys_exit_*
+    pub sys_enter_fd: u16,
+    pub sys_enter_listen_backlog: u16,
+    pub sys_enter_connect_uservaddr: u16,
+    pub sys_exit_ret: u16,
+}
+
+/// Offsets of kernel struct members, from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StructOffsets {
+    // struct sock / sock_common
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_net: u32,
+    pub sk_flags: u32,
+    pub sk_lingertime: u32,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    // struct tcp_sock
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_snd_nxt: u32,
+    pub tcp_lsndtime: u32,
+    pub tcp_rcv_tstamp: u32,
+    // struct net -> ns.inum
+    pub net_ns_inum: u32,
+    // struct sk_buff
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    // struct net_device -> nd_net
+    pub netdev_nd_net: u32,
+    // fd -> socket chain: task_struct.files, files_struct.fdt, fdtable.{fd,max_fds},
+    // file.private_data, socket.sk
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// Bit number of SOCK_LINGER in `sk_flags`.
+    pub sock_linger_bit: u32,
+    pub _pad: u32,
+}
+
+/// Everything the kernel programs need to know about the running kernel and the filters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelLayout {
+    pub tp: TracepointOffsets,
+    pub _pad0: u32,
+    pub st: StructOffsets,
+    /// Only report this network namespace (inode), 0 for all.
+    pub filter_netns: u32,
+    /// Only report events whose local or remote port is this, 0 for all.
+    pub filter_port: u16,
+    pub _pad1: u16,
+    /// skb drop reasons reported by the kfree_skb program (values of `enum skb_drop_reason`).
+    pub drop_reasons: [u32; MAX_DROP_REASONS],
+    pub drop_reason_count: u32,
+    pub _pad2: u32,
+}
+
+impl KernelLayout {
+    /// Every offset unknown: programs that find an offset unknown do nothing with that field.
+    pub const UNKNOWN: Self = Self {
+        tp: TracepointOffsets {
+            rst_skbaddr: OFFSET_NONE,
+            rst_skaddr: OFFSET_NONE,
+            rst_state: OFFSET_NONE,
+            rst_reason: OFFSET_NONE,
+            rst_saddr_sockaddr: OFFSET_NONE,
+            rst_daddr_sockaddr: OFFSET_NONE,
+            rst_sport: OFFSET_NONE,
+            rst_dport: OFFSET_NONE,
+            rst_family: OFFSET_NONE,
+            rst_saddr4: OFFSET_NONE,
+            rst_daddr4: OFFSET_NONE,
+            rst_saddr6: OFFSET_NONE,
+            rst_daddr6: OFFSET_NONE,
+            rr_skaddr: OFFSET_NONE,
+            rr_sock_cookie: OFFSET_NONE,
+            ss_skaddr: OFFSET_NONE,
+            ss_oldstate: OFFSET_NONE,
+            ss_newstate: OFFSET_NONE,
+            ss_protocol: OFFSET_NONE,
+            kfs_skbaddr: OFFSET_NONE,
+            kfs_location: OFFSET_NONE,
+            kfs_protocol: OFFSET_NONE,
+            kfs_reason: OFFSET_NONE,
+            kfs_rx_sk: OFFSET_NONE,
+            sys_enter_fd: OFFSET_NONE,
+            sys_enter_listen_backlog: OFFSET_NONE,
+            sys_enter_connect_uservaddr: OFFSET_NONE,
+            sys_exit_ret: OFFSET_NONE,
+        },
+        _pad0: 0,
+        st: StructOffsets {
+            skc_family: MEMBER_NONE,
+            skc_state: MEMBER_NONE,
+            skc_num: MEMBER_NONE,
+            skc_dport: MEMBER_NONE,
+            skc_rcv_saddr: MEMBER_NONE,
+            skc_daddr: MEMBER_NONE,
+            skc_v6_rcv_saddr: MEMBER_NONE,
+            skc_v6_daddr: MEMBER_NONE,
+            skc_net: MEMBER_NONE,
+            sk_flags: MEMBER_NONE,
+            sk_lingertime: MEMBER_NONE,
+            sk_ack_backlog: MEMBER_NONE,
+            sk_max_ack_backlog: MEMBER_NONE,
+            tcp_rcv_nxt: MEMBER_NONE,
+            tcp_copied_seq: MEMBER_NONE,
+            tcp_snd_una: MEMBER_NONE,
+            tcp_snd_nxt: MEMBER_NONE,
+            tcp_lsndtime: MEMBER_NONE,
+            tcp_rcv_tstamp: MEMBER_NONE,
+            net_ns_inum: MEMBER_NONE,
+            skb_dev: MEMBER_NONE,
+            skb_sk: MEMBER_NONE,
+            skb_head: MEMBER_NONE,
+            skb_network_header: MEMBER_NONE,
+            netdev_nd_net: MEMBER_NONE,
+            task_files: MEMBER_NONE,
+            files_fdt: MEMBER_NONE,
+            fdtable_fd: MEMBER_NONE,
+            fdtable_max_fds: MEMBER_NONE,
+            file_private_data: MEMBER_NONE,
+            socket_sk: MEMBER_NONE,
+            sock_linger_bit: MEMBER_NONE,
+            _pad: 0,
+        },
+        filter_netns: 0,
+        filter_port: 0,
+        _pad1: 0,
+        drop_reasons: [REASON_NONE; MAX_DROP_REASONS],
+        drop_reason_count: 0,
+        _pad2: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), contain only integers and byte arrays, and have no
+    // implicit padding (checked by the assertions below), so any bit pattern is valid.
+    unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for RecordHeader {}
+    unsafe impl aya::Pod for SyscallArgs {}
+    unsafe impl aya::Pod for ResetSentRecord {}
+    unsafe impl aya::Pod for ResetReceivedRecord {}
+    unsafe impl aya::Pod for SockStateRecord {}
+    unsafe impl aya::Pod for SkbDropRecord {}
+    unsafe impl aya::Pod for AcceptRecord {}
+    unsafe impl aya::Pod for ConnectRecord {}
+}
+
+// No implicit padding anywhere: each size equals the sum of its fields.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<RecordHeader>() == 24);
+    assert!(size_of::<Tuple>() == 8 + 32);
+    assert!(size_of::<TaskInfo>() == 8 + 8 + 16);
+    assert!(size_of::<TcpSnapshot>() == 6 * 4 + 8 * 3 + 4 * 4);
+    assert!(size_of::<ResetSentRecord>() == 24 + 40 + 8 + 16 + 64);
+    assert!(size_of::<ResetReceivedRecord>() == 24 + 40 + 8 + 8 + 8 + 64);
+    assert!(size_of::<SockStateRecord>() == 24 + 40 + 8 + 24 + 32);
+    assert!(size_of::<SkbDropRecord>() == 24 + 40 + 24 + 16);
+    assert!(size_of::<AcceptRecord>() == 24 + 32 + 40 + 8 + 40 + 8 + 16);
+    assert!(size_of::<ConnectRecord>() == 24 + 32 + 40 + 8);
+    assert!(size_of::<SyscallArgs>() == 16 + 40 + 8 + 16);
+    assert!(size_of::<TracepointOffsets>() == 28 * 2);
+    assert!(size_of::<StructOffsets>() == 33 * 4);
+    assert!(size_of::<KernelLayout>() == 56 + 4 + 132 + 4 + 2 + 2 + 32 + 4 + 4);
+};

@@ -1,0 +1,178 @@
+//! Reads of kernel memory at offsets resolved from BTF by the agent.
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated},
+    programs::TracePointContext,
+};
+use rst_trace_common::{
+    TaskInfo, TcpSnapshot, Tuple, MEMBER_NONE, OFFSET_NONE, SNAP_BACKLOG, SNAP_LINGER, SNAP_SEQ,
+    SNAP_TIMES,
+};
+
+use crate::layout::lay;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Reads a tracepoint field, or `None` when the running kernel's format lacks it.
+#[inline(always)]
+pub fn tp<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
+    if off == OFFSET_NONE {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(off as usize) }.ok()
+}
+
+/// Reads `base + off`, or `None` when the member is unknown or the read faults.
+#[inline(always)]
+pub fn member<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == MEMBER_NONE {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+}
+
+/// Network namespace inode of a socket (any `struct sock_common`, including request and
+/// TIME_WAIT mini sockets).
+#[inline(always)]
+pub fn sk_netns(sk: u64) -> u32 {
+    let net: u64 = member(sk, lay!(st.skc_net)).unwrap_or(0);
+    member(net, lay!(st.net_ns_inum)).unwrap_or(0)
+}
+
+/// Network namespace inode of a packet, from the device it arrived on, else its socket.
+#[inline(always)]
+pub fn skb_netns(skb: u64) -> u32 {
+    let dev: u64 = member(skb, lay!(st.skb_dev)).unwrap_or(0);
+    if dev != 0 {
+        let net: u64 = member(dev, lay!(st.netdev_nd_net)).unwrap_or(0);
+        let ns = member(net, lay!(st.net_ns_inum)).unwrap_or(0);
+        if ns != 0 {
+            return ns;
+        }
+    }
+    let sk: u64 = member(skb, lay!(st.skb_sk)).unwrap_or(0);
+    sk_netns(sk)
+}
+
+/// The endpoints recorded in a socket, local side first.
+#[inline(always)]
+pub fn sk_tuple(sk: u64) -> Tuple {
+    let mut t = Tuple::default();
+    let family: u16 = member(sk, lay!(st.skc_family)).unwrap_or(0);
+    t.family = family;
+    t.local_port = member::<u16>(sk, lay!(st.skc_num)).unwrap_or(0);
+    t.remote_port = u16::from_be(member::<u16>(sk, lay!(st.skc_dport)).unwrap_or(0));
+    if family == AF_INET {
+        let l: [u8; 4] = member(sk, lay!(st.skc_rcv_saddr)).unwrap_or([0; 4]);
+        let r: [u8; 4] = member(sk, lay!(st.skc_daddr)).unwrap_or([0; 4]);
+        t.local_addr[..4].copy_from_slice(&l);
+        t.remote_addr[..4].copy_from_slice(&r);
+    } else if family == AF_INET6 {
+        t.local_addr = member(sk, lay!(st.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        t.remote_addr = member(sk, lay!(st.skc_v6_daddr)).unwrap_or([0; 16]);
+    }
+    t
+}
+
+/// Parses a `struct sockaddr_in`/`sockaddr_in6` image (as the tracepoints store it) into
+/// the address bytes and host-order port, returning the family.
+#[inline(always)]
+pub fn sockaddr(raw: &[u8; 28], addr: &mut [u8; 16], port: &mut u16) -> u16 {
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    *port = u16::from_be_bytes([raw[2], raw[3]]);
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&raw[4..8]);
+    } else if family == AF_INET6 {
+        addr.copy_from_slice(&raw[8..24]);
+    }
+    family
+}
+
+/// Whether a TCP state belongs to a full `struct sock` (not TIME_WAIT, not NEW_SYN_RECV).
+#[inline(always)]
+pub fn is_fullsock_state(state: u32) -> bool {
+    state != 6 && state != 12 && state != 0
+}
+
+/// Sequence numbers, timestamps, linger setting and backlog of a full socket.
+#[inline(always)]
+pub fn tcp_snapshot(sk: u64, snap: &mut TcpSnapshot) {
+    snap.now_jiffies = unsafe { generated::bpf_jiffies64() };
+    if let (Some(rn), Some(cs), Some(su), Some(sn)) = (
+        member::<u32>(sk, lay!(st.tcp_rcv_nxt)),
+        member::<u32>(sk, lay!(st.tcp_copied_seq)),
+        member::<u32>(sk, lay!(st.tcp_snd_una)),
+        member::<u32>(sk, lay!(st.tcp_snd_nxt)),
+    ) {
+        snap.rcv_nxt = rn;
+        snap.copied_seq = cs;
+        snap.snd_una = su;
+        snap.snd_nxt = sn;
+        snap.valid |= SNAP_SEQ;
+    }
+    if let (Some(ls), Some(rt)) = (
+        member::<u32>(sk, lay!(st.tcp_lsndtime)),
+        member::<u32>(sk, lay!(st.tcp_rcv_tstamp)),
+    ) {
+        snap.lsndtime = ls;
+        snap.rcv_tstamp = rt;
+        snap.valid |= SNAP_TIMES;
+    }
+    if let (Some(fl), Some(lt)) = (
+        member::<u64>(sk, lay!(st.sk_flags)),
+        member::<u64>(sk, lay!(st.sk_lingertime)),
+    ) {
+        snap.sk_flags = fl;
+        snap.sk_lingertime = lt;
+        snap.valid |= SNAP_LINGER;
+    }
+    if let (Some(a), Some(m)) = (
+        member::<u32>(sk, lay!(st.sk_ack_backlog)),
+        member::<u32>(sk, lay!(st.sk_max_ack_backlog)),
+    ) {
+        snap.sk_ack_backlog = a;
+        snap.sk_max_ack_backlog = m;
+        snap.valid |= SNAP_BACKLOG;
+    }
+}
+
+/// SO_LINGER on with a zero timeout: close() will abort with an RST.
+#[inline(always)]
+pub fn linger_zero(snap: &TcpSnapshot) -> bool {
+    let bit = lay!(st.sock_linger_bit);
+    snap.valid & SNAP_LINGER != 0
+        && bit < 64
+        && snap.sk_flags & (1u64 << bit) != 0
+        && snap.sk_lingertime == 0
+}
+
+/// The calling task. Only meaningful in process context (syscalls, listen(), connect()).
+#[inline(always)]
+pub fn current_task() -> TaskInfo {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    TaskInfo {
+        tid: id as u32,
+        pid: (id >> 32) as u32,
+        cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() },
+        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// The `struct sock` behind file descriptor `fd` of the current task, or 0.
+#[inline(always)]
+pub fn current_fd_sock(fd: i32) -> u64 {
+    if fd < 0 {
+        return 0;
+    }
+    let task = unsafe { generated::bpf_get_current_task() };
+    let files: u64 = member(task, lay!(st.task_files)).unwrap_or(0);
+    let fdt: u64 = member(files, lay!(st.files_fdt)).unwrap_or(0);
+    let max_fds: u32 = member(fdt, lay!(st.fdtable_max_fds)).unwrap_or(0);
+    if fd as u32 >= max_fds {
+        return 0;
+    }
+    let fds: u64 = member(fdt, lay!(st.fdtable_fd)).unwrap_or(0);
+    let file: u64 = member(fds, (fd as u32) * 8).unwrap_or(0);
+    let socket: u64 = member(file, lay!(st.file_private_data)).unwrap_or(0);
+    member(socket, lay!(st.socket_sk)).unwrap_or(0)
+}

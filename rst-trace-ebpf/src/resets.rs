@@ -1,0 +1,142 @@
+//! RSTs the local stack sends and RSTs that arrive.
+use aya_ebpf::{helpers::generated, macros::tracepoint, programs::TracePointContext};
+use rst_trace_common::{
+    CounterFamily, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
+    OFFSET_NONE, RECORD_VERSION, REASON_NONE, RST_FULLSOCK, RST_HAS_SOCK, RST_LINGER_ZERO,
+    SLOT_NO_REASON,
+};
+
+use crate::{
+    emit::{count, deliver},
+    kread::{
+        is_fullsock_state, linger_zero, sk_netns, sk_tuple, skb_netns, sockaddr, tcp_snapshot, tp,
+        AF_INET, AF_INET6,
+    },
+    layout::{lay, wanted},
+};
+
+#[inline(always)]
+pub fn header(kind: RecordKind, netns: u32) -> RecordHeader {
+    RecordHeader {
+        kind: kind as u16,
+        version: RECORD_VERSION,
+        cpu: unsafe { generated::bpf_get_smp_processor_id() },
+        ktime_ns: unsafe { generated::bpf_ktime_get_ns() },
+        netns,
+        _pad: 0,
+    }
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_send_reset(&ctx);
+    0
+}
+
+/// The RST's endpoints from the tracepoint itself: `saddr` is always the RST's sender (us),
+/// both for socket-based resets and for the reversed tuple of a socket-less one.
+#[inline(always)]
+fn send_reset_tuple(ctx: &TracePointContext) -> Tuple {
+    let mut t = Tuple::default();
+    let s_off = lay!(tp.rst_saddr_sockaddr);
+    if s_off != OFFSET_NONE {
+        let s: [u8; 28] = tp(ctx, s_off).unwrap_or([0; 28]);
+        let d: [u8; 28] = tp(ctx, lay!(tp.rst_daddr_sockaddr)).unwrap_or([0; 28]);
+        t.family = sockaddr(&s, &mut t.local_addr, &mut t.local_port);
+        sockaddr(&d, &mut t.remote_addr, &mut t.remote_port);
+        return t;
+    }
+    // Kernels before 5.19 store ports and addresses in separate fields.
+    t.family = tp::<u16>(ctx, lay!(tp.rst_family)).unwrap_or(0);
+    t.local_port = tp::<u16>(ctx, lay!(tp.rst_sport)).unwrap_or(0);
+    t.remote_port = tp::<u16>(ctx, lay!(tp.rst_dport)).unwrap_or(0);
+    if t.family == AF_INET {
+        let l: [u8; 4] = tp(ctx, lay!(tp.rst_saddr4)).unwrap_or([0; 4]);
+        let r: [u8; 4] = tp(ctx, lay!(tp.rst_daddr4)).unwrap_or([0; 4]);
+        t.local_addr[..4].copy_from_slice(&l);
+        t.remote_addr[..4].copy_from_slice(&r);
+    } else if t.family == AF_INET6 {
+        t.local_addr = tp(ctx, lay!(tp.rst_saddr6)).unwrap_or([0; 16]);
+        t.remote_addr = tp(ctx, lay!(tp.rst_daddr6)).unwrap_or([0; 16]);
+    }
+    t
+}
+
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
+    let skaddr: u64 = tp(ctx, lay!(tp.rst_skaddr)).unwrap_or(0);
+    let skbaddr: u64 = tp(ctx, lay!(tp.rst_skbaddr)).unwrap_or(0);
+    let state: i32 = tp(ctx, lay!(tp.rst_state)).unwrap_or(0);
+    let reason: u32 = tp(ctx, lay!(tp.rst_reason)).unwrap_or(REASON_NONE);
+    let mut tuple = send_reset_tuple(ctx);
+    let state = state as u32;
+    let fullsock = skaddr != 0 && is_fullsock_state(state);
+    if tuple.family == 0 && fullsock {
+        // Older layouts leave the tuple empty for some paths; the socket still has it.
+        tuple = sk_tuple(skaddr);
+    }
+    let netns = if skaddr != 0 { sk_netns(skaddr) } else { skb_netns(skbaddr) };
+    if !wanted(netns, tuple.local_port, tuple.remote_port) {
+        return None;
+    }
+
+    let mut rec = ResetSentRecord {
+        header: header(RecordKind::ResetSent, netns),
+        tuple,
+        skaddr,
+        state,
+        reason,
+        ..Default::default()
+    };
+    if skaddr != 0 {
+        rec.flags |= RST_HAS_SOCK;
+    }
+    if fullsock {
+        rec.flags |= RST_FULLSOCK;
+        tcp_snapshot(skaddr, &mut rec.snap);
+        if linger_zero(&rec.snap) {
+            rec.flags |= RST_LINGER_ZERO;
+        }
+    }
+    let slot = if reason == REASON_NONE { SLOT_NO_REASON } else { reason };
+    let family = if rec.flags & RST_LINGER_ZERO != 0 {
+        CounterFamily::ResetSentLingerZero
+    } else {
+        CounterFamily::ResetSent
+    };
+    count(family, slot);
+    deliver(RecordKind::ResetSent, &rec);
+    Some(())
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_receive_reset(&ctx);
+    0
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
+    let skaddr: u64 = tp(ctx, lay!(tp.rr_skaddr))?;
+    if skaddr == 0 {
+        return None;
+    }
+    let tuple = sk_tuple(skaddr);
+    let netns = sk_netns(skaddr);
+    if !wanted(netns, tuple.local_port, tuple.remote_port) {
+        return None;
+    }
+    let state: u8 = crate::kread::member(skaddr, lay!(st.skc_state)).unwrap_or(0);
+    let mut rec = ResetReceivedRecord {
+        header: header(RecordKind::ResetReceived, netns),
+        tuple,
+        skaddr,
+        sock_cookie: tp(ctx, lay!(tp.rr_sock_cookie)).unwrap_or(0),
+        state: state as u32,
+        ..Default::default()
+    };
+    if is_fullsock_state(state as u32) {
+        tcp_snapshot(skaddr, &mut rec.snap);
+    }
+    count(CounterFamily::ResetReceived, state as u32);
+    deliver(RecordKind::ResetReceived, &rec);
+    Some(())
+}

@@ -1,0 +1,121 @@
+//! TCP segments the kernel frees with a drop reason the agent asked for (ACK-time accept
+//! queue overflow, netfilter drops, ...). The reasons to watch come from the agent, which
+//! reads their values from the running kernel's BTF.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+use rst_trace_common::{
+    CounterFamily, RecordKind, SkbDropRecord, Tuple, MAX_DROP_REASONS, SKB_OUTBOUND,
+    SKB_TUPLE_VALID,
+};
+
+use crate::{
+    emit::{count, deliver},
+    kread::{member, sk_netns, skb_netns, tp, AF_INET, AF_INET6},
+    layout::{lay, wanted},
+    resets::header,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_kfree_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn reason_slot(reason: u32) -> Option<u32> {
+    let n = lay!(drop_reason_count);
+    let mut i = 0;
+    while i < MAX_DROP_REASONS {
+        if (i as u32) < n && lay!(drop_reasons)[i] == reason {
+            return Some(i as u32);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Source and destination of the TCP segment in `skb`, from its IP and TCP headers.
+#[inline(always)]
+fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
+    let head: u64 = member(skb, lay!(st.skb_head))?;
+    let nh: u16 = member(skb, lay!(st.skb_network_header))?;
+    let ip = head + nh as u64;
+    let first: u8 = member(ip, 0)?;
+    let tcp_at = match first >> 4 {
+        4 => {
+            let h: Ipv4Hdr = member(ip, 0)?;
+            if h.proto != IPPROTO_TCP {
+                return None;
+            }
+            t.family = AF_INET;
+            t.local_addr[..4].copy_from_slice(&h.dst_addr);
+            t.remote_addr[..4].copy_from_slice(&h.src_addr);
+            ip + ((h.vihl & 0xf) as u64) * 4
+        }
+        6 => {
+            let h: Ipv6Hdr = member(ip, 0)?;
+            if h.next_hdr != IPPROTO_TCP {
+                return None;
+            }
+            t.family = AF_INET6;
+            t.local_addr = h.dst_addr;
+            t.remote_addr = h.src_addr;
+            ip + Ipv6Hdr::LEN as u64
+        }
+        _ => return None,
+    };
+    let th: TcpHdr = member(tcp_at, 0)?;
+    t.local_port = u16::from_be_bytes(th.dest);
+    t.remote_port = u16::from_be_bytes(th.source);
+    // Byte 13 of the TCP header holds the flags (CWR ECE URG ACK PSH RST SYN FIN).
+    member::<u8>(tcp_at, 13)
+}
+
+fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
+    let reason: u32 = tp(ctx, lay!(tp.kfs_reason))?;
+    let slot = reason_slot(reason)?;
+    let protocol: u16 = tp(ctx, lay!(tp.kfs_protocol))?;
+    if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
+        return None;
+    }
+    let skbaddr: u64 = tp(ctx, lay!(tp.kfs_skbaddr))?;
+    let rx_sk: u64 = tp(ctx, lay!(tp.kfs_rx_sk)).unwrap_or(0);
+    let mut rec = SkbDropRecord {
+        skbaddr,
+        rx_sk,
+        location: tp(ctx, lay!(tp.kfs_location)).unwrap_or(0),
+        reason,
+        ..Default::default()
+    };
+    let flags = segment_tuple(skbaddr, &mut rec.tuple)?;
+    rec.tcp_flags = flags;
+    rec.flags |= SKB_TUPLE_VALID;
+    // Locally generated segments have no input device yet when netfilter drops them.
+    let dev: u64 = member(skbaddr, lay!(st.skb_dev)).unwrap_or(0);
+    if dev == 0 {
+        rec.flags |= SKB_OUTBOUND;
+        let t = rec.tuple;
+        rec.tuple.local_addr = t.remote_addr;
+        rec.tuple.remote_addr = t.local_addr;
+        rec.tuple.local_port = t.remote_port;
+        rec.tuple.remote_port = t.local_port;
+    }
+    let mut netns = skb_netns(skbaddr);
+    if netns == 0 && rx_sk != 0 {
+        netns = sk_netns(rx_sk);
+    }
+    if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
+        return None;
+    }
+    rec.header = header(RecordKind::SkbDrop, netns);
+    count(CounterFamily::SkbDrop, slot);
+    deliver(RecordKind::SkbDrop, &rec);
+    Some(())
+}

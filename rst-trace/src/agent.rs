@@ -1,0 +1,220 @@
+//! `rst-trace run`: load, attach, then turn ring buffer records into diagnoses until told
+//! to stop. Shutdown drains the ring buffer and prints exact totals.
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use rst_trace_common::{COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP};
+use serde_json::json;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    cause::Cause,
+    cli::RunArgs,
+    diagnosis::rfc3339_nanos,
+    host::{kernel_hz, ProcHost},
+    kernel::{btf::KernelBtf, layout::{KernelFacts, WATCHED_DROP_REASONS}, tracefs::Tracefs},
+    loader,
+    netns::Netns,
+    output::Output,
+    pipeline::{monotonic_ns, Clock, Pipeline},
+    preflight,
+    records::Record,
+    stats::{exact_cause_counts, kernel_json, merged_causes, AgentCounts, KernelCounters},
+    storm::Limiter,
+};
+
+struct Agent {
+    pipeline: Pipeline<ProcHost>,
+    out: Output,
+    limiter: Limiter,
+    counts: AgentCounts,
+    counters: PerCpuArray<MapData, u64>,
+    facts: KernelFacts,
+}
+
+impl Agent {
+    fn emit(&mut self, diagnoses: Vec<crate::diagnosis::Diagnosis>) {
+        for d in diagnoses {
+            *self.counts.by_cause.entry(d.cause).or_insert(0) += d.count;
+            for d in self.limiter.admit(d, monotonic_ns()) {
+                self.out.diagnosis(&d);
+            }
+        }
+        self.counts.suppressed = self.limiter.suppressed;
+    }
+
+    fn process(&mut self, bytes: &[u8]) {
+        match Record::try_from(bytes) {
+            Ok(rec) => {
+                self.counts.delivered += 1;
+                let d = self.pipeline.handle(&rec);
+                self.emit(d);
+            }
+            Err(e) => {
+                self.counts.undecodable += 1;
+                log::debug!("undecodable record: {e}");
+            }
+        }
+    }
+
+    fn kernel_counters(&self) -> KernelCounters {
+        let mut values = vec![0u64; usize::try_from(COUNTERS_LEN).unwrap_or(0)];
+        for (i, v) in values.iter_mut().enumerate() {
+            let Ok(idx) = u32::try_from(i) else { break };
+            if let Ok(per_cpu) = self.counters.get(&idx, 0) {
+                *v = per_cpu.iter().sum();
+            }
+        }
+        KernelCounters { values }
+    }
+
+    fn stats(&mut self, last: bool) {
+        for d in self.limiter.flush() {
+            self.out.diagnosis(&d);
+        }
+        let k = self.kernel_counters();
+        let exact = exact_cause_counts(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS);
+        let causes = merged_causes(&exact, &self.counts.by_cause, true);
+        let causes_json: serde_json::Map<String, serde_json::Value> =
+            causes.iter().map(|(c, n)| (c.as_str().to_owned(), json!(n))).collect();
+        let (listeners, conns) = self.pipeline.table.len();
+        let v = json!({
+            "time": rfc3339_nanos(std::time::SystemTime::now()),
+            "event": {"name": "rst_trace.stats", "kind": "metric"},
+            "final": last,
+            "causes": causes_json,
+            "records": {
+                "delivered": self.counts.delivered,
+                "lost": k.lost(),
+                "undecodable": self.counts.undecodable,
+                "suppressed": self.counts.suppressed,
+            },
+            "kernel": kernel_json(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
+            "sockets": {"listener_ports": listeners, "connections": conns, "table_overflow": self.pipeline.table.overflow},
+        });
+        let text = || stats_text(&causes, &k, &self.counts);
+        self.out.record(&v, text);
+        if last {
+            eprintln!("rst-trace: {}", stats_text(&causes, &k, &self.counts));
+        }
+    }
+}
+
+fn stats_text(causes: &BTreeMap<Cause, u64>, k: &KernelCounters, c: &AgentCounts) -> String {
+    let list: Vec<String> = causes.iter().map(|(c, n)| format!("{}={n}", c.as_str())).collect();
+    format!(
+        "totals: {} | records delivered={} lost={} undecodable={} folded={}",
+        if list.is_empty() { "no events".to_owned() } else { list.join(" ") },
+        c.delivered,
+        k.lost(),
+        c.undecodable,
+        c.suppressed
+    )
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    let netns = args.netns.as_deref().map(Netns::resolve).transpose()?;
+    let tracefs = Tracefs::locate_or_mount()?;
+    let btf = KernelBtf::load()?;
+    let mut facts = KernelFacts::discover(&tracefs, &btf);
+    for w in &facts.warnings {
+        log::warn!("{w}");
+    }
+    facts.layout.filter_netns = netns.as_ref().map_or(0, |n| n.inode);
+    facts.layout.filter_port = args.port.unwrap_or(0);
+    preflight::raise_memlock();
+
+    let mut loaded = loader::load(&facts.layout)?;
+    let unavailable = loaded.unavailable_causes();
+    if !unavailable.is_empty() {
+        let names: Vec<&str> = unavailable.iter().map(|c| c.as_str()).collect();
+        log::warn!("causes unavailable on this kernel: {}", names.join(", "));
+    }
+    let ring = RingBuf::try_from(loaded.ebpf.take_map(EVENTS_MAP).context("ring buffer map missing from the eBPF object")?)
+        .context("opening the ring buffer")?;
+    let counters = PerCpuArray::try_from(loaded.ebpf.take_map(COUNTERS_MAP).context("counter map missing from the eBPF object")?)
+        .context("opening the counters")?;
+    // SAFETY: the AsyncFd owns the RingBuf, and with it the map fd, for as long as the
+    // registration lives, so the fd cannot be closed or reused behind tokio's back.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .context("watching the ring buffer")?;
+
+    let hz = kernel_hz().unwrap_or_else(|| {
+        log::warn!("could not measure the kernel tick rate; assuming CONFIG_HZ=250 for idle times");
+        250
+    });
+    let pipeline = Pipeline::new(facts.rst_reasons.clone(), facts.drop_reasons.clone(), ProcHost::default(), Clock::now(), hz);
+    let mut agent = Agent {
+        pipeline,
+        out: Output::new(args.format),
+        limiter: Limiter::new(args.max_events_per_sec),
+        counts: AgentCounts::default(),
+        counters,
+        facts,
+    };
+
+    let started = json!({
+        "time": rfc3339_nanos(std::time::SystemTime::now()),
+        "event": {"name": "rst_trace.started", "kind": "state"},
+        "version": env!("CARGO_PKG_VERSION"),
+        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).ok(),
+        "netns": netns.as_ref().map(|n| n.inode),
+        "port": args.port,
+        "hooks": loaded.hooks_json(),
+        "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "tracepoint_formats": agent.facts.formats_found,
+    });
+    let netns_text = netns.as_ref().map_or_else(|| "all".to_owned(), |n| n.inode.to_string());
+    agent.out.record(&started, || format!("rst-trace started: netns={netns_text} port={}", args.port.map_or_else(|| "any".into(), |p| p.to_string())));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let deadline = async {
+        match args.duration {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let stats_every = Duration::from_secs(args.stats_interval.max(1));
+    let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
+    let mut fold_tick = tokio::time::interval(Duration::from_secs(1));
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    let bytes: &[u8] = &item;
+                    agent.process(bytes);
+                }
+                guard.clear_ready();
+            }
+            _ = fold_tick.tick() => {
+                for d in agent.limiter.flush() {
+                    agent.out.diagnosis(&d);
+                }
+            }
+            _ = stats_tick.tick(), if args.stats_interval > 0 => agent.stats(false),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            () = &mut deadline => break,
+        }
+    }
+
+    // Whatever the kernel already wrote is still explained before the final totals.
+    let rb = ring.get_mut();
+    while let Some(item) = rb.next() {
+        let bytes: &[u8] = &item;
+        agent.process(bytes);
+    }
+    agent.stats(true);
+    drop(loaded);
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Command line.
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// rst-trace tells you, live, why TCP connections on this host are being reset or dropped:
+/// the cause (accept-queue overflow, no listener, FD exhaustion, aborts, peer resets,
+/// firewall rejects, ...), the process that owns the socket, and the port.
+///
+/// It loads eBPF programs on the kernel's TCP tracepoints and writes one JSON object per
+/// event to standard output (for a log shipper), or one line of text per event for a person.
+#[derive(Debug, Parser)]
+#[command(name = "rst-trace", version, about, long_about, after_long_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "EXAMPLES:
+    rst-trace run                          every namespace, JSON lines on stdout
+    rst-trace run --format text            human-readable lines
+    rst-trace run --netns blue --port 8080 one named network namespace, one port
+    rst-trace run --duration 60 > rst.json run for a minute, then exit 0
+
+EXIT STATUS:
+    0  clean exit (--duration elapsed, SIGINT or SIGTERM)
+    1  cannot run here (missing capabilities, no BPF or BTF support)
+    2  invalid command line
+
+PRIVILEGES:
+    Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); mounts tracefs at /sys/kernel/tracing if it is not mounted.";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace resets and drops until interrupted (or for --duration seconds).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line (OpenTelemetry attribute names).
+    Json,
+    /// One human-readable line per event.
+    Text,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Only this network namespace: a name under /run/netns, a path to a namespace file,
+    /// or a namespace inode number.
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Option<String>,
+    /// Only events whose local or remote port is PORT.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Exit cleanly after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// Seconds between statistics lines (0: only the final one).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub stats_interval: u64,
+    /// Milliseconds between polls of listeners' queues and drop counters.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=1000))]
+    pub poll_interval_ms: u64,
+    /// Events per second per cause before events are folded into per-second summaries
+    /// (counts stay exact). 0 disables folding.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_events_per_sec: u64,
+}

@@ -1,0 +1,194 @@
+//! One explained event, and how it is written out (JSON lines or text).
+//!
+//! JSON attribute names follow the OpenTelemetry semantic conventions (`network.local.address`,
+//! `process.pid`, `process.executable.name`, `process.linux.cgroup`, `thread.id`,
+//! `container.id`), with dots written as nesting; rst-trace's own fields sit at the top level.
+use std::{fmt::Write as _, sync::Arc, time::SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    cause::{Cause, Direction, Origin},
+    kernel::reasons::tcp_state_name,
+    owner::Owner,
+    records::Endpoints,
+};
+
+#[derive(Debug, Clone)]
+pub struct Diagnosis {
+    pub time: SystemTime,
+    /// `rst_trace.<what happened>`, e.g. `rst_trace.reset_sent`.
+    pub event: &'static str,
+    pub cause: Cause,
+    pub direction: Direction,
+    pub origin: Origin,
+    /// The kernel's own reason name, verbatim, when it gave one.
+    pub reason: Option<String>,
+    /// The cause was derived from state and code path rather than given by the kernel.
+    pub inferred: bool,
+    /// How many occurrences this one event stands for (aggregated events have more than one).
+    pub count: u64,
+    pub netns: u32,
+    pub endpoints: Option<Endpoints>,
+    pub tcp_state: Option<u32>,
+    pub owner: Option<Arc<Owner>>,
+    /// Further owners of the same socket (forked workers, SO_REUSEPORT groups).
+    pub other_owners: Vec<Arc<Owner>>,
+    pub evidence: Map<String, Value>,
+    pub advice: String,
+    pub related: Option<Value>,
+}
+
+impl Diagnosis {
+    pub fn new(time: SystemTime, event: &'static str, cause: Cause, direction: Direction, origin: Origin, netns: u32) -> Self {
+        Self {
+            time,
+            event,
+            cause,
+            direction,
+            origin,
+            reason: None,
+            inferred: false,
+            count: 1,
+            netns,
+            endpoints: None,
+            tcp_state: None,
+            owner: None,
+            other_owners: Vec::new(),
+            evidence: Map::new(),
+            advice: String::new(),
+            related: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let network = json!({
+            "transport": "tcp",
+            "type": self.endpoints.map(|e| if e.local.addr.is_ipv4() { "ipv4" } else { "ipv6" }),
+            "netns": self.netns,
+            "local": self.endpoints.map(|e| json!({"address": e.local.addr.to_string(), "port": e.local.port})),
+            "peer": self.endpoints.map(|e| json!({"address": e.remote.addr.to_string(), "port": e.remote.port})),
+        });
+        let mut v = json!({
+            "time": rfc3339_nanos(self.time),
+            "event": { "name": self.event, "kind": "cause" },
+            "cause": self.cause.as_str(),
+            "direction": self.direction,
+            "origin": self.origin,
+            "reason": self.reason,
+            "inferred": self.inferred,
+            "count": self.count,
+            "network": network,
+            "tcp": { "state": self.tcp_state.map(tcp_state_name) },
+            "owner": self.owner.as_ref().map(|o| o.to_json()),
+            "evidence": Value::Object(self.evidence.clone()),
+            "advice": self.advice,
+            "related": self.related,
+        });
+        if !self.other_owners.is_empty() {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("other_owners".into(), self.other_owners.iter().map(|o| o.to_json()).collect());
+            }
+        }
+        v
+    }
+
+    /// One line for a terminal: time, cause, where, who, why.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = write!(s, "{} {:<26}", rfc3339_nanos(self.time), self.cause.as_str());
+        if self.count > 1 {
+            let _ = write!(s, " x{}", self.count);
+        }
+        if let Some(e) = self.endpoints {
+            let _ = write!(s, " {}:{} <-> {}:{}", e.local.addr, e.local.port, e.remote.addr, e.remote.port);
+        }
+        let _ = write!(s, " netns={}", self.netns);
+        match &self.owner {
+            Some(o) => {
+                let _ = write!(s, " owner={}[{}]", o.comm, o.pid);
+            }
+            None => s.push_str(" owner=-"),
+        }
+        if let Some(r) = &self.reason {
+            let _ = write!(s, " reason={r}");
+        }
+        if self.inferred {
+            s.push_str(" (inferred)");
+        }
+        if !self.advice.is_empty() {
+            let _ = write!(s, " — {}", self.advice);
+        }
+        s
+    }
+}
+
+/// UTC RFC 3339 with nanoseconds, e.g. `2026-11-23T23:59:01.123456789Z`.
+pub fn rfc3339_nanos(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::records::Endpoint;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_nanoseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_478_341, 123_456_789);
+        assert_eq!(rfc3339_nanos(t), "2026-11-23T23:59:01.123456789Z");
+        assert_eq!(rfc3339_nanos(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&rfc3339_nanos(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn json_follows_the_documented_shape() {
+        let mut d = Diagnosis::new(SystemTime::UNIX_EPOCH, "rst_trace.reset_sent", Cause::NoListener, Direction::Sent, Origin::TcpStack, 7);
+        d.reason = Some("NO_SOCKET".into());
+        d.endpoints = Some(Endpoints {
+            local: Endpoint { addr: "127.0.0.1".parse().expect("ip"), port: 8080 },
+            remote: Endpoint { addr: "::1".parse().expect("ip"), port: 5 },
+        });
+        d.tcp_state = Some(7);
+        let v = d.to_json();
+        assert_eq!(v["cause"], "no_listener");
+        assert_eq!(v["direction"], "sent");
+        assert_eq!(v["origin"], "tcp_stack");
+        assert_eq!(v["reason"], "NO_SOCKET");
+        assert_eq!(v["owner"], Value::Null);
+        assert_eq!(v["network"]["local"]["port"], 8080);
+        assert_eq!(v["network"]["peer"]["address"], "::1");
+        assert_eq!(v["network"]["netns"], 7);
+        assert_eq!(v["tcp"]["state"], "CLOSE");
+        assert_eq!(v["event"]["name"], "rst_trace.reset_sent");
+        assert!(d.to_text().contains("no_listener"));
+    }
+}

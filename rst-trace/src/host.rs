@@ -1,0 +1,115 @@
+//! Facts about processes and the host that evidence needs, behind a trait so attribution
+//! can be tested without a kernel.
+use std::{collections::HashMap, sync::Mutex, time::Instant};
+
+use crate::netns::{sysctl_in, Netns};
+
+pub trait HostInfo {
+    /// cgroup v2 path of a process, e.g. `/system.slice/nginx.service`.
+    fn cgroup_of(&self, pid: u32) -> Option<String>;
+    /// RLIMIT_NOFILE (soft, hard); `u64::MAX` for unlimited.
+    fn nofile_limit(&self, pid: u32) -> Option<(u64, u64)>;
+    /// Number of open file descriptors of a process.
+    fn open_fds(&self, pid: u32) -> Option<u64>;
+    /// `fs.file-nr`: allocated, free, max.
+    fn file_nr(&self) -> Option<[u64; 3]>;
+    /// A sysctl as seen inside network namespace `netns`.
+    fn sysctl(&self, netns: u32, name: &str) -> Option<String>;
+}
+
+/// Reads /proc. Per-namespace sysctls are cached for a few seconds: they rarely change, and
+/// entering a namespace per event would be wasteful under a storm.
+#[derive(Default)]
+pub struct ProcHost {
+    sysctl_cache: Mutex<HashMap<(u32, String), (Instant, Option<String>)>>,
+}
+
+const SYSCTL_TTL_SECS: u64 = 5;
+
+impl HostInfo for ProcHost {
+    fn cgroup_of(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        // cgroup v2 line is "0::/path"; on hybrid hosts prefer it over v1 controllers.
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .or_else(|| text.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
+            .map(str::to_owned)
+    }
+
+    fn nofile_limit(&self, pid: u32) -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+        parse_nofile(&text)
+    }
+
+    fn open_fds(&self, pid: u32) -> Option<u64> {
+        let n = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+        u64::try_from(n).ok()
+    }
+
+    fn file_nr(&self) -> Option<[u64; 3]> {
+        let text = std::fs::read_to_string("/proc/sys/fs/file-nr").ok()?;
+        let v: Vec<u64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        Some([*v.first()?, *v.get(1)?, *v.get(2)?])
+    }
+
+    fn sysctl(&self, netns: u32, name: &str) -> Option<String> {
+        let key = (netns, name.to_owned());
+        if let Ok(cache) = self.sysctl_cache.lock() {
+            if let Some((at, v)) = cache.get(&key) {
+                if at.elapsed().as_secs() < SYSCTL_TTL_SECS {
+                    return v.clone();
+                }
+            }
+        }
+        let value = Netns::find_by_inode(netns).and_then(|ns| sysctl_in(&ns, name));
+        if let Ok(mut cache) = self.sysctl_cache.lock() {
+            cache.insert(key, (Instant::now(), value.clone()));
+        }
+        value
+    }
+}
+
+fn parse_limit(v: &str) -> Option<u64> {
+    if v == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        v.parse().ok()
+    }
+}
+
+pub fn parse_nofile(limits: &str) -> Option<(u64, u64)> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut it = line.trim_start_matches("Max open files").split_whitespace();
+    Some((parse_limit(it.next()?)?, parse_limit(it.next()?)?))
+}
+
+/// Kernel tick rate, needed to turn the jiffies stamps of `struct tcp_sock` into time.
+/// Measured from /proc/timer_list (two readings 100 ms apart), rounded to a valid CONFIG_HZ.
+pub fn kernel_hz() -> Option<u64> {
+    fn jiffies() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/timer_list").ok()?;
+        text.lines().find_map(|l| l.strip_prefix("jiffies: ")).and_then(|v| v.trim().parse().ok())
+    }
+    let (t0, j0) = (Instant::now(), jiffies()?);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (j1, dt) = (jiffies()?, t0.elapsed().as_secs_f64());
+    let rate = (j1.checked_sub(j0)? as f64) / dt;
+    [100u64, 250, 300, 1000].into_iter().min_by(|a, b| {
+        ((*a as f64) - rate).abs().total_cmp(&((*b as f64) - rate).abs())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nofile_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max cpu time              unlimited            unlimited            seconds   \n\
+                    Max open files            64                   524288               files     \n";
+        assert_eq!(parse_nofile(text), Some((64, 524_288)));
+        assert_eq!(parse_nofile("Max open files unlimited unlimited files"), Some((u64::MAX, u64::MAX)));
+        assert_eq!(parse_nofile("nothing"), None);
+    }
+}

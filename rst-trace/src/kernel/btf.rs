@@ -1,0 +1,110 @@
+//! Kernel struct member offsets and enum values from the running kernel's BTF.
+use std::collections::HashMap;
+
+use btf_rs::{Btf, BtfType, Type};
+use thiserror::Error;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("this kernel exposes no BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF=y): {0}")]
+    Unavailable(String),
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, BtfError> {
+        Btf::from_file(VMLINUX_BTF)
+            .map(|btf| Self { btf })
+            .map_err(|e| BtfError::Unavailable(e.to_string()))
+    }
+
+    /// Byte offset of `path` (members, descending through named and anonymous members) in
+    /// `struct name`. `None` when the kernel has no such member.
+    pub fn offset(&self, name: &str, path: &[&str]) -> Option<u32> {
+        let root = self
+            .btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))?;
+        let mut current = root;
+        let mut bits = 0u32;
+        for (i, want) in path.iter().enumerate() {
+            let (Type::Struct(s) | Type::Union(s)) = &current else { return None };
+            let (member_bits, member_type) = self.find_member(s, want)?;
+            bits = bits.checked_add(member_bits)?;
+            if i + 1 < path.len() {
+                current = self.strip(member_type)?;
+            }
+        }
+        if bits % 8 != 0 {
+            return None;
+        }
+        Some(bits / 8)
+    }
+
+    /// Finds `want` in `s`, looking inside anonymous struct/union members, and returns its bit
+    /// offset relative to `s` and its type id.
+    fn find_member(&self, s: &btf_rs::Struct, want: &str) -> Option<(u32, u32)> {
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let type_id = m.get_type_id()?;
+            if name == want {
+                return Some((m.bit_offset(), type_id));
+            }
+            if name.is_empty() {
+                if let Some(Type::Struct(inner) | Type::Union(inner)) = self.strip(type_id) {
+                    if let Some((off, id)) = self.find_member(&inner, want) {
+                        return Some((m.bit_offset().checked_add(off)?, id));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Resolves typedefs and qualifiers down to the underlying type.
+    fn strip(&self, mut id: u32) -> Option<Type> {
+        for _ in 0..16 {
+            let t = self.btf.resolve_type_by_id(id).ok()?;
+            match &t {
+                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                    id = t.as_btf_type()?.get_type_id()?;
+                }
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// All values of `enum name`, by member name.
+    pub fn enum_values(&self, name: &str) -> HashMap<String, u64> {
+        let mut out = HashMap::new();
+        let Ok(types) = self.btf.resolve_types_by_name(name) else { return out };
+        for t in types {
+            match t {
+                Type::Enum(e) => {
+                    for m in &e.members {
+                        if let Ok(n) = self.btf.resolve_name(m) {
+                            out.insert(n, u64::from(m.val()));
+                        }
+                    }
+                }
+                Type::Enum64(e) => {
+                    for m in &e.members {
+                        if let Ok(n) = self.btf.resolve_name(m) {
+                            out.insert(n, m.val());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}

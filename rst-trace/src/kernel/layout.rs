@@ -1,0 +1,164 @@
+//! Builds the `KernelLayout` handed to the eBPF programs, and records which hooks the
+//! running kernel can serve.
+use rst_trace_common::{KernelLayout, MAX_DROP_REASONS, MEMBER_NONE, OFFSET_NONE};
+
+use super::{
+    btf::KernelBtf,
+    reasons::ReasonNames,
+    tracefs::{Format, Tracefs},
+};
+
+/// What was learnt about the running kernel.
+pub struct KernelFacts {
+    pub layout: KernelLayout,
+    pub rst_reasons: ReasonNames,
+    pub drop_reasons: ReasonNames,
+    /// Tracepoints whose format could be read, by "category:name".
+    pub formats_found: Vec<String>,
+    /// Problems that disable one hook, never the agent.
+    pub warnings: Vec<String>,
+}
+
+/// The drop reasons the kfree_skb program reports, in counter-slot order.
+pub const WATCHED_DROP_REASONS: [&str; 2] = ["TCP_LISTEN_OVERFLOW", "NETFILTER_DROP"];
+
+fn off(fmt: Option<&Format>, name: &str) -> u16 {
+    fmt.and_then(|f| f.get(name)).map_or(OFFSET_NONE, |f| f.offset)
+}
+
+fn member(btf: &KernelBtf, s: &str, path: &[&str]) -> u32 {
+    btf.offset(s, path).unwrap_or(MEMBER_NONE)
+}
+
+impl KernelFacts {
+    pub fn discover(tracefs: &Tracefs, btf: &KernelBtf) -> Self {
+        let mut warnings = Vec::new();
+        let mut found = Vec::new();
+        let mut fmt = |cat: &str, name: &str| match tracefs.format(cat, name) {
+            Ok(f) => {
+                found.push(format!("{cat}:{name}"));
+                Some(f)
+            }
+            Err(e) => {
+                warnings.push(e.to_string());
+                None
+            }
+        };
+        let send_reset = fmt("tcp", "tcp_send_reset");
+        let recv_reset = fmt("tcp", "tcp_receive_reset");
+        let set_state = fmt("sock", "inet_sock_set_state");
+        let kfree = fmt("skb", "kfree_skb");
+        let enter_listen = fmt("syscalls", "sys_enter_listen");
+        let enter_connect = fmt("syscalls", "sys_enter_connect");
+        let exit_accept = fmt("syscalls", "sys_exit_accept4");
+
+        let mut layout = KernelLayout::UNKNOWN;
+        let t = &mut layout.tp;
+        let sr = send_reset.as_ref();
+        t.rst_skbaddr = off(sr, "skbaddr");
+        t.rst_skaddr = off(sr, "skaddr");
+        t.rst_state = off(sr, "state");
+        t.rst_reason = off(sr, "reason");
+        // ≥ 5.19 stores sockaddr images (28 bytes); older kernels split the fields.
+        if sr.and_then(|f| f.get("saddr")).is_some_and(|f| f.size == 28) {
+            t.rst_saddr_sockaddr = off(sr, "saddr");
+            t.rst_daddr_sockaddr = off(sr, "daddr");
+        } else {
+            t.rst_sport = off(sr, "sport");
+            t.rst_dport = off(sr, "dport");
+            t.rst_family = off(sr, "family");
+            t.rst_saddr4 = off(sr, "saddr");
+            t.rst_daddr4 = off(sr, "daddr");
+            t.rst_saddr6 = off(sr, "saddr_v6");
+            t.rst_daddr6 = off(sr, "daddr_v6");
+        }
+        let rr = recv_reset.as_ref();
+        t.rr_skaddr = off(rr, "skaddr");
+        t.rr_sock_cookie = off(rr, "sock_cookie");
+        let ss = set_state.as_ref();
+        t.ss_skaddr = off(ss, "skaddr");
+        t.ss_oldstate = off(ss, "oldstate");
+        t.ss_newstate = off(ss, "newstate");
+        t.ss_protocol = off(ss, "protocol");
+        let kf = kfree.as_ref();
+        t.kfs_skbaddr = off(kf, "skbaddr");
+        t.kfs_location = off(kf, "location");
+        t.kfs_protocol = off(kf, "protocol");
+        t.kfs_reason = off(kf, "reason");
+        t.kfs_rx_sk = off(kf, "rx_sk");
+        t.sys_enter_fd = off(enter_listen.as_ref(), "fd");
+        t.sys_enter_listen_backlog = off(enter_listen.as_ref(), "backlog");
+        t.sys_enter_connect_uservaddr = off(enter_connect.as_ref(), "uservaddr");
+        t.sys_exit_ret = off(exit_accept.as_ref(), "ret");
+
+        let s = &mut layout.st;
+        s.skc_family = member(btf, "sock", &["__sk_common", "skc_family"]);
+        s.skc_state = member(btf, "sock", &["__sk_common", "skc_state"]);
+        s.skc_num = member(btf, "sock", &["__sk_common", "skc_num"]);
+        s.skc_dport = member(btf, "sock", &["__sk_common", "skc_dport"]);
+        s.skc_rcv_saddr = member(btf, "sock", &["__sk_common", "skc_rcv_saddr"]);
+        s.skc_daddr = member(btf, "sock", &["__sk_common", "skc_daddr"]);
+        s.skc_v6_rcv_saddr = member(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"]);
+        s.skc_v6_daddr = member(btf, "sock", &["__sk_common", "skc_v6_daddr"]);
+        s.skc_net = member(btf, "sock", &["__sk_common", "skc_net", "net"]);
+        s.sk_flags = member(btf, "sock", &["sk_flags"]);
+        s.sk_lingertime = member(btf, "sock", &["sk_lingertime"]);
+        s.sk_ack_backlog = member(btf, "sock", &["sk_ack_backlog"]);
+        s.sk_max_ack_backlog = member(btf, "sock", &["sk_max_ack_backlog"]);
+        s.tcp_rcv_nxt = member(btf, "tcp_sock", &["rcv_nxt"]);
+        s.tcp_copied_seq = member(btf, "tcp_sock", &["copied_seq"]);
+        s.tcp_snd_una = member(btf, "tcp_sock", &["snd_una"]);
+        s.tcp_snd_nxt = member(btf, "tcp_sock", &["snd_nxt"]);
+        s.tcp_lsndtime = member(btf, "tcp_sock", &["lsndtime"]);
+        s.tcp_rcv_tstamp = member(btf, "tcp_sock", &["rcv_tstamp"]);
+        s.net_ns_inum = member(btf, "net", &["ns", "inum"]);
+        s.skb_dev = member(btf, "sk_buff", &["dev"]);
+        s.skb_sk = member(btf, "sk_buff", &["sk"]);
+        s.skb_head = member(btf, "sk_buff", &["head"]);
+        s.skb_network_header = member(btf, "sk_buff", &["network_header"]);
+        s.netdev_nd_net = member(btf, "net_device", &["nd_net", "net"]);
+        s.task_files = member(btf, "task_struct", &["files"]);
+        s.files_fdt = member(btf, "files_struct", &["fdt"]);
+        s.fdtable_fd = member(btf, "fdtable", &["fd"]);
+        s.fdtable_max_fds = member(btf, "fdtable", &["max_fds"]);
+        s.file_private_data = member(btf, "file", &["private_data"]);
+        s.socket_sk = member(btf, "socket", &["sk"]);
+        s.sock_linger_bit = btf
+            .enum_values("sock_flags")
+            .get("SOCK_LINGER")
+            .and_then(|v| u32::try_from(*v).ok())
+            .unwrap_or(MEMBER_NONE);
+
+        let rst_reasons = ReasonNames::from_btf(btf, "sk_rst_reason", "SK_RST_REASON_");
+        let drop_reasons = ReasonNames::from_btf(btf, "skb_drop_reason", "SKB_DROP_REASON_");
+        let mut n = 0usize;
+        for name in WATCHED_DROP_REASONS {
+            match drop_reasons.value(name).and_then(|v| u32::try_from(v).ok()) {
+                Some(v) if n < MAX_DROP_REASONS => {
+                    layout.drop_reasons[n] = v;
+                    n += 1;
+                }
+                _ => warnings.push(format!("this kernel has no drop reason {name}")),
+            }
+        }
+        layout.drop_reason_count = u32::try_from(n).unwrap_or(0);
+
+        for (what, v) in [
+            ("sock.skc_net", layout.st.skc_net),
+            ("net.ns.inum", layout.st.net_ns_inum),
+            ("task_struct.files", layout.st.task_files),
+            ("tcp_sock.rcv_nxt", layout.st.tcp_rcv_nxt),
+        ] {
+            if v == MEMBER_NONE {
+                warnings.push(format!("BTF has no {what}; some evidence will be missing"));
+            }
+        }
+        Self { layout, rst_reasons, drop_reasons, formats_found: found, warnings }
+    }
+
+    /// Index of a watched drop reason in the counter slots, by the reason's kernel value.
+    pub fn drop_reason_slot(&self, value: u32) -> Option<usize> {
+        let n = usize::try_from(self.layout.drop_reason_count).unwrap_or(0);
+        self.layout.drop_reasons.iter().take(n).position(|v| *v == value)
+    }
+}

@@ -1,0 +1,19 @@
+//! rst-trace: why TCP connections are reset or dropped, with the owning process and port.
+pub mod advice;
+pub mod agent;
+pub mod attribution;
+pub mod cause;
+pub mod cli;
+pub mod diagnosis;
+pub mod host;
+pub mod kernel;
+pub mod loader;
+pub mod netns;
+pub mod output;
+pub mod owner;
+pub mod pipeline;
+pub mod preflight;
+pub mod records;
+pub mod sockets;
+pub mod stats;
+pub mod storm;

@@ -1,0 +1,164 @@
+//! Loads the embedded eBPF object with the running kernel's layout and attaches each
+//! program on its own: a hook this kernel lacks degrades the causes it serves, never the agent.
+use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use rst_trace_common::{KernelLayout, LAYOUT_GLOBAL};
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use crate::cause::Cause;
+
+/// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace.bpf.o"));
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object failed: {0}. Is this kernel built with BPF and BTF (CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF) and ≥ 5.8 (BPF ring buffer)?")]
+    Object(#[source] aya::EbpfError),
+    #[error("no eBPF program could be attached; rst-trace cannot observe anything on this kernel")]
+    NothingAttached,
+}
+
+/// One program and where it attaches.
+pub struct Hook {
+    pub program: &'static str,
+    pub tracepoints: &'static [(&'static str, &'static str)],
+    pub serves: &'static [Cause],
+    /// Without it the agent still runs, but loses evidence rather than causes.
+    pub purpose: &'static str,
+}
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "tcp_send_reset",
+        tracepoints: &[("tcp", "tcp_send_reset")],
+        serves: &[Cause::NoListener, Cause::AbortOnClose, Cause::AbortByApplication, Cause::AbortOnMemory, Cause::KeepaliveTimeout, Cause::TimewaitSegment, Cause::ProtocolViolation],
+        purpose: "RSTs sent by the TCP stack",
+    },
+    Hook {
+        program: "tcp_receive_reset",
+        tracepoints: &[("tcp", "tcp_receive_reset")],
+        serves: &[Cause::ResetByPeer, Cause::ConnectionRefused],
+        purpose: "RSTs received",
+    },
+    Hook {
+        program: "inet_sock_set_state",
+        tracepoints: &[("sock", "inet_sock_set_state")],
+        serves: &[],
+        purpose: "socket ownership (listen, connect, close)",
+    },
+    Hook {
+        program: "kfree_skb",
+        tracepoints: &[("skb", "kfree_skb")],
+        serves: &[Cause::FirewallDrop],
+        purpose: "segments dropped with a reason (ACK-time accept queue overflow, netfilter)",
+    },
+    Hook {
+        program: "sys_enter_listen",
+        tracepoints: &[("syscalls", "sys_enter_listen")],
+        serves: &[],
+        purpose: "the backlog passed to listen()",
+    },
+    Hook {
+        program: "sys_enter_accept",
+        tracepoints: &[("syscalls", "sys_enter_accept4"), ("syscalls", "sys_enter_accept")],
+        serves: &[],
+        purpose: "accept() arguments",
+    },
+    Hook {
+        program: "sys_exit_accept",
+        tracepoints: &[("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")],
+        serves: &[Cause::FdExhaustion],
+        purpose: "accepted-socket ownership and EMFILE/ENFILE",
+    },
+    Hook {
+        program: "sys_enter_connect",
+        tracepoints: &[("syscalls", "sys_enter_connect")],
+        serves: &[],
+        purpose: "connect() arguments",
+    },
+    Hook {
+        program: "sys_exit_connect",
+        tracepoints: &[("syscalls", "sys_exit_connect")],
+        serves: &[Cause::EphemeralPortExhaustion],
+        purpose: "EADDRNOTAVAIL from connect()",
+    },
+];
+
+/// What happened to each hook.
+#[derive(Debug, Clone)]
+pub struct HookStatus {
+    pub program: &'static str,
+    pub attached: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+}
+
+impl Loaded {
+    pub fn unavailable_causes(&self) -> Vec<Cause> {
+        HOOKS
+            .iter()
+            .zip(&self.hooks)
+            .filter(|(_, s)| s.attached.is_empty())
+            .flat_map(|(h, _)| h.serves.iter().copied())
+            .collect()
+    }
+
+    pub fn hooks_json(&self) -> Value {
+        Value::Object(
+            self.hooks
+                .iter()
+                .map(|s| {
+                    let v = if s.errors.is_empty() {
+                        json!({"attached": s.attached})
+                    } else {
+                        json!({"attached": s.attached, "errors": s.errors})
+                    };
+                    (s.program.to_owned(), v)
+                })
+                .collect(),
+        )
+    }
+}
+
+pub fn load(layout: &KernelLayout) -> Result<Loaded, LoadError> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(LAYOUT_GLOBAL, layout, true)
+        .load(BPF_OBJECT)
+        .map_err(LoadError::Object)?;
+    let mut hooks = Vec::new();
+    for hook in HOOKS {
+        let mut status = HookStatus { program: hook.program, attached: Vec::new(), errors: Vec::new() };
+        match attach(&mut ebpf, hook, &mut status) {
+            Ok(()) => {}
+            Err(e) => status.errors.push(e),
+        }
+        for e in &status.errors {
+            log::warn!("hook {}: {e}", hook.program);
+        }
+        hooks.push(status);
+    }
+    if hooks.iter().all(|h| h.attached.is_empty()) {
+        return Err(LoadError::NothingAttached);
+    }
+    Ok(Loaded { ebpf, hooks })
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &Hook, status: &mut HookStatus) -> Result<(), String> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    program.load().map_err(|e| format!("verifier rejected {}: {e}", hook.program))?;
+    for (category, name) in hook.tracepoints {
+        match program.attach(category, name) {
+            Ok(_) => status.attached.push(format!("{category}:{name}")),
+            Err(e) => status.errors.push(format!("{category}:{name}: {e}")),
+        }
+    }
+    Ok(())
+}

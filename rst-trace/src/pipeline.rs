@@ -1,0 +1,470 @@
+//! From kernel records to diagnoses: keeps the socket table current and explains each
+//! reset, drop and failed syscall with its owner, evidence and advice.
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use rst_trace_common::{
+    AcceptRecord, ConnectRecord, ResetReceivedRecord, ResetSentRecord, SkbDropRecord, SockStateRecord, TcpSnapshot,
+    REASON_NONE, RST_HAS_SOCK, RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES, STATE_TASK_VALID,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    advice::{advice, AdviceFacts},
+    attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT},
+    cause::{Cause, Direction, Origin},
+    diagnosis::Diagnosis,
+    host::HostInfo,
+    kernel::reasons::ReasonNames,
+    owner::{Learned, Owner},
+    records::{Endpoint, Endpoints, Record, Task},
+    sockets::{ListenerSock, SocketTable},
+};
+
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+const EADDRNOTAVAIL: i32 = 99;
+/// An fd_exhaustion incident on a listener explains its overflows for this long.
+const FD_INCIDENT_WINDOW_NS: u64 = 30_000_000_000;
+
+/// Turns kernel monotonic timestamps into wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall-clock time at monotonic zero.
+    boot: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = monotonic_ns();
+        Self { boot: SystemTime::now() - Duration::from_nanos(mono) }
+    }
+
+    pub fn fixed(boot: SystemTime) -> Self {
+        Self { boot }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(ktime_ns)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// An ongoing fd exhaustion on one listener.
+#[derive(Debug, Clone)]
+pub struct FdIncident {
+    pub id: String,
+    pub pid: u32,
+    pub comm: String,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub failures: u64,
+}
+
+pub struct Pipeline<H: HostInfo> {
+    pub table: SocketTable,
+    rst_reasons: ReasonNames,
+    drop_reasons: ReasonNames,
+    host: H,
+    clock: Clock,
+    hz: u64,
+    fd_incidents: HashMap<(u32, u16), FdIncident>,
+    owners: HashMap<(u32, u32), Arc<Owner>>,
+}
+
+fn wrapping_gap(a: u32, b: u32) -> u32 {
+    a.wrapping_sub(b)
+}
+
+impl<H: HostInfo> Pipeline<H> {
+    pub fn new(rst_reasons: ReasonNames, drop_reasons: ReasonNames, host: H, clock: Clock, hz: u64) -> Self {
+        Self { table: SocketTable::default(), rst_reasons, drop_reasons, host, clock, hz: hz.max(1), fd_incidents: HashMap::new(), owners: HashMap::new() }
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// One `Owner` per (pid, thread, how learnt): connections of one process share it.
+    fn owner(&mut self, task: &Task, learned: Learned) -> Arc<Owner> {
+        let key = (task.tid, learned as u32);
+        if let Some(o) = self.owners.get(&key) {
+            if o.pid == task.pid && o.comm == task.comm {
+                return o.clone();
+            }
+        }
+        if self.owners.len() > 65_536 {
+            self.owners.clear();
+        }
+        let o = Arc::new(Owner::from_task(task, learned, self.host.cgroup_of(task.pid)));
+        self.owners.insert(key, o.clone());
+        o
+    }
+
+    pub fn handle(&mut self, rec: &Record) -> Vec<Diagnosis> {
+        match rec {
+            Record::SockState(r) => {
+                self.on_sock_state(r);
+                Vec::new()
+            }
+            Record::Accept(r) => self.on_accept(r),
+            Record::ResetSent(r) => self.on_reset_sent(r),
+            Record::ResetReceived(r) => self.on_reset_received(r),
+            Record::SkbDrop(r) => self.on_skb_drop(r),
+            Record::Connect(r) => self.on_connect(r),
+        }
+    }
+
+    fn on_sock_state(&mut self, r: &SockStateRecord) {
+        let now = r.header.ktime_ns;
+        let netns = r.header.netns;
+        let endpoints = Endpoints::try_from(&r.tuple).ok();
+        let task = (r.flags & STATE_TASK_VALID != 0).then(|| Task::from(&r.task));
+        match (r.old_state, r.new_state, task) {
+            (_, TCP_LISTEN, Some(task)) => {
+                let Some(e) = endpoints else { return };
+                let owner = self.owner(&task, Learned::Listen);
+                let requested = (r.requested_backlog > 0).then_some(r.requested_backlog);
+                self.table.listen(netns, r.skaddr, e.local, owner, requested, Some(r.max_ack_backlog), now);
+            }
+            (TCP_CLOSE, TCP_SYN_SENT, Some(task)) => {
+                let owner = self.owner(&task, Learned::Connect);
+                self.table.connect(netns, r.skaddr, None, owner, now);
+            }
+            (TCP_SYN_SENT, TCP_ESTABLISHED, _) => {
+                if let Some(e) = endpoints {
+                    self.table.established(r.skaddr, e);
+                }
+            }
+            (_, TCP_CLOSE, _) => self.table.close(r.skaddr, now),
+            _ => {}
+        }
+        self.table.expire(now);
+    }
+
+    fn on_accept(&mut self, r: &AcceptRecord) -> Vec<Diagnosis> {
+        let now = r.header.ktime_ns;
+        let netns = r.header.netns;
+        let task = Task::from(&r.task);
+        if r.ret >= 0 {
+            if let Ok(e) = Endpoints::try_from(&r.conn) {
+                let owner = self.owner(&task, Learned::Accept);
+                self.table.connect(netns, r.conn_skaddr, Some(e), owner, now);
+            }
+            return Vec::new();
+        }
+        let errno = -r.ret;
+        if errno != EMFILE && errno != ENFILE {
+            return Vec::new();
+        }
+        let owner = self.owner(&task, Learned::Syscall);
+        let listener = Endpoints::try_from(&r.listener).ok();
+        let port = listener.map(|e| e.local.port).unwrap_or(0);
+        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.accept_failed", Cause::FdExhaustion, Direction::None, Origin::Syscall, netns);
+        d.endpoints = listener;
+        d.tcp_state = Some(TCP_LISTEN);
+        d.reason = Some(if errno == EMFILE { "EMFILE" } else { "ENFILE" }.into());
+        let nofile = self.host.nofile_limit(task.pid);
+        let open = self.host.open_fds(task.pid);
+        let file_nr = self.host.file_nr();
+        let incident = self.fd_incidents.entry((netns, port)).or_insert_with(|| FdIncident {
+            id: format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid),
+            pid: task.pid,
+            comm: task.comm.clone(),
+            first_ns: now,
+            last_ns: now,
+            failures: 0,
+        });
+        if now.saturating_sub(incident.last_ns) > FD_INCIDENT_WINDOW_NS {
+            incident.id = format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid);
+            incident.first_ns = now;
+            incident.failures = 0;
+        }
+        incident.last_ns = now;
+        incident.failures += 1;
+        let ev = &mut d.evidence;
+        ev.insert("errno".into(), json!(d.reason));
+        ev.insert("listen_fd".into(), json!(r.listen_fd));
+        ev.insert("listening_port".into(), json!(port));
+        ev.insert("rlimit_nofile".into(), json!(nofile.map(|(s, h)| json!({"soft": limit_json(s), "hard": limit_json(h)}))));
+        ev.insert("open_fds".into(), json!(open));
+        ev.insert("file_nr".into(), json!(file_nr.map(|[a, f, m]| json!({"allocated": a, "free": f, "max": m}))));
+        ev.insert("accept_queue".into(), json!({"length": r.listener_ack_backlog, "cap": r.listener_max_ack_backlog}));
+        ev.insert("incident".into(), json!({"id": incident.id, "failures": incident.failures}));
+        d.advice = advice(Cause::FdExhaustion, &AdviceFacts { port: Some(port), nofile, open_fds: open, ..Default::default() });
+        d.owner = Some(owner);
+        vec![d]
+    }
+
+    /// The live fd_exhaustion incident on a listener, if any, as a `related` object.
+    pub fn related_fd_incident(&self, netns: u32, port: u16, now: u64) -> Option<Value> {
+        let i = self.fd_incidents.get(&(netns, port))?;
+        (now.saturating_sub(i.last_ns) <= FD_INCIDENT_WINDOW_NS).then(|| {
+            json!({
+                "cause": "fd_exhaustion",
+                "incident": i.id,
+                "process": {"pid": i.pid, "executable": {"name": i.comm}},
+                "accept_failures": i.failures,
+                "note": "the owner cannot accept() for lack of file descriptors, so its accept queue fills: one incident, root cause fd_exhaustion",
+            })
+        })
+    }
+
+    fn listener_owner(&self, listeners: &[ListenerSock], addr: &Endpoint) -> (Option<Arc<Owner>>, Vec<Arc<Owner>>, Option<ListenerSock>) {
+        let exact = listeners
+            .iter()
+            .find(|l| l.addr == addr.addr)
+            .or_else(|| listeners.iter().find(|l| l.addr.is_unspecified()))
+            .or_else(|| listeners.first());
+        match exact {
+            Some(l) => {
+                let mut owners = l.owners.clone();
+                let first = if owners.is_empty() { None } else { Some(owners.remove(0)) };
+                (first, owners, Some(l.clone()))
+            }
+            None => (None, Vec::new(), None),
+        }
+    }
+
+    fn on_reset_sent(&mut self, r: &ResetSentRecord) -> Vec<Diagnosis> {
+        let now = r.header.ktime_ns;
+        let netns = r.header.netns;
+        let endpoints = Endpoints::try_from(&r.tuple).ok();
+        let reason = (r.reason != REASON_NONE).then(|| self.rst_reasons.name(u64::from(r.reason)).map(str::to_owned).unwrap_or_else(|| format!("REASON_{}", r.reason)));
+        let snap = &r.snap;
+        let unread = (snap.valid & SNAP_SEQ != 0).then(|| wrapping_gap(snap.rcv_nxt, snap.copied_seq));
+        let listener_full = snap.valid & SNAP_BACKLOG != 0 && snap.sk_ack_backlog > snap.sk_max_ack_backlog;
+        let facts = SentReset {
+            reason: reason.as_deref(),
+            state: r.state,
+            has_sock: r.flags & RST_HAS_SOCK != 0,
+            linger_zero: r.flags & RST_LINGER_ZERO != 0,
+            listener_full,
+            unread_bytes: unread,
+        };
+        let (cause, inferred) = classify_sent_reset(&facts);
+        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.reset_sent", cause, Direction::Sent, Origin::TcpStack, netns);
+        d.reason = reason.clone();
+        d.inferred = inferred;
+        d.endpoints = endpoints;
+        // A socket-less RST has no TCP state (the tracepoint reports 0).
+        d.tcp_state = (r.flags & RST_HAS_SOCK != 0).then_some(r.state);
+        let mut af = AdviceFacts { port: endpoints.map(|e| e.local.port), reason: reason.clone(), unread_bytes: unread, ..Default::default() };
+
+        match cause {
+            Cause::NoListener => {
+                if let Some(e) = endpoints {
+                    if let Some(c) = self.table.closed_listener(netns, e.local.port) {
+                        let ago = now.saturating_sub(c.closed_ns) as f64 / 1e9;
+                        if let Some(o) = c.owners.first() {
+                            af.last_owner = Some((o.comm.clone(), o.pid, ago));
+                            d.evidence.insert("last_listener".into(), json!({
+                                "process": {"pid": o.pid, "executable": {"name": o.comm}},
+                                "address": c.addr.to_string(),
+                                "closed_seconds_ago": (ago * 1000.0).round() / 1000.0,
+                            }));
+                        }
+                    }
+                    let elsewhere: Vec<String> = self.table.listeners(netns, e.local.port).iter().map(|l| format!("{}:{}", l.addr, e.local.port)).collect();
+                    if !elsewhere.is_empty() {
+                        d.evidence.insert("listening_elsewhere".into(), json!(elsewhere));
+                        af.listening_elsewhere = elsewhere;
+                    }
+                }
+            }
+            Cause::AcceptQueueOverflow => {
+                d.evidence.insert("stage".into(), json!("ack"));
+                d.evidence.insert("accept_queue".into(), json!({"length": snap.sk_ack_backlog, "cap": snap.sk_max_ack_backlog}));
+                d.evidence.insert("tcp_abort_on_overflow".into(), json!(1));
+                af.queue = Some((snap.sk_ack_backlog, snap.sk_max_ack_backlog));
+                if let Some(l) = self.table.listener_by_sk(r.skaddr).cloned() {
+                    self.attach_listener(&mut d, &l, &mut af);
+                }
+                if let Some(e) = endpoints {
+                    d.related = self.related_fd_incident(netns, e.local.port, now);
+                    af.fd_exhaustion_related = d.related.is_some();
+                }
+            }
+            _ => {
+                self.attach_conn_owner(&mut d, r.skaddr, netns, endpoints, now);
+                self.conn_evidence(&mut d, cause, snap, r.flags);
+                if let Some(idle) = self.idle_seconds(snap) {
+                    af.idle_s = Some(idle);
+                }
+            }
+        }
+        if let Some(reason) = &reason {
+            d.evidence.insert("kernel_reason".into(), json!(reason));
+        }
+        d.advice = advice(cause, &af);
+        vec![d]
+    }
+
+    fn attach_listener(&self, d: &mut Diagnosis, l: &ListenerSock, af: &mut AdviceFacts) {
+        let mut owners = l.owners.clone();
+        if !owners.is_empty() {
+            d.owner = Some(owners.remove(0));
+            d.other_owners = owners;
+        }
+        af.requested_backlog = l.requested_backlog;
+        d.evidence.insert("listen_backlog_requested".into(), json!(l.requested_backlog));
+        d.evidence.insert("listener_address".into(), json!(l.addr.to_string()));
+        if let Some(somaxconn) = self.host.sysctl(d.netns, "net.core.somaxconn").and_then(|v| v.parse::<u32>().ok()) {
+            af.somaxconn = Some(somaxconn);
+            d.evidence.insert("somaxconn".into(), json!(somaxconn));
+        }
+    }
+
+    fn attach_conn_owner(&self, d: &mut Diagnosis, skaddr: u64, netns: u32, endpoints: Option<Endpoints>, now: u64) {
+        let live = self.table.conn(skaddr).or_else(|| endpoints.and_then(|e| self.table.conn_by_tuple(netns, &e)));
+        if let Some(c) = live {
+            d.owner = Some(c.owner.clone());
+            d.evidence.insert("connection_age_seconds".into(), json!(secs(now.saturating_sub(c.since_ns))));
+            return;
+        }
+        if let Some(c) = endpoints.and_then(|e| self.table.closed_conn(netns, &e)) {
+            // TIME_WAIT and closed sockets have no owner: name the last one, marked as such.
+            d.evidence.insert("last_owner".into(), json!({
+                "process": {"pid": c.owner.pid, "executable": {"name": c.owner.comm}},
+                "closed_seconds_ago": secs(now.saturating_sub(c.closed_ns)),
+            }));
+        }
+    }
+
+    fn idle_seconds(&self, snap: &TcpSnapshot) -> Option<f64> {
+        // A socket that never sent or received data has no activity stamps yet.
+        if snap.valid & SNAP_TIMES == 0 || (snap.lsndtime == 0 && snap.rcv_tstamp == 0) {
+            return None;
+        }
+        let now = snap.now_jiffies as u32;
+        let last = if wrapping_gap(snap.lsndtime, snap.rcv_tstamp) < u32::MAX / 2 { snap.lsndtime } else { snap.rcv_tstamp };
+        Some(f64::from(wrapping_gap(now, last)) / self.hz as f64)
+    }
+
+    fn conn_evidence(&self, d: &mut Diagnosis, cause: Cause, snap: &TcpSnapshot, flags: u32) {
+        if snap.valid & SNAP_SEQ != 0 {
+            d.evidence.insert("unread_bytes".into(), json!(wrapping_gap(snap.rcv_nxt, snap.copied_seq)));
+            d.evidence.insert("bytes_in_flight".into(), json!(wrapping_gap(snap.snd_nxt, snap.snd_una)));
+        }
+        if let Some(idle) = self.idle_seconds(snap) {
+            d.evidence.insert("idle_seconds".into(), json!((idle * 1000.0).round() / 1000.0));
+        }
+        if cause == Cause::AbortByApplication {
+            d.evidence.insert("linger".into(), json!(if flags & RST_LINGER_ZERO != 0 { "on, 0 s (close aborts)" } else { "off" }));
+            d.evidence.insert("trigger".into(), json!(if flags & RST_LINGER_ZERO != 0 { "close() with SO_LINGER {1, 0}" } else { "disconnect or shutdown by the application" }));
+        }
+    }
+
+    fn on_reset_received(&mut self, r: &ResetReceivedRecord) -> Vec<Diagnosis> {
+        let now = r.header.ktime_ns;
+        let netns = r.header.netns;
+        let endpoints = Endpoints::try_from(&r.tuple).ok();
+        let cause = classify_received_reset(r.state);
+        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.reset_received", cause, Direction::Received, Origin::Peer, netns);
+        d.endpoints = endpoints;
+        d.tcp_state = Some(r.state);
+        self.attach_conn_owner(&mut d, r.skaddr, netns, endpoints, now);
+        if cause == Cause::ResetByPeer {
+            self.conn_evidence(&mut d, cause, &r.snap, 0);
+        }
+        d.evidence.insert("sock_cookie".into(), json!(r.sock_cookie));
+        let af = AdviceFacts { port: endpoints.map(|e| e.remote.port), idle_s: self.idle_seconds(&r.snap), ..Default::default() };
+        d.advice = advice(cause, &af);
+        vec![d]
+    }
+
+    fn on_skb_drop(&mut self, r: &SkbDropRecord) -> Vec<Diagnosis> {
+        let now = r.header.ktime_ns;
+        let netns = r.header.netns;
+        let Some(reason) = self.drop_reasons.name(u64::from(r.reason)).map(str::to_owned) else { return Vec::new() };
+        let Some(cause) = classify_drop(&reason) else { return Vec::new() };
+        let endpoints = Endpoints::try_from(&r.tuple).ok();
+        let origin = if cause == Cause::FirewallDrop { Origin::Netfilter } else { Origin::TcpStack };
+        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.segment_dropped", cause, Direction::Dropped, origin, netns);
+        d.reason = Some(reason.clone());
+        d.endpoints = endpoints;
+        d.evidence.insert("kernel_reason".into(), json!(reason));
+        d.evidence.insert("tcp_flags".into(), json!(tcp_flags(r.tcp_flags)));
+        d.evidence.insert("segment_direction".into(), json!(if r.flags & SKB_OUTBOUND != 0 { "outbound" } else { "inbound" }));
+        let mut af = AdviceFacts { port: endpoints.map(|e| e.local.port), ..Default::default() };
+        if let Some(e) = endpoints {
+            match cause {
+                Cause::AcceptQueueOverflow => {
+                    d.tcp_state = Some(TCP_LISTEN);
+                    d.evidence.insert("stage".into(), json!("ack"));
+                    let listeners = self.table.listeners(netns, e.local.port).to_vec();
+                    if let (_, _, Some(l)) = self.listener_owner(&listeners, &e.local) {
+                        self.attach_listener(&mut d, &l, &mut af);
+                    }
+                    if let Some(v) = self.host.sysctl(netns, "net.ipv4.tcp_abort_on_overflow") {
+                        d.evidence.insert("tcp_abort_on_overflow".into(), json!(v.parse::<u32>().ok()));
+                    }
+                    d.related = self.related_fd_incident(netns, e.local.port, now);
+                    af.fd_exhaustion_related = d.related.is_some();
+                }
+                _ => {
+                    let listeners = self.table.listeners(netns, e.local.port).to_vec();
+                    let (owner, others, _) = self.listener_owner(&listeners, &e.local);
+                    if owner.is_some() {
+                        d.owner = owner;
+                        d.other_owners = others;
+                    } else {
+                        self.attach_conn_owner(&mut d, 0, netns, endpoints, now);
+                    }
+                }
+            }
+        }
+        d.advice = advice(cause, &af);
+        vec![d]
+    }
+
+    fn on_connect(&mut self, r: &ConnectRecord) -> Vec<Diagnosis> {
+        if -r.ret != EADDRNOTAVAIL {
+            return Vec::new();
+        }
+        let now = r.header.ktime_ns;
+        let netns = r.header.netns;
+        let task = Task::from(&r.task);
+        let owner = self.owner(&task, Learned::Syscall);
+        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.connect_failed", Cause::EphemeralPortExhaustion, Direction::None, Origin::Syscall, netns);
+        d.endpoints = Endpoints::try_from(&r.tuple).ok();
+        d.reason = Some("EADDRNOTAVAIL".into());
+        let range = self.host.sysctl(netns, "net.ipv4.ip_local_port_range");
+        d.evidence.insert("ip_local_port_range".into(), json!(range));
+        if let Some(r) = range.as_deref() {
+            let v: Vec<u32> = r.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if let [lo, hi] = v[..] {
+                d.evidence.insert("ephemeral_ports".into(), json!(hi.saturating_sub(lo) + 1));
+            }
+        }
+        d.owner = Some(owner);
+        d.advice = advice(Cause::EphemeralPortExhaustion, &AdviceFacts { port_range: range, ..Default::default() });
+        vec![d]
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    (ns as f64 / 1e6).round() / 1000.0
+}
+
+fn limit_json(v: u64) -> Value {
+    if v == u64::MAX { json!("unlimited") } else { json!(v) }
+}
+
+fn tcp_flags(b: u8) -> String {
+    const NAMES: [(u8, &str); 6] = [(0x02, "SYN"), (0x10, "ACK"), (0x04, "RST"), (0x01, "FIN"), (0x08, "PSH"), (0x20, "URG")];
+    NAMES.iter().filter(|(bit, _)| b & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+}

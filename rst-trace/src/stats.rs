@@ -1,0 +1,149 @@
+//! Totals: exact kernel counters, per-cause counts, and every record that did not make it.
+use std::collections::BTreeMap;
+
+use rst_trace_common::{CounterFamily, RecordKind, COUNTER_SLOTS, SLOT_NO_REASON};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset},
+    cause::Cause,
+    kernel::reasons::{tcp_state_name, ReasonNames},
+};
+
+/// Summed per-CPU counters, indexed like the kernel's `RST_COUNTERS`.
+#[derive(Debug, Clone, Default)]
+pub struct KernelCounters {
+    pub values: Vec<u64>,
+}
+
+impl KernelCounters {
+    pub fn get(&self, family: CounterFamily, slot: u32) -> u64 {
+        let i = usize::try_from(rst_trace_common::counter_index(family, slot)).unwrap_or(usize::MAX);
+        self.values.get(i).copied().unwrap_or(0)
+    }
+
+    fn family(&self, family: CounterFamily) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0..COUNTER_SLOTS).map(move |s| (s, self.get(family, s))).filter(|(_, v)| *v > 0)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.family(CounterFamily::Lost).map(|(_, v)| v).sum()
+    }
+}
+
+/// Counts the agent keeps itself.
+#[derive(Debug, Clone, Default)]
+pub struct AgentCounts {
+    pub delivered: u64,
+    pub undecodable: u64,
+    pub suppressed: u64,
+    pub by_cause: BTreeMap<Cause, u64>,
+}
+
+/// Per-cause totals that the kernel counters alone determine (the reason decides the cause
+/// without looking at the socket). They are exact even when records were lost.
+pub fn exact_cause_counts(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]) -> BTreeMap<Cause, u64> {
+    let mut out = BTreeMap::new();
+    for family in [CounterFamily::ResetSent, CounterFamily::ResetSentLingerZero] {
+        for (slot, n) in k.family(family) {
+            let reason = if slot == SLOT_NO_REASON { None } else { rst.name(u64::from(slot)) };
+            let Some(reason) = reason else { continue };
+            if matches!(reason, "INVALID_SYN" | "NOT_SPECIFIED") {
+                continue; // the cause depends on the socket's state: counted from records
+            }
+            let (cause, _) = classify_sent_reset(&SentReset { reason: Some(reason), has_sock: true, ..Default::default() });
+            *out.entry(cause).or_insert(0) += n;
+        }
+    }
+    for (state, n) in k.family(CounterFamily::ResetReceived) {
+        *out.entry(classify_received_reset(state)).or_insert(0) += n;
+    }
+    for (slot, n) in k.family(CounterFamily::SkbDrop) {
+        if let Some(cause) = watched_drops.get(slot as usize).and_then(|r| classify_drop(r)) {
+            *out.entry(cause).or_insert(0) += n;
+        }
+    }
+    for (errno, n) in k.family(CounterFamily::Accept) {
+        if errno == 23 || errno == 24 {
+            *out.entry(Cause::FdExhaustion).or_insert(0) += n;
+        }
+    }
+    for (errno, n) in k.family(CounterFamily::Connect) {
+        if errno == 99 {
+            *out.entry(Cause::EphemeralPortExhaustion).or_insert(0) += n;
+        }
+    }
+    out
+}
+
+/// Causes whose occurrences come only from records (or from polling), never from a counter
+/// that would double-count them: the kernel's number wins where it has one.
+pub fn merged_causes(exact: &BTreeMap<Cause, u64>, agent: &BTreeMap<Cause, u64>, reset_sent_ambiguous: bool) -> BTreeMap<Cause, u64> {
+    let mut out = agent.clone();
+    for (cause, n) in exact {
+        // Accept-queue overflow is also reported by polling and by RSTs on the listener:
+        // the agent's own count covers all of them, the kernel's only the ACK-time drops.
+        if *cause == Cause::AcceptQueueOverflow || (reset_sent_ambiguous && *cause == Cause::ProtocolViolation) {
+            continue;
+        }
+        out.insert(*cause, *n);
+    }
+    out
+}
+
+pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]) -> Value {
+    let reason = |slot: u32| {
+        if slot == SLOT_NO_REASON { "NONE".to_owned() } else { rst.name(u64::from(slot)).map_or_else(|| format!("REASON_{slot}"), str::to_owned) }
+    };
+    let fam = |f: CounterFamily, name: &dyn Fn(u32) -> String| -> Value {
+        Value::Object(k.family(f).map(|(s, v)| (name(s), json!(v))).collect::<Map<_, _>>())
+    };
+    let errno = |e: u32| match e {
+        0 => "OK".to_owned(),
+        23 => "ENFILE".to_owned(),
+        24 => "EMFILE".to_owned(),
+        99 => "EADDRNOTAVAIL".to_owned(),
+        other => format!("ERRNO_{other}"),
+    };
+    let kind = |k: u32| {
+        u16::try_from(k).ok().and_then(RecordKind::from_u16).map_or_else(|| format!("KIND_{k}"), |k| format!("{k:?}"))
+    };
+    json!({
+        "resets_sent": fam(CounterFamily::ResetSent, &reason),
+        "resets_sent_linger_zero": fam(CounterFamily::ResetSentLingerZero, &reason),
+        "resets_received": fam(CounterFamily::ResetReceived, &|s| tcp_state_name(s).to_owned()),
+        "drops": fam(CounterFamily::SkbDrop, &|s| watched_drops.get(s as usize).map_or_else(|| format!("SLOT_{s}"), |r| (*r).to_owned())),
+        "accept": fam(CounterFamily::Accept, &errno),
+        "connect_errors": fam(CounterFamily::Connect, &errno),
+        "lost_records": fam(CounterFamily::Lost, &kind),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rst_trace_common::{counter_index, COUNTERS_LEN};
+
+    use super::*;
+
+    #[test]
+    fn kernel_counters_give_exact_causes() {
+        let mut k = KernelCounters { values: vec![0; COUNTERS_LEN as usize] };
+        k.values[counter_index(CounterFamily::ResetSent, 1) as usize] = 5;
+        k.values[counter_index(CounterFamily::ResetSent, 10) as usize] = 2; // INVALID_SYN: ambiguous
+        k.values[counter_index(CounterFamily::ResetSentLingerZero, 14) as usize] = 3;
+        k.values[counter_index(CounterFamily::Accept, 24) as usize] = 7;
+        k.values[counter_index(CounterFamily::Accept, 0) as usize] = 100;
+        k.values[counter_index(CounterFamily::Lost, 1) as usize] = 4;
+        let names = ReasonNames::from_pairs([("NO_SOCKET".into(), 1), ("INVALID_SYN".into(), 10), ("TCP_STATE".into(), 14)]);
+        let c = exact_cause_counts(&k, &names, &["TCP_LISTEN_OVERFLOW"]);
+        assert_eq!(c.get(&Cause::NoListener), Some(&5));
+        assert_eq!(c.get(&Cause::AbortByApplication), Some(&3));
+        assert_eq!(c.get(&Cause::FdExhaustion), Some(&7));
+        assert_eq!(c.get(&Cause::ProtocolViolation), None);
+        assert_eq!(k.lost(), 4);
+        let j = kernel_json(&k, &names, &[]);
+        assert_eq!(j["resets_sent"]["NO_SOCKET"], 5);
+        assert_eq!(j["accept"]["EMFILE"], 7);
+        assert_eq!(j["lost_records"]["ResetSent"], 4);
+    }
+}

@@ -1,0 +1,932 @@
+//! rst-trace-peer: a small, predictable TCP peer for the rst-trace end-to-end tests.
+//!
+//! std + libc only. Every subcommand prints `ready <pid>` on stdout (flushed) once it is set up,
+//! then acts, printing one line per observable result. The first token of every later line is the
+//! result keyword; extra `key=value` tokens follow.
+//!
+//! Every wait is bounded: subcommands that serve (`listen`) run until SIGTERM/SIGINT, or until
+//! stdin reaches EOF when stdin is a pipe (so a peer whose parent test died goes away on its own).
+//!
+//! ```text
+//! rst-trace-peer listen  --addr A --port P [--backlog N] [--accept] [--nofile N] [--hold-ms MS]
+//! rst-trace-peer connect --addr A --port P [--count N] [--timeout-ms MS] [--nonblocking] [--hold-ms MS]
+//! rst-trace-peer abort-close --port P [--addr A] [--timeout-ms MS]
+//! rst-trace-peer linger0     --port P [--addr A] [--wait-data] [--timeout-ms MS]
+//! rst-trace-peer send --addr A --port P --bytes N [--wait-close] [--timeout-ms MS]
+//! ```
+//!
+//! Output lines:
+//! * listen:  `accepted peer=IP:PORT`, `accept_error ERRNO`, `conn_closed peer=…`, `conn_reset peer=…`
+//! * connect: `<result> attempt=I lport=P` with result one of `connected`, `refused`, `timeout`,
+//!   `in_progress` (only with --nonblocking --timeout-ms 0) or an errno name (`EADDRNOTAVAIL`, …)
+//! * abort-close: `accepted peer=…`, `closed unread=N`
+//! * linger0: `accepted peer=…`, `closed linger=0 drained=N`
+//! * send: `connected lport=P` (or the connect result as above, then exit 1), `sent N`, and with
+//!   --wait-close one of `eof`, `reset`, `timeout`, ERRNO
+//!
+//! Exit status: 0 on success, 1 on a setup failure (message on stderr), 2 on bad usage.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::mem;
+use std::net::{IpAddr, SocketAddr};
+use std::process::exit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    unsafe {
+        let mut sa: libc::sigaction = mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = 0; // no SA_RESTART: poll() returns EINTR and we look at STOP
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        // A closed stdout must not kill us silently halfway through.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+fn stopping() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+fn out(line: &str) {
+    let mut o = std::io::stdout().lock();
+    // Ignore EPIPE: the harness may have stopped reading.
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("rst-trace-peer: {msg}");
+    exit(1)
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("rst-trace-peer: {msg}");
+    eprintln!(
+        "usage: rst-trace-peer listen|connect|abort-close|linger0|send [options] (see source header)"
+    );
+    exit(2)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn errno_name(e: i32) -> String {
+    let n = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::EPIPE => "EPIPE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        _ => return format!("errno{e}"),
+    };
+    n.to_string()
+}
+
+/// The result keyword for a failed connect.
+fn connect_result(e: i32) -> String {
+    match e {
+        libc::ECONNREFUSED => "refused".into(),
+        libc::ETIMEDOUT => "timeout".into(),
+        _ => errno_name(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+struct Args {
+    flags: HashMap<String, Option<String>>,
+}
+
+impl Args {
+    /// `known` lists the options; a trailing `!` marks a flag without value.
+    fn parse(rest: &[String], known: &[&str]) -> Args {
+        let mut flags = HashMap::new();
+        let mut i = 0;
+        while i < rest.len() {
+            let a = &rest[i];
+            let name = a
+                .strip_prefix("--")
+                .unwrap_or_else(|| usage(&format!("unexpected argument {a:?}")));
+            let (name, inline) = match name.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (name, None),
+            };
+            let is_flag = known.contains(&format!("{name}!").as_str());
+            let takes_value = known.contains(&name);
+            if !is_flag && !takes_value {
+                usage(&format!("unknown option --{name}"));
+            }
+            if is_flag {
+                if inline.is_some() {
+                    usage(&format!("--{name} takes no value"));
+                }
+                flags.insert(name.to_string(), None);
+            } else {
+                let v = match inline {
+                    Some(v) => v,
+                    None => {
+                        i += 1;
+                        rest.get(i)
+                            .cloned()
+                            .unwrap_or_else(|| usage(&format!("--{name} needs a value")))
+                    }
+                };
+                flags.insert(name.to_string(), Some(v));
+            }
+            i += 1;
+        }
+        Args { flags }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.flags.contains_key(name)
+    }
+
+    fn str(&self, name: &str) -> Option<&str> {
+        self.flags.get(name).and_then(|v| v.as_deref())
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.str(name).map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| usage(&format!("--{name}: not a number: {v:?}")))
+        })
+    }
+
+    fn req_num<T: std::str::FromStr>(&self, name: &str) -> T {
+        self.num(name)
+            .unwrap_or_else(|| usage(&format!("--{name} is required")))
+    }
+
+    fn addr(&self, default: Option<&str>) -> IpAddr {
+        let s = self
+            .str("addr")
+            .or(default)
+            .unwrap_or_else(|| usage("--addr is required"));
+        s.parse()
+            .unwrap_or_else(|_| usage(&format!("--addr: not an IP address: {s:?}")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets (thin libc wrappers)
+
+fn to_sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let mut st: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match sa {
+        SocketAddr::V4(a) => {
+            let sin = unsafe { &mut *(&mut st as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = unsafe { &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
+            sin6.sin6_scope_id = a.scope_id();
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (st, len as libc::socklen_t)
+}
+
+fn from_sockaddr(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match st.ss_family as i32 {
+        libc::AF_INET => {
+            let sin = unsafe { &*(st as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 => {
+            let sin6 = unsafe { &*(st as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
+        }
+        _ => None,
+    }
+}
+
+fn family(ip: &IpAddr) -> i32 {
+    match ip {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
+    }
+}
+
+fn tcp_socket(ip: &IpAddr) -> Result<i32, i32> {
+    let fd = unsafe {
+        libc::socket(
+            family(ip),
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+fn set_int_opt(fd: i32, level: i32, opt: i32, val: i32) -> Result<(), i32> {
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &val as *const i32 as *const libc::c_void,
+            mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn local_port(fd: i32) -> u16 {
+    let mut st: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let r = unsafe { libc::getsockname(fd, &mut st as *mut _ as *mut libc::sockaddr, &mut len) };
+    if r < 0 {
+        return 0;
+    }
+    from_sockaddr(&st).map(|a| a.port()).unwrap_or(0)
+}
+
+fn close(fd: i32) {
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+fn listener(ip: IpAddr, port: u16, backlog: i32) -> i32 {
+    let fd = tcp_socket(&ip).unwrap_or_else(|e| die(&format!("socket: {}", errno_name(e))));
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+        .unwrap_or_else(|e| die(&format!("SO_REUSEADDR: {}", errno_name(e))));
+    let (st, len) = to_sockaddr(&SocketAddr::new(ip, port));
+    if unsafe { libc::bind(fd, &st as *const _ as *const libc::sockaddr, len) } < 0 {
+        die(&format!("bind {ip}:{port}: {}", errno_name(errno())));
+    }
+    if unsafe { libc::listen(fd, backlog) } < 0 {
+        die(&format!("listen: {}", errno_name(errno())));
+    }
+    fd
+}
+
+/// Non-blocking accept. Ok(None) when nothing is queued.
+fn accept(lfd: i32) -> Result<Option<(i32, Option<SocketAddr>)>, i32> {
+    let mut st: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let fd = unsafe {
+        libc::accept4(
+            lfd,
+            &mut st as *mut _ as *mut libc::sockaddr,
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = errno();
+        if e == libc::EAGAIN || e == libc::EWOULDBLOCK || e == libc::EINTR {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    } else {
+        Ok(Some((fd, from_sockaddr(&st))))
+    }
+}
+
+fn fmt_peer(p: &Option<SocketAddr>) -> String {
+    p.map(|a| a.to_string()).unwrap_or_else(|| "?".into())
+}
+
+/// Read and discard everything available now. Returns (bytes, Some(0) on EOF / Some(errno) on
+/// error, None if the socket is still open and empty).
+fn drain(fd: i32) -> (usize, Option<i32>) {
+    let mut buf = [0u8; 16384];
+    let mut total = 0;
+    loop {
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n > 0 {
+            total += n as usize;
+            continue;
+        }
+        if n == 0 {
+            return (total, Some(0));
+        }
+        let e = errno();
+        if e == libc::EAGAIN || e == libc::EWOULDBLOCK {
+            return (total, None);
+        }
+        if e == libc::EINTR {
+            continue;
+        }
+        return (total, Some(e));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polling with stop/stdin awareness
+
+fn stdin_is_pipe() -> bool {
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    if unsafe { libc::fstat(0, &mut st) } < 0 {
+        return false;
+    }
+    (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
+}
+
+struct Poller {
+    watch_stdin: bool,
+}
+
+impl Poller {
+    fn new() -> Poller {
+        Poller {
+            watch_stdin: stdin_is_pipe(),
+        }
+    }
+
+    /// Poll `fds` (fd, events) for at most `timeout`. Returns the revents per fd, or None when the
+    /// process should stop (signal, or stdin EOF when stdin is a pipe).
+    fn poll(&mut self, fds: &[(i32, i16)], timeout: Duration) -> Option<Vec<i16>> {
+        if stopping() {
+            return None;
+        }
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|&(fd, events)| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            })
+            .collect();
+        if self.watch_stdin {
+            pfds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if r < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                return if stopping() {
+                    None
+                } else {
+                    Some(vec![0; fds.len()])
+                };
+            }
+            die(&format!("poll: {}", errno_name(e)));
+        }
+        if self.watch_stdin {
+            let s = pfds.pop().unwrap();
+            if s.revents != 0 {
+                let mut buf = [0u8; 512];
+                let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+                if n <= 0 {
+                    // EOF (or error): our parent is gone or asked us to stop.
+                    return None;
+                }
+            }
+        }
+        if stopping() {
+            return None;
+        }
+        Some(pfds.iter().map(|p| p.revents).collect())
+    }
+
+    /// Sleep for `d` unless asked to stop. Returns false when stopping.
+    fn sleep(&mut self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            if self.poll(&[], deadline - now).is_none() {
+                return false;
+            }
+        }
+    }
+}
+
+fn ready() {
+    out(&format!("ready {}", std::process::id()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// listen
+
+struct Conn {
+    fd: i32,
+    peer: Option<SocketAddr>,
+    close_at: Option<Instant>,
+}
+
+fn cmd_listen(a: &Args) {
+    let ip = a.addr(None);
+    let port: u16 = a.req_num("port");
+    let backlog: i32 = a.num("backlog").unwrap_or(128);
+    let hold = a.num::<u64>("hold-ms").map(Duration::from_millis);
+    let lfd = listener(ip, port, backlog);
+    if let Some(n) = a.num::<u64>("nofile") {
+        let mut rl: libc::rlimit = unsafe { mem::zeroed() };
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } < 0 {
+            die("getrlimit");
+        }
+        rl.rlim_cur = n as libc::rlim_t;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } < 0 {
+            die(&format!("setrlimit NOFILE {n}: {}", errno_name(errno())));
+        }
+    }
+    let accepting = a.has("accept");
+    let mut poller = Poller::new();
+    ready();
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        let mut fds: Vec<(i32, i16)> = Vec::new();
+        if accepting {
+            fds.push((lfd, libc::POLLIN));
+        }
+        let first_conn = fds.len();
+        for c in &conns {
+            fds.push((c.fd, libc::POLLIN));
+        }
+        let now = Instant::now();
+        let mut timeout = Duration::from_millis(200);
+        for c in &conns {
+            if let Some(t) = c.close_at {
+                timeout = timeout.min(t.saturating_duration_since(now));
+            }
+        }
+        let Some(rev) = poller.poll(&fds, timeout) else {
+            break;
+        };
+        // Connections: drain, notice EOF/RST.
+        let mut keep = Vec::with_capacity(conns.len());
+        for (i, c) in conns.drain(..).enumerate() {
+            let r = rev[first_conn + i];
+            let mut gone = None;
+            if r != 0 {
+                let (_, end) = drain(c.fd);
+                gone = end;
+            }
+            match gone {
+                Some(0) => {
+                    out(&format!("conn_closed peer={}", fmt_peer(&c.peer)));
+                    close(c.fd);
+                }
+                Some(e) if e == libc::ECONNRESET => {
+                    out(&format!("conn_reset peer={}", fmt_peer(&c.peer)));
+                    close(c.fd);
+                }
+                Some(e) => {
+                    out(&format!("conn_error {} peer={}", errno_name(e), fmt_peer(&c.peer)));
+                    close(c.fd);
+                }
+                None => {
+                    if c.close_at.is_some_and(|t| Instant::now() >= t) {
+                        drain(c.fd);
+                        out(&format!("conn_done peer={}", fmt_peer(&c.peer)));
+                        close(c.fd);
+                    } else {
+                        keep.push(c);
+                    }
+                }
+            }
+        }
+        conns = keep;
+        // Listener: accept everything queued (bounded per round).
+        if accepting && rev[0] != 0 {
+            for _ in 0..256 {
+                match accept(lfd) {
+                    Ok(Some((fd, peer))) => {
+                        out(&format!("accepted peer={}", fmt_peer(&peer)));
+                        conns.push(Conn {
+                            fd,
+                            peer,
+                            close_at: hold.map(|h| Instant::now() + h),
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        out(&format!("accept_error {}", errno_name(e)));
+                        // The connection stays queued, so poll() would report it again at once:
+                        // back off instead of spinning.
+                        if !poller.sleep(Duration::from_millis(100)) {
+                            STOP.store(true, Ordering::SeqCst);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if stopping() {
+            break;
+        }
+    }
+    for c in conns {
+        close(c.fd);
+    }
+    close(lfd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// connect
+
+struct Attempt {
+    fd: i32,
+    lport: u16,
+    result: Option<String>,
+}
+
+/// Start one non-blocking connect.
+fn start_connect(dst: &SocketAddr) -> Attempt {
+    let fd = match tcp_socket(&dst.ip()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return Attempt {
+                fd: -1,
+                lport: 0,
+                result: Some(errno_name(e)),
+            }
+        }
+    };
+    let (st, len) = to_sockaddr(dst);
+    let r = unsafe { libc::connect(fd, &st as *const _ as *const libc::sockaddr, len) };
+    // The local port is bound by now (even if the attempt already failed, inet_sport is kept).
+    let lport = local_port(fd);
+    let result = if r == 0 {
+        Some("connected".to_string())
+    } else {
+        let e = errno();
+        if e == libc::EINPROGRESS {
+            None
+        } else {
+            Some(connect_result(e))
+        }
+    };
+    Attempt { fd, lport, result }
+}
+
+/// Wait until the pending attempts resolve or the deadline passes.
+fn finish_connects(poller: &mut Poller, atts: &mut [Attempt], deadline: Instant, zero: bool) {
+    loop {
+        let pending: Vec<usize> = (0..atts.len())
+            .filter(|&i| atts[i].result.is_none())
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            for i in pending {
+                atts[i].result = Some(if zero { "in_progress" } else { "timeout" }.into());
+            }
+            return;
+        }
+        let fds: Vec<(i32, i16)> = pending.iter().map(|&i| (atts[i].fd, libc::POLLOUT)).collect();
+        let Some(rev) = poller.poll(&fds, deadline - now) else {
+            for i in pending {
+                atts[i].result = Some("interrupted".into());
+            }
+            return;
+        };
+        for (k, &i) in pending.iter().enumerate() {
+            if rev[k] == 0 {
+                continue;
+            }
+            let mut err: i32 = 0;
+            let mut len = mem::size_of::<i32>() as libc::socklen_t;
+            let r = unsafe {
+                libc::getsockopt(
+                    atts[i].fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    &mut err as *mut i32 as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                err = errno();
+            }
+            atts[i].result = Some(if err == 0 {
+                "connected".to_string()
+            } else {
+                connect_result(err)
+            });
+        }
+    }
+}
+
+fn cmd_connect(a: &Args) {
+    let ip = a.addr(None);
+    let port: u16 = a.req_num("port");
+    let count: u32 = a.num("count").unwrap_or(1);
+    let timeout = Duration::from_millis(a.num("timeout-ms").unwrap_or(5000));
+    let zero = timeout.is_zero();
+    let hold = a.num::<u64>("hold-ms").map(Duration::from_millis);
+    let dst = SocketAddr::new(ip, port);
+    let mut poller = Poller::new();
+    ready();
+    let mut atts: Vec<Attempt> = Vec::new();
+    if a.has("nonblocking") {
+        // Fire all attempts, then wait for them together.
+        for _ in 0..count {
+            atts.push(start_connect(&dst));
+        }
+        finish_connects(&mut poller, &mut atts, Instant::now() + timeout, zero);
+        for (i, t) in atts.iter().enumerate() {
+            out(&format!("{} attempt={i} lport={}", t.result.as_deref().unwrap(), t.lport));
+        }
+    } else {
+        for i in 0..count {
+            let mut one = [start_connect(&dst)];
+            finish_connects(&mut poller, &mut one, Instant::now() + timeout, zero);
+            let [t] = one;
+            out(&format!("{} attempt={i} lport={}", t.result.as_deref().unwrap(), t.lport));
+            atts.push(t);
+            if stopping() {
+                break;
+            }
+        }
+    }
+    if let Some(h) = hold {
+        poller.sleep(h);
+    }
+    for t in atts {
+        if t.fd >= 0 {
+            close(t.fd);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// abort-close / linger0: one-shot servers
+
+/// Wait (bounded) for one connection on a fresh listener. Exits 1 on timeout.
+fn accept_one(poller: &mut Poller, lfd: i32, deadline: Instant) -> i32 {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            die("timed out waiting for a connection");
+        }
+        let Some(_) = poller.poll(&[(lfd, libc::POLLIN)], deadline - now) else {
+            exit(0);
+        };
+        match accept(lfd) {
+            Ok(Some((fd, peer))) => {
+                out(&format!("accepted peer={}", fmt_peer(&peer)));
+                return fd;
+            }
+            Ok(None) => continue,
+            Err(e) => die(&format!("accept: {}", errno_name(e))),
+        }
+    }
+}
+
+fn unread_bytes(fd: i32) -> i32 {
+    let mut n: libc::c_int = 0;
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+        return -1;
+    }
+    n
+}
+
+/// Wait (bounded) until `fd` has data to read. Exits 1 on timeout.
+fn wait_readable(poller: &mut Poller, fd: i32, deadline: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            die("timed out waiting for data");
+        }
+        let Some(rev) = poller.poll(&[(fd, libc::POLLIN)], deadline - now) else {
+            exit(0);
+        };
+        if rev[0] != 0 {
+            return;
+        }
+    }
+}
+
+fn cmd_abort_close(a: &Args) {
+    let ip = a.addr(Some("127.0.0.1"));
+    let port: u16 = a.req_num("port");
+    let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
+    let lfd = listener(ip, port, 16);
+    let mut poller = Poller::new();
+    ready();
+    let fd = accept_one(&mut poller, lfd, deadline);
+    wait_readable(&mut poller, fd, deadline);
+    let unread = unread_bytes(fd);
+    // close() with unread data in the receive queue: the kernel answers with RST
+    // (sk_rst_reason TCP_ABORT_ON_CLOSE).
+    close(fd);
+    out(&format!("closed unread={unread}"));
+    close(lfd);
+}
+
+fn cmd_linger0(a: &Args) {
+    let ip = a.addr(Some("127.0.0.1"));
+    let port: u16 = a.req_num("port");
+    let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
+    let lfd = listener(ip, port, 16);
+    let mut poller = Poller::new();
+    ready();
+    let fd = accept_one(&mut poller, lfd, deadline);
+    if a.has("wait-data") {
+        wait_readable(&mut poller, fd, deadline);
+    }
+    // Leave nothing unread, or the close would be an abort_on_close instead.
+    let (drained, _) = drain(fd);
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &lg as *const _ as *const libc::c_void,
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        die(&format!("SO_LINGER: {}", errno_name(errno())));
+    }
+    close(fd);
+    out(&format!("closed linger=0 drained={drained}"));
+    close(lfd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// send: client counterpart of abort-close / linger0
+
+fn cmd_send(a: &Args) {
+    let ip = a.addr(None);
+    let port: u16 = a.req_num("port");
+    let bytes: usize = a.req_num("bytes");
+    let timeout = Duration::from_millis(a.num("timeout-ms").unwrap_or(10_000));
+    let deadline = Instant::now() + timeout;
+    let mut poller = Poller::new();
+    ready();
+    let mut one = [start_connect(&SocketAddr::new(ip, port))];
+    finish_connects(&mut poller, &mut one, deadline, false);
+    let [t] = one;
+    let res = t.result.as_deref().unwrap();
+    if res != "connected" {
+        out(&format!("{res} attempt=0 lport={}", t.lport));
+        exit(1);
+    }
+    out(&format!("connected lport={}", t.lport));
+    let fd = t.fd;
+    let buf = vec![b'x'; 16384];
+    let mut sent = 0usize;
+    while sent < bytes {
+        let n = (bytes - sent).min(buf.len());
+        let r = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr() as *const libc::c_void,
+                n,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if r > 0 {
+            sent += r as usize;
+            continue;
+        }
+        let e = errno();
+        if e == libc::EAGAIN || e == libc::EWOULDBLOCK || e == libc::EINTR {
+            let now = Instant::now();
+            if now >= deadline {
+                out(&format!("sent {sent}"));
+                out("timeout");
+                exit(1);
+            }
+            if poller
+                .poll(&[(fd, libc::POLLOUT)], deadline - now)
+                .is_none()
+            {
+                exit(0);
+            }
+            continue;
+        }
+        out(&format!("sent {sent}"));
+        out(&if e == libc::ECONNRESET {
+            "reset".to_string()
+        } else {
+            errno_name(e)
+        });
+        exit(1);
+    }
+    out(&format!("sent {sent}"));
+    if a.has("wait-close") {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                out("timeout");
+                break;
+            }
+            let Some(rev) = poller.poll(&[(fd, libc::POLLIN)], deadline - now) else {
+                break;
+            };
+            if rev[0] == 0 {
+                continue;
+            }
+            match drain(fd) {
+                (_, Some(0)) => {
+                    out("eof");
+                    break;
+                }
+                (_, Some(e)) if e == libc::ECONNRESET => {
+                    out("reset");
+                    break;
+                }
+                (_, Some(e)) => {
+                    out(&errno_name(e));
+                    break;
+                }
+                (_, None) => continue,
+            }
+        }
+    }
+    close(fd);
+}
+
+fn main() {
+    install_signal_handlers();
+    let argv: Vec<String> = std::env::args().collect();
+    let Some(cmd) = argv.get(1) else {
+        usage("missing subcommand")
+    };
+    let rest = &argv[2..];
+    match cmd.as_str() {
+        "listen" => cmd_listen(&Args::parse(
+            rest,
+            &["addr", "port", "backlog", "accept!", "nofile", "hold-ms"],
+        )),
+        "connect" => cmd_connect(&Args::parse(
+            rest,
+            &["addr", "port", "count", "timeout-ms", "nonblocking!", "hold-ms"],
+        )),
+        "abort-close" => cmd_abort_close(&Args::parse(rest, &["addr", "port", "timeout-ms"])),
+        "linger0" => cmd_linger0(&Args::parse(
+            rest,
+            &["addr", "port", "wait-data!", "timeout-ms"],
+        )),
+        "send" => cmd_send(&Args::parse(
+            rest,
+            &["addr", "port", "bytes", "wait-close!", "timeout-ms"],
+        )),
+        "-h" | "--help" | "help" => {
+            println!("rst-trace-peer listen|connect|abort-close|linger0|send [options]");
+        }
+        other => usage(&format!("unknown subcommand {other:?}")),
+    }
+}

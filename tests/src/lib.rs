@@ -1,0 +1,73 @@
+//! Test harness for rst-trace's end-to-end tests.
+//!
+//! * [`Netns`]: a throw-away network namespace (`rsttest-…`), deleted on drop.
+//! * [`Mib`]: per-netns kernel counters (/proc/net/netstat + /proc/net/snmp), the ground truth.
+//! * [`Peer`]: the `rst-trace-peer` program running inside a netns, killed and reaped on drop.
+//! * [`Agent`]: the `rst-trace` agent under test, its JSON lines collected on a thread.
+//! * [`event`]: accessors for the JSON fields of docs/agent-interface.md.
+//!
+//! Scenario tests need root (they create namespaces and load BPF); they call [`require_root`], which
+//! panics rather than skips: a test that cannot run must fail loudly.
+
+pub mod agent;
+pub mod event;
+pub mod mib;
+pub mod netns;
+pub mod peer;
+
+pub use agent::{agent_binary, Agent, Stopped};
+pub use mib::Mib;
+pub use netns::Netns;
+pub use peer::{ConnectResult, Peer, PeerExit};
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Panic (never skip) when the test does not run as root.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (network namespaces, BPF): run `sudo -E cargo test -p rst-trace-tests` \
+             — it must not be skipped"
+        );
+    }
+}
+
+/// The workspace root (the directory holding the workspace Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Path of the peer program. Integration tests should pass `env!("CARGO_BIN_EXE_rst-trace-peer")`
+/// instead; this fallback serves unit tests and tools.
+pub fn peer_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RST_TRACE_PEER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/rst-trace-peer
+    let mut dir = exe.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("rst-trace-peer")
+}
+
+/// Poll `cond` every `step` until it returns Some or `timeout` passes (bounded; no fixed sleeps as
+/// synchronisation).
+pub fn poll_until<T>(timeout: Duration, step: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::sleep(step.min(deadline - now));
+    }
+}

@@ -1,0 +1,200 @@
+//! Per-netns kernel MIB counters: the ground truth the agent's counts must reconcile with.
+//!
+//! /proc/net/netstat and /proc/net/snmp come in header/value line pairs:
+//! ```text
+//! TcpExt: SyncookiesSent SyncookiesRecv ...
+//! TcpExt: 0 0 ...
+//! ```
+//! A snapshot maps "TcpExt.ListenDrops", "Tcp.OutRsts", … to values.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+
+use crate::Netns;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mib {
+    pub values: BTreeMap<String, i64>,
+}
+
+impl Mib {
+    /// Parse the concatenated contents of /proc/net/netstat and /proc/net/snmp.
+    pub fn parse(text: &str) -> Result<Mib> {
+        let mut values = BTreeMap::new();
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty()).enumerate();
+        while let Some((i, header)) = lines.next() {
+            let (hp, hrest) = header
+                .split_once(':')
+                .with_context(|| format!("line {}: no 'Prefix:' in {header:?}", i + 1))?;
+            let Some((j, vline)) = lines.next() else {
+                bail!("line {}: header {hp:?} without a value line", i + 1);
+            };
+            let (vp, vrest) = vline
+                .split_once(':')
+                .with_context(|| format!("line {}: no 'Prefix:' in {vline:?}", j + 1))?;
+            if hp != vp {
+                bail!("line {}: value line prefix {vp:?} does not match header {hp:?}", j + 1);
+            }
+            let names: Vec<&str> = hrest.split_whitespace().collect();
+            let vals: Vec<&str> = vrest.split_whitespace().collect();
+            if names.len() != vals.len() {
+                bail!(
+                    "{hp}: {} names but {} values (lines {} and {})",
+                    names.len(),
+                    vals.len(),
+                    i + 1,
+                    j + 1
+                );
+            }
+            for (n, v) in names.iter().zip(vals) {
+                let v: i64 = v
+                    .parse()
+                    .with_context(|| format!("{hp}.{n}: not an integer: {v:?}"))?;
+                values.insert(format!("{hp}.{n}"), v);
+            }
+        }
+        if values.is_empty() {
+            bail!("no counters found");
+        }
+        Ok(Mib { values })
+    }
+
+    /// Snapshot the counters of a namespace (`ip netns exec NS cat /proc/net/netstat /proc/net/snmp`).
+    pub fn snapshot(ns: &Netns) -> Mib {
+        let text = ns.exec("cat", &["/proc/net/netstat", "/proc/net/snmp"]);
+        let m = Mib::parse(&text).unwrap_or_else(|e| panic!("cannot parse MIB of {}: {e:#}", ns.name()));
+        for k in ["Tcp.OutRsts", "TcpExt.ListenDrops", "TcpExt.ListenOverflows"] {
+            assert!(m.values.contains_key(k), "MIB of {} lacks {k}", ns.name());
+        }
+        m
+    }
+
+    /// The value of `key` ("TcpExt.ListenDrops"); panics if absent.
+    pub fn get(&self, key: &str) -> i64 {
+        *self
+            .values
+            .get(key)
+            .unwrap_or_else(|| panic!("MIB counter {key:?} not present"))
+    }
+
+    /// Keys whose values differ between the two snapshots, with their deltas (for diagnostics).
+    pub fn changes(before: &Mib, after: &Mib) -> BTreeMap<String, i64> {
+        after
+            .values
+            .iter()
+            .filter_map(|(k, v)| {
+                let b = before.values.get(k).copied().unwrap_or(0);
+                (v - b != 0).then(|| (k.clone(), v - b))
+            })
+            .collect()
+    }
+}
+
+/// after[key] - before[key]; panics if the key is absent from either snapshot.
+pub fn delta(before: &Mib, after: &Mib, key: &str) -> i64 {
+    after.get(key) - before.get(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NETSTAT: &str = "\
+TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed ListenOverflows ListenDrops TCPReqQFullDrop
+TcpExt: 0 0 3 17 21 0
+IpExt: InNoRoutes InTruncatedPkts InOctets
+IpExt: 0 0 123456789012
+MPTcpExt: MPCapableSYNRX
+MPTcpExt: 0
+";
+    const SNMP: &str = "\
+Ip: Forwarding DefaultTTL InReceives
+Ip: 1 64 42
+Icmp: InMsgs InErrors
+Icmp: 0 0
+IcmpMsg: InType3 OutType3
+IcmpMsg: 5 5
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors
+Tcp: 1 200 120000 -1 10 2 5 0 0 30 30 0 0 7 0
+Udp: InDatagrams NoPorts
+Udp: 0 0
+";
+
+    fn both() -> String {
+        format!("{NETSTAT}{SNMP}")
+    }
+
+    #[test]
+    fn parses_netstat_and_snmp() {
+        let m = Mib::parse(&both()).unwrap();
+        assert_eq!(m.get("TcpExt.ListenOverflows"), 17);
+        assert_eq!(m.get("TcpExt.ListenDrops"), 21);
+        assert_eq!(m.get("TcpExt.SyncookiesFailed"), 3);
+        assert_eq!(m.get("IpExt.InOctets"), 123456789012);
+        assert_eq!(m.get("MPTcpExt.MPCapableSYNRX"), 0);
+        assert_eq!(m.get("Tcp.OutRsts"), 7);
+        assert_eq!(m.get("Tcp.AttemptFails"), 5);
+        assert_eq!(m.get("Tcp.MaxConn"), -1, "negative values are valid");
+        assert_eq!(m.get("IcmpMsg.InType3"), 5);
+        assert_eq!(m.get("Udp.NoPorts"), 0);
+        assert_eq!(m.values.len(), 6 + 3 + 1 + 3 + 2 + 2 + 15 + 2);
+    }
+
+    #[test]
+    fn tolerates_blank_lines_and_trailing_spaces() {
+        let text = "Tcp: A B \nTcp: 1 2 \n\n\nTcpExt: C\nTcpExt: 3\n";
+        let m = Mib::parse(text).unwrap();
+        assert_eq!(m.get("Tcp.A"), 1);
+        assert_eq!(m.get("Tcp.B"), 2);
+        assert_eq!(m.get("TcpExt.C"), 3);
+    }
+
+    #[test]
+    fn delta_and_changes() {
+        let before = Mib::parse(&both()).unwrap();
+        let after = Mib::parse(&both().replace("-1 10 2 5 0 0 30 30 0 0 7 0", "-1 15 2 10 0 0 40 40 0 0 12 0"))
+            .unwrap();
+        assert_eq!(delta(&before, &after, "Tcp.OutRsts"), 5);
+        assert_eq!(delta(&before, &after, "Tcp.AttemptFails"), 5);
+        assert_eq!(delta(&before, &after, "TcpExt.ListenDrops"), 0);
+        let ch = Mib::changes(&before, &after);
+        assert_eq!(ch.get("Tcp.OutRsts"), Some(&5));
+        assert_eq!(ch.get("Tcp.InSegs"), Some(&10));
+        assert!(!ch.contains_key("TcpExt.ListenDrops"));
+    }
+
+    #[test]
+    #[should_panic(expected = "not present")]
+    fn missing_key_panics() {
+        let m = Mib::parse(&both()).unwrap();
+        m.get("Tcp.NoSuchCounter");
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        // mismatched prefixes
+        assert!(Mib::parse("Tcp: A B\nUdp: 1 2\n").is_err());
+        // count mismatch
+        assert!(Mib::parse("Tcp: A B\nTcp: 1\n").is_err());
+        // header without values
+        assert!(Mib::parse("Tcp: A B\n").is_err());
+        // not a number
+        assert!(Mib::parse("Tcp: A\nTcp: x\n").is_err());
+        // no prefix
+        assert!(Mib::parse("garbage\nmore garbage\n").is_err());
+        // empty
+        assert!(Mib::parse("").is_err());
+    }
+
+    #[test]
+    fn parses_this_machines_own_counters() {
+        // Readable without root: the test process's own netns. Guards against format drift.
+        let mut text = std::fs::read_to_string("/proc/net/netstat").unwrap();
+        text.push_str(&std::fs::read_to_string("/proc/net/snmp").unwrap());
+        let m = Mib::parse(&text).unwrap();
+        for k in ["Tcp.OutRsts", "Tcp.AttemptFails", "TcpExt.ListenDrops", "TcpExt.ListenOverflows"] {
+            assert!(m.values.contains_key(k), "{k} missing");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Builds the eBPF object from rst-trace-ebpf/.
+//!
+//! That crate is outside the host workspace (it targets bpfel-unknown-none and
+//! has its own Cargo.lock), so it is built by a separate cargo invocation.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+use crate::elf::{Elf, EM_BPF};
+use crate::workspace::Workspace;
+
+const TARGET: &str = "bpfel-unknown-none";
+
+/// Builds, verifies and installs the object at `Workspace::bpf_object`,
+/// returning that path. Prerequisites must already be in place
+/// (`setup::ensure`).
+pub fn build(ws: &Workspace) -> Result<PathBuf> {
+    let crate_dir = ws.ebpf_crate();
+    if !crate_dir.join("Cargo.toml").is_file() {
+        bail!("no eBPF crate at {}", crate_dir.display());
+    }
+    let build_dir = ws.ebpf_build_dir();
+
+    // bpf_target_arch tells aya-ebpf which architecture's pt_regs/syscall
+    // layout to use: the one the agent will run on, i.e. this host.
+    // -Clink-arg=--btf makes bpf-linker emit the .BTF section the loader
+    // relies on; it is easy to lose, hence the check below.
+    // CARGO_ENCODED_RUSTFLAGS (0x1f-separated) overrides any RUSTFLAGS in the
+    // environment, which are meant for host builds.
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ]
+    .join("\x1f");
+
+    let mut cargo = cmd::cargo();
+    cargo
+        .current_dir(&crate_dir)
+        // -Z build-std is unstable; this lets the stable toolchain accept it,
+        // as aya-build does, instead of requiring a nightly install.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(&build_dir);
+    cmd::run(&mut cargo).context("building the eBPF object failed")?;
+
+    let built = build_dir.join(TARGET).join("release").join("rst-trace");
+    let data = fs::read(&built)
+        .with_context(|| format!("cargo succeeded but {} cannot be read", built.display()))?;
+    verify(&data).with_context(|| format!("{} is not a usable eBPF object", built.display()))?;
+
+    // Leave an identical object untouched: the agent embeds it, and a new
+    // mtime would make cargo rebuild the agent on every invocation.
+    let out = ws.bpf_object();
+    if fs::read(&out).is_ok_and(|old| old == data) {
+        return Ok(out);
+    }
+    // Write the bytes we verified, via a rename, so a concurrent reader (a
+    // test run, the agent's build) never sees a half-written object.
+    let out_dir = out.parent().context("bpf object path has no parent")?;
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let tmp = out_dir.join(".rst-trace.bpf.o.tmp");
+    fs::write(&tmp, &data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, &out)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))?;
+    Ok(out)
+}
+
+fn verify(data: &[u8]) -> Result<()> {
+    let elf = Elf::parse(data)?;
+    if elf.machine != EM_BPF {
+        bail!("ELF machine is {}, expected {EM_BPF} (eBPF)", elf.machine);
+    }
+    match elf.section(".BTF") {
+        None => bail!("no .BTF section (was bpf-linker given --btf?)"),
+        Some(s) if s.size == 0 => bail!("the .BTF section is empty"),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_a_host_executable() {
+        let data = std::fs::read("/proc/self/exe").unwrap();
+        let err = verify(&data).unwrap_err().to_string();
+        assert!(err.contains("expected 247"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_non_elf() {
+        assert!(verify(b"not an object").is_err());
+    }
+}

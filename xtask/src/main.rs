@@ -1,0 +1,175 @@
+//! `cargo xtask`: project tasks for rst-trace (see `cargo xtask --help`).
+//!
+//! Output convention: progress and diagnostics go to stderr; stdout carries
+//! only results meant for scripts (artifact paths), so `cargo xtask run` does
+//! not pollute the agent's JSON output.
+
+mod agent;
+mod cmd;
+mod ebpf;
+mod elf;
+mod setup;
+mod workspace;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use setup::Scope;
+use workspace::{Profile, Workspace};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test rst-trace",
+    long_about = "Set up, build, run and test rst-trace.\n\n\
+        Every command installs what it needs first (Debian packages, the rust-src \
+        component, bpf-linker), skipping whatever is already present. Installing \
+        packages needs root (or sudo)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install all build and test prerequisites, skipping those present.
+    ///
+    /// Debian packages (llvm-22-dev, libpolly-22-dev, and the test peers
+    /// iproute2, nginx-light, hping3, wrk, iptables, socat, util-linux), the
+    /// rust-src component, and bpf-linker 0.13.0 built against LLVM 22.
+    /// Safe to re-run.
+    Setup,
+
+    /// Build the eBPF object and check it carries BTF.
+    ///
+    /// Installs the build prerequisites if missing, builds rst-trace-ebpf for
+    /// bpfel-unknown-none, verifies the ELF has a .BTF section, and prints the
+    /// path of <target>/bpf/rst-trace.bpf.o.
+    BuildEbpf,
+
+    /// Build the eBPF object, then the rst-trace agent embedding it.
+    ///
+    /// Prints the path of the agent binary.
+    Build {
+        /// Build the agent without --release.
+        #[arg(long)]
+        debug: bool,
+    },
+
+    /// Set up, build (release), then run the agent.
+    ///
+    /// Arguments after `--` go to the agent; without any it runs `rst-trace run`.
+    ///
+    /// Example: cargo xtask run -- run --format json --duration 10
+    Run {
+        /// Arguments for rst-trace (default: run).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "AGENT_ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+
+    /// Set up, build (release), then run `cargo test --workspace --release`.
+    ///
+    /// The tests get RST_TRACE_BPF_OBJECT and RST_TRACE_BIN (absolute paths).
+    /// Arguments after `--` go to cargo test (a test-name filter, or a second
+    /// `--` followed by test-harness flags). --workspace is always passed, so
+    /// -p does not narrow the run; use a filter.
+    ///
+    /// Example: cargo xtask test -- reset -- --nocapture
+    Test {
+        /// Arguments for cargo test.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CARGO_TEST_ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Task::Setup => {
+            setup::ensure(Scope::Full)?;
+            eprintln!("xtask: all prerequisites present");
+        }
+        Task::BuildEbpf => {
+            setup::ensure(Scope::Build)?;
+            let ws = Workspace::locate()?;
+            println!("{}", ebpf::build(&ws)?.display());
+        }
+        Task::Build { debug } => {
+            setup::ensure(Scope::Build)?;
+            let ws = Workspace::locate()?;
+            let profile = if debug {
+                Profile::Debug
+            } else {
+                Profile::Release
+            };
+            println!("{}", agent::build(&ws, profile)?.binary.display());
+        }
+        Task::Run { args } => {
+            setup::ensure(Scope::Full)?;
+            let ws = Workspace::locate()?;
+            let built = agent::build(&ws, Profile::Release)?;
+            let args = if args.is_empty() {
+                vec![OsString::from("run")]
+            } else {
+                args
+            };
+            return Err(agent::exec(&built.binary, &args));
+        }
+        Task::Test { args } => {
+            setup::ensure(Scope::Full)?;
+            let ws = Workspace::locate()?;
+            let built = agent::build(&ws, Profile::Release)?;
+            return agent::test(&ws, &built, &args);
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn everything_after_the_separator_is_passed_through() {
+        let cli =
+            Cli::try_parse_from(["xtask", "test", "--", "reset", "--", "--nocapture"]).unwrap();
+        let Task::Test { args } = cli.command else {
+            panic!("parsed as another task");
+        };
+        assert_eq!(args, ["reset", "--", "--nocapture"]);
+
+        let cli = Cli::try_parse_from(["xtask", "run", "--", "run", "--format", "json"]).unwrap();
+        let Task::Run { args } = cli.command else {
+            panic!("parsed as another task");
+        };
+        assert_eq!(args, ["run", "--format", "json"]);
+    }
+}
