@@ -90,7 +90,11 @@ pub const SLOT_NO_REASON: u32 = 255;
 
 #[inline(always)]
 pub const fn counter_index(family: CounterFamily, slot: u32) -> u32 {
-    let slot = if slot >= COUNTER_SLOTS { COUNTER_SLOTS - 1 } else { slot };
+    let slot = if slot >= COUNTER_SLOTS {
+        COUNTER_SLOTS - 1
+    } else {
+        slot
+    };
     (family as u32) * COUNTER_SLOTS + slot
 }
 

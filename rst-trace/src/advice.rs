@@ -23,11 +23,17 @@ pub struct AdviceFacts {
 }
 
 fn limit(v: u64) -> String {
-    if v == u64::MAX { "unlimited".into() } else { v.to_string() }
+    if v == u64::MAX {
+        "unlimited".into()
+    } else {
+        v.to_string()
+    }
 }
 
 pub fn advice(cause: Cause, f: &AdviceFacts) -> String {
-    let port = f.port.map_or_else(|| "the port".to_owned(), |p| format!(":{p}"));
+    let port = f
+        .port
+        .map_or_else(|| "the port".to_owned(), |p| format!(":{p}"));
     match cause {
         Cause::NoListener => {
             let mut s = if let Some((comm, pid, ago)) = &f.last_owner {
@@ -95,24 +101,50 @@ mod tests {
 
     #[test]
     fn no_listener_names_the_previous_owner() {
-        let f = AdviceFacts { port: Some(8080), last_owner: Some(("myapp".into(), 4242, 1.25)), ..Default::default() };
+        let f = AdviceFacts {
+            port: Some(8080),
+            last_owner: Some(("myapp".into(), 4242, 1.25)),
+            ..Default::default()
+        };
         let a = advice(Cause::NoListener, &f);
-        assert!(a.contains(":8080") && a.contains("myapp") && a.contains("4242") && a.contains("1.2 s ago"), "{a}");
+        assert!(
+            a.contains(":8080")
+                && a.contains("myapp")
+                && a.contains("4242")
+                && a.contains("1.2 s ago"),
+            "{a}"
+        );
     }
 
     #[test]
     fn overflow_quotes_the_effective_backlog() {
-        let f = AdviceFacts { port: Some(80), requested_backlog: Some(128), somaxconn: Some(4096), dropped: Some(312), interval_s: Some(1.0), ..Default::default() };
+        let f = AdviceFacts {
+            port: Some(80),
+            requested_backlog: Some(128),
+            somaxconn: Some(4096),
+            dropped: Some(312),
+            interval_s: Some(1.0),
+            ..Default::default()
+        };
         let a = advice(Cause::AcceptQueueOverflow, &f);
-        assert!(a.contains("min(listen() backlog=128, net.core.somaxconn=4096)=128"), "{a}");
+        assert!(
+            a.contains("min(listen() backlog=128, net.core.somaxconn=4096)=128"),
+            "{a}"
+        );
         assert!(a.contains("312 connection(s) dropped in 1.0 s"), "{a}");
     }
 
     #[test]
     fn long_idle_reset_points_at_middleboxes() {
-        let f = AdviceFacts { idle_s: Some(61.0), ..Default::default() };
+        let f = AdviceFacts {
+            idle_s: Some(61.0),
+            ..Default::default()
+        };
         assert!(advice(Cause::ResetByPeer, &f).contains("ALB"));
-        let f = AdviceFacts { idle_s: Some(0.1), ..Default::default() };
+        let f = AdviceFacts {
+            idle_s: Some(0.1),
+            ..Default::default()
+        };
         assert!(!advice(Cause::ResetByPeer, &f).contains("ALB"));
     }
 }

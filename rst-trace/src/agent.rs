@@ -1,6 +1,10 @@
 //! `rst-trace run`: load, attach, then turn ring buffer records into diagnoses until told
 //! to stop. Shutdown drains the ring buffer and prints exact totals.
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -15,17 +19,39 @@ use crate::{
     cause::Cause,
     cli::RunArgs,
     diagnosis::rfc3339_nanos,
-    host::{kernel_hz, ProcHost},
-    kernel::{btf::KernelBtf, layout::{KernelFacts, WATCHED_DROP_REASONS}, tracefs::Tracefs},
+    host::{kernel_hz, HostInfo, ProcHost},
+    kernel::{
+        btf::KernelBtf,
+        layout::{KernelFacts, WATCHED_DROP_REASONS},
+        tracefs::Tracefs,
+    },
+    listeners::NetnsAccount,
     loader,
     netns::Netns,
     output::Output,
+    owner::{Learned, Owner},
     pipeline::{monotonic_ns, Clock, Pipeline},
-    preflight,
+    preflight, procowners,
     records::Record,
+    records::{Endpoint, Task},
+    sockdiag,
     stats::{exact_cause_counts, kernel_json, merged_causes, AgentCounts, KernelCounters},
     storm::Limiter,
 };
+
+/// Polls listeners and counters of the namespaces in scope.
+struct Poller {
+    only: Option<Netns>,
+    namespaces: Vec<Netns>,
+    refreshed: Option<Instant>,
+    accounts: HashMap<u32, NetnsAccount>,
+    last_poll: Option<Instant>,
+    scanned_inodes: HashSet<u64>,
+    warned: HashMap<(u32, u64), Instant>,
+}
+
+const NETNS_REFRESH: Duration = Duration::from_secs(10);
+const SATURATION_REPEAT: Duration = Duration::from_secs(10);
 
 struct Agent {
     pipeline: Pipeline<ProcHost>,
@@ -61,6 +87,113 @@ impl Agent {
         }
     }
 
+    fn drain(&mut self, ring: &mut AsyncFd<RingBuf<MapData>>) {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            let bytes: &[u8] = &item;
+            self.process(bytes);
+        }
+    }
+
+    fn poll_listeners(&mut self, p: &mut Poller) {
+        let now = Instant::now();
+        if p.refreshed
+            .is_none_or(|t| now.duration_since(t) >= NETNS_REFRESH)
+        {
+            p.namespaces = match &p.only {
+                Some(ns) => vec![ns.clone()],
+                None => Netns::all(),
+            };
+            p.refreshed = Some(now);
+        }
+        let interval = p
+            .last_poll
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        p.last_poll = Some(now);
+        for ns in p.namespaces.clone() {
+            let snap = match ns.run(sockdiag::snapshot_here) {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    log::debug!("polling netns {}: {e}", ns.inode);
+                    continue;
+                }
+                Err(e) => {
+                    log::debug!("polling netns {}: {e}", ns.inode);
+                    continue;
+                }
+            };
+            self.learn_owners(ns.inode, &snap, p);
+            let ack = self.pipeline.take_ack_time_drops(ns.inode);
+            let (findings, saturated) = p.accounts.entry(ns.inode).or_default().step(&snap, &ack);
+            let mut out: Vec<_> = findings
+                .iter()
+                .map(|f| self.pipeline.explain_finding(ns.inode, f, &snap, interval))
+                .collect();
+            for s in &saturated {
+                let key = (ns.inode, s.inode);
+                if p.warned
+                    .get(&key)
+                    .is_none_or(|t| now.duration_since(*t) >= SATURATION_REPEAT)
+                {
+                    p.warned.insert(key, now);
+                    out.push(self.pipeline.explain_saturation(ns.inode, s));
+                }
+            }
+            self.emit(out);
+        }
+    }
+
+    /// Listeners the events did not introduce (they predate the agent, or were inherited by
+    /// forked workers): find which processes hold them.
+    fn learn_owners(&mut self, netns: u32, snap: &sockdiag::NetnsSnapshot, p: &mut Poller) {
+        let fresh: HashSet<u64> = snap
+            .listeners
+            .iter()
+            .map(|l| l.inode)
+            .filter(|i| !p.scanned_inodes.contains(i))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let holders = procowners::holders_of(&fresh);
+        let now = monotonic_ns();
+        for l in snap.listeners.iter().filter(|l| fresh.contains(&l.inode)) {
+            p.scanned_inodes.insert(l.inode);
+            let owners = holders
+                .get(&l.inode)
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            let task = Task {
+                                pid: h.pid,
+                                tid: h.pid,
+                                comm: h.comm.clone(),
+                                cgroup_id: 0,
+                            };
+                            Arc::new(Owner::from_task(
+                                &task,
+                                Learned::Procfs,
+                                self.pipeline.host().cgroup_of(h.pid),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let local = Endpoint {
+                addr: l.addr,
+                port: l.port,
+            };
+            self.pipeline.table.discovered_listener(
+                netns,
+                local,
+                l.inode,
+                owners,
+                Some(l.cap),
+                now,
+            );
+        }
+    }
+
     fn kernel_counters(&self) -> KernelCounters {
         let mut values = vec![0u64; usize::try_from(COUNTERS_LEN).unwrap_or(0)];
         for (i, v) in values.iter_mut().enumerate() {
@@ -79,8 +212,10 @@ impl Agent {
         let k = self.kernel_counters();
         let exact = exact_cause_counts(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS);
         let causes = merged_causes(&exact, &self.counts.by_cause, true);
-        let causes_json: serde_json::Map<String, serde_json::Value> =
-            causes.iter().map(|(c, n)| (c.as_str().to_owned(), json!(n))).collect();
+        let causes_json: serde_json::Map<String, serde_json::Value> = causes
+            .iter()
+            .map(|(c, n)| (c.as_str().to_owned(), json!(n)))
+            .collect();
         let (listeners, conns) = self.pipeline.table.len();
         let v = json!({
             "time": rfc3339_nanos(std::time::SystemTime::now()),
@@ -105,10 +240,17 @@ impl Agent {
 }
 
 fn stats_text(causes: &BTreeMap<Cause, u64>, k: &KernelCounters, c: &AgentCounts) -> String {
-    let list: Vec<String> = causes.iter().map(|(c, n)| format!("{}={n}", c.as_str())).collect();
+    let list: Vec<String> = causes
+        .iter()
+        .map(|(c, n)| format!("{}={n}", c.as_str()))
+        .collect();
     format!(
         "totals: {} | records delivered={} lost={} undecodable={} folded={}",
-        if list.is_empty() { "no events".to_owned() } else { list.join(" ") },
+        if list.is_empty() {
+            "no events".to_owned()
+        } else {
+            list.join(" ")
+        },
         c.delivered,
         k.lost(),
         c.undecodable,
@@ -135,10 +277,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let names: Vec<&str> = unavailable.iter().map(|c| c.as_str()).collect();
         log::warn!("causes unavailable on this kernel: {}", names.join(", "));
     }
-    let ring = RingBuf::try_from(loaded.ebpf.take_map(EVENTS_MAP).context("ring buffer map missing from the eBPF object")?)
-        .context("opening the ring buffer")?;
-    let counters = PerCpuArray::try_from(loaded.ebpf.take_map(COUNTERS_MAP).context("counter map missing from the eBPF object")?)
-        .context("opening the counters")?;
+    let ring = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .context("ring buffer map missing from the eBPF object")?,
+    )
+    .context("opening the ring buffer")?;
+    let counters = PerCpuArray::try_from(
+        loaded
+            .ebpf
+            .take_map(COUNTERS_MAP)
+            .context("counter map missing from the eBPF object")?,
+    )
+    .context("opening the counters")?;
     // SAFETY: the AsyncFd owns the RingBuf, and with it the map fd, for as long as the
     // registration lives, so the fd cannot be closed or reused behind tokio's back.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -148,7 +300,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         log::warn!("could not measure the kernel tick rate; assuming CONFIG_HZ=250 for idle times");
         250
     });
-    let pipeline = Pipeline::new(facts.rst_reasons.clone(), facts.drop_reasons.clone(), ProcHost::default(), Clock::now(), hz);
+    let pipeline = Pipeline::new(
+        facts.rst_reasons.clone(),
+        facts.drop_reasons.clone(),
+        ProcHost::default(),
+        Clock::now(),
+        hz,
+    );
     let mut agent = Agent {
         pipeline,
         out: Output::new(args.format),
@@ -157,6 +315,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         counters,
         facts,
     };
+
+    let mut poller = Poller {
+        only: netns.clone(),
+        namespaces: Vec::new(),
+        refreshed: None,
+        accounts: HashMap::new(),
+        last_poll: None,
+        scanned_inodes: HashSet::new(),
+        warned: HashMap::new(),
+    };
+    // The first poll is the baseline: drops counted from here on are the ones reported.
+    agent.poll_listeners(&mut poller);
 
     let started = json!({
         "time": rfc3339_nanos(std::time::SystemTime::now()),
@@ -169,8 +339,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         "tracepoint_formats": agent.facts.formats_found,
     });
-    let netns_text = netns.as_ref().map_or_else(|| "all".to_owned(), |n| n.inode.to_string());
-    agent.out.record(&started, || format!("rst-trace started: netns={netns_text} port={}", args.port.map_or_else(|| "any".into(), |p| p.to_string())));
+    let netns_text = netns
+        .as_ref()
+        .map_or_else(|| "all".to_owned(), |n| n.inode.to_string());
+    agent.out.record(&started, || {
+        format!(
+            "rst-trace started: netns={netns_text} port={}",
+            args.port.map_or_else(|| "any".into(), |p| p.to_string())
+        )
+    });
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -182,8 +359,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tokio::pin!(deadline);
     let stats_every = Duration::from_secs(args.stats_interval.max(1));
-    let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
+    let mut stats_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
     let mut fold_tick = tokio::time::interval(Duration::from_secs(1));
+    let poll_every = Duration::from_millis(args.poll_interval_ms);
+    let mut poll_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
 
     loop {
         tokio::select! {
@@ -201,6 +382,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     agent.out.diagnosis(&d);
                 }
             }
+            _ = poll_tick.tick() => {
+                // Per-packet records first, so polling does not count them again.
+                agent.drain(&mut ring);
+                agent.poll_listeners(&mut poller);
+            }
             _ = stats_tick.tick(), if args.stats_interval > 0 => agent.stats(false),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -208,12 +394,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Whatever the kernel already wrote is still explained before the final totals.
-    let rb = ring.get_mut();
-    while let Some(item) = rb.next() {
-        let bytes: &[u8] = &item;
-        agent.process(bytes);
-    }
+    // Whatever the kernel already wrote is still explained, and the counters polled once
+    // more, before the final totals.
+    agent.drain(&mut ring);
+    agent.poll_listeners(&mut poller);
     agent.stats(true);
     drop(loaded);
     Ok(())

@@ -28,17 +28,27 @@ pub fn classify_sent_reset(r: &SentReset<'_>) -> (Cause, bool) {
     let given = match r.reason {
         Some("NO_SOCKET") => Some(Cause::NoListener),
         Some("TCP_ABORT_ON_CLOSE") => Some(Cause::AbortOnClose),
-        Some("TCP_ABORT_ON_LINGER" | "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA") => Some(Cause::AbortByApplication),
+        Some("TCP_ABORT_ON_LINGER" | "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA") => {
+            Some(Cause::AbortByApplication)
+        }
         Some("TCP_ABORT_ON_MEMORY") => Some(Cause::AbortOnMemory),
         Some("TCP_KEEPALIVE_TIMEOUT") => Some(Cause::KeepaliveTimeout),
         Some("TCP_ABORT_ON_TIMEOUT") => Some(Cause::AbortOnTimeout),
         Some("TCP_TIMEWAIT_SOCKET") => Some(Cause::TimewaitSegment),
         // With tcp_abort_on_overflow=1 the final ACK of a handshake that finds the accept
         // queue full is answered with an RST of reason INVALID_SYN, sent on the listener.
-        Some("INVALID_SYN") if r.state == TCP_LISTEN && r.listener_full => Some(Cause::AcceptQueueOverflow),
+        Some("INVALID_SYN") if r.state == TCP_LISTEN && r.listener_full => {
+            Some(Cause::AcceptQueueOverflow)
+        }
         Some(
-            "INVALID_SYN" | "TCP_INVALID_ACK_SEQUENCE" | "TCP_RFC7323_PAWS" | "TCP_TOO_OLD_ACK" | "TCP_ACK_UNSENT_DATA"
-            | "TCP_FLAGS" | "TCP_OLD_ACK" | "TCP_ABORT_ON_DATA",
+            "INVALID_SYN"
+            | "TCP_INVALID_ACK_SEQUENCE"
+            | "TCP_RFC7323_PAWS"
+            | "TCP_TOO_OLD_ACK"
+            | "TCP_ACK_UNSENT_DATA"
+            | "TCP_FLAGS"
+            | "TCP_OLD_ACK"
+            | "TCP_ABORT_ON_DATA",
         ) => Some(Cause::ProtocolViolation),
         Some("NOT_SPECIFIED") | None => None,
         Some(_) => Some(Cause::Unclassified),
@@ -88,7 +98,12 @@ mod tests {
     use super::*;
 
     fn sent(reason: Option<&str>) -> SentReset<'_> {
-        SentReset { reason, has_sock: true, state: 1, ..Default::default() }
+        SentReset {
+            reason,
+            has_sock: true,
+            state: 1,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -105,13 +120,23 @@ mod tests {
             ("MPTCP_RST_EMPTCP", Cause::Unclassified),
         ];
         for (reason, want) in cases {
-            assert_eq!(classify_sent_reset(&sent(Some(reason))), (want, false), "{reason}");
+            assert_eq!(
+                classify_sent_reset(&sent(Some(reason))),
+                (want, false),
+                "{reason}"
+            );
         }
     }
 
     #[test]
     fn overflow_rst_is_told_apart_from_a_bad_syn() {
-        let mut r = SentReset { reason: Some("INVALID_SYN"), state: TCP_LISTEN, has_sock: true, listener_full: true, ..Default::default() };
+        let mut r = SentReset {
+            reason: Some("INVALID_SYN"),
+            state: TCP_LISTEN,
+            has_sock: true,
+            listener_full: true,
+            ..Default::default()
+        };
         assert_eq!(classify_sent_reset(&r).0, Cause::AcceptQueueOverflow);
         r.listener_full = false;
         assert_eq!(classify_sent_reset(&r).0, Cause::ProtocolViolation);
@@ -119,21 +144,51 @@ mod tests {
 
     #[test]
     fn without_a_reason_the_cause_is_inferred() {
-        let none = SentReset { reason: None, has_sock: false, ..Default::default() };
+        let none = SentReset {
+            reason: None,
+            has_sock: false,
+            ..Default::default()
+        };
         assert_eq!(classify_sent_reset(&none), (Cause::NoListener, true));
-        let tw = SentReset { reason: None, has_sock: true, state: TCP_TIME_WAIT, ..Default::default() };
+        let tw = SentReset {
+            reason: None,
+            has_sock: true,
+            state: TCP_TIME_WAIT,
+            ..Default::default()
+        };
         assert_eq!(classify_sent_reset(&tw), (Cause::TimewaitSegment, true));
-        let linger = SentReset { reason: None, has_sock: true, state: TCP_CLOSE, linger_zero: true, ..Default::default() };
-        assert_eq!(classify_sent_reset(&linger), (Cause::AbortByApplication, true));
-        let unread = SentReset { reason: Some("NOT_SPECIFIED"), has_sock: true, state: TCP_CLOSE, unread_bytes: Some(10), ..Default::default() };
+        let linger = SentReset {
+            reason: None,
+            has_sock: true,
+            state: TCP_CLOSE,
+            linger_zero: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            classify_sent_reset(&linger),
+            (Cause::AbortByApplication, true)
+        );
+        let unread = SentReset {
+            reason: Some("NOT_SPECIFIED"),
+            has_sock: true,
+            state: TCP_CLOSE,
+            unread_bytes: Some(10),
+            ..Default::default()
+        };
         assert_eq!(classify_sent_reset(&unread), (Cause::AbortOnClose, true));
     }
 
     #[test]
     fn received_resets() {
-        assert_eq!(classify_received_reset(TCP_SYN_SENT), Cause::ConnectionRefused);
+        assert_eq!(
+            classify_received_reset(TCP_SYN_SENT),
+            Cause::ConnectionRefused
+        );
         assert_eq!(classify_received_reset(1), Cause::ResetByPeer);
-        assert_eq!(classify_drop("TCP_LISTEN_OVERFLOW"), Some(Cause::AcceptQueueOverflow));
+        assert_eq!(
+            classify_drop("TCP_LISTEN_OVERFLOW"),
+            Some(Cause::AcceptQueueOverflow)
+        );
         assert_eq!(classify_drop("OTHER"), None);
     }
 }

@@ -40,7 +40,14 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
-    pub fn new(time: SystemTime, event: &'static str, cause: Cause, direction: Direction, origin: Origin, netns: u32) -> Self {
+    pub fn new(
+        time: SystemTime,
+        event: &'static str,
+        cause: Cause,
+        direction: Direction,
+        origin: Origin,
+        netns: u32,
+    ) -> Self {
         Self {
             time,
             event,
@@ -87,7 +94,10 @@ impl Diagnosis {
         });
         if !self.other_owners.is_empty() {
             if let Some(obj) = v.as_object_mut() {
-                obj.insert("other_owners".into(), self.other_owners.iter().map(|o| o.to_json()).collect());
+                obj.insert(
+                    "other_owners".into(),
+                    self.other_owners.iter().map(|o| o.to_json()).collect(),
+                );
             }
         }
         v
@@ -96,12 +106,21 @@ impl Diagnosis {
     /// One line for a terminal: time, cause, where, who, why.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let _ = write!(s, "{} {:<26}", rfc3339_nanos(self.time), self.cause.as_str());
+        let _ = write!(
+            s,
+            "{} {:<26}",
+            rfc3339_nanos(self.time),
+            self.cause.as_str()
+        );
         if self.count > 1 {
             let _ = write!(s, " x{}", self.count);
         }
         if let Some(e) = self.endpoints {
-            let _ = write!(s, " {}:{} <-> {}:{}", e.local.addr, e.local.port, e.remote.addr, e.remote.port);
+            let _ = write!(
+                s,
+                " {}:{} <-> {}:{}",
+                e.local.addr, e.local.port, e.remote.addr, e.remote.port
+            );
         }
         let _ = write!(s, " netns={}", self.netns);
         match &self.owner {
@@ -150,7 +169,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+    (
+        if m <= 2 { y + 1 } else { y },
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
 }
 
 #[cfg(test)]
@@ -164,18 +187,34 @@ mod tests {
     fn timestamps_are_rfc3339_utc_with_nanoseconds() {
         let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_478_341, 123_456_789);
         assert_eq!(rfc3339_nanos(t), "2026-11-23T23:59:01.123456789Z");
-        assert_eq!(rfc3339_nanos(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_nanos(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000000Z"
+        );
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&rfc3339_nanos(leap)[..10], "2000-02-29");
     }
 
     #[test]
     fn json_follows_the_documented_shape() {
-        let mut d = Diagnosis::new(SystemTime::UNIX_EPOCH, "rst_trace.reset_sent", Cause::NoListener, Direction::Sent, Origin::TcpStack, 7);
+        let mut d = Diagnosis::new(
+            SystemTime::UNIX_EPOCH,
+            "rst_trace.reset_sent",
+            Cause::NoListener,
+            Direction::Sent,
+            Origin::TcpStack,
+            7,
+        );
         d.reason = Some("NO_SOCKET".into());
         d.endpoints = Some(Endpoints {
-            local: Endpoint { addr: "127.0.0.1".parse().expect("ip"), port: 8080 },
-            remote: Endpoint { addr: "::1".parse().expect("ip"), port: 5 },
+            local: Endpoint {
+                addr: "127.0.0.1".parse().expect("ip"),
+                port: 8080,
+            },
+            remote: Endpoint {
+                addr: "::1".parse().expect("ip"),
+                port: 5,
+            },
         });
         d.tcp_state = Some(7);
         let v = d.to_json();

@@ -48,7 +48,10 @@ impl HostInfo for ProcHost {
 
     fn file_nr(&self) -> Option<[u64; 3]> {
         let text = std::fs::read_to_string("/proc/sys/fs/file-nr").ok()?;
-        let v: Vec<u64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         Some([*v.first()?, *v.get(1)?, *v.get(2)?])
     }
 
@@ -88,14 +91,18 @@ pub fn parse_nofile(limits: &str) -> Option<(u64, u64)> {
 pub fn kernel_hz() -> Option<u64> {
     fn jiffies() -> Option<u64> {
         let text = std::fs::read_to_string("/proc/timer_list").ok()?;
-        text.lines().find_map(|l| l.strip_prefix("jiffies: ")).and_then(|v| v.trim().parse().ok())
+        text.lines()
+            .find_map(|l| l.strip_prefix("jiffies: "))
+            .and_then(|v| v.trim().parse().ok())
     }
     let (t0, j0) = (Instant::now(), jiffies()?);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let (j1, dt) = (jiffies()?, t0.elapsed().as_secs_f64());
     let rate = (j1.checked_sub(j0)? as f64) / dt;
     [100u64, 250, 300, 1000].into_iter().min_by(|a, b| {
-        ((*a as f64) - rate).abs().total_cmp(&((*b as f64) - rate).abs())
+        ((*a as f64) - rate)
+            .abs()
+            .total_cmp(&((*b as f64) - rate).abs())
     })
 }
 
@@ -109,7 +116,10 @@ mod tests {
                     Max cpu time              unlimited            unlimited            seconds   \n\
                     Max open files            64                   524288               files     \n";
         assert_eq!(parse_nofile(text), Some((64, 524_288)));
-        assert_eq!(parse_nofile("Max open files unlimited unlimited files"), Some((u64::MAX, u64::MAX)));
+        assert_eq!(
+            parse_nofile("Max open files unlimited unlimited files"),
+            Some((u64::MAX, u64::MAX))
+        );
         assert_eq!(parse_nofile("nothing"), None);
     }
 }

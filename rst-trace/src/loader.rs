@@ -8,7 +8,8 @@ use thiserror::Error;
 use crate::cause::Cause;
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
-static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace.bpf.o"));
+static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace.bpf.o"));
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -31,7 +32,15 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         program: "tcp_send_reset",
         tracepoints: &[("tcp", "tcp_send_reset")],
-        serves: &[Cause::NoListener, Cause::AbortOnClose, Cause::AbortByApplication, Cause::AbortOnMemory, Cause::KeepaliveTimeout, Cause::TimewaitSegment, Cause::ProtocolViolation],
+        serves: &[
+            Cause::NoListener,
+            Cause::AbortOnClose,
+            Cause::AbortByApplication,
+            Cause::AbortOnMemory,
+            Cause::KeepaliveTimeout,
+            Cause::TimewaitSegment,
+            Cause::ProtocolViolation,
+        ],
         purpose: "RSTs sent by the TCP stack",
     },
     Hook {
@@ -60,13 +69,19 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         program: "sys_enter_accept",
-        tracepoints: &[("syscalls", "sys_enter_accept4"), ("syscalls", "sys_enter_accept")],
+        tracepoints: &[
+            ("syscalls", "sys_enter_accept4"),
+            ("syscalls", "sys_enter_accept"),
+        ],
         serves: &[],
         purpose: "accept() arguments",
     },
     Hook {
         program: "sys_exit_accept",
-        tracepoints: &[("syscalls", "sys_exit_accept4"), ("syscalls", "sys_exit_accept")],
+        tracepoints: &[
+            ("syscalls", "sys_exit_accept4"),
+            ("syscalls", "sys_exit_accept"),
+        ],
         serves: &[Cause::FdExhaustion],
         purpose: "accepted-socket ownership and EMFILE/ENFILE",
     },
@@ -131,7 +146,11 @@ pub fn load(layout: &KernelLayout) -> Result<Loaded, LoadError> {
         .map_err(LoadError::Object)?;
     let mut hooks = Vec::new();
     for hook in HOOKS {
-        let mut status = HookStatus { program: hook.program, attached: Vec::new(), errors: Vec::new() };
+        let mut status = HookStatus {
+            program: hook.program,
+            attached: Vec::new(),
+            errors: Vec::new(),
+        };
         match attach(&mut ebpf, hook, &mut status) {
             Ok(()) => {}
             Err(e) => status.errors.push(e),
@@ -153,7 +172,9 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, status: &mut HookStatus) -> Result<(), S
         .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    program.load().map_err(|e| format!("verifier rejected {}: {e}", hook.program))?;
+    program
+        .load()
+        .map_err(|e| format!("verifier rejected {}: {e}", hook.program))?;
     for (category, name) in hook.tracepoints {
         match program.attach(category, name) {
             Ok(_) => status.attached.push(format!("{category}:{name}")),

@@ -29,7 +29,11 @@ pub struct Netns {
 impl Netns {
     /// `NAME` (as `ip netns add NAME` creates), a path to an nsfs file, or an inode number.
     pub fn resolve(spec: &str) -> Result<Self, NetnsError> {
-        let path = if spec.contains('/') { PathBuf::from(spec) } else { PathBuf::from("/run/netns").join(spec) };
+        let path = if spec.contains('/') {
+            PathBuf::from(spec)
+        } else {
+            PathBuf::from("/run/netns").join(spec)
+        };
         if let Ok(inode) = inode_of(&path) {
             return Ok(Self { inode, path });
         }
@@ -43,31 +47,55 @@ impl Netns {
     pub fn current() -> Result<Self, NetnsError> {
         let path = PathBuf::from("/proc/self/ns/net");
         let inode = inode_of(&path)?;
-        Ok(Self { inode, path: PathBuf::from(format!("/proc/{}/ns/net", std::process::id())) })
+        Ok(Self {
+            inode,
+            path: PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
+        })
     }
 
     /// Finds a handle on namespace `inode`: a named one, else any process living in it.
     pub fn find_by_inode(inode: u32) -> Option<Self> {
-        let named = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
+        let named = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
         let procs = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
             .map(|e| e.path().join("ns/net"));
-        named.chain(procs).find(|p| inode_of(p).ok() == Some(inode)).map(|path| Self { inode, path })
+        named
+            .chain(procs)
+            .find(|p| inode_of(p).ok() == Some(inode))
+            .map(|path| Self { inode, path })
     }
 
     /// Every network namespace that has a name or a process in it.
     pub fn all() -> Vec<Self> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let named = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
+        let named = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
         let procs = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
             .map(|e| e.path().join("ns/net"));
         for path in named.chain(procs) {
             if let Ok(inode) = inode_of(&path) {
@@ -81,19 +109,24 @@ impl Netns {
 
     /// Runs `f` on a short-lived thread that has entered this namespace, so the agent's own
     /// threads never change namespace.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NetnsError> {
         let path = self.path.clone();
         let inode = self.inode;
-        let handle = std::thread::Builder::new().name("rst-netns".into()).spawn(move || {
-            let file = File::open(&path).map_err(|_| NetnsError::Gone(inode))?;
-            // Re-check: a /proc/<pid> handle may now belong to another process.
-            if inode_of(&path).ok() != Some(inode) {
-                return Err(NetnsError::Gone(inode));
-            }
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|source| NetnsError::Enter { inode, source })?;
-            Ok(f())
-        })?;
+        let handle = std::thread::Builder::new()
+            .name("rst-netns".into())
+            .spawn(move || {
+                let file = File::open(&path).map_err(|_| NetnsError::Gone(inode))?;
+                // Re-check: a /proc/<pid> handle may now belong to another process.
+                if inode_of(&path).ok() != Some(inode) {
+                    return Err(NetnsError::Gone(inode));
+                }
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| NetnsError::Enter { inode, source })?;
+                Ok(f())
+            })?;
         handle.join().unwrap_or(Err(NetnsError::Gone(inode)))
     }
 }
@@ -107,7 +140,11 @@ pub fn inode_of(path: &Path) -> Result<u32, NetnsError> {
 pub fn sysctl_in(netns: &Netns, name: &str) -> Option<String> {
     let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
     netns
-        .run(move || std::fs::read_to_string(path).ok().map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .run(move || {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
         .ok()
         .flatten()
 }

@@ -15,7 +15,11 @@ pub struct Output {
 
 impl Output {
     pub fn new(format: Format) -> Self {
-        Self { format, buf: BytesMut::with_capacity(4096), closed: false }
+        Self {
+            format,
+            buf: BytesMut::with_capacity(4096),
+            closed: false,
+        }
     }
 
     pub fn diagnosis(&mut self, d: &Diagnosis) {

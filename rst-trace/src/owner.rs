@@ -33,7 +33,14 @@ pub struct Owner {
 impl Owner {
     pub fn from_task(task: &Task, learned: Learned, cgroup: Option<String>) -> Self {
         let container_id = cgroup.as_deref().and_then(container_id_from_cgroup);
-        Self { pid: task.pid, tid: task.tid, comm: task.comm.clone(), cgroup, container_id, learned }
+        Self {
+            pid: task.pid,
+            tid: task.tid,
+            comm: task.comm.clone(),
+            cgroup,
+            container_id,
+            learned,
+        }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -68,13 +75,21 @@ mod tests {
     #[test]
     fn container_ids_from_common_runtimes() {
         let id = "a".repeat(64);
-        assert_eq!(container_id_from_cgroup(&format!("/system.slice/docker-{id}.scope")), Some(id.clone()));
         assert_eq!(
-            container_id_from_cgroup(&format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope")),
+            container_id_from_cgroup(&format!("/system.slice/docker-{id}.scope")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id_from_cgroup(&format!(
+                "/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
+            )),
             Some(id.clone())
         );
         assert_eq!(container_id_from_cgroup(&format!("/docker/{id}")), Some(id));
-        assert_eq!(container_id_from_cgroup("/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(
+            container_id_from_cgroup("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
         assert_eq!(container_id_from_cgroup("/"), None);
     }
 }

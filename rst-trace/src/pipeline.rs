@@ -7,20 +7,26 @@ use std::{
 };
 
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, ResetReceivedRecord, ResetSentRecord, SkbDropRecord, SockStateRecord, TcpSnapshot,
-    REASON_NONE, RST_HAS_SOCK, RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES, STATE_TASK_VALID,
+    AcceptRecord, ConnectRecord, ResetReceivedRecord, ResetSentRecord, SkbDropRecord,
+    SockStateRecord, TcpSnapshot, REASON_NONE, RST_HAS_SOCK, RST_LINGER_ZERO, SKB_OUTBOUND,
+    SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES, STATE_TASK_VALID,
 };
 use serde_json::{json, Value};
 
 use crate::{
     advice::{advice, AdviceFacts},
-    attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT},
+    attribution::{
+        classify_drop, classify_received_reset, classify_sent_reset, SentReset, TCP_CLOSE,
+        TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT,
+    },
     cause::{Cause, Direction, Origin},
     diagnosis::Diagnosis,
     host::HostInfo,
     kernel::reasons::ReasonNames,
+    listeners::{Finding, Saturation},
     owner::{Learned, Owner},
     records::{Endpoint, Endpoints, Record, Task},
+    sockdiag::NetnsSnapshot,
     sockets::{ListenerSock, SocketTable},
 };
 
@@ -40,7 +46,9 @@ pub struct Clock {
 impl Clock {
     pub fn now() -> Self {
         let mono = monotonic_ns();
-        Self { boot: SystemTime::now() - Duration::from_nanos(mono) }
+        Self {
+            boot: SystemTime::now() - Duration::from_nanos(mono),
+        }
     }
 
     pub fn fixed(boot: SystemTime) -> Self {
@@ -55,7 +63,10 @@ impl Clock {
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0))
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
         .unwrap_or(0)
 }
 
@@ -79,15 +90,36 @@ pub struct Pipeline<H: HostInfo> {
     hz: u64,
     fd_incidents: HashMap<(u32, u16), FdIncident>,
     owners: HashMap<(u32, u32), Arc<Owner>>,
+    /// ACK-time overflow drops reported per packet since the last poll, per (netns, port).
+    ack_time_drops: HashMap<(u32, u16), u64>,
 }
+
+/// accept() callers this recent are "the process serving the queue".
+const ACCEPTER_WINDOW_NS: u64 = 60_000_000_000;
 
 fn wrapping_gap(a: u32, b: u32) -> u32 {
     a.wrapping_sub(b)
 }
 
 impl<H: HostInfo> Pipeline<H> {
-    pub fn new(rst_reasons: ReasonNames, drop_reasons: ReasonNames, host: H, clock: Clock, hz: u64) -> Self {
-        Self { table: SocketTable::default(), rst_reasons, drop_reasons, host, clock, hz: hz.max(1), fd_incidents: HashMap::new(), owners: HashMap::new() }
+    pub fn new(
+        rst_reasons: ReasonNames,
+        drop_reasons: ReasonNames,
+        host: H,
+        clock: Clock,
+        hz: u64,
+    ) -> Self {
+        Self {
+            table: SocketTable::default(),
+            rst_reasons,
+            drop_reasons,
+            host,
+            clock,
+            hz: hz.max(1),
+            fd_incidents: HashMap::new(),
+            owners: HashMap::new(),
+            ack_time_drops: HashMap::new(),
+        }
     }
 
     pub fn host(&self) -> &H {
@@ -109,7 +141,11 @@ impl<H: HostInfo> Pipeline<H> {
         if self.owners.len() > 65_536 {
             self.owners.clear();
         }
-        let o = Arc::new(Owner::from_task(task, learned, self.host.cgroup_of(task.pid)));
+        let o = Arc::new(Owner::from_task(
+            task,
+            learned,
+            self.host.cgroup_of(task.pid),
+        ));
         self.owners.insert(key, o.clone());
         o
     }
@@ -138,7 +174,15 @@ impl<H: HostInfo> Pipeline<H> {
                 let Some(e) = endpoints else { return };
                 let owner = self.owner(&task, Learned::Listen);
                 let requested = (r.requested_backlog > 0).then_some(r.requested_backlog);
-                self.table.listen(netns, r.skaddr, e.local, owner, requested, Some(r.max_ack_backlog), now);
+                self.table.listen(
+                    netns,
+                    r.skaddr,
+                    e.local,
+                    owner,
+                    requested,
+                    Some(r.max_ack_backlog),
+                    now,
+                );
             }
             (TCP_CLOSE, TCP_SYN_SENT, Some(task)) => {
                 let owner = self.owner(&task, Learned::Connect);
@@ -159,10 +203,15 @@ impl<H: HostInfo> Pipeline<H> {
         let now = r.header.ktime_ns;
         let netns = r.header.netns;
         let task = Task::from(&r.task);
+        if let Ok(l) = Endpoints::try_from(&r.listener) {
+            let owner = self.owner(&task, Learned::Accept);
+            self.table.accepted_by((netns, l.local.port), owner, now);
+        }
         if r.ret >= 0 {
             if let Ok(e) = Endpoints::try_from(&r.conn) {
                 let owner = self.owner(&task, Learned::Accept);
-                self.table.connect(netns, r.conn_skaddr, Some(e), owner, now);
+                self.table
+                    .connect(netns, r.conn_skaddr, Some(e), owner, now);
             }
             return Vec::new();
         }
@@ -173,21 +222,31 @@ impl<H: HostInfo> Pipeline<H> {
         let owner = self.owner(&task, Learned::Syscall);
         let listener = Endpoints::try_from(&r.listener).ok();
         let port = listener.map(|e| e.local.port).unwrap_or(0);
-        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.accept_failed", Cause::FdExhaustion, Direction::None, Origin::Syscall, netns);
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            "rst_trace.accept_failed",
+            Cause::FdExhaustion,
+            Direction::None,
+            Origin::Syscall,
+            netns,
+        );
         d.endpoints = listener;
         d.tcp_state = Some(TCP_LISTEN);
         d.reason = Some(if errno == EMFILE { "EMFILE" } else { "ENFILE" }.into());
         let nofile = self.host.nofile_limit(task.pid);
         let open = self.host.open_fds(task.pid);
         let file_nr = self.host.file_nr();
-        let incident = self.fd_incidents.entry((netns, port)).or_insert_with(|| FdIncident {
-            id: format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid),
-            pid: task.pid,
-            comm: task.comm.clone(),
-            first_ns: now,
-            last_ns: now,
-            failures: 0,
-        });
+        let incident = self
+            .fd_incidents
+            .entry((netns, port))
+            .or_insert_with(|| FdIncident {
+                id: format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid),
+                pid: task.pid,
+                comm: task.comm.clone(),
+                first_ns: now,
+                last_ns: now,
+                failures: 0,
+            });
         if now.saturating_sub(incident.last_ns) > FD_INCIDENT_WINDOW_NS {
             incident.id = format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid);
             incident.first_ns = now;
@@ -199,12 +258,32 @@ impl<H: HostInfo> Pipeline<H> {
         ev.insert("errno".into(), json!(d.reason));
         ev.insert("listen_fd".into(), json!(r.listen_fd));
         ev.insert("listening_port".into(), json!(port));
-        ev.insert("rlimit_nofile".into(), json!(nofile.map(|(s, h)| json!({"soft": limit_json(s), "hard": limit_json(h)}))));
+        ev.insert(
+            "rlimit_nofile".into(),
+            json!(nofile.map(|(s, h)| json!({"soft": limit_json(s), "hard": limit_json(h)}))),
+        );
         ev.insert("open_fds".into(), json!(open));
-        ev.insert("file_nr".into(), json!(file_nr.map(|[a, f, m]| json!({"allocated": a, "free": f, "max": m}))));
-        ev.insert("accept_queue".into(), json!({"length": r.listener_ack_backlog, "cap": r.listener_max_ack_backlog}));
-        ev.insert("incident".into(), json!({"id": incident.id, "failures": incident.failures}));
-        d.advice = advice(Cause::FdExhaustion, &AdviceFacts { port: Some(port), nofile, open_fds: open, ..Default::default() });
+        ev.insert(
+            "file_nr".into(),
+            json!(file_nr.map(|[a, f, m]| json!({"allocated": a, "free": f, "max": m}))),
+        );
+        ev.insert(
+            "accept_queue".into(),
+            json!({"length": r.listener_ack_backlog, "cap": r.listener_max_ack_backlog}),
+        );
+        ev.insert(
+            "incident".into(),
+            json!({"id": incident.id, "failures": incident.failures}),
+        );
+        d.advice = advice(
+            Cause::FdExhaustion,
+            &AdviceFacts {
+                port: Some(port),
+                nofile,
+                open_fds: open,
+                ..Default::default()
+            },
+        );
         d.owner = Some(owner);
         vec![d]
     }
@@ -223,7 +302,11 @@ impl<H: HostInfo> Pipeline<H> {
         })
     }
 
-    fn listener_owner(&self, listeners: &[ListenerSock], addr: &Endpoint) -> (Option<Arc<Owner>>, Vec<Arc<Owner>>, Option<ListenerSock>) {
+    fn listener_owner(
+        &self,
+        listeners: &[ListenerSock],
+        addr: &Endpoint,
+    ) -> (Option<Arc<Owner>>, Vec<Arc<Owner>>, Option<ListenerSock>) {
         let exact = listeners
             .iter()
             .find(|l| l.addr == addr.addr)
@@ -232,7 +315,11 @@ impl<H: HostInfo> Pipeline<H> {
         match exact {
             Some(l) => {
                 let mut owners = l.owners.clone();
-                let first = if owners.is_empty() { None } else { Some(owners.remove(0)) };
+                let first = if owners.is_empty() {
+                    None
+                } else {
+                    Some(owners.remove(0))
+                };
                 (first, owners, Some(l.clone()))
             }
             None => (None, Vec::new(), None),
@@ -243,10 +330,17 @@ impl<H: HostInfo> Pipeline<H> {
         let now = r.header.ktime_ns;
         let netns = r.header.netns;
         let endpoints = Endpoints::try_from(&r.tuple).ok();
-        let reason = (r.reason != REASON_NONE).then(|| self.rst_reasons.name(u64::from(r.reason)).map(str::to_owned).unwrap_or_else(|| format!("REASON_{}", r.reason)));
+        let reason = (r.reason != REASON_NONE).then(|| {
+            self.rst_reasons
+                .name(u64::from(r.reason))
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("REASON_{}", r.reason))
+        });
         let snap = &r.snap;
-        let unread = (snap.valid & SNAP_SEQ != 0).then(|| wrapping_gap(snap.rcv_nxt, snap.copied_seq));
-        let listener_full = snap.valid & SNAP_BACKLOG != 0 && snap.sk_ack_backlog > snap.sk_max_ack_backlog;
+        let unread =
+            (snap.valid & SNAP_SEQ != 0).then(|| wrapping_gap(snap.rcv_nxt, snap.copied_seq));
+        let listener_full =
+            snap.valid & SNAP_BACKLOG != 0 && snap.sk_ack_backlog > snap.sk_max_ack_backlog;
         let facts = SentReset {
             reason: reason.as_deref(),
             state: r.state,
@@ -256,13 +350,25 @@ impl<H: HostInfo> Pipeline<H> {
             unread_bytes: unread,
         };
         let (cause, inferred) = classify_sent_reset(&facts);
-        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.reset_sent", cause, Direction::Sent, Origin::TcpStack, netns);
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            "rst_trace.reset_sent",
+            cause,
+            Direction::Sent,
+            Origin::TcpStack,
+            netns,
+        );
         d.reason = reason.clone();
         d.inferred = inferred;
         d.endpoints = endpoints;
         // A socket-less RST has no TCP state (the tracepoint reports 0).
         d.tcp_state = (r.flags & RST_HAS_SOCK != 0).then_some(r.state);
-        let mut af = AdviceFacts { port: endpoints.map(|e| e.local.port), reason: reason.clone(), unread_bytes: unread, ..Default::default() };
+        let mut af = AdviceFacts {
+            port: endpoints.map(|e| e.local.port),
+            reason: reason.clone(),
+            unread_bytes: unread,
+            ..Default::default()
+        };
 
         match cause {
             Cause::NoListener => {
@@ -271,23 +377,35 @@ impl<H: HostInfo> Pipeline<H> {
                         let ago = now.saturating_sub(c.closed_ns) as f64 / 1e9;
                         if let Some(o) = c.owners.first() {
                             af.last_owner = Some((o.comm.clone(), o.pid, ago));
-                            d.evidence.insert("last_listener".into(), json!({
-                                "process": {"pid": o.pid, "executable": {"name": o.comm}},
-                                "address": c.addr.to_string(),
-                                "closed_seconds_ago": (ago * 1000.0).round() / 1000.0,
-                            }));
+                            d.evidence.insert(
+                                "last_listener".into(),
+                                json!({
+                                    "process": {"pid": o.pid, "executable": {"name": o.comm}},
+                                    "address": c.addr.to_string(),
+                                    "closed_seconds_ago": (ago * 1000.0).round() / 1000.0,
+                                }),
+                            );
                         }
                     }
-                    let elsewhere: Vec<String> = self.table.listeners(netns, e.local.port).iter().map(|l| format!("{}:{}", l.addr, e.local.port)).collect();
+                    let elsewhere: Vec<String> = self
+                        .table
+                        .listeners(netns, e.local.port)
+                        .iter()
+                        .map(|l| format!("{}:{}", l.addr, e.local.port))
+                        .collect();
                     if !elsewhere.is_empty() {
-                        d.evidence.insert("listening_elsewhere".into(), json!(elsewhere));
+                        d.evidence
+                            .insert("listening_elsewhere".into(), json!(elsewhere));
                         af.listening_elsewhere = elsewhere;
                     }
                 }
             }
             Cause::AcceptQueueOverflow => {
                 d.evidence.insert("stage".into(), json!("ack"));
-                d.evidence.insert("accept_queue".into(), json!({"length": snap.sk_ack_backlog, "cap": snap.sk_max_ack_backlog}));
+                d.evidence.insert(
+                    "accept_queue".into(),
+                    json!({"length": snap.sk_ack_backlog, "cap": snap.sk_max_ack_backlog}),
+                );
                 d.evidence.insert("tcp_abort_on_overflow".into(), json!(1));
                 af.queue = Some((snap.sk_ack_backlog, snap.sk_max_ack_backlog));
                 if let Some(l) = self.table.listener_by_sk(r.skaddr).cloned() {
@@ -313,34 +431,77 @@ impl<H: HostInfo> Pipeline<H> {
         vec![d]
     }
 
+    /// The listener's owner is the process serving its queue (the latest accept() caller),
+    /// else the one that called listen(); every other holder is listed too.
     fn attach_listener(&self, d: &mut Diagnosis, l: &ListenerSock, af: &mut AdviceFacts) {
-        let mut owners = l.owners.clone();
+        let now = monotonic_ns();
+        let port = d.endpoints.map_or(0, |e| e.local.port);
+        let accepting = self
+            .table
+            .accepters((d.netns, port), now, ACCEPTER_WINDOW_NS);
+        let mut owners: Vec<Arc<Owner>> = accepting.iter().take(1).cloned().collect();
+        for o in &l.owners {
+            if !owners.iter().any(|e| e.pid == o.pid) {
+                owners.push(o.clone());
+            }
+        }
         if !owners.is_empty() {
             d.owner = Some(owners.remove(0));
             d.other_owners = owners;
         }
+        d.evidence.insert(
+            "accepting_processes".into(),
+            json!(accepting
+                .iter()
+                .map(|o| json!({"pid": o.pid, "executable": {"name": o.comm}}))
+                .collect::<Vec<_>>()),
+        );
         af.requested_backlog = l.requested_backlog;
-        d.evidence.insert("listen_backlog_requested".into(), json!(l.requested_backlog));
-        d.evidence.insert("listener_address".into(), json!(l.addr.to_string()));
-        if let Some(somaxconn) = self.host.sysctl(d.netns, "net.core.somaxconn").and_then(|v| v.parse::<u32>().ok()) {
+        d.evidence.insert(
+            "listen_backlog_requested".into(),
+            json!(l.requested_backlog),
+        );
+        d.evidence
+            .insert("listener_address".into(), json!(l.addr.to_string()));
+        if let Some(somaxconn) = self
+            .host
+            .sysctl(d.netns, "net.core.somaxconn")
+            .and_then(|v| v.parse::<u32>().ok())
+        {
             af.somaxconn = Some(somaxconn);
             d.evidence.insert("somaxconn".into(), json!(somaxconn));
         }
     }
 
-    fn attach_conn_owner(&self, d: &mut Diagnosis, skaddr: u64, netns: u32, endpoints: Option<Endpoints>, now: u64) {
-        let live = self.table.conn(skaddr).or_else(|| endpoints.and_then(|e| self.table.conn_by_tuple(netns, &e)));
+    fn attach_conn_owner(
+        &self,
+        d: &mut Diagnosis,
+        skaddr: u64,
+        netns: u32,
+        endpoints: Option<Endpoints>,
+        now: u64,
+    ) {
+        let live = self
+            .table
+            .conn(skaddr)
+            .or_else(|| endpoints.and_then(|e| self.table.conn_by_tuple(netns, &e)));
         if let Some(c) = live {
             d.owner = Some(c.owner.clone());
-            d.evidence.insert("connection_age_seconds".into(), json!(secs(now.saturating_sub(c.since_ns))));
+            d.evidence.insert(
+                "connection_age_seconds".into(),
+                json!(secs(now.saturating_sub(c.since_ns))),
+            );
             return;
         }
         if let Some(c) = endpoints.and_then(|e| self.table.closed_conn(netns, &e)) {
             // TIME_WAIT and closed sockets have no owner: name the last one, marked as such.
-            d.evidence.insert("last_owner".into(), json!({
-                "process": {"pid": c.owner.pid, "executable": {"name": c.owner.comm}},
-                "closed_seconds_ago": secs(now.saturating_sub(c.closed_ns)),
-            }));
+            d.evidence.insert(
+                "last_owner".into(),
+                json!({
+                    "process": {"pid": c.owner.pid, "executable": {"name": c.owner.comm}},
+                    "closed_seconds_ago": secs(now.saturating_sub(c.closed_ns)),
+                }),
+            );
         }
     }
 
@@ -350,21 +511,48 @@ impl<H: HostInfo> Pipeline<H> {
             return None;
         }
         let now = snap.now_jiffies as u32;
-        let last = if wrapping_gap(snap.lsndtime, snap.rcv_tstamp) < u32::MAX / 2 { snap.lsndtime } else { snap.rcv_tstamp };
+        let last = if wrapping_gap(snap.lsndtime, snap.rcv_tstamp) < u32::MAX / 2 {
+            snap.lsndtime
+        } else {
+            snap.rcv_tstamp
+        };
         Some(f64::from(wrapping_gap(now, last)) / self.hz as f64)
     }
 
     fn conn_evidence(&self, d: &mut Diagnosis, cause: Cause, snap: &TcpSnapshot, flags: u32) {
         if snap.valid & SNAP_SEQ != 0 {
-            d.evidence.insert("unread_bytes".into(), json!(wrapping_gap(snap.rcv_nxt, snap.copied_seq)));
-            d.evidence.insert("bytes_in_flight".into(), json!(wrapping_gap(snap.snd_nxt, snap.snd_una)));
+            d.evidence.insert(
+                "unread_bytes".into(),
+                json!(wrapping_gap(snap.rcv_nxt, snap.copied_seq)),
+            );
+            d.evidence.insert(
+                "bytes_in_flight".into(),
+                json!(wrapping_gap(snap.snd_nxt, snap.snd_una)),
+            );
         }
         if let Some(idle) = self.idle_seconds(snap) {
-            d.evidence.insert("idle_seconds".into(), json!((idle * 1000.0).round() / 1000.0));
+            d.evidence.insert(
+                "idle_seconds".into(),
+                json!((idle * 1000.0).round() / 1000.0),
+            );
         }
         if cause == Cause::AbortByApplication {
-            d.evidence.insert("linger".into(), json!(if flags & RST_LINGER_ZERO != 0 { "on, 0 s (close aborts)" } else { "off" }));
-            d.evidence.insert("trigger".into(), json!(if flags & RST_LINGER_ZERO != 0 { "close() with SO_LINGER {1, 0}" } else { "disconnect or shutdown by the application" }));
+            d.evidence.insert(
+                "linger".into(),
+                json!(if flags & RST_LINGER_ZERO != 0 {
+                    "on, 0 s (close aborts)"
+                } else {
+                    "off"
+                }),
+            );
+            d.evidence.insert(
+                "trigger".into(),
+                json!(if flags & RST_LINGER_ZERO != 0 {
+                    "close() with SO_LINGER {1, 0}"
+                } else {
+                    "disconnect or shutdown by the application"
+                }),
+            );
         }
     }
 
@@ -373,15 +561,27 @@ impl<H: HostInfo> Pipeline<H> {
         let netns = r.header.netns;
         let endpoints = Endpoints::try_from(&r.tuple).ok();
         let cause = classify_received_reset(r.state);
-        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.reset_received", cause, Direction::Received, Origin::Peer, netns);
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            "rst_trace.reset_received",
+            cause,
+            Direction::Received,
+            Origin::Peer,
+            netns,
+        );
         d.endpoints = endpoints;
         d.tcp_state = Some(r.state);
         self.attach_conn_owner(&mut d, r.skaddr, netns, endpoints, now);
         if cause == Cause::ResetByPeer {
             self.conn_evidence(&mut d, cause, &r.snap, 0);
         }
-        d.evidence.insert("sock_cookie".into(), json!(r.sock_cookie));
-        let af = AdviceFacts { port: endpoints.map(|e| e.remote.port), idle_s: self.idle_seconds(&r.snap), ..Default::default() };
+        d.evidence
+            .insert("sock_cookie".into(), json!(r.sock_cookie));
+        let af = AdviceFacts {
+            port: endpoints.map(|e| e.remote.port),
+            idle_s: self.idle_seconds(&r.snap),
+            ..Default::default()
+        };
         d.advice = advice(cause, &af);
         vec![d]
     }
@@ -389,20 +589,54 @@ impl<H: HostInfo> Pipeline<H> {
     fn on_skb_drop(&mut self, r: &SkbDropRecord) -> Vec<Diagnosis> {
         let now = r.header.ktime_ns;
         let netns = r.header.netns;
-        let Some(reason) = self.drop_reasons.name(u64::from(r.reason)).map(str::to_owned) else { return Vec::new() };
-        let Some(cause) = classify_drop(&reason) else { return Vec::new() };
+        let Some(reason) = self
+            .drop_reasons
+            .name(u64::from(r.reason))
+            .map(str::to_owned)
+        else {
+            return Vec::new();
+        };
+        let Some(cause) = classify_drop(&reason) else {
+            return Vec::new();
+        };
         let endpoints = Endpoints::try_from(&r.tuple).ok();
-        let origin = if cause == Cause::FirewallDrop { Origin::Netfilter } else { Origin::TcpStack };
-        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.segment_dropped", cause, Direction::Dropped, origin, netns);
+        let origin = if cause == Cause::FirewallDrop {
+            Origin::Netfilter
+        } else {
+            Origin::TcpStack
+        };
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            "rst_trace.segment_dropped",
+            cause,
+            Direction::Dropped,
+            origin,
+            netns,
+        );
         d.reason = Some(reason.clone());
         d.endpoints = endpoints;
         d.evidence.insert("kernel_reason".into(), json!(reason));
-        d.evidence.insert("tcp_flags".into(), json!(tcp_flags(r.tcp_flags)));
-        d.evidence.insert("segment_direction".into(), json!(if r.flags & SKB_OUTBOUND != 0 { "outbound" } else { "inbound" }));
-        let mut af = AdviceFacts { port: endpoints.map(|e| e.local.port), ..Default::default() };
+        d.evidence
+            .insert("tcp_flags".into(), json!(tcp_flags(r.tcp_flags)));
+        d.evidence.insert(
+            "segment_direction".into(),
+            json!(if r.flags & SKB_OUTBOUND != 0 {
+                "outbound"
+            } else {
+                "inbound"
+            }),
+        );
+        let mut af = AdviceFacts {
+            port: endpoints.map(|e| e.local.port),
+            ..Default::default()
+        };
         if let Some(e) = endpoints {
             match cause {
                 Cause::AcceptQueueOverflow => {
+                    *self
+                        .ack_time_drops
+                        .entry((netns, e.local.port))
+                        .or_insert(0) += 1;
                     d.tcp_state = Some(TCP_LISTEN);
                     d.evidence.insert("stage".into(), json!("ack"));
                     let listeners = self.table.listeners(netns, e.local.port).to_vec();
@@ -410,7 +644,8 @@ impl<H: HostInfo> Pipeline<H> {
                         self.attach_listener(&mut d, &l, &mut af);
                     }
                     if let Some(v) = self.host.sysctl(netns, "net.ipv4.tcp_abort_on_overflow") {
-                        d.evidence.insert("tcp_abort_on_overflow".into(), json!(v.parse::<u32>().ok()));
+                        d.evidence
+                            .insert("tcp_abort_on_overflow".into(), json!(v.parse::<u32>().ok()));
                     }
                     d.related = self.related_fd_incident(netns, e.local.port, now);
                     af.fd_exhaustion_related = d.related.is_some();
@@ -431,6 +666,178 @@ impl<H: HostInfo> Pipeline<H> {
         vec![d]
     }
 
+    /// ACK-time drops reported per packet in `netns` since the last call, by port.
+    pub fn take_ack_time_drops(&mut self, netns: u32) -> HashMap<u16, u64> {
+        let keys: Vec<(u32, u16)> = self
+            .ack_time_drops
+            .keys()
+            .filter(|(n, _)| *n == netns)
+            .copied()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.ack_time_drops.remove(&k).map(|v| (k.1, v)))
+            .collect()
+    }
+
+    /// Explains drops found by polling a namespace's listeners and counters.
+    pub fn explain_finding(
+        &self,
+        netns: u32,
+        f: &Finding,
+        snap: &NetnsSnapshot,
+        interval_s: f64,
+    ) -> Diagnosis {
+        let now = monotonic_ns();
+        let event = if f.cause == Cause::SynQueueOverflow {
+            "rst_trace.syn_queue_overflow"
+        } else {
+            "rst_trace.listen_drops"
+        };
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            event,
+            f.cause,
+            Direction::Dropped,
+            Origin::TcpStack,
+            netns,
+        );
+        d.count = f.count;
+        d.tcp_state = Some(TCP_LISTEN);
+        if let Some(addr) = f.addr {
+            d.endpoints = Some(Endpoints {
+                local: Endpoint { addr, port: f.port },
+                remote: Endpoint {
+                    addr: unspecified(addr),
+                    port: 0,
+                },
+            });
+        }
+        let sysctl = |n: &str| snap.sysctls.get(n).cloned();
+        let num = |n: &str| sysctl(n).and_then(|v| v.parse::<u32>().ok());
+        let mut af = AdviceFacts {
+            port: Some(f.port),
+            dropped: Some(f.count),
+            interval_s: Some(interval_s),
+            queue: f.queue,
+            ..Default::default()
+        };
+        let listeners = self.table.listeners(netns, f.port).to_vec();
+        let known = listeners
+            .iter()
+            .find(|l| f.inode.is_some() && l.inode == f.inode)
+            .or_else(|| listeners.iter().find(|l| Some(l.addr) == f.addr))
+            .or_else(|| listeners.first())
+            .cloned();
+        if let Some(l) = &known {
+            self.attach_listener(&mut d, l, &mut af);
+        }
+        af.somaxconn = num("net.core.somaxconn");
+        let ev = &mut d.evidence;
+        ev.insert(
+            "interval_seconds".into(),
+            json!((interval_s * 1000.0).round() / 1000.0),
+        );
+        ev.insert("observed_by".into(), json!("polling: sock_diag drop counters and TcpExt MIB (no per-packet hook for this drop on this kernel)"));
+        ev.insert(
+            "accept_queue".into(),
+            json!(f.queue.map(|(q, c)| json!({"length": q, "cap": c}))),
+        );
+        ev.insert("somaxconn".into(), json!(af.somaxconn));
+        match f.cause {
+            Cause::SynQueueOverflow => {
+                ev.insert("syn_queue_length".into(), json!(f.syn_queue));
+                ev.insert("syn_cookies_sent".into(), json!(f.cookies));
+                ev.insert("syns_dropped".into(), json!(f.count - f.cookies));
+                ev.insert(
+                    "tcp_max_syn_backlog".into(),
+                    json!(num("net.ipv4.tcp_max_syn_backlog")),
+                );
+                ev.insert(
+                    "tcp_syncookies".into(),
+                    json!(num("net.ipv4.tcp_syncookies")),
+                );
+                ev.insert(
+                    "top_sources".into(),
+                    json!(f
+                        .top_sources
+                        .iter()
+                        .map(|(a, n)| json!({"address": a.to_string(), "syn_recv": n}))
+                        .collect::<Vec<_>>()),
+                );
+                let total: usize = f.top_sources.iter().map(|(_, n)| n).sum();
+                let top = f.top_sources.first().map_or(0, |(_, n)| *n);
+                let shape = if total == 0 {
+                    "unknown"
+                } else if top * 2 >= total {
+                    "flood from few sources"
+                } else {
+                    "burst from many sources"
+                };
+                ev.insert("pattern".into(), json!(shape));
+            }
+            _ => {
+                ev.insert("stage".into(), json!("syn"));
+                ev.insert(
+                    "tcp_abort_on_overflow".into(),
+                    json!(num("net.ipv4.tcp_abort_on_overflow")),
+                );
+                d.related = self.related_fd_incident(netns, f.port, now);
+                af.fd_exhaustion_related = d.related.is_some();
+            }
+        }
+        d.advice = advice(f.cause, &af);
+        d
+    }
+
+    /// A listener whose accept queue is at least 80 % full: a warning before drops start.
+    pub fn explain_saturation(&self, netns: u32, s: &Saturation) -> Diagnosis {
+        let now = monotonic_ns();
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            "rst_trace.listener_saturated",
+            Cause::AcceptQueueOverflow,
+            Direction::None,
+            Origin::TcpStack,
+            netns,
+        );
+        d.count = 0;
+        d.endpoints = Some(Endpoints {
+            local: Endpoint {
+                addr: s.addr,
+                port: s.port,
+            },
+            remote: Endpoint {
+                addr: unspecified(s.addr),
+                port: 0,
+            },
+        });
+        d.tcp_state = Some(TCP_LISTEN);
+        let mut af = AdviceFacts {
+            port: Some(s.port),
+            queue: Some((s.queue, s.cap)),
+            ..Default::default()
+        };
+        if let Some(l) = self.table.listeners(netns, s.port).first().cloned() {
+            self.attach_listener(&mut d, &l, &mut af);
+        }
+        d.evidence.insert(
+            "accept_queue".into(),
+            json!({"length": s.queue, "cap": s.cap}),
+        );
+        d.evidence.insert(
+            "warning".into(),
+            json!("accept queue at or above 80% of its cap: drops are imminent"),
+        );
+        d.advice = format!(
+            "The accept queue of :{} is {}/{} full. {}",
+            s.port,
+            s.queue,
+            s.cap,
+            advice(Cause::AcceptQueueOverflow, &af)
+        );
+        d
+    }
+
     fn on_connect(&mut self, r: &ConnectRecord) -> Vec<Diagnosis> {
         if -r.ret != EADDRNOTAVAIL {
             return Vec::new();
@@ -439,20 +846,46 @@ impl<H: HostInfo> Pipeline<H> {
         let netns = r.header.netns;
         let task = Task::from(&r.task);
         let owner = self.owner(&task, Learned::Syscall);
-        let mut d = Diagnosis::new(self.clock.wall(now), "rst_trace.connect_failed", Cause::EphemeralPortExhaustion, Direction::None, Origin::Syscall, netns);
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            "rst_trace.connect_failed",
+            Cause::EphemeralPortExhaustion,
+            Direction::None,
+            Origin::Syscall,
+            netns,
+        );
         d.endpoints = Endpoints::try_from(&r.tuple).ok();
         d.reason = Some("EADDRNOTAVAIL".into());
         let range = self.host.sysctl(netns, "net.ipv4.ip_local_port_range");
-        d.evidence.insert("ip_local_port_range".into(), json!(range));
+        d.evidence
+            .insert("ip_local_port_range".into(), json!(range));
         if let Some(r) = range.as_deref() {
-            let v: Vec<u32> = r.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u32> = r
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if let [lo, hi] = v[..] {
-                d.evidence.insert("ephemeral_ports".into(), json!(hi.saturating_sub(lo) + 1));
+                d.evidence
+                    .insert("ephemeral_ports".into(), json!(hi.saturating_sub(lo) + 1));
             }
         }
         d.owner = Some(owner);
-        d.advice = advice(Cause::EphemeralPortExhaustion, &AdviceFacts { port_range: range, ..Default::default() });
+        d.advice = advice(
+            Cause::EphemeralPortExhaustion,
+            &AdviceFacts {
+                port_range: range,
+                ..Default::default()
+            },
+        );
         vec![d]
+    }
+}
+
+fn unspecified(like: std::net::IpAddr) -> std::net::IpAddr {
+    if like.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     }
 }
 
@@ -461,10 +894,26 @@ fn secs(ns: u64) -> f64 {
 }
 
 fn limit_json(v: u64) -> Value {
-    if v == u64::MAX { json!("unlimited") } else { json!(v) }
+    if v == u64::MAX {
+        json!("unlimited")
+    } else {
+        json!(v)
+    }
 }
 
 fn tcp_flags(b: u8) -> String {
-    const NAMES: [(u8, &str); 6] = [(0x02, "SYN"), (0x10, "ACK"), (0x04, "RST"), (0x01, "FIN"), (0x08, "PSH"), (0x20, "URG")];
-    NAMES.iter().filter(|(bit, _)| b & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+    const NAMES: [(u8, &str); 6] = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x04, "RST"),
+        (0x01, "FIN"),
+        (0x08, "PSH"),
+        (0x20, "URG"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| b & bit != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
 }

@@ -15,7 +15,10 @@ pub enum PreflightError {
 fn effective_caps() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned()))
+        })
         .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .unwrap_or(0)
 }
@@ -40,17 +43,25 @@ pub fn check_privileges() -> Result<(), PreflightError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::MissingCapabilities { missing: missing.join(" and ") })
+        Err(PreflightError::MissingCapabilities {
+            missing: missing.join(" and "),
+        })
     }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use the cgroup, so a
 /// refusal here (no CAP_SYS_RESOURCE) is harmless and only logged.
 pub fn raise_memlock() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!("raising RLIMIT_MEMLOCK failed ({}); fine on kernels ≥ 5.11", std::io::Error::last_os_error());
+        log::debug!(
+            "raising RLIMIT_MEMLOCK failed ({}); fine on kernels ≥ 5.11",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -33,7 +33,10 @@ pub enum Record {
 fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { need, got: bytes.len() });
+        return Err(DecodeError::Short {
+            need,
+            got: bytes.len(),
+        });
     }
     // SAFETY: the length was checked above, `T: Pod` has no invalid bit patterns, and the
     // unaligned read makes no assumption about the ring buffer's alignment.
@@ -46,9 +49,13 @@ impl TryFrom<&[u8]> for Record {
     fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
         let header: RecordHeader = read_pod(bytes)?;
         if header.version != RECORD_VERSION {
-            return Err(DecodeError::Version { got: header.version, expected: RECORD_VERSION });
+            return Err(DecodeError::Version {
+                got: header.version,
+                expected: RECORD_VERSION,
+            });
         }
-        let kind = RecordKind::from_u16(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+        let kind =
+            RecordKind::from_u16(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
         Ok(match kind {
             RecordKind::ResetSent => Self::ResetSent(read_pod(bytes)?),
             RecordKind::ResetReceived => Self::ResetReceived(read_pod(bytes)?),
@@ -107,8 +114,14 @@ impl TryFrom<&Tuple> for Endpoints {
 
     fn try_from(t: &Tuple) -> Result<Self, Self::Error> {
         Ok(Self {
-            local: Endpoint { addr: addr(t.family, &t.local_addr)?, port: t.local_port },
-            remote: Endpoint { addr: addr(t.family, &t.remote_addr)?, port: t.remote_port },
+            local: Endpoint {
+                addr: addr(t.family, &t.local_addr)?,
+                port: t.local_port,
+            },
+            remote: Endpoint {
+                addr: addr(t.family, &t.remote_addr)?,
+                port: t.remote_port,
+            },
         })
     }
 }
@@ -140,8 +153,10 @@ mod tests {
 
     fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
         // SAFETY: Pod types are plain bytes with no padding.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn sent() -> ResetSentRecord {
@@ -161,10 +176,18 @@ mod tests {
     #[test]
     fn decodes_a_reset_sent_record() {
         let b = bytes_of(&sent());
-        let Ok(Record::ResetSent(r)) = Record::try_from(b.as_slice()) else { panic!("decode") };
+        let Ok(Record::ResetSent(r)) = Record::try_from(b.as_slice()) else {
+            panic!("decode")
+        };
         assert_eq!(r.header.netns, 4026532001);
         let e = Endpoints::try_from(&r.tuple).expect("endpoints");
-        assert_eq!(e.local, Endpoint { addr: "127.0.0.1".parse().expect("ip"), port: 8080 });
+        assert_eq!(
+            e.local,
+            Endpoint {
+                addr: "127.0.0.1".parse().expect("ip"),
+                port: 8080
+            }
+        );
         assert_eq!(e.remote.port, 40000);
     }
 
@@ -192,10 +215,16 @@ mod tests {
         }
         let mut b = bytes_of(&sent());
         b[0] = 0xee;
-        assert_eq!(Record::try_from(b.as_slice()).err(), Some(DecodeError::UnknownKind(0xee)));
+        assert_eq!(
+            Record::try_from(b.as_slice()).err(),
+            Some(DecodeError::UnknownKind(0xee))
+        );
         let mut b = bytes_of(&sent());
         b[2] = 9;
-        assert!(matches!(Record::try_from(b.as_slice()), Err(DecodeError::Version { .. })));
+        assert!(matches!(
+            Record::try_from(b.as_slice()),
+            Err(DecodeError::Version { .. })
+        ));
     }
 
     #[test]
@@ -207,7 +236,10 @@ mod tests {
 
     #[test]
     fn v4_mapped_v6_shows_as_v4() {
-        let mut t = Tuple { family: AF_INET6, ..Default::default() };
+        let mut t = Tuple {
+            family: AF_INET6,
+            ..Default::default()
+        };
         t.local_addr = Ipv6Addr::from(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()).octets();
         let e = Endpoints::try_from(&t).expect("endpoints");
         assert_eq!(e.local.addr, IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));

@@ -62,12 +62,23 @@ pub struct SocketTable {
     closed_listeners: HashMap<ListenerKey, ClosedListener>,
     closed_conns: HashMap<(u32, Endpoints), ClosedConn>,
     closed_order: VecDeque<(u64, (u32, Endpoints))>,
+    /// Processes seen calling accept() on each listener, most recent last.
+    accepters: HashMap<ListenerKey, Vec<(Arc<Owner>, u64)>>,
     /// Entries refused because a map was full.
     pub overflow: u64,
 }
 
 impl SocketTable {
-    pub fn listen(&mut self, netns: u32, skaddr: u64, local: Endpoint, owner: Arc<Owner>, requested: Option<u32>, max: Option<u32>, now: u64) {
+    pub fn listen(
+        &mut self,
+        netns: u32,
+        skaddr: u64,
+        local: Endpoint,
+        owner: Arc<Owner>,
+        requested: Option<u32>,
+        max: Option<u32>,
+        now: u64,
+    ) {
         let key = (netns, local.port);
         if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
             self.overflow += 1;
@@ -91,7 +102,15 @@ impl SocketTable {
     /// A listener found in /proc at start-up or by a later scan. Keeps what the kernel
     /// events taught (backlog, skaddr) and adds owners the events could not see (forked
     /// workers share one listening socket).
-    pub fn discovered_listener(&mut self, netns: u32, local: Endpoint, inode: u64, owners: Vec<Arc<Owner>>, max: Option<u32>, now: u64) {
+    pub fn discovered_listener(
+        &mut self,
+        netns: u32,
+        local: Endpoint,
+        inode: u64,
+        owners: Vec<Arc<Owner>>,
+        max: Option<u32>,
+        now: u64,
+    ) {
         let key = (netns, local.port);
         if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
             self.overflow += 1;
@@ -125,12 +144,27 @@ impl SocketTable {
         }
     }
 
-    pub fn connect(&mut self, netns: u32, skaddr: u64, endpoints: Option<Endpoints>, owner: Arc<Owner>, now: u64) {
+    pub fn connect(
+        &mut self,
+        netns: u32,
+        skaddr: u64,
+        endpoints: Option<Endpoints>,
+        owner: Arc<Owner>,
+        now: u64,
+    ) {
         if self.conns.len() >= MAX_CONNS && !self.conns.contains_key(&skaddr) {
             self.overflow += 1;
             return;
         }
-        if let Some(old) = self.conns.insert(skaddr, ConnEntry { netns, endpoints, owner, since_ns: now }) {
+        if let Some(old) = self.conns.insert(
+            skaddr,
+            ConnEntry {
+                netns,
+                endpoints,
+                owner,
+                since_ns: now,
+            },
+        ) {
             if let Some(e) = old.endpoints {
                 self.by_tuple.remove(&(old.netns, e));
             }
@@ -153,7 +187,14 @@ impl SocketTable {
             if let Some(group) = self.listeners.get_mut(&key) {
                 if let Some(pos) = group.iter().position(|l| l.skaddr == Some(skaddr)) {
                     let l = group.remove(pos);
-                    self.closed_listeners.insert(key, ClosedListener { owners: l.owners, addr: l.addr, closed_ns: now });
+                    self.closed_listeners.insert(
+                        key,
+                        ClosedListener {
+                            owners: l.owners,
+                            addr: l.addr,
+                            closed_ns: now,
+                        },
+                    );
                 }
                 if group.is_empty() {
                     self.listeners.remove(&key);
@@ -166,7 +207,14 @@ impl SocketTable {
                 if self.closed_conns.len() >= MAX_CLOSED {
                     self.expire_oldest_closed();
                 }
-                self.closed_conns.insert((c.netns, e), ClosedConn { owner: c.owner, since_ns: c.since_ns, closed_ns: now });
+                self.closed_conns.insert(
+                    (c.netns, e),
+                    ClosedConn {
+                        owner: c.owner,
+                        since_ns: c.since_ns,
+                        closed_ns: now,
+                    },
+                );
                 self.closed_order.push_back((now, (c.netns, e)));
             }
         }
@@ -186,7 +234,8 @@ impl SocketTable {
             }
             self.expire_oldest_closed();
         }
-        self.closed_listeners.retain(|_, c| now.saturating_sub(c.closed_ns) < CLOSED_RETENTION_NS);
+        self.closed_listeners
+            .retain(|_, c| now.saturating_sub(c.closed_ns) < CLOSED_RETENTION_NS);
         if self.closed_listeners.len() > MAX_CLOSED {
             self.closed_listeners.clear();
             self.overflow += 1;
@@ -198,7 +247,9 @@ impl SocketTable {
     }
 
     pub fn conn_by_tuple(&self, netns: u32, e: &Endpoints) -> Option<&ConnEntry> {
-        self.by_tuple.get(&(netns, *e)).and_then(|sk| self.conns.get(sk))
+        self.by_tuple
+            .get(&(netns, *e))
+            .and_then(|sk| self.conns.get(sk))
     }
 
     pub fn closed_conn(&self, netns: u32, e: &Endpoints) -> Option<&ClosedConn> {
@@ -206,16 +257,49 @@ impl SocketTable {
     }
 
     pub fn listeners(&self, netns: u32, port: u16) -> &[ListenerSock] {
-        self.listeners.get(&(netns, port)).map_or(&[], Vec::as_slice)
+        self.listeners
+            .get(&(netns, port))
+            .map_or(&[], Vec::as_slice)
     }
 
     pub fn listener_by_sk(&self, skaddr: u64) -> Option<&ListenerSock> {
         let key = self.listener_by_sk.get(&skaddr)?;
-        self.listeners.get(key)?.iter().find(|l| l.skaddr == Some(skaddr))
+        self.listeners
+            .get(key)?
+            .iter()
+            .find(|l| l.skaddr == Some(skaddr))
     }
 
     pub fn closed_listener(&self, netns: u32, port: u16) -> Option<&ClosedListener> {
         self.closed_listeners.get(&(netns, port))
+    }
+
+    /// Remembers that `owner` called accept() on the listener at `key`.
+    pub fn accepted_by(&mut self, key: ListenerKey, owner: Arc<Owner>, now: u64) {
+        if self.accepters.len() >= MAX_LISTENERS && !self.accepters.contains_key(&key) {
+            self.overflow += 1;
+            return;
+        }
+        let list = self.accepters.entry(key).or_default();
+        list.retain(|(o, _)| o.pid != owner.pid);
+        list.push((owner, now));
+        if list.len() > 16 {
+            list.remove(0);
+        }
+    }
+
+    /// Processes that called accept() on the listener within `window_ns`, most recent first.
+    pub fn accepters(&self, key: ListenerKey, now: u64, window_ns: u64) -> Vec<Arc<Owner>> {
+        self.accepters
+            .get(&key)
+            .map(|l| {
+                l.iter()
+                    .rev()
+                    .filter(|(_, t)| now.saturating_sub(*t) <= window_ns)
+                    .map(|(o, _)| o.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn all_listeners(&self) -> impl Iterator<Item = (&ListenerKey, &Vec<ListenerSock>)> {
@@ -233,17 +317,35 @@ mod tests {
     use crate::owner::Learned;
 
     fn owner(pid: u32, comm: &str) -> Arc<Owner> {
-        Arc::new(Owner { pid, tid: pid, comm: comm.into(), cgroup: None, container_id: None, learned: Learned::Listen })
+        Arc::new(Owner {
+            pid,
+            tid: pid,
+            comm: comm.into(),
+            cgroup: None,
+            container_id: None,
+            learned: Learned::Listen,
+        })
     }
 
     fn ep(port: u16) -> Endpoint {
-        Endpoint { addr: "127.0.0.1".parse().expect("ip"), port }
+        Endpoint {
+            addr: "127.0.0.1".parse().expect("ip"),
+            port,
+        }
     }
 
     #[test]
     fn closed_listener_is_remembered_with_its_owner() {
         let mut t = SocketTable::default();
-        t.listen(1, 0xa, ep(8080), owner(42, "myapp"), Some(128), Some(128), 1_000);
+        t.listen(
+            1,
+            0xa,
+            ep(8080),
+            owner(42, "myapp"),
+            Some(128),
+            Some(128),
+            1_000,
+        );
         assert_eq!(t.listeners(1, 8080).len(), 1);
         t.close(0xa, 5_000);
         assert!(t.listeners(1, 8080).is_empty());
@@ -268,9 +370,19 @@ mod tests {
     fn discovered_workers_join_the_listener() {
         let mut t = SocketTable::default();
         t.listen(1, 0xa, ep(80), owner(10, "nginx"), Some(511), Some(511), 0);
-        t.discovered_listener(1, ep(80), 777, vec![owner(10, "nginx"), owner(11, "nginx")], Some(511), 1);
+        t.discovered_listener(
+            1,
+            ep(80),
+            777,
+            vec![owner(10, "nginx"), owner(11, "nginx")],
+            Some(511),
+            1,
+        );
         let l = &t.listeners(1, 80)[0];
-        assert_eq!(l.owners.iter().map(|o| o.pid).collect::<Vec<_>>(), vec![10, 11]);
+        assert_eq!(
+            l.owners.iter().map(|o| o.pid).collect::<Vec<_>>(),
+            vec![10, 11]
+        );
         assert_eq!(l.requested_backlog, Some(511));
     }
 
@@ -278,7 +390,10 @@ mod tests {
     fn connection_found_by_tuple_after_handshake() {
         let mut t = SocketTable::default();
         t.connect(1, 0xc, None, owner(5, "curl"), 0);
-        let e = Endpoints { local: ep(40000), remote: ep(80) };
+        let e = Endpoints {
+            local: ep(40000),
+            remote: ep(80),
+        };
         assert!(t.conn_by_tuple(1, &e).is_none());
         t.established(0xc, e);
         assert_eq!(t.conn_by_tuple(1, &e).expect("found").owner.pid, 5);

@@ -18,12 +18,15 @@ pub struct KernelCounters {
 
 impl KernelCounters {
     pub fn get(&self, family: CounterFamily, slot: u32) -> u64 {
-        let i = usize::try_from(rst_trace_common::counter_index(family, slot)).unwrap_or(usize::MAX);
+        let i =
+            usize::try_from(rst_trace_common::counter_index(family, slot)).unwrap_or(usize::MAX);
         self.values.get(i).copied().unwrap_or(0)
     }
 
     fn family(&self, family: CounterFamily) -> impl Iterator<Item = (u32, u64)> + '_ {
-        (0..COUNTER_SLOTS).map(move |s| (s, self.get(family, s))).filter(|(_, v)| *v > 0)
+        (0..COUNTER_SLOTS)
+            .map(move |s| (s, self.get(family, s)))
+            .filter(|(_, v)| *v > 0)
     }
 
     pub fn lost(&self) -> u64 {
@@ -42,16 +45,28 @@ pub struct AgentCounts {
 
 /// Per-cause totals that the kernel counters alone determine (the reason decides the cause
 /// without looking at the socket). They are exact even when records were lost.
-pub fn exact_cause_counts(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]) -> BTreeMap<Cause, u64> {
+pub fn exact_cause_counts(
+    k: &KernelCounters,
+    rst: &ReasonNames,
+    watched_drops: &[&str],
+) -> BTreeMap<Cause, u64> {
     let mut out = BTreeMap::new();
     for family in [CounterFamily::ResetSent, CounterFamily::ResetSentLingerZero] {
         for (slot, n) in k.family(family) {
-            let reason = if slot == SLOT_NO_REASON { None } else { rst.name(u64::from(slot)) };
+            let reason = if slot == SLOT_NO_REASON {
+                None
+            } else {
+                rst.name(u64::from(slot))
+            };
             let Some(reason) = reason else { continue };
             if matches!(reason, "INVALID_SYN" | "NOT_SPECIFIED") {
                 continue; // the cause depends on the socket's state: counted from records
             }
-            let (cause, _) = classify_sent_reset(&SentReset { reason: Some(reason), has_sock: true, ..Default::default() });
+            let (cause, _) = classify_sent_reset(&SentReset {
+                reason: Some(reason),
+                has_sock: true,
+                ..Default::default()
+            });
             *out.entry(cause).or_insert(0) += n;
         }
     }
@@ -59,7 +74,10 @@ pub fn exact_cause_counts(k: &KernelCounters, rst: &ReasonNames, watched_drops: 
         *out.entry(classify_received_reset(state)).or_insert(0) += n;
     }
     for (slot, n) in k.family(CounterFamily::SkbDrop) {
-        if let Some(cause) = watched_drops.get(slot as usize).and_then(|r| classify_drop(r)) {
+        if let Some(cause) = watched_drops
+            .get(slot as usize)
+            .and_then(|r| classify_drop(r))
+        {
             *out.entry(cause).or_insert(0) += n;
         }
     }
@@ -78,12 +96,18 @@ pub fn exact_cause_counts(k: &KernelCounters, rst: &ReasonNames, watched_drops: 
 
 /// Causes whose occurrences come only from records (or from polling), never from a counter
 /// that would double-count them: the kernel's number wins where it has one.
-pub fn merged_causes(exact: &BTreeMap<Cause, u64>, agent: &BTreeMap<Cause, u64>, reset_sent_ambiguous: bool) -> BTreeMap<Cause, u64> {
+pub fn merged_causes(
+    exact: &BTreeMap<Cause, u64>,
+    agent: &BTreeMap<Cause, u64>,
+    reset_sent_ambiguous: bool,
+) -> BTreeMap<Cause, u64> {
     let mut out = agent.clone();
     for (cause, n) in exact {
         // Accept-queue overflow is also reported by polling and by RSTs on the listener:
         // the agent's own count covers all of them, the kernel's only the ACK-time drops.
-        if *cause == Cause::AcceptQueueOverflow || (reset_sent_ambiguous && *cause == Cause::ProtocolViolation) {
+        if *cause == Cause::AcceptQueueOverflow
+            || (reset_sent_ambiguous && *cause == Cause::ProtocolViolation)
+        {
             continue;
         }
         out.insert(*cause, *n);
@@ -93,10 +117,19 @@ pub fn merged_causes(exact: &BTreeMap<Cause, u64>, agent: &BTreeMap<Cause, u64>,
 
 pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]) -> Value {
     let reason = |slot: u32| {
-        if slot == SLOT_NO_REASON { "NONE".to_owned() } else { rst.name(u64::from(slot)).map_or_else(|| format!("REASON_{slot}"), str::to_owned) }
+        if slot == SLOT_NO_REASON {
+            "NONE".to_owned()
+        } else {
+            rst.name(u64::from(slot))
+                .map_or_else(|| format!("REASON_{slot}"), str::to_owned)
+        }
     };
     let fam = |f: CounterFamily, name: &dyn Fn(u32) -> String| -> Value {
-        Value::Object(k.family(f).map(|(s, v)| (name(s), json!(v))).collect::<Map<_, _>>())
+        Value::Object(
+            k.family(f)
+                .map(|(s, v)| (name(s), json!(v)))
+                .collect::<Map<_, _>>(),
+        )
     };
     let errno = |e: u32| match e {
         0 => "OK".to_owned(),
@@ -106,7 +139,10 @@ pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]
         other => format!("ERRNO_{other}"),
     };
     let kind = |k: u32| {
-        u16::try_from(k).ok().and_then(RecordKind::from_u16).map_or_else(|| format!("KIND_{k}"), |k| format!("{k:?}"))
+        u16::try_from(k)
+            .ok()
+            .and_then(RecordKind::from_u16)
+            .map_or_else(|| format!("KIND_{k}"), |k| format!("{k:?}"))
     };
     json!({
         "resets_sent": fam(CounterFamily::ResetSent, &reason),
@@ -127,14 +163,20 @@ mod tests {
 
     #[test]
     fn kernel_counters_give_exact_causes() {
-        let mut k = KernelCounters { values: vec![0; COUNTERS_LEN as usize] };
+        let mut k = KernelCounters {
+            values: vec![0; COUNTERS_LEN as usize],
+        };
         k.values[counter_index(CounterFamily::ResetSent, 1) as usize] = 5;
         k.values[counter_index(CounterFamily::ResetSent, 10) as usize] = 2; // INVALID_SYN: ambiguous
         k.values[counter_index(CounterFamily::ResetSentLingerZero, 14) as usize] = 3;
         k.values[counter_index(CounterFamily::Accept, 24) as usize] = 7;
         k.values[counter_index(CounterFamily::Accept, 0) as usize] = 100;
         k.values[counter_index(CounterFamily::Lost, 1) as usize] = 4;
-        let names = ReasonNames::from_pairs([("NO_SOCKET".into(), 1), ("INVALID_SYN".into(), 10), ("TCP_STATE".into(), 14)]);
+        let names = ReasonNames::from_pairs([
+            ("NO_SOCKET".into(), 1),
+            ("INVALID_SYN".into(), 10),
+            ("TCP_STATE".into(), 14),
+        ]);
         let c = exact_cause_counts(&k, &names, &["TCP_LISTEN_OVERFLOW"]);
         assert_eq!(c.get(&Cause::NoListener), Some(&5));
         assert_eq!(c.get(&Cause::AbortByApplication), Some(&3));

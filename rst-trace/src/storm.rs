@@ -16,7 +16,13 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(per_second: u64) -> Self {
-        Self { per_second, window_start_ns: 0, emitted: HashMap::new(), folded: HashMap::new(), suppressed: 0 }
+        Self {
+            per_second,
+            window_start_ns: 0,
+            emitted: HashMap::new(),
+            folded: HashMap::new(),
+            suppressed: 0,
+        }
     }
 
     /// Lets `d` through, or folds it into its cause's summary. Returns what to emit now.
@@ -62,7 +68,14 @@ mod tests {
     use crate::cause::{Direction, Origin};
 
     fn d() -> Diagnosis {
-        Diagnosis::new(SystemTime::UNIX_EPOCH, "rst_trace.reset_sent", Cause::NoListener, Direction::Sent, Origin::TcpStack, 1)
+        Diagnosis::new(
+            SystemTime::UNIX_EPOCH,
+            "rst_trace.reset_sent",
+            Cause::NoListener,
+            Direction::Sent,
+            Origin::TcpStack,
+            1,
+        )
     }
 
     #[test]

@@ -135,7 +135,10 @@ impl Agent {
             loop {
                 match r.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => st.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
+                    Ok(n) => st
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
                 }
             }
         });
@@ -243,7 +246,12 @@ impl Agent {
     /// Wait (bounded) until at least `count` cause events matching `pred` have arrived (counting
     /// from the agent's start), and return all of them — possibly fewer than `count` on timeout,
     /// so the caller's assertion can show what did arrive. Panics if the agent dies meanwhile.
-    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, count: usize, timeout: Duration) -> Vec<Value> {
+    pub fn wait_for(
+        &mut self,
+        pred: impl Fn(&Value) -> bool,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let m = self.causes(&pred);

@@ -58,7 +58,11 @@ pub fn peer_binary() -> PathBuf {
 
 /// Poll `cond` every `step` until it returns Some or `timeout` passes (bounded; no fixed sleeps as
 /// synchronisation).
-pub fn poll_until<T>(timeout: Duration, step: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(
+    timeout: Duration,
+    step: Duration,
+    mut cond: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = cond() {

@@ -34,7 +34,10 @@ impl Mib {
                 .split_once(':')
                 .with_context(|| format!("line {}: no 'Prefix:' in {vline:?}", j + 1))?;
             if hp != vp {
-                bail!("line {}: value line prefix {vp:?} does not match header {hp:?}", j + 1);
+                bail!(
+                    "line {}: value line prefix {vp:?} does not match header {hp:?}",
+                    j + 1
+                );
             }
             let names: Vec<&str> = hrest.split_whitespace().collect();
             let vals: Vec<&str> = vrest.split_whitespace().collect();
@@ -63,8 +66,13 @@ impl Mib {
     /// Snapshot the counters of a namespace (`ip netns exec NS cat /proc/net/netstat /proc/net/snmp`).
     pub fn snapshot(ns: &Netns) -> Mib {
         let text = ns.exec("cat", &["/proc/net/netstat", "/proc/net/snmp"]);
-        let m = Mib::parse(&text).unwrap_or_else(|e| panic!("cannot parse MIB of {}: {e:#}", ns.name()));
-        for k in ["Tcp.OutRsts", "TcpExt.ListenDrops", "TcpExt.ListenOverflows"] {
+        let m = Mib::parse(&text)
+            .unwrap_or_else(|e| panic!("cannot parse MIB of {}: {e:#}", ns.name()));
+        for k in [
+            "Tcp.OutRsts",
+            "TcpExt.ListenDrops",
+            "TcpExt.ListenOverflows",
+        ] {
             assert!(m.values.contains_key(k), "MIB of {} lacks {k}", ns.name());
         }
         m
@@ -153,8 +161,11 @@ Udp: 0 0
     #[test]
     fn delta_and_changes() {
         let before = Mib::parse(&both()).unwrap();
-        let after = Mib::parse(&both().replace("-1 10 2 5 0 0 30 30 0 0 7 0", "-1 15 2 10 0 0 40 40 0 0 12 0"))
-            .unwrap();
+        let after = Mib::parse(&both().replace(
+            "-1 10 2 5 0 0 30 30 0 0 7 0",
+            "-1 15 2 10 0 0 40 40 0 0 12 0",
+        ))
+        .unwrap();
         assert_eq!(delta(&before, &after, "Tcp.OutRsts"), 5);
         assert_eq!(delta(&before, &after, "Tcp.AttemptFails"), 5);
         assert_eq!(delta(&before, &after, "TcpExt.ListenDrops"), 0);
@@ -193,7 +204,12 @@ Udp: 0 0
         let mut text = std::fs::read_to_string("/proc/net/netstat").unwrap();
         text.push_str(&std::fs::read_to_string("/proc/net/snmp").unwrap());
         let m = Mib::parse(&text).unwrap();
-        for k in ["Tcp.OutRsts", "Tcp.AttemptFails", "TcpExt.ListenDrops", "TcpExt.ListenOverflows"] {
+        for k in [
+            "Tcp.OutRsts",
+            "Tcp.AttemptFails",
+            "TcpExt.ListenDrops",
+            "TcpExt.ListenOverflows",
+        ] {
             assert!(m.values.contains_key(k), "{k} missing");
         }
     }

@@ -104,7 +104,10 @@ impl Peer {
             loop {
                 match r.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => st.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
+                    Ok(n) => st
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
                 }
             }
         });
@@ -127,7 +130,11 @@ impl Peer {
                 panic!(
                     "peer {:?} did not print 'ready <pid>' ({}); status {:?}; stderr: {}",
                     peer.args,
-                    if e == RecvTimeoutError::Timeout { "timeout" } else { "stdout closed" },
+                    if e == RecvTimeoutError::Timeout {
+                        "timeout"
+                    } else {
+                        "stdout closed"
+                    },
                     status,
                     peer.stderr_text()
                 );
@@ -136,7 +143,12 @@ impl Peer {
         let reported: u32 = first
             .strip_prefix("ready ")
             .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("peer {:?}: first line is not 'ready <pid>': {first:?}", peer.args));
+            .unwrap_or_else(|| {
+                panic!(
+                    "peer {:?}: first line is not 'ready <pid>': {first:?}",
+                    peer.args
+                )
+            });
         // `ip netns exec` execs the program: the pid we spawned must be the peer's own pid.
         assert_eq!(
             reported, child_pid,
@@ -253,7 +265,9 @@ impl Peer {
     ) -> Vec<ConnectResult> {
         let port_s = port.to_string();
         let count_s = count.to_string();
-        let mut args = vec!["connect", "--addr", addr, "--port", &port_s, "--count", &count_s];
+        let mut args = vec![
+            "connect", "--addr", addr, "--port", &port_s, "--count", &count_s,
+        ];
         args.extend_from_slice(extra);
         let mut p = Peer::spawn(ns, bin, &args);
         let ex = p.wait_exit(Duration::from_secs(60));
@@ -268,7 +282,12 @@ impl Peer {
             .iter()
             .map(|l| ConnectResult::parse(l).unwrap_or_else(|| panic!("bad connect line {l:?}")))
             .collect();
-        assert_eq!(res.len(), count as usize, "peer {args:?} printed {:?}", ex.lines);
+        assert_eq!(
+            res.len(),
+            count as usize,
+            "peer {args:?} printed {:?}",
+            ex.lines
+        );
         res
     }
 }
@@ -305,7 +324,9 @@ mod tests {
             })
         );
         assert_eq!(
-            ConnectResult::parse("EADDRNOTAVAIL attempt=0 lport=0").unwrap().result,
+            ConnectResult::parse("EADDRNOTAVAIL attempt=0 lport=0")
+                .unwrap()
+                .result,
             "EADDRNOTAVAIL"
         );
         assert!(ConnectResult::parse("ready 42").is_none());

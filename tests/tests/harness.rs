@@ -45,10 +45,25 @@ fn peer_pid_is_the_programs_own_pid_and_drop_reaps_it() {
     let ns = Netns::new();
     let pid;
     {
-        let p = Peer::spawn(&ns, PEER, &["listen", "--addr", "127.0.0.1", "--port", "9000", "--backlog", "4"]);
+        let p = Peer::spawn(
+            &ns,
+            PEER,
+            &[
+                "listen",
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                "9000",
+                "--backlog",
+                "4",
+            ],
+        );
         pid = p.pid();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-        assert!(exe.ends_with("rst-trace-peer"), "pid {pid} is {exe:?}, not the peer");
+        assert!(
+            exe.ends_with("rst-trace-peer"),
+            "pid {pid} is {exe:?}, not the peer"
+        );
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim(), "rst-trace-peer");
     }
@@ -64,11 +79,22 @@ fn refused_connects_match_out_rsts() {
     let ns = Netns::new();
     let before = Mib::snapshot(&ns);
     let res = Peer::connect(&ns, PEER, "127.0.0.1", 40001, 3, &[]);
-    assert!(res.iter().all(|r| r.result == "refused" && r.lport != 0), "{res:?}");
+    assert!(
+        res.iter().all(|r| r.result == "refused" && r.lport != 0),
+        "{res:?}"
+    );
     let res = Peer::connect(&ns, PEER, "127.0.0.1", 40002, 2, &["--nonblocking"]);
-    assert!(res.iter().all(|r| r.result == "refused" && r.lport != 0), "{res:?}");
+    assert!(
+        res.iter().all(|r| r.result == "refused" && r.lport != 0),
+        "{res:?}"
+    );
     let after = Mib::snapshot(&ns);
-    assert_eq!(mib::delta(&before, &after, "Tcp.OutRsts"), 5, "{:?}", Mib::changes(&before, &after));
+    assert_eq!(
+        mib::delta(&before, &after, "Tcp.OutRsts"),
+        5,
+        "{:?}",
+        Mib::changes(&before, &after)
+    );
     assert_eq!(mib::delta(&before, &after, "Tcp.AttemptFails"), 5);
 }
 
@@ -79,14 +105,24 @@ fn listen_accept_and_connect() {
     let mut srv = Peer::spawn(
         &ns,
         PEER,
-        &["listen", "--addr", "127.0.0.1", "--port", "9001", "--backlog", "16", "--accept"],
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            "9001",
+            "--backlog",
+            "16",
+            "--accept",
+        ],
     );
     let res = Peer::connect(&ns, PEER, "127.0.0.1", 9001, 3, &[]);
     assert!(res.iter().all(|r| r.result == "connected"), "{res:?}");
     for r in &res {
         let want = format!("accepted peer=127.0.0.1:{}", r.lport);
         assert!(
-            srv.wait_line(Duration::from_secs(5), |l| l == want).is_some(),
+            srv.wait_line(Duration::from_secs(5), |l| l == want)
+                .is_some(),
             "server did not print {want:?}"
         );
     }
@@ -98,9 +134,28 @@ fn listen_accept_and_connect() {
 fn backlog_overflow_counts_listen_drops() {
     require_root();
     let ns = Netns::new();
-    let _srv = Peer::spawn(&ns, PEER, &["listen", "--addr", "127.0.0.1", "--port", "9002", "--backlog", "1"]);
+    let _srv = Peer::spawn(
+        &ns,
+        PEER,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            "9002",
+            "--backlog",
+            "1",
+        ],
+    );
     let before = Mib::snapshot(&ns);
-    let res = Peer::connect(&ns, PEER, "127.0.0.1", 9002, 10, &["--nonblocking", "--timeout-ms", "500"]);
+    let res = Peer::connect(
+        &ns,
+        PEER,
+        "127.0.0.1",
+        9002,
+        10,
+        &["--nonblocking", "--timeout-ms", "500"],
+    );
     let after = Mib::snapshot(&ns);
     let connected = res.iter().filter(|r| r.result == "connected").count();
     let timeouts = res.iter().filter(|r| r.result == "timeout").count();
@@ -121,12 +176,27 @@ fn fd_limit_makes_accept_fail_with_emfile() {
     let mut srv = Peer::spawn(
         &ns,
         PEER,
-        &["listen", "--addr", "127.0.0.1", "--port", "9003", "--backlog", "8", "--accept", "--nofile", "4"],
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            "9003",
+            "--backlog",
+            "8",
+            "--accept",
+            "--nofile",
+            "4",
+        ],
     );
     let res = Peer::connect(&ns, PEER, "127.0.0.1", 9003, 1, &[]);
-    assert_eq!(res[0].result, "connected", "the handshake completes; accept() fails later");
+    assert_eq!(
+        res[0].result, "connected",
+        "the handshake completes; accept() fails later"
+    );
     assert!(
-        srv.wait_line(Duration::from_secs(5), |l| l == "accept_error EMFILE").is_some(),
+        srv.wait_line(Duration::from_secs(5), |l| l == "accept_error EMFILE")
+            .is_some(),
         "no EMFILE; stderr {}",
         srv.stderr_text()
     );
@@ -145,20 +215,51 @@ fn abort_close_and_linger0_send_one_rst_each() {
         let mut cli = Peer::spawn(
             &ns,
             PEER,
-            &["send", "--addr", "127.0.0.1", "--port", port, "--bytes", "1000", "--wait-close"],
+            &[
+                "send",
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--bytes",
+                "1000",
+                "--wait-close",
+            ],
         );
         let c = cli.wait_exit(Duration::from_secs(15));
         let s = srv.wait_exit(Duration::from_secs(15));
-        assert!(c.status.success() && s.status.success(), "{mode}: client {c:?} server {s:?}");
-        assert_eq!(c.lines.last().map(String::as_str), Some("reset"), "{mode}: client {:?}", c.lines);
-        let closed = s.lines.iter().find(|l| l.starts_with("closed")).cloned().unwrap_or_default();
+        assert!(
+            c.status.success() && s.status.success(),
+            "{mode}: client {c:?} server {s:?}"
+        );
+        assert_eq!(
+            c.lines.last().map(String::as_str),
+            Some("reset"),
+            "{mode}: client {:?}",
+            c.lines
+        );
+        let closed = s
+            .lines
+            .iter()
+            .find(|l| l.starts_with("closed"))
+            .cloned()
+            .unwrap_or_default();
         if mode == "abort-close" {
             assert_eq!(closed, "closed unread=1000", "{:?}", s.lines);
         } else {
             assert_eq!(closed, "closed linger=0 drained=1000", "{:?}", s.lines);
         }
         let after = Mib::snapshot(&ns);
-        assert_eq!(mib::delta(&before, &after, "Tcp.OutRsts"), 1, "{mode}: {:?}", Mib::changes(&before, &after));
-        assert_eq!(mib::delta(&before, &after, "Tcp.EstabResets"), 2, "{mode}: both ends reset");
+        assert_eq!(
+            mib::delta(&before, &after, "Tcp.OutRsts"),
+            1,
+            "{mode}: {:?}",
+            Mib::changes(&before, &after)
+        );
+        assert_eq!(
+            mib::delta(&before, &after, "Tcp.EstabResets"),
+            2,
+            "{mode}: both ends reset"
+        );
     }
 }

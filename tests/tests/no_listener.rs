@@ -33,7 +33,10 @@ fn no_listener_closed_ports() {
     let mut client_port = std::collections::BTreeMap::new();
     for &p in &PORTS {
         let res = Peer::connect(&ns, PEER, "127.0.0.1", p, 1, &["--timeout-ms", "5000"]);
-        assert_eq!(res[0].result, "refused", "connect to closed port {p}: {res:?}");
+        assert_eq!(
+            res[0].result, "refused",
+            "connect to closed port {p}: {res:?}"
+        );
         client_port.insert(p, res[0].lport);
     }
 
@@ -52,22 +55,57 @@ fn no_listener_closed_ports() {
     let mut seen = BTreeSet::new();
     for v in &got {
         let ctx = || format!("event: {v}");
-        let port = event::local_port(v).unwrap_or_else(|| panic!("no network.local.port; {}", ctx()));
-        assert!(PORTS.contains(&port), "unexpected local port {port}; {}", ctx());
+        let port =
+            event::local_port(v).unwrap_or_else(|| panic!("no network.local.port; {}", ctx()));
+        assert!(
+            PORTS.contains(&port),
+            "unexpected local port {port}; {}",
+            ctx()
+        );
         assert!(seen.insert(port), "port {port} reported twice; {}", ctx());
         assert_eq!(event::netns(v), Some(inode), "network.netns; {}", ctx());
         assert_eq!(event::direction(v), Some("sent"), "direction; {}", ctx());
         assert_eq!(event::origin(v), Some("tcp_stack"), "origin; {}", ctx());
         assert_eq!(event::reason(v), Some("NO_SOCKET"), "reason; {}", ctx());
-        assert_eq!(event::owner(v), Some(&Value::Null), "owner must be present and null; {}", ctx());
+        assert_eq!(
+            event::owner(v),
+            Some(&Value::Null),
+            "owner must be present and null; {}",
+            ctx()
+        );
         assert_eq!(event::count(v), Some(1), "count; {}", ctx());
-        assert_eq!(event::str_at(v, "network.transport"), Some("tcp"), "network.transport; {}", ctx());
-        assert_eq!(event::str_at(v, "network.type"), Some("ipv4"), "network.type; {}", ctx());
-        assert_eq!(event::local_address(v), Some("127.0.0.1"), "network.local.address; {}", ctx());
-        assert_eq!(event::peer_address(v), Some("127.0.0.1"), "network.peer.address; {}", ctx());
+        assert_eq!(
+            event::str_at(v, "network.transport"),
+            Some("tcp"),
+            "network.transport; {}",
+            ctx()
+        );
+        assert_eq!(
+            event::str_at(v, "network.type"),
+            Some("ipv4"),
+            "network.type; {}",
+            ctx()
+        );
+        assert_eq!(
+            event::local_address(v),
+            Some("127.0.0.1"),
+            "network.local.address; {}",
+            ctx()
+        );
+        assert_eq!(
+            event::peer_address(v),
+            Some("127.0.0.1"),
+            "network.peer.address; {}",
+            ctx()
+        );
         let lport = client_port[&port];
         if lport != 0 {
-            assert_eq!(event::peer_port(v), Some(lport), "network.peer.port is the client's port; {}", ctx());
+            assert_eq!(
+                event::peer_port(v),
+                Some(lport),
+                "network.peer.port is the client's port; {}",
+                ctx()
+            );
         }
     }
     assert_eq!(seen.len(), n);

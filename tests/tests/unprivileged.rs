@@ -86,10 +86,20 @@ fn unprivileged_run_names_cap_bpf_and_exits_1() {
         String::from_utf8_lossy(&out.stdout)
     );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "stderr must be exactly one line; got {stderr:?}");
-    assert!(lines[0].contains("CAP_BPF"), "stderr must name CAP_BPF: {stderr:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "stderr must be exactly one line; got {stderr:?}"
+    );
+    assert!(
+        lines[0].contains("CAP_BPF"),
+        "stderr must name CAP_BPF: {stderr:?}"
+    );
     for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
-        assert!(!stderr.contains(bad), "stderr shows a panic ({bad}): {stderr:?}");
+        assert!(
+            !stderr.contains(bad),
+            "stderr shows a panic ({bad}): {stderr:?}"
+        );
     }
 }
 
@@ -105,6 +115,12 @@ fn unknown_flag_exits_2() {
         "exit status for an unknown flag: {:?}; stderr: {stderr:?}",
         out.status
     );
-    assert!(stderr.contains("--no-such-flag"), "clap error should name the flag: {stderr:?}");
-    assert!(!stderr.contains("panicked"), "stderr shows a panic: {stderr:?}");
+    assert!(
+        stderr.contains("--no-such-flag"),
+        "clap error should name the flag: {stderr:?}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "stderr shows a panic: {stderr:?}"
+    );
 }

@@ -35,7 +35,9 @@ impl KernelBtf {
         let mut current = root;
         let mut bits = 0u32;
         for (i, want) in path.iter().enumerate() {
-            let (Type::Struct(s) | Type::Union(s)) = &current else { return None };
+            let (Type::Struct(s) | Type::Union(s)) = &current else {
+                return None;
+            };
             let (member_bits, member_type) = self.find_member(s, want)?;
             bits = bits.checked_add(member_bits)?;
             if i + 1 < path.len() {
@@ -73,7 +75,11 @@ impl KernelBtf {
         for _ in 0..16 {
             let t = self.btf.resolve_type_by_id(id).ok()?;
             match &t {
-                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                Type::Typedef(_)
+                | Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
                     id = t.as_btf_type()?.get_type_id()?;
                 }
                 _ => return Some(t),
@@ -85,7 +91,9 @@ impl KernelBtf {
     /// All values of `enum name`, by member name.
     pub fn enum_values(&self, name: &str) -> HashMap<String, u64> {
         let mut out = HashMap::new();
-        let Ok(types) = self.btf.resolve_types_by_name(name) else { return out };
+        let Ok(types) = self.btf.resolve_types_by_name(name) else {
+            return out;
+        };
         for t in types {
             match t {
                 Type::Enum(e) => {

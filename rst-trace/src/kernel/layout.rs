@@ -23,7 +23,8 @@ pub struct KernelFacts {
 pub const WATCHED_DROP_REASONS: [&str; 2] = ["TCP_LISTEN_OVERFLOW", "NETFILTER_DROP"];
 
 fn off(fmt: Option<&Format>, name: &str) -> u16 {
-    fmt.and_then(|f| f.get(name)).map_or(OFFSET_NONE, |f| f.offset)
+    fmt.and_then(|f| f.get(name))
+        .map_or(OFFSET_NONE, |f| f.offset)
 }
 
 fn member(btf: &KernelBtf, s: &str, path: &[&str]) -> u32 {
@@ -60,7 +61,10 @@ impl KernelFacts {
         t.rst_state = off(sr, "state");
         t.rst_reason = off(sr, "reason");
         // ≥ 5.19 stores sockaddr images (28 bytes); older kernels split the fields.
-        if sr.and_then(|f| f.get("saddr")).is_some_and(|f| f.size == 28) {
+        if sr
+            .and_then(|f| f.get("saddr"))
+            .is_some_and(|f| f.size == 28)
+        {
             t.rst_saddr_sockaddr = off(sr, "saddr");
             t.rst_daddr_sockaddr = off(sr, "daddr");
         } else {
@@ -153,12 +157,22 @@ impl KernelFacts {
                 warnings.push(format!("BTF has no {what}; some evidence will be missing"));
             }
         }
-        Self { layout, rst_reasons, drop_reasons, formats_found: found, warnings }
+        Self {
+            layout,
+            rst_reasons,
+            drop_reasons,
+            formats_found: found,
+            warnings,
+        }
     }
 
     /// Index of a watched drop reason in the counter slots, by the reason's kernel value.
     pub fn drop_reason_slot(&self, value: u32) -> Option<usize> {
         let n = usize::try_from(self.layout.drop_reason_count).unwrap_or(0);
-        self.layout.drop_reasons.iter().take(n).position(|v| *v == value)
+        self.layout
+            .drop_reasons
+            .iter()
+            .take(n)
+            .position(|v| *v == value)
     }
 }

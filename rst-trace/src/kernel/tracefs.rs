@@ -14,7 +14,10 @@ pub enum TracefsError {
     #[error("tracepoint {0} does not exist on this kernel")]
     NoSuchTracepoint(String),
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("malformed format line in {path}: {line:?}")]
     Malformed { path: PathBuf, line: String },
 }
@@ -37,7 +40,9 @@ impl Format {
         let mut fields = HashMap::new();
         for line in text.lines() {
             let line = line.trim();
-            let Some(rest) = line.strip_prefix("field:") else { continue };
+            let Some(rest) = line.strip_prefix("field:") else {
+                continue;
+            };
             let mut decl = None;
             let mut offset = None;
             let mut size = None;
@@ -50,7 +55,10 @@ impl Format {
                     decl = Some(part);
                 }
             }
-            let malformed = || TracefsError::Malformed { path: origin.to_owned(), line: line.to_owned() };
+            let malformed = || TracefsError::Malformed {
+                path: origin.to_owned(),
+                line: line.to_owned(),
+            };
             let (decl, offset, size) = match (decl, offset, size) {
                 (Some(d), Some(o), Some(s)) => (d, o, s),
                 _ => return Err(malformed()),
@@ -97,11 +105,15 @@ impl Tracefs {
         match mounted {
             Ok(()) => {
                 log::info!("mounted tracefs at {}", target.display());
-                Self::locate().ok_or_else(|| TracefsError::NotMounted { tried: CANDIDATES.join(", ") })
+                Self::locate().ok_or_else(|| TracefsError::NotMounted {
+                    tried: CANDIDATES.join(", "),
+                })
             }
             Err(e) => {
                 log::warn!("mounting tracefs at {} failed: {e}", target.display());
-                Err(TracefsError::NotMounted { tried: CANDIDATES.join(", ") })
+                Err(TracefsError::NotMounted {
+                    tried: CANDIDATES.join(", "),
+                })
             }
         }
     }
@@ -115,7 +127,12 @@ impl Tracefs {
     }
 
     pub fn format(&self, category: &str, name: &str) -> Result<Format, TracefsError> {
-        let path = self.root.join("events").join(category).join(name).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         match fs::read_to_string(&path) {
             Ok(text) => Format::parse(&text, &path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -163,9 +180,27 @@ format:
     #[test]
     fn parses_6_18_layout() {
         let f = Format::parse(SEND_RESET_6_18, Path::new("t")).expect("parse");
-        assert_eq!(f.get("skaddr"), Some(Field { offset: 16, size: 8 }));
-        assert_eq!(f.get("reason"), Some(Field { offset: 28, size: 4 }));
-        assert_eq!(f.get("saddr"), Some(Field { offset: 32, size: 28 }));
+        assert_eq!(
+            f.get("skaddr"),
+            Some(Field {
+                offset: 16,
+                size: 8
+            })
+        );
+        assert_eq!(
+            f.get("reason"),
+            Some(Field {
+                offset: 28,
+                size: 4
+            })
+        );
+        assert_eq!(
+            f.get("saddr"),
+            Some(Field {
+                offset: 32,
+                size: 28
+            })
+        );
         assert_eq!(f.get("sport"), None);
     }
 
@@ -173,14 +208,29 @@ format:
     fn parses_6_1_layout_without_reason() {
         let f = Format::parse(SEND_RESET_6_1, Path::new("t")).expect("parse");
         assert_eq!(f.get("reason"), None);
-        assert_eq!(f.get("family"), Some(Field { offset: 32, size: 2 }));
-        assert_eq!(f.get("saddr_v6"), Some(Field { offset: 42, size: 16 }));
+        assert_eq!(
+            f.get("family"),
+            Some(Field {
+                offset: 32,
+                size: 2
+            })
+        );
+        assert_eq!(
+            f.get("saddr_v6"),
+            Some(Field {
+                offset: 42,
+                size: 16
+            })
+        );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(Format::parse("\tfield:int x;\toffset:zz;\tsize:4;", Path::new("t")).is_err());
         assert!(Format::parse("\tfield:;", Path::new("t")).is_err());
-        assert!(Format::parse("no fields at all", Path::new("t")).expect("ok").fields.is_empty());
+        assert!(Format::parse("no fields at all", Path::new("t"))
+            .expect("ok")
+            .fields
+            .is_empty());
     }
 }

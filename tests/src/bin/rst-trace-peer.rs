@@ -525,7 +525,11 @@ fn cmd_listen(a: &Args) {
                     close(c.fd);
                 }
                 Some(e) => {
-                    out(&format!("conn_error {} peer={}", errno_name(e), fmt_peer(&c.peer)));
+                    out(&format!(
+                        "conn_error {} peer={}",
+                        errno_name(e),
+                        fmt_peer(&c.peer)
+                    ));
                     close(c.fd);
                 }
                 None => {
@@ -629,7 +633,10 @@ fn finish_connects(poller: &mut Poller, atts: &mut [Attempt], deadline: Instant,
             }
             return;
         }
-        let fds: Vec<(i32, i16)> = pending.iter().map(|&i| (atts[i].fd, libc::POLLOUT)).collect();
+        let fds: Vec<(i32, i16)> = pending
+            .iter()
+            .map(|&i| (atts[i].fd, libc::POLLOUT))
+            .collect();
         let Some(rev) = poller.poll(&fds, deadline - now) else {
             for i in pending {
                 atts[i].result = Some("interrupted".into());
@@ -681,14 +688,22 @@ fn cmd_connect(a: &Args) {
         }
         finish_connects(&mut poller, &mut atts, Instant::now() + timeout, zero);
         for (i, t) in atts.iter().enumerate() {
-            out(&format!("{} attempt={i} lport={}", t.result.as_deref().unwrap(), t.lport));
+            out(&format!(
+                "{} attempt={i} lport={}",
+                t.result.as_deref().unwrap(),
+                t.lport
+            ));
         }
     } else {
         for i in 0..count {
             let mut one = [start_connect(&dst)];
             finish_connects(&mut poller, &mut one, Instant::now() + timeout, zero);
             let [t] = one;
-            out(&format!("{} attempt={i} lport={}", t.result.as_deref().unwrap(), t.lport));
+            out(&format!(
+                "{} attempt={i} lport={}",
+                t.result.as_deref().unwrap(),
+                t.lport
+            ));
             atts.push(t);
             if stopping() {
                 break;
@@ -913,7 +928,14 @@ fn main() {
         )),
         "connect" => cmd_connect(&Args::parse(
             rest,
-            &["addr", "port", "count", "timeout-ms", "nonblocking!", "hold-ms"],
+            &[
+                "addr",
+                "port",
+                "count",
+                "timeout-ms",
+                "nonblocking!",
+                "hold-ms",
+            ],
         )),
         "abort-close" => cmd_abort_close(&Args::parse(rest, &["addr", "port", "timeout-ms"])),
         "linger0" => cmd_linger0(&Args::parse(

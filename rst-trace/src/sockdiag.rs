@@ -1,0 +1,193 @@
+//! A namespace's listeners, request sockets and TCP counters, read from inside it:
+//! sock_diag (NETLINK_SOCK_DIAG) for per-socket queues and drop counters, /proc for the MIB.
+use std::{collections::HashMap, net::IpAddr};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+const TCP_LISTEN: u8 = 10;
+/// Bounds a dump: a namespace with more sockets than this is read only in part.
+const MAX_MESSAGES: usize = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerRow {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub inode: u64,
+    /// Current accept queue length (`sk_ack_backlog`).
+    pub queue: u32,
+    /// Accept queue cap (`sk_max_ack_backlog`).
+    pub cap: u32,
+    /// The socket's drop counter (`sk_drops`): every listen drop on it.
+    pub drops: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    pub local_port: u16,
+    pub remote: IpAddr,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NetnsSnapshot {
+    pub listeners: Vec<ListenerRow>,
+    pub requests: Vec<RequestRow>,
+    /// "TcpExt.ListenDrops", "Tcp.OutRsts", ...
+    pub mib: HashMap<String, u64>,
+    pub sysctls: HashMap<&'static str, String>,
+}
+
+pub const SYSCTLS: [&str; 5] = [
+    "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_abort_on_overflow",
+    "net.ipv4.ip_local_port_range",
+];
+
+/// Reads everything; must run on a thread that is inside the namespace.
+pub fn snapshot_here() -> std::io::Result<NetnsSnapshot> {
+    let mut snap = NetnsSnapshot::default();
+    for family in [AF_INET, AF_INET6] {
+        dump(family, &mut snap)?;
+    }
+    for file in [
+        "/proc/thread-self/net/netstat",
+        "/proc/thread-self/net/snmp",
+    ] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            parse_mib(&text, &mut snap.mib);
+        }
+    }
+    for name in SYSCTLS {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        if let Ok(v) = std::fs::read_to_string(path) {
+            snap.sysctls
+                .insert(name, v.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    Ok(snap)
+}
+
+fn dump(family: u8, snap: &mut NetnsSnapshot) -> std::io::Result<()> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    // LISTEN plus SYN_RECV: the kernel then also dumps request sockets (the SYN queue).
+    let states = StateFlags::LISTEN | StateFlags::SYN_RECV;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::SKMEMINFO,
+            states,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+
+    let mut rx = vec![0u8; 64 * 1024];
+    let mut seen = 0usize;
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut offset = 0usize;
+        while offset < n {
+            let Some(bytes) = rx.get(offset..n) else {
+                break;
+            };
+            let msg = match NetlinkMessage::<SockDiagMessage>::deserialize(bytes) {
+                Ok(m) => m,
+                Err(e) => return Err(std::io::Error::other(format!("sock_diag: {e}"))),
+            };
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return Err(std::io::Error::other(format!("sock_diag: {e:?}")))
+                }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
+                    let h = &resp.header;
+                    if h.state == TCP_LISTEN {
+                        let drops = resp.nlas.iter().find_map(|n| match n {
+                            Nla::MemInfo(m) => Some(m.drops),
+                            _ => None,
+                        });
+                        snap.listeners.push(ListenerRow {
+                            addr: h.socket_id.source_address,
+                            port: h.socket_id.source_port,
+                            inode: u64::from(h.inode),
+                            queue: h.recv_queue,
+                            cap: h.send_queue,
+                            drops: drops.unwrap_or(0),
+                        });
+                    } else {
+                        snap.requests.push(RequestRow {
+                            local_port: h.socket_id.source_port,
+                            remote: h.socket_id.destination_address,
+                        });
+                    }
+                }
+                _ => {}
+            }
+            seen += 1;
+            if len == 0 || seen > MAX_MESSAGES {
+                return Ok(());
+            }
+            offset += len;
+        }
+    }
+}
+
+/// Parses /proc/net/netstat or /proc/net/snmp: pairs of "Prefix: names" / "Prefix: values".
+pub fn parse_mib(text: &str, out: &mut HashMap<String, u64>) {
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((prefix, names)), Some((_, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse::<u64>() {
+                out.insert(format!("{prefix}.{n}"), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mib_pairs() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 5 7\nIpExt: InNoRoutes\nIpExt: 1\n";
+        let mut m = HashMap::new();
+        parse_mib(text, &mut m);
+        assert_eq!(m.get("TcpExt.ListenOverflows"), Some(&5));
+        assert_eq!(m.get("TcpExt.ListenDrops"), Some(&7));
+        assert_eq!(m.get("IpExt.InNoRoutes"), Some(&1));
+        parse_mib("garbage\n", &mut m);
+        parse_mib("A: x y\nA: 1\n", &mut m);
+        assert_eq!(m.get("A.x"), Some(&1));
+    }
+}
