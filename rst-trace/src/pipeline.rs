@@ -94,6 +94,8 @@ pub struct Pipeline<H: HostInfo> {
     ack_time_drops: HashMap<(u32, u16), u64>,
 }
 
+/// A socket closed this recently still names its owner for the RST its closing caused.
+const JUST_CLOSED_NS: u64 = 2_000_000_000;
 /// accept() callers this recent are "the process serving the queue".
 const ACCEPTER_WINDOW_NS: u64 = 60_000_000_000;
 
@@ -494,14 +496,34 @@ impl<H: HostInfo> Pipeline<H> {
             return;
         }
         if let Some(c) = endpoints.and_then(|e| self.table.closed_conn(netns, &e)) {
-            // TIME_WAIT and closed sockets have no owner: name the last one, marked as such.
+            let ago = now.saturating_sub(c.closed_ns);
+            // close() moves the socket to CLOSE just before the abort RST: the process that
+            // closed it a moment ago is still the owner. TIME_WAIT sockets have none.
+            if d.cause != Cause::TimewaitSegment && ago <= JUST_CLOSED_NS {
+                d.owner = Some(c.owner.clone());
+                d.evidence.insert(
+                    "connection_age_seconds".into(),
+                    json!(secs(now.saturating_sub(c.since_ns))),
+                );
+                return;
+            }
             d.evidence.insert(
                 "last_owner".into(),
                 json!({
                     "process": {"pid": c.owner.pid, "executable": {"name": c.owner.comm}},
-                    "closed_seconds_ago": secs(now.saturating_sub(c.closed_ns)),
+                    "closed_seconds_ago": secs(ago),
                 }),
             );
+            return;
+        }
+        // A connection nobody accepted yet, reset because its listener went away.
+        if let Some(e) = endpoints {
+            if let Some(l) = self.table.closed_listener(netns, e.local.port) {
+                if now.saturating_sub(l.closed_ns) <= JUST_CLOSED_NS {
+                    d.owner = l.owners.first().cloned();
+                    d.evidence.insert("trigger".into(), json!("the listener closed with this connection still in its accept queue (never accepted)"));
+                }
+            }
         }
     }
 
@@ -545,14 +567,16 @@ impl<H: HostInfo> Pipeline<H> {
                     "off"
                 }),
             );
-            d.evidence.insert(
-                "trigger".into(),
-                json!(if flags & RST_LINGER_ZERO != 0 {
-                    "close() with SO_LINGER {1, 0}"
-                } else {
-                    "disconnect or shutdown by the application"
-                }),
-            );
+            if !d.evidence.contains_key("trigger") {
+                d.evidence.insert(
+                    "trigger".into(),
+                    json!(if flags & RST_LINGER_ZERO != 0 {
+                        "close() with SO_LINGER {1, 0}"
+                    } else {
+                        "disconnect or shutdown by the application"
+                    }),
+                );
+            }
         }
     }
 

@@ -7,7 +7,7 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, Error)]
 pub enum PreflightError {
-    #[error("rst-trace needs {missing} to load its eBPF programs. Run it as root (sudo rst-trace run), or grant the capabilities: setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_admin+ep \"$(command -v rst-trace)\"")]
+    #[error("missing {missing}, needed to load the eBPF programs. Run as root (sudo rst-trace run), or grant the capabilities: setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_admin+ep \"$(command -v rst-trace)\"")]
     MissingCapabilities { missing: String },
 }
 
