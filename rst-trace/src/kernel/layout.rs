@@ -105,7 +105,11 @@ impl KernelFacts {
         s.skc_v6_rcv_saddr = member(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"]);
         s.skc_v6_daddr = member(btf, "sock", &["__sk_common", "skc_v6_daddr"]);
         s.skc_net = member(btf, "sock", &["__sk_common", "skc_net", "net"]);
-        s.sk_flags = member(btf, "sock", &["sk_flags"]);
+        // `sk_flags` is a macro for `__sk_common.skc_flags` on recent kernels, a member on old ones.
+        s.sk_flags = btf
+            .offset("sock", &["__sk_common", "skc_flags"])
+            .or_else(|| btf.offset("sock", &["sk_flags"]))
+            .unwrap_or(MEMBER_NONE);
         s.sk_lingertime = member(btf, "sock", &["sk_lingertime"]);
         s.sk_ack_backlog = member(btf, "sock", &["sk_ack_backlog"]);
         s.sk_max_ack_backlog = member(btf, "sock", &["sk_max_ack_backlog"]);
@@ -152,6 +156,8 @@ impl KernelFacts {
             ("net.ns.inum", layout.st.net_ns_inum),
             ("task_struct.files", layout.st.task_files),
             ("tcp_sock.rcv_nxt", layout.st.tcp_rcv_nxt),
+            ("sock.sk_flags", layout.st.sk_flags),
+            ("sock.sk_lingertime", layout.st.sk_lingertime),
         ] {
             if v == MEMBER_NONE {
                 warnings.push(format!("BTF has no {what}; some evidence will be missing"));
