@@ -46,6 +46,9 @@ pub enum RecordKind {
     Accept = 5,
     /// `connect()` returned with an error worth explaining.
     Connect = 6,
+    /// A TCP RST left a device without any socket behind it: built outside the TCP stack
+    /// (netfilter REJECT --reject-with tcp-reset), which TCP's counters never see.
+    ForeignReset = 7,
 }
 
 impl RecordKind {
@@ -57,6 +60,7 @@ impl RecordKind {
             4 => Self::SkbDrop,
             5 => Self::Accept,
             6 => Self::Connect,
+            7 => Self::ForeignReset,
             _ => return None,
         })
     }
@@ -80,9 +84,11 @@ pub enum CounterFamily {
     Connect = 5,
     /// Records that could not be reserved in the ring buffer, slot = [`RecordKind`].
     Lost = 6,
+    /// RSTs transmitted without a socket (netfilter), slot 0.
+    ForeignReset = 7,
 }
 
-pub const COUNTER_FAMILIES: u32 = 7;
+pub const COUNTER_FAMILIES: u32 = 8;
 pub const COUNTER_SLOTS: u32 = 256;
 pub const COUNTERS_LEN: u32 = COUNTER_FAMILIES * COUNTER_SLOTS;
 /// Slot used when the kernel provides no reason code.
@@ -278,6 +284,17 @@ pub struct ConnectRecord {
     pub ret: i32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForeignResetRecord {
+    pub header: RecordHeader,
+    /// `local` = the RST's source (this host), `remote` = where it goes.
+    pub tuple: Tuple,
+    pub skbaddr: u64,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Per-thread stash between syscall entry and exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -336,6 +353,9 @@ pub struct TracepointOffsets {
     pub sys_enter_listen_backlog: u16,
     pub sys_enter_connect_uservaddr: u16,
     pub sys_exit_ret: u16,
+    // net:net_dev_queue
+    pub ndq_skbaddr: u16,
+    pub _pad: u16,
 }
 
 /// Offsets of kernel struct members, from the running kernel's BTF.
@@ -390,7 +410,6 @@ pub struct StructOffsets {
 #[derive(Clone, Copy, Debug)]
 pub struct KernelLayout {
     pub tp: TracepointOffsets,
-    pub _pad0: u32,
     pub st: StructOffsets,
     /// Only report this network namespace (inode), 0 for all.
     pub filter_netns: u32,
@@ -435,8 +454,9 @@ impl KernelLayout {
             sys_enter_listen_backlog: OFFSET_NONE,
             sys_enter_connect_uservaddr: OFFSET_NONE,
             sys_exit_ret: OFFSET_NONE,
+            ndq_skbaddr: OFFSET_NONE,
+            _pad: 0,
         },
-        _pad0: 0,
         st: StructOffsets {
             skc_family: MEMBER_NONE,
             skc_state: MEMBER_NONE,
@@ -495,6 +515,7 @@ mod pod {
     unsafe impl aya::Pod for SkbDropRecord {}
     unsafe impl aya::Pod for AcceptRecord {}
     unsafe impl aya::Pod for ConnectRecord {}
+    unsafe impl aya::Pod for ForeignResetRecord {}
 }
 
 // No implicit padding anywhere: each size equals the sum of its fields.
@@ -511,7 +532,8 @@ const _: () = {
     assert!(size_of::<AcceptRecord>() == 24 + 32 + 40 + 8 + 40 + 8 + 16);
     assert!(size_of::<ConnectRecord>() == 24 + 32 + 40 + 8);
     assert!(size_of::<SyscallArgs>() == 16 + 40 + 8 + 16);
-    assert!(size_of::<TracepointOffsets>() == 28 * 2);
+    assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
+    assert!(size_of::<TracepointOffsets>() == 30 * 2);
     assert!(size_of::<StructOffsets>() == 33 * 4);
-    assert!(size_of::<KernelLayout>() == 56 + 4 + 132 + 4 + 2 + 2 + 32 + 4 + 4);
+    assert!(size_of::<KernelLayout>() == 60 + 132 + 4 + 2 + 2 + 32 + 4 + 4);
 };

@@ -7,7 +7,7 @@ use network_types::{
     tcp::TcpHdr,
 };
 use rst_trace_common::{
-    CounterFamily, RecordKind, SkbDropRecord, Tuple, MAX_DROP_REASONS, SKB_OUTBOUND,
+    CounterFamily, ForeignResetRecord, RecordKind, SkbDropRecord, Tuple, MAX_DROP_REASONS, SKB_OUTBOUND,
     SKB_TUPLE_VALID,
 };
 
@@ -117,5 +117,52 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     rec.header = header(RecordKind::SkbDrop, netns);
     count(CounterFamily::SkbDrop, slot);
     deliver(RecordKind::SkbDrop, &rec);
+    Some(())
+}
+
+#[tracepoint]
+pub fn net_dev_queue(ctx: TracePointContext) -> u32 {
+    let _ = try_net_dev_queue(&ctx);
+    0
+}
+
+const TCP_FLAG_RST: u8 = 0x04;
+
+/// Every transmitted packet passes here, so the common case (a packet with a socket) leaves
+/// after one read. TCP's own RSTs always carry a socket (the connection's, or the per-netns
+/// control socket for socket-less replies); an RST without one was built elsewhere.
+fn try_net_dev_queue(ctx: &TracePointContext) -> Option<()> {
+    let skbaddr: u64 = tp(ctx, lay!(tp.ndq_skbaddr))?;
+    let sk: u64 = member(skbaddr, lay!(st.skb_sk))?;
+    if sk != 0 {
+        return None;
+    }
+    let mut seen = Tuple::default();
+    let flags = segment_tuple(skbaddr, &mut seen)?;
+    if flags & TCP_FLAG_RST == 0 {
+        return None;
+    }
+    // segment_tuple reads a packet as received; this one is leaving, so swap the ends.
+    let tuple = Tuple {
+        family: seen.family,
+        local_port: seen.remote_port,
+        remote_port: seen.local_port,
+        _pad: 0,
+        local_addr: seen.remote_addr,
+        remote_addr: seen.local_addr,
+    };
+    let netns = skb_netns(skbaddr);
+    if !wanted(netns, tuple.local_port, tuple.remote_port) {
+        return None;
+    }
+    let rec = ForeignResetRecord {
+        header: header(RecordKind::ForeignReset, netns),
+        tuple,
+        skbaddr,
+        tcp_flags: flags,
+        _pad: [0; 7],
+    };
+    count(CounterFamily::ForeignReset, 0);
+    deliver(RecordKind::ForeignReset, &rec);
     Some(())
 }

@@ -378,6 +378,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = fold_tick.tick() => {
+                let stale = agent.pipeline.expire_foreign_resets();
+                agent.emit(stale);
                 for d in agent.limiter.flush() {
                     agent.out.diagnosis(&d);
                 }
@@ -398,6 +400,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // more, before the final totals.
     agent.drain(&mut ring);
     agent.poll_listeners(&mut poller);
+    let stale = agent.pipeline.expire_foreign_resets();
+    agent.emit(stale);
     agent.stats(true);
     drop(loaded);
     Ok(())

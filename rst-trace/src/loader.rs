@@ -62,6 +62,12 @@ pub const HOOKS: &[Hook] = &[
         purpose: "segments dropped with a reason (ACK-time accept queue overflow, netfilter)",
     },
     Hook {
+        program: "net_dev_queue",
+        tracepoints: &[("net", "net_dev_queue")],
+        serves: &[Cause::FirewallReject],
+        purpose: "RSTs transmitted without a socket (netfilter REJECT)",
+    },
+    Hook {
         program: "sys_enter_listen",
         tracepoints: &[("syscalls", "sys_enter_listen")],
         serves: &[],

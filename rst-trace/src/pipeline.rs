@@ -1,7 +1,7 @@
 //! From kernel records to diagnoses: keeps the socket table current and explains each
 //! reset, drop and failed syscall with its owner, evidence and advice.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -92,7 +92,28 @@ pub struct Pipeline<H: HostInfo> {
     owners: HashMap<(u32, u32), Arc<Owner>>,
     /// ACK-time overflow drops reported per packet since the last poll, per (netns, port).
     ack_time_drops: HashMap<(u32, u16), u64>,
+    /// RSTs built outside TCP, waiting for the netfilter drop of the segment they answer.
+    foreign_resets: HashMap<(u32, Endpoints), (u64, u64)>,
+    /// RSTs this host sent recently, so an RST received over loopback or between two local
+    /// namespaces can be linked to its cause on the sending side.
+    recent_sent: HashMap<Endpoints, SentRst>,
+    recent_sent_order: VecDeque<(u64, Endpoints)>,
 }
+
+#[derive(Debug, Clone)]
+struct SentRst {
+    cause: Cause,
+    origin: Origin,
+    netns: u32,
+    at_ns: u64,
+    owner_pid: Option<u32>,
+}
+
+/// How long a sent RST waits to be matched by the peer's receipt of it.
+const RST_LINK_WINDOW_NS: u64 = 2_000_000_000;
+const MAX_RECENT_SENT: usize = 16_384;
+/// An RST from netfilter is matched with the drop of the segment it answers this fast.
+const FOREIGN_RST_WINDOW_NS: u64 = 1_000_000_000;
 
 /// A socket closed this recently still names its owner for the RST its closing caused.
 const JUST_CLOSED_NS: u64 = 2_000_000_000;
@@ -121,6 +142,9 @@ impl<H: HostInfo> Pipeline<H> {
             fd_incidents: HashMap::new(),
             owners: HashMap::new(),
             ack_time_drops: HashMap::new(),
+            foreign_resets: HashMap::new(),
+            recent_sent: HashMap::new(),
+            recent_sent_order: VecDeque::new(),
         }
     }
 
@@ -153,7 +177,7 @@ impl<H: HostInfo> Pipeline<H> {
     }
 
     pub fn handle(&mut self, rec: &Record) -> Vec<Diagnosis> {
-        match rec {
+        let out = match rec {
             Record::SockState(r) => {
                 self.on_sock_state(r);
                 Vec::new()
@@ -163,7 +187,152 @@ impl<H: HostInfo> Pipeline<H> {
             Record::ResetReceived(r) => self.on_reset_received(r),
             Record::SkbDrop(r) => self.on_skb_drop(r),
             Record::Connect(r) => self.on_connect(r),
+            Record::ForeignReset(r) => {
+                if let Ok(e) = Endpoints::try_from(&r.tuple) {
+                    let entry = self
+                        .foreign_resets
+                        .entry((r.header.netns, e))
+                        .or_insert((r.header.ktime_ns, 0));
+                    entry.1 += 1;
+                }
+                Vec::new()
+            }
+        };
+        for d in &out {
+            self.remember_sent(d);
         }
+        out
+    }
+
+    fn remember_sent(&mut self, d: &Diagnosis) {
+        if d.direction != Direction::Sent {
+            return;
+        }
+        let Some(e) = d.endpoints else { return };
+        let now = monotonic_ns();
+        while self.recent_sent_order.len() >= MAX_RECENT_SENT
+            || self
+                .recent_sent_order
+                .front()
+                .is_some_and(|(t, _)| now.saturating_sub(*t) > RST_LINK_WINDOW_NS)
+        {
+            let Some((_, k)) = self.recent_sent_order.pop_front() else {
+                break;
+            };
+            self.recent_sent.remove(&k);
+        }
+        self.recent_sent.insert(
+            e,
+            SentRst {
+                cause: d.cause,
+                origin: d.origin,
+                netns: d.netns,
+                at_ns: now,
+                owner_pid: d.owner.as_ref().map(|o| o.pid),
+            },
+        );
+        self.recent_sent_order.push_back((now, e));
+    }
+
+    /// The RST this host sent that a received one is, if any (loopback, or two namespaces).
+    fn sent_counterpart(&self, received: &Endpoints) -> Option<Value> {
+        let key = Endpoints {
+            local: received.remote,
+            remote: received.local,
+        };
+        let s = self.recent_sent.get(&key)?;
+        let age = monotonic_ns().saturating_sub(s.at_ns);
+        (age <= RST_LINK_WINDOW_NS).then(|| {
+            json!({
+                "cause": s.cause.as_str(),
+                "direction": "sent",
+                "origin": s.origin,
+                "netns": s.netns,
+                "owner_pid": s.owner_pid,
+                "note": "this RST was sent by this host; its cause on the sending side is above",
+            })
+        })
+    }
+
+    /// Netfilter RSTs whose dropped segment was never seen (e.g. REJECT outside INPUT):
+    /// reported on their own once the window has passed.
+    pub fn expire_foreign_resets(&mut self) -> Vec<Diagnosis> {
+        let now = monotonic_ns();
+        let stale: Vec<(u32, Endpoints)> = self
+            .foreign_resets
+            .iter()
+            .filter(|(_, (t, _))| now.saturating_sub(*t) > FOREIGN_RST_WINDOW_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in stale {
+            let Some((t, n)) = self.foreign_resets.remove(&k) else {
+                continue;
+            };
+            let mut d = self.firewall_reject(k.0, k.1, t);
+            d.count = n;
+            d.evidence
+                .insert("dropped_segment_seen".into(), json!(false));
+            out.push(d);
+        }
+        for d in &out {
+            self.remember_sent(d);
+        }
+        out
+    }
+
+    /// A netfilter drop answered by an RST that netfilter built: that is a REJECT.
+    fn match_foreign_reset(
+        &mut self,
+        netns: u32,
+        e: Endpoints,
+        now: u64,
+        r: &SkbDropRecord,
+        reason: &str,
+    ) -> Option<Diagnosis> {
+        let (t, n) = self.foreign_resets.remove(&(netns, e))?;
+        if now.saturating_sub(t) > FOREIGN_RST_WINDOW_NS {
+            return None;
+        }
+        if n > 1 {
+            // More RSTs than drops so far for this tuple: the rest keep waiting.
+            self.foreign_resets.insert((netns, e), (t, n - 1));
+        }
+        let mut d = self.firewall_reject(netns, e, t);
+        d.reason = Some(reason.to_owned());
+        d.evidence.insert(
+            "dropped_segment_flags".into(),
+            json!(tcp_flags(r.tcp_flags)),
+        );
+        d.evidence.insert("kernel_reason".into(), json!(reason));
+        Some(d)
+    }
+
+    fn firewall_reject(&self, netns: u32, e: Endpoints, at: u64) -> Diagnosis {
+        let mut d = Diagnosis::new(
+            self.clock.wall(at),
+            "rst_trace.reset_sent",
+            Cause::FirewallReject,
+            Direction::Sent,
+            Origin::Netfilter,
+            netns,
+        );
+        d.endpoints = Some(e);
+        let listeners = self.table.listeners(netns, e.local.port).to_vec();
+        let (owner, others, _) = self.listener_owner(&listeners, &e.local);
+        d.owner = owner;
+        d.other_owners = others;
+        d.evidence.insert("note".into(), json!("the RST was built by netfilter (REJECT --reject-with tcp-reset), not by TCP: Tcp.OutRsts does not count it"));
+        d.evidence
+            .insert("intended_listener".into(), json!(!listeners.is_empty()));
+        d.advice = advice(
+            Cause::FirewallReject,
+            &AdviceFacts {
+                port: Some(e.local.port),
+                ..Default::default()
+            },
+        );
+        d
     }
 
     fn on_sock_state(&mut self, r: &SockStateRecord) {
@@ -601,6 +770,9 @@ impl<H: HostInfo> Pipeline<H> {
         }
         d.evidence
             .insert("sock_cookie".into(), json!(r.sock_cookie));
+        if let Some(e) = endpoints {
+            d.related = self.sent_counterpart(&e);
+        }
         let af = AdviceFacts {
             port: endpoints.map(|e| e.remote.port),
             idle_s: self.idle_seconds(&r.snap),
@@ -624,6 +796,13 @@ impl<H: HostInfo> Pipeline<H> {
             return Vec::new();
         };
         let endpoints = Endpoints::try_from(&r.tuple).ok();
+        if cause == Cause::FirewallDrop {
+            if let Some(d) =
+                endpoints.and_then(|e| self.match_foreign_reset(netns, e, now, r, &reason))
+            {
+                return vec![d];
+            }
+        }
         let origin = if cause == Cause::FirewallDrop {
             Origin::Netfilter
         } else {

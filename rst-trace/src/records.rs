@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord,
-    SkbDropRecord, SockStateRecord, TaskInfo, Tuple, RECORD_VERSION,
+    AcceptRecord, ConnectRecord, ForeignResetRecord, RecordHeader, RecordKind, ResetReceivedRecord,
+    ResetSentRecord, SkbDropRecord, SockStateRecord, TaskInfo, Tuple, RECORD_VERSION,
 };
 use thiserror::Error;
 
@@ -28,6 +28,7 @@ pub enum Record {
     SkbDrop(SkbDropRecord),
     Accept(AcceptRecord),
     Connect(ConnectRecord),
+    ForeignReset(ForeignResetRecord),
 }
 
 fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -63,6 +64,7 @@ impl TryFrom<&[u8]> for Record {
             RecordKind::SkbDrop => Self::SkbDrop(read_pod(bytes)?),
             RecordKind::Accept => Self::Accept(read_pod(bytes)?),
             RecordKind::Connect => Self::Connect(read_pod(bytes)?),
+            RecordKind::ForeignReset => Self::ForeignReset(read_pod(bytes)?),
         })
     }
 }
@@ -76,6 +78,7 @@ impl Record {
             Self::SkbDrop(r) => &r.header,
             Self::Accept(r) => &r.header,
             Self::Connect(r) => &r.header,
+            Self::ForeignReset(r) => &r.header,
         }
     }
 }

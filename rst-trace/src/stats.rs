@@ -74,12 +74,17 @@ pub fn exact_cause_counts(
         *out.entry(classify_received_reset(state)).or_insert(0) += n;
     }
     for (slot, n) in k.family(CounterFamily::SkbDrop) {
-        if let Some(cause) = watched_drops
-            .get(slot as usize)
-            .and_then(|r| classify_drop(r))
-        {
+        // A netfilter drop is a REJECT when an RST went out for it: decided from records.
+        let reason = watched_drops.get(slot as usize).copied();
+        if reason == Some("NETFILTER_DROP") {
+            continue;
+        }
+        if let Some(cause) = reason.and_then(classify_drop) {
             *out.entry(cause).or_insert(0) += n;
         }
+    }
+    for (_, n) in k.family(CounterFamily::ForeignReset) {
+        *out.entry(Cause::FirewallReject).or_insert(0) += n;
     }
     for (errno, n) in k.family(CounterFamily::Accept) {
         if errno == 23 || errno == 24 {
@@ -152,6 +157,7 @@ pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]
         "accept": fam(CounterFamily::Accept, &errno),
         "connect_errors": fam(CounterFamily::Connect, &errno),
         "lost_records": fam(CounterFamily::Lost, &kind),
+        "foreign_resets": k.family(CounterFamily::ForeignReset).map(|(_, v)| v).sum::<u64>(),
     })
 }
 

@@ -52,6 +52,7 @@ impl KernelFacts {
         let enter_listen = fmt("syscalls", "sys_enter_listen");
         let enter_connect = fmt("syscalls", "sys_enter_connect");
         let exit_accept = fmt("syscalls", "sys_exit_accept4");
+        let dev_queue = fmt("net", "net_dev_queue");
 
         let mut layout = KernelLayout::UNKNOWN;
         let t = &mut layout.tp;
@@ -94,6 +95,7 @@ impl KernelFacts {
         t.sys_enter_listen_backlog = off(enter_listen.as_ref(), "backlog");
         t.sys_enter_connect_uservaddr = off(enter_connect.as_ref(), "uservaddr");
         t.sys_exit_ret = off(exit_accept.as_ref(), "ret");
+        t.ndq_skbaddr = off(dev_queue.as_ref(), "skbaddr");
 
         let s = &mut layout.st;
         s.skc_family = member(btf, "sock", &["__sk_common", "skc_family"]);
