@@ -32,6 +32,15 @@ PRIVILEGES:
 pub enum Command {
     /// Trace resets and drops until interrupted (or for --duration seconds).
     Run(RunArgs),
+    /// Show, for every cause, how this kernel lets rst-trace observe it (or why it cannot).
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -15,6 +15,13 @@ pub trait HostInfo {
     fn file_nr(&self) -> Option<[u64; 3]>;
     /// A sysctl as seen inside network namespace `netns`.
     fn sysctl(&self, netns: u32, name: &str) -> Option<String>;
+    /// Sockets in `netns` to `dst`:`port`, counted by TCP state.
+    fn sockets_to(
+        &self,
+        netns: u32,
+        dst: std::net::IpAddr,
+        port: u16,
+    ) -> Option<std::collections::BTreeMap<&'static str, u64>>;
 }
 
 /// Reads /proc. Per-namespace sysctls are cached for a few seconds: they rarely change, and
@@ -53,6 +60,18 @@ impl HostInfo for ProcHost {
             .filter_map(|x| x.parse().ok())
             .collect();
         Some([*v.first()?, *v.get(1)?, *v.get(2)?])
+    }
+
+    fn sockets_to(
+        &self,
+        netns: u32,
+        dst: std::net::IpAddr,
+        port: u16,
+    ) -> Option<std::collections::BTreeMap<&'static str, u64>> {
+        let ns = Netns::find_by_inode(netns)?;
+        ns.run(move || crate::sockdiag::states_to_here(dst, port).ok())
+            .ok()
+            .flatten()
     }
 
     fn sysctl(&self, netns: u32, name: &str) -> Option<String> {

@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod cause;
 pub mod cli;
 pub mod diagnosis;
+pub mod doctor;
 pub mod host;
 pub mod kernel;
 pub mod listeners;

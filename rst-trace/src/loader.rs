@@ -40,6 +40,7 @@ pub const HOOKS: &[Hook] = &[
             Cause::KeepaliveTimeout,
             Cause::TimewaitSegment,
             Cause::ProtocolViolation,
+            Cause::Unclassified,
         ],
         purpose: "RSTs sent by the TCP stack",
     },

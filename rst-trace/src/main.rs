@@ -4,6 +4,7 @@ use clap::Parser;
 use rst_trace::{
     agent,
     cli::{Cli, Command},
+    doctor,
 };
 
 fn main() -> ExitCode {
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(agent::run(args))),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

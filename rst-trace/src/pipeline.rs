@@ -98,6 +98,9 @@ pub struct Pipeline<H: HostInfo> {
     /// namespaces can be linked to its cause on the sending side.
     recent_sent: HashMap<Endpoints, SentRst>,
     recent_sent_order: VecDeque<(u64, Endpoints)>,
+    /// Sockets to a destination by state, sampled at most once a second per destination.
+    port_census:
+        HashMap<(u32, Endpoint), (u64, Option<std::collections::BTreeMap<&'static str, u64>>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +148,7 @@ impl<H: HostInfo> Pipeline<H> {
             foreign_resets: HashMap::new(),
             recent_sent: HashMap::new(),
             recent_sent_order: VecDeque::new(),
+            port_census: HashMap::new(),
         }
     }
 
@@ -1062,6 +1066,22 @@ impl<H: HostInfo> Pipeline<H> {
         let range = self.host.sysctl(netns, "net.ipv4.ip_local_port_range");
         d.evidence
             .insert("ip_local_port_range".into(), json!(range));
+        if let Some(dst) = d.endpoints.map(|e| e.remote) {
+            // Rate-limited: under exhaustion connect() fails in a tight loop.
+            let key = (netns, dst);
+            let fresh = self
+                .port_census
+                .get(&key)
+                .is_some_and(|(t, _)| now.saturating_sub(*t) < 1_000_000_000);
+            if !fresh {
+                let census = self.host.sockets_to(netns, dst.addr, dst.port);
+                self.port_census.insert(key, (now, census));
+            }
+            if let Some((_, Some(census))) = self.port_census.get(&key) {
+                d.evidence
+                    .insert("sockets_to_destination".into(), json!(census));
+            }
+        }
         if let Some(r) = range.as_deref() {
             let v: Vec<u32> = r
                 .split_whitespace()

@@ -1,16 +1,21 @@
 //! A namespace's listeners, request sockets and TCP counters, read from inside it:
 //! sock_diag (NETLINK_SOCK_DIAG) for per-socket queues and drop counters, /proc for the MIB.
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use crate::kernel::reasons::tcp_state_name;
 
 const TCP_LISTEN: u8 = 10;
 /// Bounds a dump: a namespace with more sockets than this is read only in part.
@@ -77,19 +82,69 @@ pub fn snapshot_here() -> std::io::Result<NetnsSnapshot> {
 }
 
 fn dump(family: u8, snap: &mut NetnsSnapshot) -> std::io::Result<()> {
+    // LISTEN plus SYN_RECV: the kernel then also dumps request sockets (the SYN queue).
+    dump_states(
+        family,
+        StateFlags::LISTEN | StateFlags::SYN_RECV,
+        ExtensionFlags::SKMEMINFO,
+        |resp| {
+            let h = &resp.header;
+            if h.state == TCP_LISTEN {
+                let drops = resp.nlas.iter().find_map(|n| match n {
+                    Nla::MemInfo(m) => Some(m.drops),
+                    _ => None,
+                });
+                snap.listeners.push(ListenerRow {
+                    addr: h.socket_id.source_address,
+                    port: h.socket_id.source_port,
+                    inode: u64::from(h.inode),
+                    queue: h.recv_queue,
+                    cap: h.send_queue,
+                    drops: drops.unwrap_or(0),
+                });
+            } else {
+                snap.requests.push(RequestRow {
+                    local_port: h.socket_id.source_port,
+                    remote: h.socket_id.destination_address,
+                });
+            }
+        },
+    )
+}
+
+/// Sockets of this namespace connected (or connecting) to `dst`, counted by TCP state.
+/// Must run on a thread inside the namespace.
+pub fn states_to_here(dst: IpAddr, port: u16) -> std::io::Result<BTreeMap<&'static str, u64>> {
+    let mut by_state = BTreeMap::new();
+    let family = if dst.is_ipv4() { AF_INET } else { AF_INET6 };
+    dump_states(family, StateFlags::all(), ExtensionFlags::empty(), |resp| {
+        let id = &resp.header.socket_id;
+        if id.destination_port == port && id.destination_address == dst {
+            *by_state
+                .entry(tcp_state_name(u32::from(resp.header.state)))
+                .or_insert(0) += 1;
+        }
+    })?;
+    Ok(by_state)
+}
+
+fn dump_states(
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    mut each: impl FnMut(&InetResponse),
+) -> std::io::Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    // LISTEN plus SYN_RECV: the kernel then also dumps request sockets (the SYN queue).
-    let states = StateFlags::LISTEN | StateFlags::SYN_RECV;
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::SKMEMINFO,
+            extensions,
             states,
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
@@ -113,38 +168,15 @@ fn dump(family: u8, snap: &mut NetnsSnapshot) -> std::io::Result<()> {
             let Some(bytes) = rx.get(offset..n) else {
                 break;
             };
-            let msg = match NetlinkMessage::<SockDiagMessage>::deserialize(bytes) {
-                Ok(m) => m,
-                Err(e) => return Err(std::io::Error::other(format!("sock_diag: {e}"))),
-            };
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
+                .map_err(|e| std::io::Error::other(format!("sock_diag: {e}")))?;
             let len = msg.header.length as usize;
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {
                     return Err(std::io::Error::other(format!("sock_diag: {e:?}")))
                 }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
-                    let h = &resp.header;
-                    if h.state == TCP_LISTEN {
-                        let drops = resp.nlas.iter().find_map(|n| match n {
-                            Nla::MemInfo(m) => Some(m.drops),
-                            _ => None,
-                        });
-                        snap.listeners.push(ListenerRow {
-                            addr: h.socket_id.source_address,
-                            port: h.socket_id.source_port,
-                            inode: u64::from(h.inode),
-                            queue: h.recv_queue,
-                            cap: h.send_queue,
-                            drops: drops.unwrap_or(0),
-                        });
-                    } else {
-                        snap.requests.push(RequestRow {
-                            local_port: h.socket_id.source_port,
-                            remote: h.socket_id.destination_address,
-                        });
-                    }
-                }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => each(&resp),
                 _ => {}
             }
             seen += 1;

@@ -1,0 +1,145 @@
+//! `rst-trace doctor`: for every cause, how this kernel lets rst-trace observe it — or why
+//! it cannot. The programs are really loaded and attached, then detached, so the answer is
+//! what `run` will do, not a guess from the kernel version.
+use serde_json::{json, Map, Value};
+
+use crate::{
+    cause::Cause,
+    cli::{DoctorArgs, Format},
+    kernel::{btf::KernelBtf, layout::KernelFacts, tracefs::Tracefs},
+    loader::{self, Loaded, HOOKS},
+    preflight,
+};
+
+/// One way of observing a cause, and whether it works here.
+#[derive(Debug, Clone)]
+pub struct Way {
+    pub how: String,
+    pub works: bool,
+    pub note: Option<String>,
+}
+
+fn attached(loaded: &Loaded, program: &str) -> bool {
+    loaded
+        .hooks
+        .iter()
+        .any(|h| h.program == program && !h.attached.is_empty())
+}
+
+/// The ways each cause is observed, best first.
+pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
+    let has_reason = facts.layout.tp.rst_reason != rst_trace_common::OFFSET_NONE;
+    let drop_watched = |name: &str| {
+        facts.drop_reasons.value(name).is_some_and(|v| {
+            facts
+                .drop_reason_slot(u32::try_from(v).unwrap_or(u32::MAX))
+                .is_some()
+        })
+    };
+    Cause::ALL
+        .iter()
+        .map(|&cause| {
+            let mut ways = Vec::new();
+            for h in HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
+                let tps: Vec<String> = h.tracepoints.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+                let inferred = h.program == "tcp_send_reset" && !has_reason;
+                ways.push(Way {
+                    how: format!("tracepoint {}", tps.join(" + ")),
+                    works: attached(loaded, h.program),
+                    note: inferred.then(|| "no reason field on this kernel: cause inferred from socket state".to_owned()),
+                });
+            }
+            match cause {
+                Cause::AcceptQueueOverflow => {
+                    ways.push(Way {
+                        how: "tracepoint skb:kfree_skb reason TCP_LISTEN_OVERFLOW (ACK-time, per packet)".into(),
+                        works: attached(loaded, "kfree_skb") && drop_watched("TCP_LISTEN_OVERFLOW"),
+                        note: None,
+                    });
+                    ways.push(Way {
+                        how: "tracepoint tcp:tcp_send_reset on the listener (tcp_abort_on_overflow=1)".into(),
+                        works: attached(loaded, "tcp_send_reset"),
+                        note: None,
+                    });
+                    ways.push(Way { how: "polling sock_diag drop counters + TcpExt MIB (SYN-time)".into(), works: true, note: None });
+                }
+                Cause::AbortOnTimeout => ways.push(Way {
+                    how: "none: Linux sends no RST when retransmissions run out (the socket fails with ETIMEDOUT)".into(),
+                    works: false,
+                    note: Some("keepalive expiry does send an RST: see keepalive_timeout".into()),
+                }),
+                Cause::SynQueueOverflow => {
+                    ways.push(Way { how: "polling TcpExt TCPReqQFull* + request sockets (sock_diag)".into(), works: true, note: None });
+                }
+                Cause::FirewallDrop | Cause::FirewallReject => {
+                    ways.push(Way {
+                        how: "tracepoint skb:kfree_skb reason NETFILTER_DROP".into(),
+                        works: attached(loaded, "kfree_skb") && drop_watched("NETFILTER_DROP"),
+                        note: None,
+                    });
+                }
+                _ => {}
+            }
+            (cause, ways)
+        })
+        .collect()
+}
+
+pub fn report(loaded: &Loaded, facts: &KernelFacts) -> Value {
+    let causes: Map<String, Value> = ways(loaded, facts)
+        .into_iter()
+        .map(|(cause, ways)| {
+            let working: Vec<&Way> = ways.iter().filter(|w| w.works).collect();
+            let via = (!working.is_empty()).then(|| working.iter().map(|w| w.how.as_str()).collect::<Vec<_>>().join("; "));
+            let note = ways.iter().find_map(|w| w.note.clone());
+            let v = json!({
+                "observable": !working.is_empty(),
+                "via": via,
+                "note": note,
+                "ways": ways.iter().map(|w| json!({"how": w.how, "works": w.works})).collect::<Vec<_>>(),
+            });
+            (cause.as_str().to_owned(), v)
+        })
+        .collect();
+    json!({
+        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).ok(),
+        "causes": causes,
+        "hooks": loaded.hooks_json(),
+        "warnings": facts.warnings,
+    })
+}
+
+pub fn text(report: &Value) -> String {
+    let mut s = format!("kernel {}\n", report["kernel"].as_str().unwrap_or("?"));
+    if let Some(causes) = report["causes"].as_object() {
+        for (cause, v) in causes {
+            let via = v["via"].as_str().unwrap_or("NOT OBSERVABLE on this kernel");
+            s.push_str(&format!("  {cause:<26} {via}"));
+            if let Some(note) = v["note"].as_str() {
+                s.push_str(&format!(" ({note})"));
+            }
+            s.push('\n');
+        }
+    }
+    if let Some(w) = report["warnings"].as_array() {
+        for w in w {
+            s.push_str(&format!("  warning: {}\n", w.as_str().unwrap_or("")));
+        }
+    }
+    s
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    let tracefs = Tracefs::locate_or_mount()?;
+    let btf = KernelBtf::load()?;
+    let facts = KernelFacts::discover(&tracefs, &btf);
+    preflight::raise_memlock();
+    let loaded = loader::load(&facts.layout)?;
+    let r = report(&loaded, &facts);
+    match args.format {
+        Format::Json => println!("{r}"),
+        Format::Text => print!("{}", text(&r)),
+    }
+    Ok(())
+}
