@@ -19,6 +19,7 @@ use crate::{
     cause::Cause,
     cli::RunArgs,
     diagnosis::rfc3339_nanos,
+    doctor,
     host::{kernel_hz, HostInfo, ProcHost},
     kernel::{
         btf::KernelBtf,
@@ -272,6 +273,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight::raise_memlock();
 
     let mut loaded = loader::load(&facts.layout)?;
+    // The same per-cause summary as `rst-trace doctor`, for whoever reads the agent's log.
+    let observability = doctor::report(&loaded, &facts);
+    eprint!("rst-trace: observing on {}", doctor::text(&observability));
     let unavailable = loaded.unavailable_causes();
     if !unavailable.is_empty() {
         let names: Vec<&str> = unavailable.iter().map(|c| c.as_str()).collect();
@@ -338,6 +342,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "hooks": loaded.hooks_json(),
         "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         "tracepoint_formats": agent.facts.formats_found,
+        "causes": observability["causes"],
     });
     let netns_text = netns
         .as_ref()

@@ -1074,6 +1074,9 @@ impl<H: HostInfo> Pipeline<H> {
                 .get(&key)
                 .is_some_and(|(t, _)| now.saturating_sub(*t) < 1_000_000_000);
             if !fresh {
+                if self.port_census.len() > 4096 {
+                    self.port_census.clear();
+                }
                 let census = self.host.sockets_to(netns, dst.addr, dst.port);
                 self.port_census.insert(key, (now, census));
             }
