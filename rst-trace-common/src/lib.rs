@@ -49,6 +49,9 @@ pub enum RecordKind {
     /// A TCP RST left a device without any socket behind it: built outside the TCP stack
     /// (netfilter REJECT --reject-with tcp-reset), which TCP's counters never see.
     ForeignReset = 7,
+    /// A listener dropped a SYN or a handshake's final ACK, seen per packet on the drop path
+    /// itself (fentry/kprobe on `tcp_conn_request`, fexit/kretprobe on `tcp_v*_syn_recv_sock`).
+    ListenDrop = 8,
 }
 
 impl RecordKind {
@@ -61,6 +64,7 @@ impl RecordKind {
             5 => Self::Accept,
             6 => Self::Connect,
             7 => Self::ForeignReset,
+            8 => Self::ListenDrop,
             _ => return None,
         })
     }
@@ -86,9 +90,18 @@ pub enum CounterFamily {
     Lost = 6,
     /// RSTs transmitted without a socket (netfilter), slot 0.
     ForeignReset = 7,
+    /// Listener drops seen per packet, slot = `LISTEN_DROP_*` stage.
+    ListenDrop = 8,
 }
 
-pub const COUNTER_FAMILIES: u32 = 8;
+pub const COUNTER_FAMILIES: u32 = 9;
+
+/// SYN arrived with the accept queue full: it is dropped (ListenOverflows).
+pub const LISTEN_DROP_SYN_ACCEPT_FULL: u32 = 1;
+/// SYN arrived with the SYN queue full: answered with a cookie, or dropped.
+pub const LISTEN_DROP_SYN_QUEUE_FULL: u32 = 2;
+/// The handshake's final ACK found the accept queue full: the child is not created.
+pub const LISTEN_DROP_ACK_ACCEPT_FULL: u32 = 3;
 pub const COUNTER_SLOTS: u32 = 256;
 pub const COUNTERS_LEN: u32 = COUNTER_FAMILIES * COUNTER_SLOTS;
 /// Slot used when the kernel provides no reason code.
@@ -295,6 +308,21 @@ pub struct ForeignResetRecord {
     pub _pad: [u8; 7],
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenDropRecord {
+    pub header: RecordHeader,
+    /// `local` = the listener's address and port, `remote` = the client.
+    pub tuple: Tuple,
+    pub skaddr: u64,
+    /// One of `LISTEN_DROP_*`.
+    pub stage: u32,
+    pub ack_backlog: u32,
+    pub max_ack_backlog: u32,
+    /// Request sockets in the SYN queue (`icsk_accept_queue.qlen`).
+    pub syn_qlen: u32,
+}
+
 /// Per-thread stash between syscall entry and exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -383,6 +411,8 @@ pub struct StructOffsets {
     pub tcp_snd_nxt: u32,
     pub tcp_lsndtime: u32,
     pub tcp_rcv_tstamp: u32,
+    // inet_connection_sock.icsk_accept_queue.qlen
+    pub icsk_syn_qlen: u32,
     // struct net -> ns.inum
     pub net_ns_inum: u32,
     // struct sk_buff
@@ -402,7 +432,6 @@ pub struct StructOffsets {
     pub socket_sk: u32,
     /// Bit number of SOCK_LINGER in `sk_flags`.
     pub sock_linger_bit: u32,
-    pub _pad: u32,
 }
 
 /// Everything the kernel programs need to know about the running kernel and the filters.
@@ -490,7 +519,7 @@ impl KernelLayout {
             file_private_data: MEMBER_NONE,
             socket_sk: MEMBER_NONE,
             sock_linger_bit: MEMBER_NONE,
-            _pad: 0,
+            icsk_syn_qlen: MEMBER_NONE,
         },
         filter_netns: 0,
         filter_port: 0,
@@ -516,6 +545,7 @@ mod pod {
     unsafe impl aya::Pod for AcceptRecord {}
     unsafe impl aya::Pod for ConnectRecord {}
     unsafe impl aya::Pod for ForeignResetRecord {}
+    unsafe impl aya::Pod for ListenDropRecord {}
 }
 
 // No implicit padding anywhere: each size equals the sum of its fields.
@@ -533,6 +563,7 @@ const _: () = {
     assert!(size_of::<ConnectRecord>() == 24 + 32 + 40 + 8);
     assert!(size_of::<SyscallArgs>() == 16 + 40 + 8 + 16);
     assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
+    assert!(size_of::<ListenDropRecord>() == 24 + 40 + 8 + 16);
     assert!(size_of::<TracepointOffsets>() == 30 * 2);
     assert!(size_of::<StructOffsets>() == 33 * 4);
     assert!(size_of::<KernelLayout>() == 60 + 132 + 4 + 2 + 2 + 32 + 4 + 4);

@@ -11,6 +11,7 @@
 mod emit;
 mod kread;
 mod layout;
+mod listen_hooks;
 mod resets;
 mod skbdrop;
 mod sockstate;

@@ -2,7 +2,7 @@
 use aya_ebpf::{helpers::generated, macros::tracepoint, programs::TracePointContext};
 use rst_trace_common::{
     CounterFamily, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
-    OFFSET_NONE, RECORD_VERSION, REASON_NONE, RST_FULLSOCK, RST_HAS_SOCK, RST_LINGER_ZERO,
+    OFFSET_NONE, REASON_NONE, RECORD_VERSION, RST_FULLSOCK, RST_HAS_SOCK, RST_LINGER_ZERO,
     SLOT_NO_REASON,
 };
 
@@ -74,7 +74,11 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
         // Older layouts leave the tuple empty for some paths; the socket still has it.
         tuple = sk_tuple(skaddr);
     }
-    let netns = if skaddr != 0 { sk_netns(skaddr) } else { skb_netns(skbaddr) };
+    let netns = if skaddr != 0 {
+        sk_netns(skaddr)
+    } else {
+        skb_netns(skbaddr)
+    };
     if !wanted(netns, tuple.local_port, tuple.remote_port) {
         return None;
     }
@@ -97,7 +101,11 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
             rec.flags |= RST_LINGER_ZERO;
         }
     }
-    let slot = if reason == REASON_NONE { SLOT_NO_REASON } else { reason };
+    let slot = if reason == REASON_NONE {
+        SLOT_NO_REASON
+    } else {
+        reason
+    };
     let family = if rec.flags & RST_LINGER_ZERO != 0 {
         CounterFamily::ResetSentLingerZero
     } else {

@@ -7,8 +7,8 @@ use network_types::{
     tcp::TcpHdr,
 };
 use rst_trace_common::{
-    CounterFamily, ForeignResetRecord, RecordKind, SkbDropRecord, Tuple, MAX_DROP_REASONS, SKB_OUTBOUND,
-    SKB_TUPLE_VALID,
+    CounterFamily, ForeignResetRecord, RecordKind, SkbDropRecord, Tuple, MAX_DROP_REASONS,
+    SKB_OUTBOUND, SKB_TUPLE_VALID,
 };
 
 use crate::{
@@ -43,7 +43,7 @@ fn reason_slot(reason: u32) -> Option<u32> {
 
 /// Source and destination of the TCP segment in `skb`, from its IP and TCP headers.
 #[inline(always)]
-fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
+pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
     let head: u64 = member(skb, lay!(st.skb_head))?;
     let nh: u16 = member(skb, lay!(st.skb_network_header))?;
     let ip = head + nh as u64;

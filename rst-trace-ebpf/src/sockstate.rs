@@ -1,8 +1,10 @@
 //! Socket state changes that tell who owns a socket and when it goes away.
-use aya_ebpf::{macros::{map, tracepoint}, maps::LruHashMap, programs::TracePointContext};
-use rst_trace_common::{
-    RecordKind, SockStateRecord, SyscallArgs, STASH_LISTEN, STATE_TASK_VALID,
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
 };
+use rst_trace_common::{RecordKind, SockStateRecord, SyscallArgs, STASH_LISTEN, STATE_TASK_VALID};
 
 use crate::{
     emit::deliver,

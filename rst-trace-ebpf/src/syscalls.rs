@@ -1,15 +1,13 @@
 //! Syscalls, where the current task is by definition the caller: listen()'s backlog,
 //! accept()'s result (ownership of accepted sockets, EMFILE/ENFILE) and connect() failures.
-use aya_ebpf::{
-    helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use rst_trace_common::{
     AcceptRecord, ConnectRecord, CounterFamily, RecordKind, SyscallArgs, STASH_LISTEN,
 };
 
 use crate::{
     emit::{count, deliver},
-    kread::{current_task, current_fd_sock, member, sk_netns, sk_tuple, sockaddr, tp},
+    kread::{current_fd_sock, current_task, member, sk_netns, sk_tuple, sockaddr, tp},
     layout::{lay, wanted},
     resets::header,
     sockstate::RST_SYSCALL_ARGS,
@@ -103,7 +101,10 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
             rec.conn = sk_tuple(sk);
         }
     }
-    count(CounterFamily::Accept, if ret < 0 { (-ret) as u32 } else { 0 });
+    count(
+        CounterFamily::Accept,
+        if ret < 0 { (-ret) as u32 } else { 0 },
+    );
     deliver(RecordKind::Accept, &rec);
     Some(())
 }
@@ -129,7 +130,11 @@ fn try_enter_connect(ctx: &TracePointContext) -> Option<()> {
         fd: fd as i32,
         ..Default::default()
     };
-    args.listener.family = sockaddr(&raw, &mut args.listener.remote_addr, &mut args.listener.remote_port);
+    args.listener.family = sockaddr(
+        &raw,
+        &mut args.listener.remote_addr,
+        &mut args.listener.remote_port,
+    );
     let sk = current_fd_sock(fd as i32);
     if sk != 0 {
         args.netns = sk_netns(sk);

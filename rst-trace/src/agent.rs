@@ -125,7 +125,12 @@ impl Agent {
             };
             self.learn_owners(ns.inode, &snap, p);
             let ack = self.pipeline.take_ack_time_drops(ns.inode);
-            let (findings, saturated) = p.accounts.entry(ns.inode).or_default().step(&snap, &ack);
+            let synq = self.pipeline.take_synq_per_packet(ns.inode);
+            let (findings, saturated) = p
+                .accounts
+                .entry(ns.inode)
+                .or_default()
+                .step(&snap, &ack, synq);
             let mut out: Vec<_> = findings
                 .iter()
                 .map(|f| self.pipeline.explain_finding(ns.inode, f, &snap, interval))
@@ -272,7 +277,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     facts.layout.filter_port = args.port.unwrap_or(0);
     preflight::raise_memlock();
 
-    let mut loaded = loader::load(&facts.layout)?;
+    let mut loaded = loader::load(
+        &facts.layout,
+        facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some(),
+    )?;
     // The same per-cause summary as `rst-trace doctor`, for whoever reads the agent's log.
     let observability = doctor::report(&loaded, &facts);
     eprint!("rst-trace: observing on {}", doctor::text(&observability));

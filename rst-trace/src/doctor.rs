@@ -49,6 +49,15 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
                     note: inferred.then(|| "no reason field on this kernel: cause inferred from socket state".to_owned()),
                 });
             }
+                        for h in crate::loader::FUNCTION_HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
+                let status = loaded.hooks.iter().find(|s| s.program == h.name);
+                let tier = status.and_then(|s| s.attached.first()).map_or_else(|| format!("fentry/kprobe {}", h.name), |a| a.clone());
+                ways.push(Way {
+                    how: format!("{tier} (per packet)"),
+                    works: status.is_some_and(|s| !s.attached.is_empty()),
+                    note: None,
+                });
+            }
             match cause {
                 Cause::AcceptQueueOverflow => {
                     ways.push(Way {
@@ -135,7 +144,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let btf = KernelBtf::load()?;
     let facts = KernelFacts::discover(&tracefs, &btf);
     preflight::raise_memlock();
-    let loaded = loader::load(&facts.layout)?;
+    let loaded = loader::load(
+        &facts.layout,
+        facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some(),
+    )?;
     let r = report(&loaded, &facts);
     match args.format {
         Format::Json => println!("{r}"),

@@ -41,6 +41,8 @@ pub struct NetnsAccount {
     drops: HashMap<u64, u32>,
     /// SYN-time accept-queue drops not yet reported (negative: reported ahead of the MIB).
     syn_time_carry: i64,
+    /// SYN-queue overflows not yet reported, likewise.
+    synq_carry: i64,
 }
 
 fn delta(now: &HashMap<String, u64>, before: &HashMap<String, u64>, key: &str) -> u64 {
@@ -59,6 +61,7 @@ impl NetnsAccount {
         &mut self,
         snap: &NetnsSnapshot,
         ack_time: &HashMap<u16, u64>,
+        synq_per_packet: u64,
     ) -> (Vec<Finding>, Vec<Saturation>) {
         let saturated = snap
             .listeners
@@ -81,8 +84,20 @@ impl NetnsAccount {
             return (Vec::new(), saturated);
         }
         let overflows = delta(&snap.mib, &self.mib, "TcpExt.ListenOverflows");
-        let reqq_drops = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDrop");
-        let cookies = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies");
+        let mut reqq_drops = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDrop");
+        let mut cookies = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies");
+        // SYN-queue overflows already reported per packet are not reported again; the carry
+        // keeps the total exact when a poll and the ring buffer race.
+        self.synq_carry += i64::try_from(reqq_drops + cookies).unwrap_or(i64::MAX)
+            - i64::try_from(synq_per_packet).unwrap_or(i64::MAX);
+        let synq_new = u64::try_from(self.synq_carry.max(0)).unwrap_or(0);
+        self.synq_carry -= i64::try_from(synq_new).unwrap_or(0);
+        let total = reqq_drops + cookies;
+        if total > synq_new {
+            // Part was reported per packet: keep the polled remainder, cookies first.
+            cookies = cookies.min(synq_new);
+            reqq_drops = synq_new - cookies;
+        }
         let ack_total: u64 = ack_time.values().sum();
         self.syn_time_carry += i64::try_from(overflows).unwrap_or(i64::MAX)
             - i64::try_from(ack_total).unwrap_or(i64::MAX);
@@ -222,13 +237,15 @@ mod tests {
         assert!(a
             .step(
                 &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 10, 0)]),
-                &HashMap::new()
+                &HashMap::new(),
+                0
             )
             .0
             .is_empty());
         let (f, sat) = a.step(
             &snap(12, 0, 0, vec![l(80, 1, 2, 1, 12), l(81, 2, 0, 10, 0)]),
             &HashMap::new(),
+            0,
         );
         assert_eq!(f.len(), 1);
         assert_eq!(
@@ -242,27 +259,32 @@ mod tests {
     #[test]
     fn ack_time_drops_reported_per_packet_are_not_counted_twice() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new());
+        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new(), 0);
         let ack = HashMap::from([(80u16, 3u64)]);
-        let (f, _) = a.step(&snap(10, 0, 0, vec![l(80, 1, 1, 1, 10)]), &ack);
+        let (f, _) = a.step(&snap(10, 0, 0, vec![l(80, 1, 1, 1, 10)]), &ack, 0);
         assert_eq!(f.iter().map(|f| f.count).sum::<u64>(), 7);
     }
 
     #[test]
     fn a_poll_that_races_the_ring_buffer_is_made_good_later() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new());
+        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new(), 0);
         // The MIB saw 5 ACK-time drops whose records arrive only after this poll.
-        let (f, _) = a.step(&snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]), &HashMap::new());
+        let (f, _) = a.step(&snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]), &HashMap::new(), 0);
         let first: u64 = f.iter().map(|f| f.count).sum();
         let (f, _) = a.step(
             &snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]),
             &HashMap::from([(80u16, 5u64)]),
+            0,
         );
         let second: u64 = f.iter().map(|f| f.count).sum();
         // 5 reported by polling, then 5 per packet: the carry holds back the next 5 SYN-time.
         assert_eq!((first, second), (5, 0));
-        let (f, _) = a.step(&snap(10, 0, 0, vec![l(80, 1, 0, 1, 10)]), &HashMap::new());
+        let (f, _) = a.step(
+            &snap(10, 0, 0, vec![l(80, 1, 0, 1, 10)]),
+            &HashMap::new(),
+            0,
+        );
         assert_eq!(
             f.iter().map(|f| f.count).sum::<u64>(),
             0,
@@ -271,9 +293,22 @@ mod tests {
     }
 
     #[test]
+    fn syn_queue_overflows_seen_per_packet_are_not_polled_again() {
+        let mut a = NetnsAccount::default();
+        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 8, 0)]), &HashMap::new(), 0);
+        let (f, _) = a.step(&snap(0, 2, 6, vec![l(80, 1, 0, 8, 2)]), &HashMap::new(), 5);
+        let polled: u64 = f
+            .iter()
+            .filter(|f| f.cause == Cause::SynQueueOverflow)
+            .map(|f| f.count)
+            .sum();
+        assert_eq!(polled, 3, "8 in the MIB, 5 already reported per packet");
+    }
+
+    #[test]
     fn syn_queue_drops_and_cookies() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 8, 0)]), &HashMap::new());
+        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 8, 0)]), &HashMap::new(), 0);
         let mut s = snap(0, 4, 6, vec![l(80, 1, 0, 8, 4)]);
         s.requests = (0..8)
             .map(|i| RequestRow {
@@ -285,7 +320,7 @@ mod tests {
                 },
             })
             .collect();
-        let (f, _) = a.step(&s, &HashMap::new());
+        let (f, _) = a.step(&s, &HashMap::new(), 0);
         assert_eq!(f.len(), 1);
         assert_eq!(
             (f[0].cause, f[0].count, f[0].cookies, f[0].syn_queue),

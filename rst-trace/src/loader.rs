@@ -1,6 +1,9 @@
 //! Loads the embedded eBPF object with the running kernel's layout and attaches each
 //! program on its own: a hook this kernel lacks degrades the causes it serves, never the agent.
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use aya::{
+    programs::{KProbe, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
 use rst_trace_common::{KernelLayout, LAYOUT_GLOBAL};
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -146,7 +149,141 @@ impl Loaded {
     }
 }
 
-pub fn load(layout: &KernelLayout) -> Result<Loaded, LoadError> {
+/// A kernel function hook, tried as fentry/fexit first, then as kprobe/kretprobe.
+pub struct FunctionHook {
+    /// Name in reports (`doctor`, the started line).
+    pub name: &'static str,
+    /// (program, kernel function) pairs of the BTF trampoline tier.
+    pub trampoline: &'static [(&'static str, &'static str)],
+    /// (program, kernel function, return probe) of the kprobe tier.
+    pub probes: &'static [(&'static str, &'static str, bool)],
+    pub serves: &'static [Cause],
+    pub purpose: &'static str,
+}
+
+pub const FUNCTION_HOOKS: &[FunctionHook] = &[
+    FunctionHook {
+        name: "tcp_conn_request",
+        trampoline: &[("tcp_conn_request_fentry", "tcp_conn_request")],
+        probes: &[("tcp_conn_request_kprobe", "tcp_conn_request", false)],
+        serves: &[Cause::AcceptQueueOverflow, Cause::SynQueueOverflow],
+        purpose: "SYN-time accept/SYN queue overflow per packet, with the queues' state",
+    },
+    FunctionHook {
+        name: "tcp_syn_recv_sock",
+        trampoline: &[("tcp_v4_syn_recv_sock_fexit", "tcp_v4_syn_recv_sock"), ("tcp_v6_syn_recv_sock_fexit", "tcp_v6_syn_recv_sock")],
+        probes: &[
+            ("syn_recv_sock_kprobe", "tcp_v4_syn_recv_sock", false),
+            ("syn_recv_sock_kretprobe", "tcp_v4_syn_recv_sock", true),
+            ("syn_recv_sock_kprobe", "tcp_v6_syn_recv_sock", false),
+            ("syn_recv_sock_kretprobe", "tcp_v6_syn_recv_sock", true),
+        ],
+        serves: &[Cause::AcceptQueueOverflow],
+        purpose: "ACK-time accept queue overflow per packet on kernels without the TCP_LISTEN_OVERFLOW drop reason",
+    },
+];
+
+fn attach_trampolines(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    hook: &FunctionHook,
+    status: &mut HookStatus,
+) -> Result<(), String> {
+    for (program, function) in hook.trampoline {
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing"))?;
+        match prog {
+            aya::programs::Program::FEntry(p) => {
+                p.load(function, btf)
+                    .map_err(|e| format!("fentry {function}: {e}"))?;
+                p.attach().map_err(|e| format!("fentry {function}: {e}"))?;
+                status.attached.push(format!("fentry:{function}"));
+            }
+            aya::programs::Program::FExit(p) => {
+                p.load(function, btf)
+                    .map_err(|e| format!("fexit {function}: {e}"))?;
+                p.attach().map_err(|e| format!("fexit {function}: {e}"))?;
+                status.attached.push(format!("fexit:{function}"));
+            }
+            _ => return Err(format!("{program} is not a trampoline program")),
+        }
+    }
+    Ok(())
+}
+
+fn attach_probes(
+    ebpf: &mut Ebpf,
+    hook: &FunctionHook,
+    status: &mut HookStatus,
+) -> Result<(), String> {
+    for (program, function, ret) in hook.probes {
+        let p: &mut KProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        if p.fd().is_err() {
+            p.load().map_err(|e| format!("kprobe {function}: {e}"))?;
+        }
+        let kind = if *ret { "kretprobe" } else { "kprobe" };
+        p.attach(function, 0).map_err(|e| {
+            if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+                format!("{kind} {function}: {e}")
+            } else {
+                format!("{kind} {function}: kprobes are not available on this kernel (built without CONFIG_KPROBES)")
+            }
+        })?;
+        status.attached.push(format!("{kind}:{function}"));
+    }
+    Ok(())
+}
+
+/// Attaches each function hook with the best tier this kernel accepts. `skip` names hooks
+/// the kernel makes redundant (e.g. a drop reason that already reports the same drop).
+fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[&str]) -> Vec<HookStatus> {
+    let btf = Btf::from_sys_fs().ok();
+    let mut out = Vec::new();
+    for hook in FUNCTION_HOOKS {
+        let mut status = HookStatus {
+            program: hook.name,
+            attached: Vec::new(),
+            errors: Vec::new(),
+        };
+        if skip.contains(&hook.name) {
+            status.errors.push(
+                "not needed: this kernel reports the same drops through a drop reason".into(),
+            );
+            out.push(status);
+            continue;
+        }
+        let trampoline = match &btf {
+            Some(btf) => attach_trampolines(ebpf, btf, hook, &mut status),
+            None => Err("no kernel BTF".into()),
+        };
+        if let Err(e) = trampoline {
+            // A half-attached tier would double count: drop what it attached first.
+            status.attached.clear();
+            status.errors.push(e);
+            if let Err(e) = attach_probes(ebpf, hook, &mut status) {
+                status.attached.clear();
+                status.errors.push(e);
+            }
+        }
+        log::info!(
+            "hook {}: attached {:?}, errors {:?}",
+            hook.name,
+            status.attached,
+            status.errors
+        );
+        out.push(status);
+    }
+    out
+}
+
+/// Loads the object and attaches every hook this kernel allows. `ack_drop_reason`: the
+/// kernel frees an overflowing handshake ACK with reason TCP_LISTEN_OVERFLOW.
+pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(LAYOUT_GLOBAL, layout, true)
         .load(BPF_OBJECT)
@@ -167,6 +304,13 @@ pub fn load(layout: &KernelLayout) -> Result<Loaded, LoadError> {
         }
         hooks.push(status);
     }
+    // ≥ 6.15 frees the overflowing ACK with reason TCP_LISTEN_OVERFLOW, seen by kfree_skb.
+    let skip: &[&str] = if ack_drop_reason {
+        &["tcp_syn_recv_sock"]
+    } else {
+        &[]
+    };
+    hooks.extend(attach_function_hooks(&mut ebpf, skip));
     if hooks.iter().all(|h| h.attached.is_empty()) {
         return Err(LoadError::NothingAttached);
     }

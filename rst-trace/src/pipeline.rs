@@ -7,9 +7,10 @@ use std::{
 };
 
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, ResetReceivedRecord, ResetSentRecord, SkbDropRecord,
-    SockStateRecord, TcpSnapshot, REASON_NONE, RST_HAS_SOCK, RST_LINGER_ZERO, SKB_OUTBOUND,
-    SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES, STATE_TASK_VALID,
+    AcceptRecord, ConnectRecord, ListenDropRecord, ResetReceivedRecord, ResetSentRecord,
+    SkbDropRecord, SockStateRecord, TcpSnapshot, LISTEN_DROP_ACK_ACCEPT_FULL,
+    LISTEN_DROP_SYN_ACCEPT_FULL, LISTEN_DROP_SYN_QUEUE_FULL, REASON_NONE, RST_HAS_SOCK,
+    RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES, STATE_TASK_VALID,
 };
 use serde_json::{json, Value};
 
@@ -98,6 +99,8 @@ pub struct Pipeline<H: HostInfo> {
     /// namespaces can be linked to its cause on the sending side.
     recent_sent: HashMap<Endpoints, SentRst>,
     recent_sent_order: VecDeque<(u64, Endpoints)>,
+    /// SYN-queue overflows reported per packet since the last poll, per (netns, port).
+    synq_per_packet: HashMap<(u32, u16), u64>,
     /// Sockets to a destination by state, sampled at most once a second per destination.
     port_census:
         HashMap<(u32, Endpoint), (u64, Option<std::collections::BTreeMap<&'static str, u64>>)>,
@@ -149,6 +152,7 @@ impl<H: HostInfo> Pipeline<H> {
             recent_sent: HashMap::new(),
             recent_sent_order: VecDeque::new(),
             port_census: HashMap::new(),
+            synq_per_packet: HashMap::new(),
         }
     }
 
@@ -191,6 +195,7 @@ impl<H: HostInfo> Pipeline<H> {
             Record::ResetReceived(r) => self.on_reset_received(r),
             Record::SkbDrop(r) => self.on_skb_drop(r),
             Record::Connect(r) => self.on_connect(r),
+            Record::ListenDrop(r) => self.on_listen_drop(r),
             Record::ForeignReset(r) => {
                 if let Ok(e) = Endpoints::try_from(&r.tuple) {
                     let entry = self
@@ -871,6 +876,93 @@ impl<H: HostInfo> Pipeline<H> {
         }
         d.advice = advice(cause, &af);
         vec![d]
+    }
+
+    /// A listener drop seen on the drop path itself (fentry/kprobe tiers).
+    fn on_listen_drop(&mut self, r: &ListenDropRecord) -> Vec<Diagnosis> {
+        let now = r.header.ktime_ns;
+        let netns = r.header.netns;
+        let Ok(e) = Endpoints::try_from(&r.tuple) else {
+            return Vec::new();
+        };
+        let (cause, stage, via) = match r.stage {
+            LISTEN_DROP_SYN_ACCEPT_FULL => (Cause::AcceptQueueOverflow, "syn", "tcp_conn_request"),
+            LISTEN_DROP_ACK_ACCEPT_FULL => {
+                (Cause::AcceptQueueOverflow, "ack", "tcp_v*_syn_recv_sock")
+            }
+            LISTEN_DROP_SYN_QUEUE_FULL => (Cause::SynQueueOverflow, "syn", "tcp_conn_request"),
+            _ => return Vec::new(),
+        };
+        let key = (netns, e.local.port);
+        if cause == Cause::SynQueueOverflow {
+            *self.synq_per_packet.entry(key).or_insert(0) += 1;
+        } else {
+            *self.ack_time_drops.entry(key).or_insert(0) += 1;
+        }
+        let mut d = Diagnosis::new(
+            self.clock.wall(now),
+            "rst_trace.listen_drop",
+            cause,
+            Direction::Dropped,
+            Origin::TcpStack,
+            netns,
+        );
+        d.endpoints = Some(e);
+        d.tcp_state = Some(TCP_LISTEN);
+        let mut af = AdviceFacts {
+            port: Some(e.local.port),
+            queue: Some((r.ack_backlog, r.max_ack_backlog)),
+            ..Default::default()
+        };
+        let l = self.table.listener_by_sk(r.skaddr).cloned().or_else(|| {
+            let listeners = self.table.listeners(netns, e.local.port).to_vec();
+            self.listener_owner(&listeners, &e.local).2
+        });
+        if let Some(l) = l {
+            self.attach_listener(&mut d, &l, &mut af);
+        }
+        d.evidence.insert("stage".into(), json!(stage));
+        d.evidence
+            .insert("observed_by".into(), json!(format!("per packet at {via}")));
+        d.evidence.insert(
+            "accept_queue".into(),
+            json!({"length": r.ack_backlog, "cap": r.max_ack_backlog}),
+        );
+        d.evidence
+            .insert("syn_queue_length".into(), json!(r.syn_qlen));
+        if cause == Cause::SynQueueOverflow {
+            let cookies = self
+                .host
+                .sysctl(netns, "net.ipv4.tcp_syncookies")
+                .and_then(|v| v.parse::<u32>().ok());
+            d.evidence.insert("tcp_syncookies".into(), json!(cookies));
+            d.evidence.insert(
+                "outcome".into(),
+                json!(if cookies.unwrap_or(1) == 0 {
+                    "dropped"
+                } else {
+                    "syn cookie sent"
+                }),
+            );
+        } else {
+            d.related = self.related_fd_incident(netns, e.local.port, now);
+            af.fd_exhaustion_related = d.related.is_some();
+        }
+        d.advice = advice(cause, &af);
+        vec![d]
+    }
+
+    /// SYN-queue overflows reported per packet in `netns` since the last call.
+    pub fn take_synq_per_packet(&mut self, netns: u32) -> u64 {
+        let keys: Vec<(u32, u16)> = self
+            .synq_per_packet
+            .keys()
+            .filter(|(n, _)| *n == netns)
+            .copied()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.synq_per_packet.remove(&k))
+            .sum()
     }
 
     /// ACK-time drops reported per packet in `netns` since the last call, by port.

@@ -3,8 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, ForeignResetRecord, RecordHeader, RecordKind, ResetReceivedRecord,
-    ResetSentRecord, SkbDropRecord, SockStateRecord, TaskInfo, Tuple, RECORD_VERSION,
+    AcceptRecord, ConnectRecord, ForeignResetRecord, ListenDropRecord, RecordHeader, RecordKind,
+    ResetReceivedRecord, ResetSentRecord, SkbDropRecord, SockStateRecord, TaskInfo, Tuple,
+    RECORD_VERSION,
 };
 use thiserror::Error;
 
@@ -29,6 +30,7 @@ pub enum Record {
     Accept(AcceptRecord),
     Connect(ConnectRecord),
     ForeignReset(ForeignResetRecord),
+    ListenDrop(ListenDropRecord),
 }
 
 fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -65,6 +67,7 @@ impl TryFrom<&[u8]> for Record {
             RecordKind::Accept => Self::Accept(read_pod(bytes)?),
             RecordKind::Connect => Self::Connect(read_pod(bytes)?),
             RecordKind::ForeignReset => Self::ForeignReset(read_pod(bytes)?),
+            RecordKind::ListenDrop => Self::ListenDrop(read_pod(bytes)?),
         })
     }
 }
@@ -79,6 +82,7 @@ impl Record {
             Self::Accept(r) => &r.header,
             Self::Connect(r) => &r.header,
             Self::ForeignReset(r) => &r.header,
+            Self::ListenDrop(r) => &r.header,
         }
     }
 }

@@ -121,6 +121,7 @@ impl KernelFacts {
         s.tcp_snd_nxt = member(btf, "tcp_sock", &["snd_nxt"]);
         s.tcp_lsndtime = member(btf, "tcp_sock", &["lsndtime"]);
         s.tcp_rcv_tstamp = member(btf, "tcp_sock", &["rcv_tstamp"]);
+        s.icsk_syn_qlen = member(btf, "inet_connection_sock", &["icsk_accept_queue", "qlen"]);
         s.net_ns_inum = member(btf, "net", &["ns", "inum"]);
         s.skb_dev = member(btf, "sk_buff", &["dev"]);
         s.skb_sk = member(btf, "sk_buff", &["sk"]);
