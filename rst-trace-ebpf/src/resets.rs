@@ -1,5 +1,10 @@
 //! RSTs the local stack sends and RSTs that arrive.
-use aya_ebpf::{helpers::generated, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::generated,
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
 use rst_trace_common::{
     CounterFamily, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
     OFFSET_NONE, REASON_NONE, RECORD_VERSION, RST_FULLSOCK, RST_HAS_SOCK, RST_LINGER_ZERO,
@@ -26,6 +31,8 @@ pub fn header(kind: RecordKind, netns: u32) -> RecordHeader {
         _pad: 0,
     }
 }
+
+const TCP_LISTEN: u32 = 10;
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -62,35 +69,43 @@ fn send_reset_tuple(ctx: &TracePointContext) -> Tuple {
     t
 }
 
+/// Per-CPU room for the record being built: it, the two sockaddr images and the parsed
+/// segment headers do not fit in the 512-byte BPF stack together.
+#[map(name = "RST_SCRATCH_RESET")]
+static RST_SCRATCH_RESET: PerCpuArray<ResetSentRecord> = PerCpuArray::with_max_entries(1, 0);
+
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
     let skaddr: u64 = tp(ctx, lay!(tp.rst_skaddr)).unwrap_or(0);
     let skbaddr: u64 = tp(ctx, lay!(tp.rst_skbaddr)).unwrap_or(0);
     let state: i32 = tp(ctx, lay!(tp.rst_state)).unwrap_or(0);
     let reason: u32 = tp(ctx, lay!(tp.rst_reason)).unwrap_or(REASON_NONE);
-    let mut tuple = send_reset_tuple(ctx);
     let state = state as u32;
     let fullsock = skaddr != 0 && is_fullsock_state(state);
-    if tuple.family == 0 && fullsock {
+    // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
+    let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
+    unsafe { core::ptr::write_bytes(rec as *mut ResetSentRecord, 0, 1) };
+    rec.tuple = send_reset_tuple(ctx);
+    if rec.tuple.family == 0 && fullsock {
         // Older layouts leave the tuple empty for some paths; the socket still has it.
-        tuple = sk_tuple(skaddr);
+        rec.tuple = sk_tuple(skaddr);
+    }
+    // An RST sent on a listener (tcp_abort_on_overflow=1, bad handshake ACKs) carries the
+    // listener's wildcard addresses; the segment it answers has the real connection.
+    if state == TCP_LISTEN && skbaddr != 0 {
+        let _ = crate::skbdrop::segment_tuple(skbaddr, &mut rec.tuple);
     }
     let netns = if skaddr != 0 {
         sk_netns(skaddr)
     } else {
         skb_netns(skbaddr)
     };
-    if !wanted(netns, tuple.local_port, tuple.remote_port) {
+    if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;
     }
-
-    let mut rec = ResetSentRecord {
-        header: header(RecordKind::ResetSent, netns),
-        tuple,
-        skaddr,
-        state,
-        reason,
-        ..Default::default()
-    };
+    rec.header = header(RecordKind::ResetSent, netns);
+    rec.skaddr = skaddr;
+    rec.state = state;
+    rec.reason = reason;
     if skaddr != 0 {
         rec.flags |= RST_HAS_SOCK;
     }
@@ -112,7 +127,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
         CounterFamily::ResetSent
     };
     count(family, slot);
-    deliver(RecordKind::ResetSent, &rec);
+    deliver(RecordKind::ResetSent, &*rec);
     Some(())
 }
 

@@ -22,6 +22,22 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 
+/// Position of NO_SOCKET in the agent's watched drop reasons (see `WATCHED_DROP_REASONS`).
+const SLOT_NO_SOCKET: u32 = 2;
+const TCP_LISTEN: u8 = 10;
+
+/// A listening socket whose accept queue is over its cap.
+#[inline(always)]
+fn full_listener(sk: u64) -> bool {
+    if sk == 0 {
+        return false;
+    }
+    let state: u8 = member(sk, lay!(st.skc_state)).unwrap_or(0);
+    let ack: u32 = member(sk, lay!(st.sk_ack_backlog)).unwrap_or(0);
+    let max: u32 = member(sk, lay!(st.sk_max_ack_backlog)).unwrap_or(u32::MAX);
+    state == TCP_LISTEN && ack > max
+}
+
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     let _ = try_kfree_skb(&ctx);
@@ -81,6 +97,11 @@ pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
 fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     let reason: u32 = tp(ctx, lay!(tp.kfs_reason))?;
     let slot = reason_slot(reason)?;
+    if slot == SLOT_NO_SOCKET && !full_listener(tp(ctx, lay!(tp.kfs_rx_sk)).unwrap_or(0)) {
+        // NO_SOCKET is watched only for the handshake ACK that a full listener could not
+        // turn into a connection (SYN-cookie handshakes); every other one is no_listener.
+        return None;
+    }
     let protocol: u16 = tp(ctx, lay!(tp.kfs_protocol))?;
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return None;
@@ -97,9 +118,12 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     let flags = segment_tuple(skbaddr, &mut rec.tuple)?;
     rec.tcp_flags = flags;
     rec.flags |= SKB_TUPLE_VALID;
-    // Locally generated segments have no input device yet when netfilter drops them.
+    // Locally generated segments have a sending socket and no device yet when netfilter drops
+    // them. A receive-path drop names its receiving socket (rx_sk), and TCP may have reused
+    // the device field by then, so a missing device alone proves nothing.
     let dev: u64 = member(skbaddr, lay!(st.skb_dev)).unwrap_or(0);
-    if dev == 0 {
+    let sender: u64 = member(skbaddr, lay!(st.skb_sk)).unwrap_or(0);
+    if dev == 0 && rx_sk == 0 && sender != 0 {
         rec.flags |= SKB_OUTBOUND;
         let t = rec.tuple;
         rec.tuple.local_addr = t.remote_addr;

@@ -87,7 +87,8 @@ pub fn classify_received_reset(state: u32) -> Cause {
 /// A segment freed with one of the watched drop reasons.
 pub fn classify_drop(reason: &str) -> Option<Cause> {
     match reason {
-        "TCP_LISTEN_OVERFLOW" => Some(Cause::AcceptQueueOverflow),
+        // NO_SOCKET reaches here only for a full listener's handshake ACK (cookie path).
+        "TCP_LISTEN_OVERFLOW" | "NO_SOCKET" => Some(Cause::AcceptQueueOverflow),
         "NETFILTER_DROP" => Some(Cause::FirewallDrop),
         _ => None,
     }

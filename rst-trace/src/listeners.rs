@@ -85,7 +85,17 @@ impl NetnsAccount {
         }
         let overflows = delta(&snap.mib, &self.mib, "TcpExt.ListenOverflows");
         let mut reqq_drops = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDrop");
-        let mut cookies = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies");
+        // TCPReqQFullDoCookies also counts SYNs that the accept-queue check then drops (those are
+        // accept_queue_overflow): only cookies actually sent count here.
+        let mut cookies = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies").min(delta(
+            &snap.mib,
+            &self.mib,
+            "TcpExt.SyncookiesSent",
+        ));
+        // With syncookies off, SYNs are also dropped once under a quarter of
+        // tcp_max_syn_backlog is free: only ListenDrops moves for those.
+        let listen_drops = delta(&snap.mib, &self.mib, "TcpExt.ListenDrops");
+        reqq_drops += listen_drops.saturating_sub(overflows + reqq_drops);
         // SYN-queue overflows already reported per packet are not reported again; the carry
         // keeps the total exact when a poll and the ring buffer race.
         self.synq_carry += i64::try_from(reqq_drops + cookies).unwrap_or(i64::MAX)
@@ -217,7 +227,45 @@ mod tests {
         s.mib.insert("TcpExt.ListenOverflows".into(), lo);
         s.mib.insert("TcpExt.TCPReqQFullDrop".into(), qd);
         s.mib.insert("TcpExt.TCPReqQFullDoCookies".into(), qc);
+        s.mib.insert("TcpExt.SyncookiesSent".into(), qc);
+        s.mib.insert("TcpExt.ListenDrops".into(), lo + qd);
         s
+    }
+
+    #[test]
+    fn syns_dropped_under_tcp_max_syn_backlog_are_syn_queue_overflow() {
+        let mut a = NetnsAccount::default();
+        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 16, 0)]), &HashMap::new(), 0);
+        let mut s = snap(0, 0, 0, vec![l(80, 1, 0, 16, 9)]);
+        s.mib.insert("TcpExt.ListenDrops".into(), 9);
+        let (f, _) = a.step(&s, &HashMap::new(), 0);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].cause, f[0].count, f[0].cookies),
+            (Cause::SynQueueOverflow, 9, 0)
+        );
+    }
+
+    #[test]
+    fn cookie_flagged_syns_dropped_by_the_accept_queue_are_not_cookies() {
+        let mut a = NetnsAccount::default();
+        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new(), 0);
+        let mut s = snap(4, 0, 4, vec![l(80, 1, 2, 1, 4)]);
+        s.mib.insert("TcpExt.SyncookiesSent".into(), 0);
+        let (f, _) = a.step(&s, &HashMap::new(), 0);
+        let total = |c: Cause| {
+            f.iter()
+                .filter(|x| x.cause == c)
+                .map(|x| x.count)
+                .sum::<u64>()
+        };
+        assert_eq!(
+            (
+                total(Cause::AcceptQueueOverflow),
+                total(Cause::SynQueueOverflow)
+            ),
+            (4, 0)
+        );
     }
 
     fn l(port: u16, inode: u64, queue: u32, cap: u32, drops: u32) -> ListenerRow {

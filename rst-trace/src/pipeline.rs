@@ -851,6 +851,9 @@ impl<H: HostInfo> Pipeline<H> {
                         .or_insert(0) += 1;
                     d.tcp_state = Some(TCP_LISTEN);
                     d.evidence.insert("stage".into(), json!("ack"));
+                    if reason == "NO_SOCKET" {
+                        d.evidence.insert("syncookie_handshake".into(), json!(true));
+                    }
                     let listeners = self.table.listeners(netns, e.local.port).to_vec();
                     if let (_, _, Some(l)) = self.listener_owner(&listeners, &e.local) {
                         self.attach_listener(&mut d, &l, &mut af);

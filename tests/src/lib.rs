@@ -14,6 +14,7 @@ pub mod event;
 pub mod mib;
 pub mod netns;
 pub mod peer;
+pub mod veth;
 
 pub use agent::{agent_binary, Agent, Stopped};
 pub use mib::Mib;

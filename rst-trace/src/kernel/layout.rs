@@ -20,7 +20,9 @@ pub struct KernelFacts {
 }
 
 /// The drop reasons the kfree_skb program reports, in counter-slot order.
-pub const WATCHED_DROP_REASONS: [&str; 2] = ["TCP_LISTEN_OVERFLOW", "NETFILTER_DROP"];
+/// NO_SOCKET must stay third: the kernel program reports it only for a full listener's
+/// handshake ACK (the SYN-cookie path of an ACK-time overflow).
+pub const WATCHED_DROP_REASONS: [&str; 3] = ["TCP_LISTEN_OVERFLOW", "NETFILTER_DROP", "NO_SOCKET"];
 
 fn off(fmt: Option<&Format>, name: &str) -> u16 {
     fmt.and_then(|f| f.get(name))

@@ -13,6 +13,12 @@
 //! rst-trace-peer abort-close --port P [--addr A] [--timeout-ms MS]
 //! rst-trace-peer linger0     --port P [--addr A] [--wait-data] [--timeout-ms MS]
 //! rst-trace-peer send --addr A --port P --bytes N [--wait-close] [--timeout-ms MS]
+//! rst-trace-peer late-send --addr A --port P [--bytes N] [--late-bytes N] [--go-file PATH] [--close-after-eof] [--timeout-ms MS]
+//! rst-trace-peer idle-linger0 --port P --idle-ms MS [--addr A] [--reply-bytes N] [--timeout-ms MS]
+//! rst-trace-peer keepalive --addr A --port P [--keepidle S] [--keepintvl S] [--keepcnt N] [--timeout-ms MS]
+//! rst-trace-peer delayed-ack --addr SERVER --src A --port P [--count N] [--sport-base P] [--timeout-ms MS] [--linger-ms MS]
+//!     raw-socket SYNs; prints `synack sport=S`…, `synacks N`; sends the final ACKs on SIGUSR1:
+//!     `acked N synack_retrans=R`, then for --linger-ms `rst sport=S`…, `done rsts=K`
 //! ```
 //!
 //! Output lines:
@@ -914,6 +920,553 @@ fn cmd_send(a: &Args) {
     close(fd);
 }
 
+// ---------------------------------------------------------------------------------------------
+// late-send / idle-linger0 / keepalive (connection_peers.rs)
+
+/// The TCP state of `fd` (tcpi_state, the first byte of struct tcp_info), or None on error.
+fn tcp_state_of(fd: i32) -> Option<u8> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0 && len > 0).then_some(buf[0])
+}
+
+fn so_error(fd: i32) -> i32 {
+    let mut err: i32 = 0;
+    let mut len = mem::size_of::<i32>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut i32 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        errno()
+    } else {
+        err
+    }
+}
+
+/// Connect (bounded) or print the result and exit 1. Prints `connected lport=P`.
+fn connect_or_exit(poller: &mut Poller, dst: SocketAddr, deadline: Instant) -> i32 {
+    let mut one = [start_connect(&dst)];
+    finish_connects(poller, &mut one, deadline, false);
+    let [t] = one;
+    let res = t.result.as_deref().unwrap();
+    if res != "connected" {
+        out(&format!("{res} attempt=0 lport={}", t.lport));
+        exit(1);
+    }
+    out(&format!("connected lport={}", t.lport));
+    t.fd
+}
+
+fn send_all(poller: &mut Poller, fd: i32, bytes: usize, deadline: Instant) -> Result<(), String> {
+    let buf = vec![b'x'; 16384];
+    let mut sent = 0usize;
+    while sent < bytes {
+        let n = (bytes - sent).min(buf.len());
+        let r = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr() as *const libc::c_void,
+                n,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if r > 0 {
+            sent += r as usize;
+            continue;
+        }
+        let e = errno();
+        if e != libc::EAGAIN && e != libc::EWOULDBLOCK && e != libc::EINTR {
+            return Err(errno_name(e));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err("timeout".into());
+        }
+        if poller
+            .poll(&[(fd, libc::POLLOUT)], deadline - now)
+            .is_none()
+        {
+            exit(0);
+        }
+    }
+    Ok(())
+}
+
+/// Client that writes onto a connection the server has already closed: connect, send --bytes,
+/// wait for the server's FIN (`eof`), send --late-bytes more (`late_sent N`), then wait until the
+/// socket is CLOSE (`closed so_error=ERRNO`, after the peer's RST) or the deadline (`timeout`).
+/// With --go-file PATH it waits (bounded) after `eof` until PATH exists (`go`) before the late
+/// write. With --close-after-eof it closes at EOF instead (`closed_after_eof`): the server's socket
+/// then goes to the full TIME_WAIT state.
+fn cmd_late_send(a: &Args) {
+    let ip = a.addr(None);
+    let port: u16 = a.req_num("port");
+    let bytes: usize = a.num("bytes").unwrap_or(10);
+    let late: usize = a.num("late-bytes").unwrap_or(10);
+    let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(10_000));
+    let mut poller = Poller::new();
+    ready();
+    let fd = connect_or_exit(&mut poller, SocketAddr::new(ip, port), deadline);
+    if let Err(e) = send_all(&mut poller, fd, bytes, deadline) {
+        out(&e);
+        exit(1);
+    }
+    out(&format!("sent {bytes}"));
+    // Wait for the server's FIN.
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            out("timeout");
+            exit(1);
+        }
+        let Some(rev) = poller.poll(&[(fd, libc::POLLIN)], deadline - now) else {
+            exit(0);
+        };
+        if rev[0] == 0 {
+            continue;
+        }
+        match drain(fd) {
+            (_, Some(0)) => break,
+            (_, Some(e)) => {
+                out(&errno_name(e));
+                exit(1);
+            }
+            (_, None) => continue,
+        }
+    }
+    out("eof");
+    if a.has("close-after-eof") {
+        close(fd);
+        out("closed_after_eof");
+        return;
+    }
+    if let Some(go) = a.str("go-file") {
+        // The test creates this file once the server's socket is in the state it wants.
+        while !std::path::Path::new(go).exists() {
+            if Instant::now() >= deadline {
+                out("timeout");
+                exit(1);
+            }
+            if !poller.sleep(Duration::from_millis(10)) {
+                exit(0);
+            }
+        }
+        out("go");
+    }
+    if let Err(e) = send_all(&mut poller, fd, late, deadline) {
+        out(&e);
+        exit(1);
+    }
+    out(&format!("late_sent {late}"));
+    const TCP_CLOSE: u8 = 7;
+    loop {
+        if tcp_state_of(fd) == Some(TCP_CLOSE) {
+            out(&format!("closed so_error={}", errno_name(so_error(fd))));
+            break;
+        }
+        if Instant::now() >= deadline {
+            out("timeout");
+            break;
+        }
+        if !poller.sleep(Duration::from_millis(10)) {
+            break;
+        }
+    }
+    close(fd);
+}
+
+/// One-shot server: accept one connection, read the request, answer --reply-bytes, stay idle for
+/// --idle-ms, then close with SO_LINGER {1, 0} (an RST). Prints `accepted peer=…`, `replied N`,
+/// `closed linger=0 idle_ms=MS` (MS: measured from the reply to the close).
+fn cmd_idle_linger0(a: &Args) {
+    let ip = a.addr(Some("127.0.0.1"));
+    let port: u16 = a.req_num("port");
+    let idle = Duration::from_millis(a.req_num("idle-ms"));
+    let reply: usize = a.num("reply-bytes").unwrap_or(4);
+    let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
+    let lfd = listener(ip, port, 16);
+    let mut poller = Poller::new();
+    ready();
+    let fd = accept_one(&mut poller, lfd, deadline);
+    wait_readable(&mut poller, fd, deadline);
+    drain(fd);
+    if let Err(e) = send_all(&mut poller, fd, reply, deadline) {
+        die(&format!("reply: {e}"));
+    }
+    let replied = Instant::now();
+    out(&format!("replied {reply}"));
+    if !poller.sleep(idle) {
+        exit(0);
+    }
+    // Anything that arrived meanwhile would turn the close into abort_on_close.
+    drain(fd);
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &lg as *const _ as *const libc::c_void,
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        die(&format!("SO_LINGER: {}", errno_name(errno())));
+    }
+    let idle_ms = replied.elapsed().as_millis();
+    close(fd);
+    out(&format!("closed linger=0 idle_ms={idle_ms}"));
+    close(lfd);
+}
+
+/// Client with TCP keepalive (--keepidle/--keepintvl seconds, --keepcnt probes): connect, print
+/// `connected lport=P`, then wait, silent, until the connection fails: `error ERRNO elapsed_ms=MS`
+/// (ETIMEDOUT once the probes are exhausted), `eof`, or `timeout` at the deadline.
+fn cmd_keepalive(a: &Args) {
+    let ip = a.addr(None);
+    let port: u16 = a.req_num("port");
+    let idle: i32 = a.num("keepidle").unwrap_or(1);
+    let intvl: i32 = a.num("keepintvl").unwrap_or(1);
+    let cnt: i32 = a.num("keepcnt").unwrap_or(2);
+    let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
+    let dst = SocketAddr::new(ip, port);
+    let mut poller = Poller::new();
+    ready();
+    let fd = match tcp_socket(&ip) {
+        Ok(fd) => fd,
+        Err(e) => die(&format!("socket: {}", errno_name(e))),
+    };
+    for (level, opt, val, name) in [
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle, "TCP_KEEPIDLE"),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            intvl,
+            "TCP_KEEPINTVL",
+        ),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt, "TCP_KEEPCNT"),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1, "SO_KEEPALIVE"),
+    ] {
+        if let Err(e) = set_int_opt(fd, level, opt, val) {
+            die(&format!("{name}: {}", errno_name(e)));
+        }
+    }
+    let (st, len) = to_sockaddr(&dst);
+    let r = unsafe { libc::connect(fd, &st as *const _ as *const libc::sockaddr, len) };
+    let e = if r == 0 { 0 } else { errno() };
+    let mut att = [Attempt {
+        fd,
+        lport: local_port(fd),
+        result: match e {
+            0 => Some("connected".into()),
+            libc::EINPROGRESS => None,
+            e => Some(connect_result(e)),
+        },
+    }];
+    finish_connects(&mut poller, &mut att, deadline, false);
+    let res = att[0].result.clone().unwrap();
+    if res != "connected" {
+        out(&format!("{res} attempt=0 lport={}", att[0].lport));
+        exit(1);
+    }
+    out(&format!("connected lport={}", local_port(fd)));
+    let since = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            out("timeout");
+            break;
+        }
+        let Some(rev) = poller.poll(&[(fd, libc::POLLIN)], deadline - now) else {
+            break;
+        };
+        if rev[0] == 0 {
+            continue;
+        }
+        match drain(fd) {
+            (_, Some(0)) => {
+                let e = so_error(fd);
+                if e != 0 {
+                    out(&format!(
+                        "error {} elapsed_ms={}",
+                        errno_name(e),
+                        since.elapsed().as_millis()
+                    ));
+                } else {
+                    out("eof");
+                }
+                break;
+            }
+            (_, Some(e)) => {
+                out(&format!(
+                    "error {} elapsed_ms={}",
+                    errno_name(e),
+                    since.elapsed().as_millis()
+                ));
+                break;
+            }
+            (_, None) => continue,
+        }
+    }
+    close(fd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// delayed-ack (listener_peers.rs): a raw-socket client that completes handshakes late, so the
+// final ACKs meet a full accept queue (ACK-time accept-queue overflow). IPv4 only. The kernel of
+// the client's netns answers the SYN-ACKs with RSTs unless they are filtered there (the test
+// drops outgoing RSTs with iptables in the client netns).
+
+static DA_GO: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn da_on_usr1(_: libc::c_int) {
+    DA_GO.store(true, Ordering::SeqCst);
+}
+
+fn da_csum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for p in parts {
+        for ch in p.chunks(2) {
+            let w = if ch.len() == 2 {
+                u16::from_be_bytes([ch[0], ch[1]])
+            } else {
+                u16::from_be_bytes([ch[0], 0])
+            };
+            sum += u32::from(w);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A 20-byte TCP header (no options, no payload) with its checksum.
+#[allow(clippy::too_many_arguments)]
+fn da_segment(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[8..12].copy_from_slice(&ack.to_be_bytes());
+    h[12] = 5 << 4;
+    h[13] = flags;
+    h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&dst.octets());
+    pseudo[9] = libc::IPPROTO_TCP as u8;
+    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+    let c = da_csum(&[&pseudo, &h]);
+    h[16..18].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+/// (sport, dport, seq, ack, flags) of a TCP segment from `from`, in an IPv4 packet.
+fn da_parse(pkt: &[u8], from: std::net::Ipv4Addr) -> Option<(u16, u16, u32, u32, u8)> {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 || i32::from(pkt[9]) != libc::IPPROTO_TCP {
+        return None;
+    }
+    if pkt[12..16] != from.octets() {
+        return None;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let t = pkt.get(ihl..ihl + 20)?;
+    let be16 = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((
+        be16(&t[0..2]),
+        be16(&t[2..4]),
+        be32(&t[4..8]),
+        be32(&t[8..12]),
+        t[13],
+    ))
+}
+
+fn da_send(fd: i32, dst: std::net::Ipv4Addr, seg: &[u8]) {
+    let (st, len) = to_sockaddr(&SocketAddr::new(IpAddr::V4(dst), 0));
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            seg.as_ptr() as *const libc::c_void,
+            seg.len(),
+            0,
+            &st as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    if r < 0 {
+        die(&format!("sendto {dst}: {}", errno_name(errno())));
+    }
+}
+
+/// Every TCP segment from `from` queued on the raw socket now.
+fn da_recv_all(fd: i32, from: std::net::Ipv4Addr) -> Vec<(u16, u16, u32, u32, u8)> {
+    let mut v = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 0..4096 {
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if n <= 0 {
+            break;
+        }
+        if let Some(s) = da_parse(&buf[..n as usize], from) {
+            v.push(s);
+        }
+    }
+    v
+}
+
+fn cmd_delayed_ack(a: &Args) {
+    let IpAddr::V4(dst) = a.addr(None) else {
+        usage("delayed-ack: --addr must be IPv4")
+    };
+    let src: std::net::Ipv4Addr = a
+        .str("src")
+        .unwrap_or_else(|| usage("--src is required"))
+        .parse()
+        .unwrap_or_else(|_| usage("--src: not an IPv4 address"));
+    let port: u16 = a.req_num("port");
+    let count: u16 = a.num("count").unwrap_or(4);
+    let base: u16 = a
+        .num("sport-base")
+        .unwrap_or(20000 + (std::process::id() % 20000) as u16);
+    let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
+    let linger = Duration::from_millis(a.num("linger-ms").unwrap_or(0));
+    if count == 0 || u32::from(base) + u32::from(count) > 65535 {
+        usage("delayed-ack: bad --count/--sport-base");
+    }
+    unsafe {
+        let mut sa: libc::sigaction = mem::zeroed();
+        sa.sa_sigaction = da_on_usr1 as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = 0;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    };
+    if fd < 0 {
+        die(&format!("raw socket: {}", errno_name(errno())));
+    }
+    let (st, len) = to_sockaddr(&SocketAddr::new(IpAddr::V4(src), 0));
+    if unsafe { libc::bind(fd, &st as *const _ as *const libc::sockaddr, len) } < 0 {
+        die(&format!("bind {src}: {}", errno_name(errno())));
+    }
+    let mut poller = Poller::new();
+    ready();
+    let isn = |i: u16| 0x1000_0000u32.wrapping_add(u32::from(i) << 16) ^ std::process::id();
+    for i in 0..count {
+        da_send(
+            fd,
+            dst,
+            &da_segment(src, dst, base + i, port, isn(i), 0, 0x02),
+        );
+    }
+    // sport -> the server's ISN
+    let mut synacks: HashMap<u16, u32> = HashMap::new();
+    let ours = |p: u16| p >= base && p - base < count;
+    while synacks.len() < usize::from(count) {
+        let now = Instant::now();
+        if now >= deadline {
+            out(&format!("synacks_timeout got={}", synacks.len()));
+            exit(1);
+        }
+        if poller.poll(&[(fd, libc::POLLIN)], deadline - now).is_none() {
+            exit(0);
+        }
+        for (sp, dp, seq, ack, fl) in da_recv_all(fd, dst) {
+            if sp == port
+                && ours(dp)
+                && fl & 0x12 == 0x12
+                && ack == isn(dp - base).wrapping_add(1)
+                && !synacks.contains_key(&dp)
+            {
+                synacks.insert(dp, seq);
+                out(&format!("synack sport={dp}"));
+            }
+        }
+    }
+    out(&format!("synacks {count}"));
+    // Hold the handshakes half-open until the test says go (SIGUSR1), bounded.
+    let mut synack_retrans = 0u32;
+    while !DA_GO.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= deadline {
+            die("timed out waiting for SIGUSR1");
+        }
+        if poller.poll(&[(fd, libc::POLLIN)], deadline - now).is_none() {
+            exit(0);
+        }
+        synack_retrans += da_recv_all(fd, dst)
+            .iter()
+            .filter(|s| s.0 == port && ours(s.1) && s.4 & 0x12 == 0x12)
+            .count() as u32;
+    }
+    for i in 0..count {
+        let sp = base + i;
+        let seg = da_segment(
+            src,
+            dst,
+            sp,
+            port,
+            isn(i).wrapping_add(1),
+            synacks[&sp].wrapping_add(1),
+            0x10,
+        );
+        da_send(fd, dst, &seg);
+    }
+    out(&format!("acked {count} synack_retrans={synack_retrans}"));
+    // Watch for the server's answers (RSTs with tcp_abort_on_overflow=1) for --linger-ms.
+    let until = Instant::now() + linger;
+    let mut rsts: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        if poller.poll(&[(fd, libc::POLLIN)], until - now).is_none() {
+            break;
+        }
+        for (sp, dp, _, _, fl) in da_recv_all(fd, dst) {
+            if sp == port && ours(dp) && fl & 0x04 != 0 && rsts.insert(dp) {
+                out(&format!("rst sport={dp}"));
+            }
+        }
+    }
+    out(&format!("done rsts={}", rsts.len()));
+    close(fd);
+}
+
 fn main() {
     install_signal_handlers();
     let argv: Vec<String> = std::env::args().collect();
@@ -945,6 +1498,45 @@ fn main() {
         "send" => cmd_send(&Args::parse(
             rest,
             &["addr", "port", "bytes", "wait-close!", "timeout-ms"],
+        )),
+        "late-send" => cmd_late_send(&Args::parse(
+            rest,
+            &[
+                "addr",
+                "port",
+                "bytes",
+                "late-bytes",
+                "close-after-eof!",
+                "go-file",
+                "timeout-ms",
+            ],
+        )),
+        "idle-linger0" => cmd_idle_linger0(&Args::parse(
+            rest,
+            &["addr", "port", "idle-ms", "reply-bytes", "timeout-ms"],
+        )),
+        "keepalive" => cmd_keepalive(&Args::parse(
+            rest,
+            &[
+                "addr",
+                "port",
+                "keepidle",
+                "keepintvl",
+                "keepcnt",
+                "timeout-ms",
+            ],
+        )),
+        "delayed-ack" => cmd_delayed_ack(&Args::parse(
+            rest,
+            &[
+                "addr",
+                "src",
+                "port",
+                "count",
+                "sport-base",
+                "timeout-ms",
+                "linger-ms",
+            ],
         )),
         "-h" | "--help" | "help" => {
             println!("rst-trace-peer listen|connect|abort-close|linger0|send [options]");
