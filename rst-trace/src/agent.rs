@@ -375,6 +375,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut stats_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
     let mut fold_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut hold_tick =
+        tokio::time::interval(Duration::from_nanos(crate::pipeline::RECEIVED_HOLD_NS));
+    hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let poll_every = Duration::from_millis(args.poll_interval_ms);
     let mut poll_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
@@ -389,6 +392,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     agent.process(bytes);
                 }
                 guard.clear_ready();
+            }
+            _ = hold_tick.tick() => {
+                let held = agent.pipeline.release_received(false);
+                agent.emit(held);
             }
             _ = fold_tick.tick() => {
                 let stale = agent.pipeline.expire_foreign_resets();
@@ -415,6 +422,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     agent.poll_listeners(&mut poller);
     let stale = agent.pipeline.expire_foreign_resets();
     agent.emit(stale);
+    let held = agent.pipeline.release_received(true);
+    agent.emit(held);
     agent.stats(true);
     drop(loaded);
     Ok(())

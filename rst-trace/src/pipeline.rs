@@ -99,6 +99,10 @@ pub struct Pipeline<H: HostInfo> {
     /// namespaces can be linked to its cause on the sending side.
     recent_sent: HashMap<Endpoints, SentRst>,
     recent_sent_order: VecDeque<(u64, Endpoints)>,
+    /// Received RSTs held back briefly for the local RST that caused them: for active resets
+    /// the kernel traces the sending side only after transmitting, so on loopback the
+    /// receiving side's record comes first.
+    pending_received: VecDeque<(u64, Diagnosis)>,
     /// SYN-queue overflows reported per packet since the last poll, per (netns, port).
     synq_per_packet: HashMap<(u32, u16), u64>,
     /// Sockets to a destination by state, sampled at most once a second per destination.
@@ -115,6 +119,9 @@ struct SentRst {
     owner_pid: Option<u32>,
 }
 
+/// How long a received RST waits for the local RST that caused it.
+pub const RECEIVED_HOLD_NS: u64 = 50_000_000;
+const FIREWALL_REFUSAL: &str = "A local netfilter rule (REJECT --reject-with tcp-reset) refused the connection, not a missing listener: see the firewall_reject event and the rule.";
 /// How long a sent RST waits to be matched by the peer's receipt of it.
 const RST_LINK_WINDOW_NS: u64 = 2_000_000_000;
 const MAX_RECENT_SENT: usize = 16_384;
@@ -153,6 +160,7 @@ impl<H: HostInfo> Pipeline<H> {
             recent_sent_order: VecDeque::new(),
             port_census: HashMap::new(),
             synq_per_packet: HashMap::new(),
+            pending_received: VecDeque::new(),
         }
     }
 
@@ -230,6 +238,25 @@ impl<H: HostInfo> Pipeline<H> {
             };
             self.recent_sent.remove(&k);
         }
+        let sent_key = Endpoints {
+            local: e.remote,
+            remote: e.local,
+        };
+        for (_, pending) in self.pending_received.iter_mut() {
+            if pending.related.is_none() && pending.endpoints == Some(sent_key) {
+                pending.related = Some(json!({
+                    "cause": d.cause.as_str(),
+                    "direction": "sent",
+                    "origin": d.origin,
+                    "netns": d.netns,
+                    "owner_pid": d.owner.as_ref().map(|o| o.pid),
+                    "note": "this RST was sent by this host; its cause on the sending side is above",
+                }));
+                if d.cause == Cause::FirewallReject && pending.cause == Cause::ConnectionRefused {
+                    pending.advice = FIREWALL_REFUSAL.to_owned();
+                }
+            }
+        }
         self.recent_sent.insert(
             e,
             SentRst {
@@ -261,6 +288,21 @@ impl<H: HostInfo> Pipeline<H> {
                 "note": "this RST was sent by this host; its cause on the sending side is above",
             })
         })
+    }
+
+    /// Received RSTs whose hold is over (all of them when `force`), in arrival order.
+    pub fn release_received(&mut self, force: bool) -> Vec<Diagnosis> {
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        while let Some((t, _)) = self.pending_received.front() {
+            if !force && now.saturating_sub(*t) < RECEIVED_HOLD_NS {
+                break;
+            }
+            if let Some((_, d)) = self.pending_received.pop_front() {
+                out.push(d);
+            }
+        }
+        out
     }
 
     /// Netfilter RSTs whose dropped segment was never seen (e.g. REJECT outside INPUT):
@@ -736,6 +778,25 @@ impl<H: HostInfo> Pipeline<H> {
                 json!((idle * 1000.0).round() / 1000.0),
             );
         }
+        if cause == Cause::KeepaliveTimeout {
+            // Namespace defaults; a socket may override them with TCP_KEEPIDLE/INTVL/CNT.
+            let mut ka = serde_json::Map::new();
+            for (key, sysctl) in [
+                ("time_seconds", "net.ipv4.tcp_keepalive_time"),
+                ("interval_seconds", "net.ipv4.tcp_keepalive_intvl"),
+                ("probes", "net.ipv4.tcp_keepalive_probes"),
+            ] {
+                ka.insert(
+                    key.into(),
+                    json!(self
+                        .host
+                        .sysctl(d.netns, sysctl)
+                        .and_then(|v| v.parse::<u64>().ok())),
+                );
+            }
+            d.evidence
+                .insert("keepalive_defaults".into(), Value::Object(ka));
+        }
         if cause == Cause::AbortByApplication {
             d.evidence.insert(
                 "linger".into(),
@@ -779,15 +840,27 @@ impl<H: HostInfo> Pipeline<H> {
         }
         d.evidence
             .insert("sock_cookie".into(), json!(r.sock_cookie));
-        if let Some(e) = endpoints {
-            d.related = self.sent_counterpart(&e);
-        }
         let af = AdviceFacts {
             port: endpoints.map(|e| e.remote.port),
             idle_s: self.idle_seconds(&r.snap),
             ..Default::default()
         };
         d.advice = advice(cause, &af);
+        if let Some(e) = endpoints {
+            d.related = self.sent_counterpart(&e);
+        }
+        let refused_by_firewall = d.related.as_ref().and_then(|r| r["cause"].as_str())
+            == Some(Cause::FirewallReject.as_str());
+        if cause == Cause::ConnectionRefused && refused_by_firewall {
+            d.advice = FIREWALL_REFUSAL.to_owned();
+        }
+        if d.related.is_none()
+            && endpoints.is_some()
+            && self.pending_received.len() < MAX_RECENT_SENT
+        {
+            self.pending_received.push_back((monotonic_ns(), d));
+            return Vec::new();
+        }
         vec![d]
     }
 

@@ -1,0 +1,912 @@
+//! rst-trace-vmcheck: the cause scenarios, run inside a QEMU guest by `cargo xtask integration-test vm`.
+//!
+//! std + libc (for kill) + serde_json only: it runs from an initramfs with nothing but busybox, the
+//! agent and rst-trace-peer. Everything happens in the guest's root network namespace: the VM is
+//! isolated, so the MIB counters move only because of the scenarios, which run one after another.
+//!
+//! One agent (`rst-trace run --format json --duration N`) serves all scenarios: under QEMU's
+//! software emulation its start-up (BTF, the verifier) takes from seconds to minutes, too long to
+//! pay per scenario. Each scenario uses its own ports and only looks at the events that arrived
+//! after it began; the agent is stopped with SIGTERM at the end (clean exit, final stats line).
+//!
+//! ```text
+//! rst-trace-vmcheck [--agent PATH] [--peer PATH] [--workdir DIR] [--only NAME[,NAME…]]
+//! ```
+//!
+//! Console protocol (one line each, parsed by xtask/src/vm/report.rs):
+//! * `RST-AGENT-STARTED {json}`: the agent's `rst_trace.started` line, verbatim
+//! * `RST-AGENT-READY <secs>`: seconds from spawning the agent to its started line
+//! * `RST-AGENT-STDERR <phase> <line>`: the agent's stderr (`start`: up to the started line,
+//!   `run`: later); long verifier logs are shortened to their head and tail
+//! * `RST-SCENARIO-EVENT <name> {json}`: on failure, each cause event of the scenario's window
+//! * `RST-SCENARIO <name> PASS|FAIL {json detail}`: `detail.checks` lists what was compared
+//! * `RST-AGENT-FINAL {json}`: the agent's exit status and final stats line
+//! * `RST-NOTE <text>`: progress with the guest's uptime, for the log only
+//!
+//! Exit status: 0 if every scenario passed, 1 otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Under TCG the guest is 10-50x slower than the host: every bound here is generous.
+const STARTED_TIMEOUT: Duration = Duration::from_secs(240);
+const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the expected events arrived: how long extra (duplicate, wrong) events may still come.
+const GRACE: Duration = Duration::from_secs(2);
+/// Safety bound for the agent; it is normally stopped with SIGTERM long before.
+const AGENT_DURATION_SECS: u64 = 900;
+
+const SCENARIOS: &[&str] = &[
+    "no_listener",
+    "accept_queue_overflow",
+    "abort_on_close",
+    "abort_by_application",
+];
+
+struct Config {
+    agent: String,
+    peer: String,
+    workdir: String,
+    only: Option<BTreeSet<String>>,
+}
+
+fn parse_args() -> Config {
+    let mut cfg = Config {
+        agent: "/bin/rst-trace".into(),
+        peer: "/bin/rst-trace-peer".into(),
+        workdir: "/tmp".into(),
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next().unwrap_or_else(|| {
+                eprintln!("rst-trace-vmcheck: {a} needs a value");
+                std::process::exit(2)
+            })
+        };
+        match a.as_str() {
+            "--agent" => cfg.agent = val(),
+            "--peer" => cfg.peer = val(),
+            "--workdir" => cfg.workdir = val(),
+            "--only" => cfg.only = Some(val().split(',').map(str::to_owned).collect()),
+            _ => {
+                eprintln!("usage: rst-trace-vmcheck [--agent PATH] [--peer PATH] [--workdir DIR] [--only NAME,…]");
+                std::process::exit(2)
+            }
+        }
+    }
+    cfg
+}
+
+fn say(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn note(text: &str) {
+    let up = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let up = up.split_whitespace().next().unwrap_or("?");
+    say(&format!("RST-NOTE [{up}] {text}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON accessors (dotted paths, as in docs/agent-interface.md)
+
+fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |cur, k| cur.get(k))
+}
+
+fn s<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
+    get(v, path)?.as_str()
+}
+
+fn u(v: &Value, path: &str) -> Option<u64> {
+    get(v, path)?.as_u64()
+}
+
+fn is_cause(v: &Value, cause: &str) -> bool {
+    s(v, "event.kind") == Some("cause") && s(v, "cause") == Some(cause)
+}
+
+fn is_final_stats(v: &Value) -> bool {
+    s(v, "event.name") == Some("rst_trace.stats") && get(v, "final") == Some(&Value::Bool(true))
+}
+
+// ---------------------------------------------------------------------------------------------
+// MIB: /proc/net/snmp and /proc/net/netstat as "Tcp.OutRsts", "TcpExt.ListenOverflows", …
+
+type Mib = BTreeMap<String, i64>;
+
+fn mib() -> Mib {
+    let mut m = Mib::new();
+    for path in ["/proc/net/snmp", "/proc/net/netstat"] {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let (Some((p1, names)), Some((p2, values))) =
+                (names.split_once(':'), values.split_once(':'))
+            else {
+                continue;
+            };
+            if p1 != p2 {
+                continue;
+            }
+            for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                if let Ok(v) = v.parse::<i64>() {
+                    m.insert(format!("{p1}.{n}"), v);
+                }
+            }
+        }
+    }
+    m
+}
+
+fn delta(before: &Mib, after: &Mib, key: &str) -> i64 {
+    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
+}
+
+fn changes(before: &Mib, after: &Mib) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in after {
+        let d = v - before.get(k).copied().unwrap_or(0);
+        if d != 0 && (k.starts_with("Tcp.") || k.starts_with("TcpExt.")) {
+            out.insert(k.clone(), json!(d));
+        }
+    }
+    Value::Object(out)
+}
+
+/// Waits until the TCP MIB stops moving (clients gone, no retransmissions left).
+fn settled_mib() -> Mib {
+    let mut last = mib();
+    for _ in 0..120 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = mib();
+        if changes(&last, &now)
+            .as_object()
+            .is_some_and(|o| o.is_empty())
+        {
+            return now;
+        }
+        last = now;
+    }
+    note("the TCP MIB kept changing for 60 s");
+    last
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent
+
+struct Agent {
+    child: Child,
+    out_path: String,
+    err_path: String,
+    consumed: usize,
+    lines: Vec<Value>,
+    started: Value,
+    startup_secs: f64,
+    /// Bytes of stderr already printed.
+    err_printed: usize,
+}
+
+impl Agent {
+    fn start(cfg: &Config) -> Result<Agent, String> {
+        let out_path = format!("{}/agent.out", cfg.workdir);
+        let err_path = format!("{}/agent.err", cfg.workdir);
+        let out = File::create(&out_path).map_err(|e| format!("create {out_path}: {e}"))?;
+        let err = File::create(&err_path).map_err(|e| format!("create {err_path}: {e}"))?;
+        let t0 = Instant::now();
+        let child = Command::new(&cfg.agent)
+            .args(["run", "--format", "json", "--duration"])
+            .arg(AGENT_DURATION_SECS.to_string())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", cfg.agent))?;
+        let mut agent = Agent {
+            child,
+            out_path,
+            err_path,
+            consumed: 0,
+            lines: Vec::new(),
+            started: Value::Null,
+            startup_secs: 0.0,
+            err_printed: 0,
+        };
+        loop {
+            agent.refresh();
+            if let Some(v) = agent
+                .lines
+                .iter()
+                .find(|v| s(v, "event.name") == Some("rst_trace.started"))
+            {
+                agent.started = v.clone();
+                agent.startup_secs = t0.elapsed().as_secs_f64();
+                return Ok(agent);
+            }
+            if let Ok(Some(st)) = agent.child.try_wait() {
+                agent.print_stderr("start");
+                return Err(format!(
+                    "the agent exited ({st}) before its rst_trace.started line"
+                ));
+            }
+            if t0.elapsed() > STARTED_TIMEOUT {
+                let _ = agent.child.kill();
+                let _ = agent.child.wait();
+                agent.print_stderr("start");
+                return Err(format!(
+                    "no rst_trace.started line within {} s",
+                    STARTED_TIMEOUT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Parses the complete lines written since the last call.
+    fn refresh(&mut self) {
+        let mut buf = Vec::new();
+        if let Ok(mut f) = File::open(&self.out_path) {
+            let _ = f.read_to_end(&mut buf);
+        }
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        if end < self.consumed {
+            return;
+        }
+        for line in String::from_utf8_lossy(&buf[self.consumed..=end]).lines() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) => self.lines.push(v),
+                Err(_) => self.lines.push(json!({"unparsed": line})),
+            }
+        }
+        self.consumed = end + 1;
+    }
+
+    /// Where a scenario's events begin.
+    fn mark(&mut self) -> usize {
+        self.refresh();
+        self.lines.len()
+    }
+
+    fn since(&mut self, mark: usize) -> Vec<Value> {
+        self.refresh();
+        self.lines[mark..].to_vec()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until `n` lines since `mark` match (or the agent exits, or `timeout`).
+    fn wait_for(
+        &mut self,
+        mark: usize,
+        pred: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.refresh();
+            let got = self.lines[mark..].iter().filter(|v| pred(v)).count();
+            if got >= n || Instant::now() >= deadline || !self.alive() {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM: the agent drains its ring buffer, polls once more and prints the final stats.
+    fn stop(&mut self) -> Value {
+        if self.alive() {
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let exit = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break st.code().map_or(json!(st.to_string()), |c| json!(c)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break json!("killed: no exit within 60 s of SIGTERM");
+                }
+            }
+        };
+        self.refresh();
+        let final_stats = self.lines.iter().find(|v| is_final_stats(v)).cloned();
+        json!({"exit": exit, "final_stats": final_stats, "lines": self.lines.len()})
+    }
+
+    /// Prints the stderr written since the last call, verifier logs shortened.
+    fn print_stderr(&mut self, phase: &str) {
+        let text = fs::read(&self.err_path).unwrap_or_default();
+        if text.len() <= self.err_printed {
+            return;
+        }
+        let new = String::from_utf8_lossy(&text[self.err_printed..]).into_owned();
+        self.err_printed = text.len();
+        for l in shorten_verifier_logs(&new) {
+            say(&format!("RST-AGENT-STDERR {phase} {l}"));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The agent prints the verifier's log indented by four spaces; a rejected program's log can run
+/// to thousands of lines. Keeps the head and the tail (where the verdict is) of every block.
+fn shorten_verifier_logs(text: &str) -> Vec<String> {
+    const HEAD: usize = 4;
+    const TAIL: usize = 16;
+    let mut out = Vec::new();
+    let mut block: Vec<&str> = Vec::new();
+    let flush = |block: &mut Vec<&str>, out: &mut Vec<String>| {
+        if block.len() > HEAD + TAIL + 1 {
+            out.extend(block[..HEAD].iter().map(|l| l.to_string()));
+            out.push(format!(
+                "    […{} verifier log lines left out…]",
+                block.len() - HEAD - TAIL
+            ));
+            out.extend(block[block.len() - TAIL..].iter().map(|l| l.to_string()));
+        } else {
+            out.extend(block.iter().map(|l| l.to_string()));
+        }
+        block.clear();
+    };
+    for line in text.lines() {
+        if line.starts_with("    ") {
+            block.push(line);
+        } else {
+            flush(&mut block, &mut out);
+            out.push(line.to_owned());
+        }
+    }
+    flush(&mut block, &mut out);
+    out
+}
+
+fn causes_seen(lines: &[Value]) -> Value {
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    for v in lines {
+        if s(v, "event.kind") == Some("cause") {
+            *m.entry(s(v, "cause").unwrap_or("?").to_owned())
+                .or_default() += 1;
+        }
+    }
+    json!(m)
+}
+
+fn port_of(v: &Value) -> Option<u64> {
+    u(v, "network.local.port")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers
+
+struct Peer {
+    child: Child,
+    pid: u32,
+    stdout: BufReader<ChildStdout>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Peer {
+    /// Spawns a peer and waits for its `ready <pid>` line.
+    fn spawn(cfg: &Config, args: &[&str]) -> Result<Peer, String> {
+        let mut child = Command::new(&cfg.peer)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn {} {args:?}: {e}", cfg.peer))?;
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .ok_or_else(|| format!("peer {args:?} did not print `ready <pid>`: {line:?}"))?;
+        if pid != child.id() {
+            return Err(format!(
+                "peer says pid {pid}, but we spawned {}",
+                child.id()
+            ));
+        }
+        Ok(Peer {
+            child,
+            pid,
+            stdout,
+            stdin,
+        })
+    }
+
+    /// Waits (bounded) for exit; returns (exit code, remaining output lines).
+    fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => {
+                    let mut rest = String::new();
+                    let _ = self.stdout.read_to_string(&mut rest);
+                    return (st.code(), rest.lines().map(str::to_owned).collect());
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return (None, vec!["killed: did not exit in time".into()]);
+                }
+            }
+        }
+    }
+
+    /// Closing stdin (a pipe) makes a serving peer exit on its own.
+    fn stop(mut self) -> (Option<i32>, Vec<String>) {
+        self.stdin.take();
+        self.wait_exit(Duration::from_secs(20))
+    }
+}
+
+/// Runs a client peer to completion; returns its output lines after `ready`.
+fn run_client(cfg: &Config, args: &[&str], timeout: Duration) -> Result<Vec<String>, String> {
+    let p = Peer::spawn(cfg, args)?;
+    let (code, lines) = p.wait_exit(timeout);
+    match code {
+        Some(0) | Some(1) => Ok(lines),
+        other => Err(format!("client {args:?} exited {other:?}: {lines:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+struct Outcome {
+    checks: Vec<Value>,
+    info: serde_json::Map<String, Value>,
+}
+
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            checks: Vec::new(),
+            info: serde_json::Map::new(),
+        }
+    }
+
+    fn check(&mut self, what: &str, want: Value, got: Value) {
+        let ok = want == got;
+        self.checks
+            .push(json!({"check": what, "want": want, "got": got, "ok": ok}));
+    }
+
+    fn check_true(&mut self, what: &str, ok: bool, got: Value) {
+        self.checks
+            .push(json!({"check": what, "want": true, "got": got, "ok": ok}));
+    }
+
+    fn info(&mut self, k: &str, v: Value) {
+        self.info.insert(k.to_owned(), v);
+    }
+
+    fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c["ok"] == json!(true))
+    }
+}
+
+/// Fields that say how a cause was recognised on this kernel.
+fn how(v: &Value) -> Value {
+    json!({
+        "cause": get(v, "cause"),
+        "reason": get(v, "reason"),
+        "inferred": get(v, "inferred"),
+        "origin": get(v, "origin"),
+        "state": get(v, "tcp.state"),
+        "owner_pid": get(v, "owner.process.pid"),
+        "local_port": get(v, "network.local.port"),
+        "count": get(v, "count"),
+    })
+}
+
+fn no_listener(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    let ports: [u16; 3] = [40101, 40202, 40303];
+    let mark = agent.mark();
+    let before = mib();
+    let mut clients = Vec::new();
+    for p in ports {
+        let port = p.to_string();
+        let args = [
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--timeout-ms",
+            "5000",
+        ];
+        let lines = run_client(cfg, &args, Duration::from_secs(30))?;
+        clients.push(json!({"port": p, "result": lines}));
+    }
+    o.info("clients", json!(clients));
+    agent.wait_for(
+        mark,
+        |v| is_cause(v, "no_listener"),
+        ports.len(),
+        EVENT_TIMEOUT,
+    );
+    std::thread::sleep(GRACE);
+    let after = mib();
+    let lines = agent.since(mark);
+    let evs: Vec<&Value> = lines
+        .iter()
+        .filter(|v| is_cause(v, "no_listener"))
+        .collect();
+    let got_ports: BTreeSet<u64> = evs.iter().filter_map(|v| port_of(v)).collect();
+    o.check("no_listener events", json!(ports.len()), json!(evs.len()));
+    o.check(
+        "ports of the events",
+        json!(ports),
+        json!(got_ports.iter().collect::<Vec<_>>()),
+    );
+    o.check(
+        "Tcp.OutRsts delta",
+        json!(ports.len()),
+        json!(delta(&before, &after, "Tcp.OutRsts")),
+    );
+    o.info(
+        "events",
+        json!(evs.iter().map(|v| how(v)).collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
+    o.info("mib_changes", changes(&before, &after));
+    Ok(())
+}
+
+fn overflow_total(lines: &[Value], port: u64) -> u64 {
+    lines
+        .iter()
+        .filter(|v| is_cause(v, "accept_queue_overflow") && port_of(v) == Some(port))
+        .filter(|v| s(v, "direction") == Some("dropped"))
+        .filter_map(|v| u(v, "count"))
+        .sum()
+}
+
+fn accept_queue_overflow(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    let port = 41001u64;
+    let port_s = port.to_string();
+    let mark = agent.mark();
+    let before = mib();
+    // listen(1) and never accept: the accept queue holds two connections, the rest drop.
+    let server = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--backlog",
+            "1",
+        ],
+    )?;
+    let server_pid = server.pid;
+    let client = run_client(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--count",
+            "20",
+            "--nonblocking",
+            "--timeout-ms",
+            "2500",
+        ],
+        Duration::from_secs(60),
+    )?;
+    let mut results: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &client {
+        *results
+            .entry(l.split_whitespace().next().unwrap_or("").to_owned())
+            .or_default() += 1;
+    }
+    o.info("client_results", json!(results));
+    let after = settled_mib();
+    let overflows = delta(&before, &after, "TcpExt.ListenOverflows");
+    // SYN-time drops are found by polling the listener's drop counter (every 500 ms by default):
+    // wait, with the listener still there, until the agent has reported them all.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reported = overflow_total(&agent.since(mark), port);
+        if reported as i64 >= overflows || Instant::now() >= deadline || !agent.alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    let _ = server.stop();
+
+    let evs: Vec<&Value> = lines
+        .iter()
+        .filter(|v| is_cause(v, "accept_queue_overflow") && port_of(v) == Some(port))
+        .collect();
+    let reported = overflow_total(&lines, port);
+    let owners: BTreeSet<u64> = evs
+        .iter()
+        .map(|v| u(v, "owner.process.pid").unwrap_or(0))
+        .collect();
+    o.check_true(
+        "TcpExt.ListenOverflows delta > 0 (the scenario overflowed)",
+        overflows > 0,
+        json!(overflows),
+    );
+    o.check(
+        "agent accept_queue_overflow dropped total == TcpExt.ListenOverflows delta",
+        json!(overflows),
+        json!(reported),
+    );
+    o.check(
+        "owner pid of every accept_queue_overflow event (0 = none)",
+        json!([server_pid]),
+        json!(owners.iter().collect::<Vec<_>>()),
+    );
+    o.info("server_pid", json!(server_pid));
+    o.info(
+        "ListenDrops",
+        json!(delta(&before, &after, "TcpExt.ListenDrops")),
+    );
+    o.info(
+        "TCPReqQFullDrop",
+        json!(delta(&before, &after, "TcpExt.TCPReqQFullDrop")),
+    );
+    o.info(
+        "stages",
+        json!(evs
+            .iter()
+            .filter(|v| s(v, "direction") == Some("dropped"))
+            .map(|v| s(v, "evidence.stage").unwrap_or("-").to_owned())
+            .collect::<BTreeSet<_>>()),
+    );
+    o.info(
+        "events",
+        json!(evs
+            .iter()
+            .map(|v| {
+                let mut h = how(v);
+                h["direction"] = get(v, "direction").cloned().unwrap_or(Value::Null);
+                h["stage"] = get(v, "evidence.stage").cloned().unwrap_or(Value::Null);
+                h["queue"] = get(v, "evidence.accept_queue")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                h
+            })
+            .collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
+    o.info("mib_changes", changes(&before, &after));
+    Ok(())
+}
+
+/// abort-close / linger0 server + `send --wait-close` client; the server's close sends the RST.
+fn connection_abort(
+    cfg: &Config,
+    o: &mut Outcome,
+    agent: &mut Agent,
+    mode: &str,
+    port: u64,
+    want_cause: &str,
+    mib_key: &str,
+) -> Result<(), String> {
+    let port_s = port.to_string();
+    let mark = agent.mark();
+    let before = mib();
+    let mut server_args = vec![mode, "--port", &port_s];
+    if mode == "linger0" {
+        server_args.push("--wait-data");
+    }
+    let server = Peer::spawn(cfg, &server_args)?;
+    let server_pid = server.pid;
+    let client = Peer::spawn(
+        cfg,
+        &[
+            "send",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--bytes",
+            "1000",
+            "--wait-close",
+        ],
+    )?;
+    let client_pid = client.pid;
+    let (ccode, cout) = client.wait_exit(Duration::from_secs(60));
+    let (scode, sout) = server.wait_exit(Duration::from_secs(60));
+    o.info(
+        "peers",
+        json!({"server": {"pid": server_pid, "exit": scode, "out": sout},
+               "client": {"pid": client_pid, "exit": ccode, "out": cout}}),
+    );
+    let mine = |v: &Value| is_cause(v, want_cause) && port_of(v) == Some(port);
+    agent.wait_for(mark, mine, 1, EVENT_TIMEOUT);
+    // The client's side of the same RST, for the record.
+    agent.wait_for(
+        mark,
+        |v| is_cause(v, "reset_by_peer"),
+        1,
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(GRACE);
+    let after = mib();
+    let lines = agent.since(mark);
+    let evs: Vec<&Value> = lines.iter().filter(|v| mine(v)).collect();
+    o.check(
+        &format!("{want_cause} events on :{port}"),
+        json!(1),
+        json!(evs.len()),
+    );
+    o.check(
+        "owner pid is the closing server",
+        json!(server_pid),
+        json!(evs.first().and_then(|v| u(v, "owner.process.pid"))),
+    );
+    let first = evs.first().map(|v| how(v)).unwrap_or(Value::Null);
+    o.info("reason", first["reason"].clone());
+    o.info("inferred", first["inferred"].clone());
+    o.info(
+        "events",
+        json!(evs.iter().map(|v| how(v)).collect::<Vec<_>>()),
+    );
+    // What the agent said instead, if it said something else about this connection.
+    o.info(
+        "port_events",
+        json!(lines
+            .iter()
+            .filter(|v| s(v, "event.kind") == Some("cause")
+                && (port_of(v) == Some(port) || u(v, "network.peer.port") == Some(port)))
+            .map(how)
+            .collect::<Vec<_>>()),
+    );
+    let sent = lines
+        .iter()
+        .filter(|v| s(v, "event.kind") == Some("cause") && s(v, "direction") == Some("sent"))
+        .count();
+    o.info(
+        "sent_rst_events_vs_Tcp.OutRsts",
+        json!([sent, delta(&before, &after, "Tcp.OutRsts")]),
+    );
+    o.info(mib_key, json!(delta(&before, &after, mib_key)));
+    o.info("causes_seen", causes_seen(&lines));
+    o.info("mib_changes", changes(&before, &after));
+    Ok(())
+}
+
+fn run_scenario(cfg: &Config, name: &str, agent: &mut Result<Agent, String>) -> bool {
+    note(&format!("scenario {name}"));
+    let mut o = Outcome::new();
+    let mark = agent.as_mut().map_or(0, |a| a.mark());
+    let result = match agent {
+        Err(e) => Err(format!("no agent: {e}")),
+        Ok(agent) => match name {
+            _ if !agent.alive() => Err("the agent exited before this scenario".to_owned()),
+            "no_listener" => no_listener(cfg, &mut o, agent),
+            "accept_queue_overflow" => accept_queue_overflow(cfg, &mut o, agent),
+            "abort_on_close" => connection_abort(
+                cfg,
+                &mut o,
+                agent,
+                "abort-close",
+                41101,
+                "abort_on_close",
+                "TcpExt.TCPAbortOnClose",
+            ),
+            "abort_by_application" => connection_abort(
+                cfg,
+                &mut o,
+                agent,
+                "linger0",
+                41102,
+                "abort_by_application",
+                "TcpExt.TCPAbortOnData",
+            ),
+            other => Err(format!("unknown scenario {other}")),
+        },
+    };
+    let pass = result.is_ok() && o.passed();
+    let mut detail = json!({"checks": o.checks, "info": o.info});
+    if let Err(e) = &result {
+        detail["error"] = json!(e);
+    }
+    if !pass {
+        // Everything the agent said during the scenario, verbatim: what it saw instead.
+        if let Ok(a) = agent {
+            let events: Vec<Value> = a
+                .since(mark)
+                .into_iter()
+                .filter(|v| s(v, "event.kind") == Some("cause"))
+                .collect();
+            for v in events.iter().take(30) {
+                say(&format!("RST-SCENARIO-EVENT {name} {v}"));
+            }
+            if events.len() > 30 {
+                note(&format!(
+                    "{name}: {} more cause events left out",
+                    events.len() - 30
+                ));
+            }
+        }
+    }
+    say(&format!(
+        "RST-SCENARIO {name} {} {detail}",
+        if pass { "PASS" } else { "FAIL" }
+    ));
+    pass
+}
+
+fn main() {
+    let cfg = parse_args();
+    // A broken console must not kill us halfway.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let _ = fs::create_dir_all(&cfg.workdir);
+    note("starting the agent");
+    let mut agent = Agent::start(&cfg);
+    match &mut agent {
+        Ok(a) => {
+            say(&format!("RST-AGENT-READY {:.1}", a.startup_secs));
+            say(&format!("RST-AGENT-STARTED {}", a.started));
+            a.print_stderr("start");
+        }
+        Err(e) => note(&format!("the agent did not start: {e}")),
+    }
+    let mut all = agent.is_ok();
+    for name in SCENARIOS {
+        if cfg.only.as_ref().is_some_and(|o| !o.contains(*name)) {
+            continue;
+        }
+        all &= run_scenario(&cfg, name, &mut agent);
+    }
+    if let Ok(a) = &mut agent {
+        note("stopping the agent");
+        let fin = a.stop();
+        all &= fin["exit"] == json!(0);
+        say(&format!("RST-AGENT-FINAL {fin}"));
+        a.print_stderr("run");
+    }
+    std::process::exit(if all { 0 } else { 1 });
+}
