@@ -1311,3 +1311,257 @@ fn tcp_flags(b: u8) -> String {
         .collect::<Vec<_>>()
         .join("|")
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline fed with records as the kernel would write them, no kernel involved.
+    use std::collections::BTreeMap;
+
+    use rst_trace_common::{RecordKind, Tuple, RECORD_VERSION, STATE_TASK_VALID};
+
+    use super::*;
+
+    struct FakeHost;
+
+    impl HostInfo for FakeHost {
+        fn cgroup_of(&self, _pid: u32) -> Option<String> {
+            Some("/system.slice/app.service".into())
+        }
+        fn nofile_limit(&self, _pid: u32) -> Option<(u64, u64)> {
+            Some((8, 4096))
+        }
+        fn open_fds(&self, _pid: u32) -> Option<u64> {
+            Some(8)
+        }
+        fn file_nr(&self) -> Option<[u64; 3]> {
+            Some([100, 0, 1000])
+        }
+        fn sysctl(&self, _netns: u32, name: &str) -> Option<String> {
+            Some(
+                if name == "net.core.somaxconn" {
+                    "4096"
+                } else {
+                    "0"
+                }
+                .into(),
+            )
+        }
+        fn sockets_to(
+            &self,
+            _netns: u32,
+            _dst: std::net::IpAddr,
+            _port: u16,
+        ) -> Option<BTreeMap<&'static str, u64>> {
+            None
+        }
+    }
+
+    const NS: u32 = 4026532001;
+
+    fn pipeline() -> Pipeline<FakeHost> {
+        let rst = ReasonNames::from_pairs([("NO_SOCKET".into(), 1), ("TCP_STATE".into(), 14)]);
+        Pipeline::new(
+            rst,
+            ReasonNames::default(),
+            FakeHost,
+            Clock::fixed(SystemTime::UNIX_EPOCH),
+            250,
+        )
+    }
+
+    fn header(kind: RecordKind, t: u64) -> rst_trace_common::RecordHeader {
+        rst_trace_common::RecordHeader {
+            kind: kind as u16,
+            version: RECORD_VERSION,
+            cpu: 0,
+            ktime_ns: t,
+            netns: NS,
+            _pad: 0,
+        }
+    }
+
+    fn tuple(lport: u16, rport: u16) -> Tuple {
+        let mut t = Tuple {
+            family: 2,
+            local_port: lport,
+            remote_port: rport,
+            ..Default::default()
+        };
+        t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        t
+    }
+
+    fn task(pid: u32, comm: &[u8]) -> rst_trace_common::TaskInfo {
+        let mut t = rst_trace_common::TaskInfo {
+            tid: pid,
+            pid,
+            ..Default::default()
+        };
+        t.comm[..comm.len()].copy_from_slice(comm);
+        t
+    }
+
+    fn listen(p: &mut Pipeline<FakeHost>, sk: u64, port: u16, pid: u32, t: u64) {
+        let r = SockStateRecord {
+            header: header(RecordKind::SockState, t),
+            tuple: tuple(port, 0),
+            skaddr: sk,
+            old_state: TCP_CLOSE,
+            new_state: TCP_LISTEN,
+            flags: STATE_TASK_VALID,
+            requested_backlog: 16,
+            max_ack_backlog: 16,
+            _pad: 0,
+            task: task(pid, b"myapp"),
+        };
+        assert!(p.handle(&Record::SockState(r)).is_empty());
+    }
+
+    fn close(p: &mut Pipeline<FakeHost>, sk: u64, port: u16, old: u32, t: u64) {
+        let r = SockStateRecord {
+            header: header(RecordKind::SockState, t),
+            tuple: tuple(port, 0),
+            skaddr: sk,
+            old_state: old,
+            new_state: TCP_CLOSE,
+            ..Default::default()
+        };
+        p.handle(&Record::SockState(r));
+    }
+
+    fn no_socket_rst(lport: u16, rport: u16, t: u64) -> Record {
+        Record::ResetSent(ResetSentRecord {
+            header: header(RecordKind::ResetSent, t),
+            tuple: tuple(lport, rport),
+            reason: 1,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn no_listener_names_the_listener_that_closed_and_never_the_current_task() {
+        let mut p = pipeline();
+        listen(&mut p, 0xa, 8080, 4242, 1_000_000_000);
+        close(&mut p, 0xa, 8080, TCP_LISTEN, 2_000_000_000);
+        let d = p.handle(&no_socket_rst(8080, 40000, 3_250_000_000));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].cause, Cause::NoListener);
+        assert!(d[0].owner.is_none(), "no_listener has no owner");
+        assert_eq!(d[0].evidence["last_listener"]["process"]["pid"], 4242);
+        assert_eq!(d[0].evidence["last_listener"]["closed_seconds_ago"], 1.25);
+        assert!(
+            d[0].advice.contains("myapp") && d[0].advice.contains("1.2 s ago"),
+            "{}",
+            d[0].advice
+        );
+    }
+
+    #[test]
+    fn a_listener_on_another_address_is_pointed_out() {
+        let mut p = pipeline();
+        listen(&mut p, 0xa, 8080, 1, 0);
+        let mut rec = ResetSentRecord {
+            header: header(RecordKind::ResetSent, 5),
+            tuple: tuple(8080, 40000),
+            reason: 1,
+            ..Default::default()
+        };
+        rec.tuple.local_addr[..4].copy_from_slice(&[10, 0, 0, 5]);
+        let d = p.handle(&Record::ResetSent(rec));
+        assert_eq!(d[0].evidence["listening_elsewhere"][0], "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn accepted_connections_belong_to_the_acceptor_not_the_listener() {
+        let mut p = pipeline();
+        listen(&mut p, 0xa, 80, 100, 0);
+        let acc = AcceptRecord {
+            header: header(RecordKind::Accept, 10),
+            task: task(200, b"worker"),
+            listener: tuple(80, 0),
+            listener_skaddr: 0xa,
+            conn: tuple(80, 50000),
+            conn_skaddr: 0xc,
+            listen_fd: 3,
+            ret: 7,
+            ..Default::default()
+        };
+        assert!(p.handle(&Record::Accept(acc)).is_empty());
+        let mut rst = ResetSentRecord {
+            header: header(RecordKind::ResetSent, 20),
+            tuple: tuple(80, 50000),
+            skaddr: 0xc,
+            state: TCP_CLOSE,
+            reason: 14,
+            flags: rst_trace_common::RST_HAS_SOCK,
+            ..Default::default()
+        };
+        rst.snap.valid = 0;
+        let d = p.handle(&Record::ResetSent(rst));
+        assert_eq!(d[0].cause, Cause::AbortByApplication);
+        assert_eq!(d[0].owner.as_ref().map(|o| o.pid), Some(200));
+        assert_eq!(
+            d[0].owner.as_ref().map(|o| o.learned),
+            Some(Learned::Accept)
+        );
+    }
+
+    #[test]
+    fn a_received_rst_is_linked_to_the_local_rst_even_when_it_arrives_first() {
+        let mut p = pipeline();
+        let recv = ResetReceivedRecord {
+            header: header(RecordKind::ResetReceived, 5),
+            tuple: tuple(50000, 80),
+            skaddr: 0xd,
+            state: 1,
+            ..Default::default()
+        };
+        assert!(
+            p.handle(&Record::ResetReceived(recv)).is_empty(),
+            "held back for its counterpart"
+        );
+        p.handle(&Record::ResetSent(ResetSentRecord {
+            header: header(RecordKind::ResetSent, 6),
+            tuple: tuple(80, 50000),
+            skaddr: 0xe,
+            state: TCP_CLOSE,
+            reason: 14,
+            flags: rst_trace_common::RST_HAS_SOCK,
+            ..Default::default()
+        }));
+        let released = p.release_received(true);
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].cause, Cause::ResetByPeer);
+        assert_eq!(
+            released[0].related.as_ref().map(|r| r["cause"].clone()),
+            Some(json!("abort_by_application"))
+        );
+    }
+
+    #[test]
+    fn emfile_on_accept_is_one_incident_that_explains_the_overflow() {
+        let mut p = pipeline();
+        listen(&mut p, 0xa, 80, 100, 0);
+        let acc = AcceptRecord {
+            header: header(RecordKind::Accept, 10),
+            task: task(100, b"myapp"),
+            listener: tuple(80, 0),
+            listener_skaddr: 0xa,
+            ret: -24,
+            ..Default::default()
+        };
+        let d = p.handle(&Record::Accept(acc));
+        assert_eq!(d[0].cause, Cause::FdExhaustion);
+        assert_eq!(d[0].owner.as_ref().map(|o| o.pid), Some(100));
+        assert_eq!(d[0].evidence["rlimit_nofile"]["soft"], 8);
+        let related = p.related_fd_incident(NS, 80, 20).expect("incident");
+        assert_eq!(related["cause"], "fd_exhaustion");
+        assert!(p.related_fd_incident(NS, 81, 20).is_none(), "another port");
+        assert!(
+            p.related_fd_incident(NS, 80, 10 + FD_INCIDENT_WINDOW_NS + 1)
+                .is_none(),
+            "expired"
+        );
+    }
+}
