@@ -1,9 +1,11 @@
 //! RSTs the local stack sends and RSTs that arrive.
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::generated,
-    macros::{map, tracepoint},
+    macros::{fentry, kprobe, map, tracepoint},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use rst_trace_common::{
     CounterFamily, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
@@ -14,8 +16,8 @@ use rst_trace_common::{
 use crate::{
     emit::{count, deliver},
     kread::{
-        is_fullsock_state, linger_zero, sk_netns, sk_tuple, skb_netns, sockaddr, tcp_snapshot, tp,
-        AF_INET, AF_INET6,
+        is_fullsock_state, linger_zero, member, sk_netns, sk_tuple, skb_netns, sockaddr,
+        tcp_snapshot, tp, AF_INET, AF_INET6,
     },
     layout::{lay, wanted},
 };
@@ -43,7 +45,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 /// The RST's endpoints from the tracepoint itself: `saddr` is always the RST's sender (us),
 /// both for socket-based resets and for the reversed tuple of a socket-less one.
 #[inline(always)]
-fn send_reset_tuple(ctx: &TracePointContext) -> Tuple {
+fn send_reset_tuple(ctx: &TracePointContext, skaddr: u64) -> Tuple {
     let mut t = Tuple::default();
     let s_off = lay!(tp.rst_saddr_sockaddr);
     if s_off != OFFSET_NONE {
@@ -54,7 +56,11 @@ fn send_reset_tuple(ctx: &TracePointContext) -> Tuple {
         return t;
     }
     // Kernels before 5.19 store ports and addresses in separate fields.
-    t.family = tp::<u16>(ctx, lay!(tp.rst_family)).unwrap_or(0);
+    // 5.10 has no family field: the socket still knows it (its port may be cleared by
+    // then, which is why the tracepoint's own port fields are used).
+    t.family = tp::<u16>(ctx, lay!(tp.rst_family))
+        .or_else(|| member::<u16>(skaddr, lay!(st.skc_family)))
+        .unwrap_or(0);
     t.local_port = tp::<u16>(ctx, lay!(tp.rst_sport)).unwrap_or(0);
     t.remote_port = tp::<u16>(ctx, lay!(tp.rst_dport)).unwrap_or(0);
     if t.family == AF_INET {
@@ -84,7 +90,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
     unsafe { core::ptr::write_bytes(rec as *mut ResetSentRecord, 0, 1) };
-    rec.tuple = send_reset_tuple(ctx);
+    rec.tuple = send_reset_tuple(ctx, skaddr);
     if rec.tuple.family == 0 && fullsock {
         // Older layouts leave the tuple empty for some paths; the socket still has it.
         rec.tuple = sk_tuple(skaddr);
@@ -162,4 +168,55 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
     count(CounterFamily::ResetReceived, state as u32);
     deliver(RecordKind::ResetReceived, &rec);
     Some(())
+}
+
+/// A socket-less RST (no listener) seen at `tcp_v4/v6_send_reset` entry, for kernels whose
+/// `tcp_send_reset` tracepoint fires only with a socket (before 6.10). With a socket the
+/// tracepoint already reports it; an incoming RST is never answered, so it is skipped.
+#[inline(always)]
+fn socketless_reset(sk: u64, skb: u64) -> Option<()> {
+    if sk != 0 || skb == 0 {
+        return None;
+    }
+    let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
+    unsafe { core::ptr::write_bytes(rec as *mut ResetSentRecord, 0, 1) };
+    let flags = crate::skbdrop::segment_tuple(skb, &mut rec.tuple)?;
+    if flags & 0x04 != 0 {
+        return None;
+    }
+    let netns = skb_netns(skb);
+    if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
+        return None;
+    }
+    rec.header = header(RecordKind::ResetSent, netns);
+    rec.reason = REASON_NONE;
+    count(CounterFamily::ResetSent, SLOT_NO_REASON);
+    deliver(RecordKind::ResetSent, &*rec);
+    Some(())
+}
+
+#[fentry(function = "tcp_v4_send_reset")]
+pub fn tcp_v4_send_reset_fentry(ctx: FEntryContext) -> u32 {
+    let _ = socketless_reset(
+        ctx.arg::<*const c_void>(0) as u64,
+        ctx.arg::<*const c_void>(1) as u64,
+    );
+    0
+}
+
+#[fentry(function = "tcp_v6_send_reset")]
+pub fn tcp_v6_send_reset_fentry(ctx: FEntryContext) -> u32 {
+    let _ = socketless_reset(
+        ctx.arg::<*const c_void>(0) as u64,
+        ctx.arg::<*const c_void>(1) as u64,
+    );
+    0
+}
+
+#[kprobe]
+pub fn send_reset_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        let _ = socketless_reset(sk, skb);
+    }
+    0
 }

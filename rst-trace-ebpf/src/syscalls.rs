@@ -1,8 +1,13 @@
 //! Syscalls, where the current task is by definition the caller: listen()'s backlog,
 //! accept()'s result (ownership of accepted sockets, EMFILE/ENFILE) and connect() failures.
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, CounterFamily, RecordKind, SyscallArgs, STASH_LISTEN,
+    AcceptRecord, ConnectRecord, CounterFamily, RecordKind, SyscallArgs, Tuple, STASH_LISTEN,
 };
 
 use crate::{
@@ -67,33 +72,43 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Per-CPU room for the accept record: with the stashed arguments it does not fit the
+/// combined stack older verifiers (5.10, 6.1) allow across the helper calls.
+#[map(name = "RST_SCRATCH_ACCEPT")]
+static RST_SCRATCH_ACCEPT: PerCpuArray<AcceptRecord> = PerCpuArray::with_max_entries(1, 0);
+
 fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
     let tid = tid();
-    let args: SyscallArgs = unsafe { *RST_SYSCALL_ARGS.get_ptr(tid)? };
-    let _ = RST_SYSCALL_ARGS.remove(tid);
-    if args.what != RecordKind::Accept as u32 {
+    let args = RST_SYSCALL_ARGS.get_ptr(tid)?;
+    // SAFETY: per-thread entry, written only by this thread's syscall entry.
+    let (what, netns, listener_port) =
+        unsafe { ((*args).what, (*args).netns, (*args).listener.local_port) };
+    if what != RecordKind::Accept as u32 {
+        let _ = RST_SYSCALL_ARGS.remove(tid);
         return None;
     }
-    let ret: i64 = tp(ctx, lay!(tp.sys_exit_ret))?;
+    let ret: i64 = tp(ctx, lay!(tp.sys_exit_ret)).unwrap_or(-1);
     let ret = ret as i32;
-    if ret < 0 && ret != -EMFILE && ret != -ENFILE {
+    if (ret < 0 && ret != -EMFILE && ret != -ENFILE) || !wanted(netns, listener_port, 0) {
         // EAGAIN and friends are the normal life of a non-blocking accept loop.
+        let _ = RST_SYSCALL_ARGS.remove(tid);
         return None;
     }
-    if !wanted(args.netns, args.listener.local_port, 0) {
-        return None;
+    // SAFETY: a per-CPU slot used by this program only, never across a sleep.
+    let rec = unsafe { &mut *RST_SCRATCH_ACCEPT.get_ptr_mut(0)? };
+    unsafe {
+        rec.listener = (*args).listener;
+        rec.listener_skaddr = (*args).listener_skaddr;
+        rec.listen_fd = (*args).fd;
+        rec.listener_ack_backlog = (*args).ack_backlog;
+        rec.listener_max_ack_backlog = (*args).max_ack_backlog;
     }
-    let mut rec = AcceptRecord {
-        header: header(RecordKind::Accept, args.netns),
-        task: current_task(),
-        listener: args.listener,
-        listener_skaddr: args.listener_skaddr,
-        listen_fd: args.fd,
-        ret,
-        listener_ack_backlog: args.ack_backlog,
-        listener_max_ack_backlog: args.max_ack_backlog,
-        ..Default::default()
-    };
+    let _ = RST_SYSCALL_ARGS.remove(tid);
+    rec.header = header(RecordKind::Accept, netns);
+    rec.task = current_task();
+    rec.ret = ret;
+    rec.conn = Tuple::default();
+    rec.conn_skaddr = 0;
     if ret >= 0 {
         let sk = current_fd_sock(ret);
         rec.conn_skaddr = sk;
@@ -105,7 +120,7 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
         CounterFamily::Accept,
         if ret < 0 { (-ret) as u32 } else { 0 },
     );
-    deliver(RecordKind::Accept, &rec);
+    deliver(RecordKind::Accept, &*rec);
     Some(())
 }
 

@@ -49,6 +49,8 @@ struct Poller {
     last_poll: Option<Instant>,
     scanned_inodes: HashSet<u64>,
     warned: HashMap<(u32, u64), Instant>,
+    /// Every accept-queue drop has a per-packet record on this kernel.
+    accept_per_packet: bool,
 }
 
 const NETNS_REFRESH: Duration = Duration::from_secs(10);
@@ -96,7 +98,8 @@ impl Agent {
         }
     }
 
-    fn poll_listeners(&mut self, p: &mut Poller) {
+    /// `flush`: the ring buffer was just drained for the last time; report every drop left.
+    fn poll_listeners(&mut self, p: &mut Poller, flush: bool) {
         let now = Instant::now();
         if p.refreshed
             .is_none_or(|t| now.duration_since(t) >= NETNS_REFRESH)
@@ -126,11 +129,11 @@ impl Agent {
             self.learn_owners(ns.inode, &snap, p);
             let ack = self.pipeline.take_ack_time_drops(ns.inode);
             let synq = self.pipeline.take_synq_per_packet(ns.inode);
-            let (findings, saturated) = p
+            let account = p
                 .accounts
                 .entry(ns.inode)
-                .or_default()
-                .step(&snap, &ack, synq);
+                .or_insert_with(|| NetnsAccount::new(p.accept_per_packet));
+            let (findings, saturated) = account.step(&snap, &ack, synq, flush);
             let mut out: Vec<_> = findings
                 .iter()
                 .map(|f| self.pipeline.explain_finding(ns.inode, f, &snap, interval))
@@ -328,6 +331,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         facts,
     };
 
+    let attached = |name: &str| {
+        loaded
+            .hooks
+            .iter()
+            .any(|h| h.program == name && !h.attached.is_empty())
+    };
+    let ack_per_packet = attached("tcp_syn_recv_sock")
+        || (attached("kfree_skb")
+            && agent
+                .facts
+                .drop_reasons
+                .value("TCP_LISTEN_OVERFLOW")
+                .is_some());
+    let accept_per_packet = attached("tcp_conn_request") && ack_per_packet;
     let mut poller = Poller {
         only: netns.clone(),
         namespaces: Vec::new(),
@@ -336,9 +353,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         last_poll: None,
         scanned_inodes: HashSet::new(),
         warned: HashMap::new(),
+        accept_per_packet,
     };
     // The first poll is the baseline: drops counted from here on are the ones reported.
-    agent.poll_listeners(&mut poller);
+    agent.poll_listeners(&mut poller, false);
 
     let started = json!({
         "time": rfc3339_nanos(std::time::SystemTime::now()),
@@ -407,7 +425,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = poll_tick.tick() => {
                 // Per-packet records first, so polling does not count them again.
                 agent.drain(&mut ring);
-                agent.poll_listeners(&mut poller);
+                agent.poll_listeners(&mut poller, false);
             }
             _ = stats_tick.tick(), if args.stats_interval > 0 => agent.stats(false),
             _ = sigterm.recv() => break,
@@ -419,7 +437,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Whatever the kernel already wrote is still explained, and the counters polled once
     // more, before the final totals.
     agent.drain(&mut ring);
-    agent.poll_listeners(&mut poller);
+    agent.poll_listeners(&mut poller, true);
     let stale = agent.pipeline.expire_foreign_resets();
     agent.emit(stale);
     let held = agent.pipeline.release_received(true);

@@ -43,6 +43,39 @@ pub struct NetnsAccount {
     syn_time_carry: i64,
     /// SYN-queue overflows not yet reported, likewise.
     synq_carry: i64,
+    /// SYN cookies counted but not reported yet.
+    pending_cookies: u64,
+    /// The carries as they were after the previous poll (see `settle`).
+    syn_time_settled: i64,
+    synq_settled: i64,
+    /// The kernel reports every accept-queue drop per packet (SYN-time and ACK-time hooks).
+    pub accept_per_packet: bool,
+}
+
+/// What polling may report now out of `carry` (drops the counters saw that no per-packet
+/// record explained). Only what stayed unexplained over two consecutive polls is reported,
+/// so a record that was merely late is not counted twice; `flush` (the ring buffer was
+/// drained, the agent is stopping) reports all of it.
+fn settle(carry: &mut i64, settled: &mut i64, flush: bool) -> u64 {
+    let ready = if flush {
+        *carry
+    } else {
+        (*carry).min(*settled)
+    };
+    let n = u64::try_from(ready.max(0)).unwrap_or(0);
+    *carry -= i64::try_from(n).unwrap_or(0);
+    *settled = *carry;
+    n
+}
+
+impl NetnsAccount {
+    /// `accept_per_packet`: the kernel reports every accept-queue drop per packet.
+    pub fn new(accept_per_packet: bool) -> Self {
+        Self {
+            accept_per_packet,
+            ..Default::default()
+        }
+    }
 }
 
 fn delta(now: &HashMap<String, u64>, before: &HashMap<String, u64>, key: &str) -> u64 {
@@ -62,6 +95,7 @@ impl NetnsAccount {
         snap: &NetnsSnapshot,
         ack_time: &HashMap<u16, u64>,
         synq_per_packet: u64,
+        flush: bool,
     ) -> (Vec<Finding>, Vec<Saturation>) {
         let saturated = snap
             .listeners
@@ -100,19 +134,25 @@ impl NetnsAccount {
         // keeps the total exact when a poll and the ring buffer race.
         self.synq_carry += i64::try_from(reqq_drops + cookies).unwrap_or(i64::MAX)
             - i64::try_from(synq_per_packet).unwrap_or(i64::MAX);
-        let synq_new = u64::try_from(self.synq_carry.max(0)).unwrap_or(0);
-        self.synq_carry -= i64::try_from(synq_new).unwrap_or(0);
-        let total = reqq_drops + cookies;
-        if total > synq_new {
-            // Part was reported per packet: keep the polled remainder, cookies first.
-            cookies = cookies.min(synq_new);
-            reqq_drops = synq_new - cookies;
-        }
+        let synq_new = settle(&mut self.synq_carry, &mut self.synq_settled, flush);
+        // What is reported now may include counts held from earlier polls, and may be less
+        // than this interval's (part reported per packet, or held): split it cookies first.
+        self.pending_cookies += cookies;
+        cookies = synq_new.min(self.pending_cookies);
+        self.pending_cookies -= cookies;
+        self.pending_cookies = self
+            .pending_cookies
+            .min(u64::try_from(self.synq_carry.max(0)).unwrap_or(0));
+        reqq_drops = synq_new - cookies;
         let ack_total: u64 = ack_time.values().sum();
-        self.syn_time_carry += i64::try_from(overflows).unwrap_or(i64::MAX)
-            - i64::try_from(ack_total).unwrap_or(i64::MAX);
-        let syn_time = u64::try_from(self.syn_time_carry.max(0)).unwrap_or(0);
-        self.syn_time_carry -= i64::try_from(syn_time).unwrap_or(0);
+        if self.accept_per_packet {
+            // Every accept-queue drop has its own record: nothing is left for polling.
+            self.syn_time_carry = 0;
+        } else {
+            self.syn_time_carry += i64::try_from(overflows).unwrap_or(i64::MAX)
+                - i64::try_from(ack_total).unwrap_or(i64::MAX);
+        }
+        let syn_time = settle(&mut self.syn_time_carry, &mut self.syn_time_settled, flush);
 
         // Each listener's own drops this interval, less what was already reported per packet.
         let mut remaining: Vec<(usize, u64)> = snap
@@ -235,10 +275,15 @@ mod tests {
     #[test]
     fn syns_dropped_under_tcp_max_syn_backlog_are_syn_queue_overflow() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 16, 0)]), &HashMap::new(), 0);
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 16, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
         let mut s = snap(0, 0, 0, vec![l(80, 1, 0, 16, 9)]);
         s.mib.insert("TcpExt.ListenDrops".into(), 9);
-        let (f, _) = a.step(&s, &HashMap::new(), 0);
+        let (f, _) = a.step(&s, &HashMap::new(), 0, true);
         assert_eq!(f.len(), 1);
         assert_eq!(
             (f[0].cause, f[0].count, f[0].cookies),
@@ -249,10 +294,15 @@ mod tests {
     #[test]
     fn cookie_flagged_syns_dropped_by_the_accept_queue_are_not_cookies() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new(), 0);
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
         let mut s = snap(4, 0, 4, vec![l(80, 1, 2, 1, 4)]);
         s.mib.insert("TcpExt.SyncookiesSent".into(), 0);
-        let (f, _) = a.step(&s, &HashMap::new(), 0);
+        let (f, _) = a.step(&s, &HashMap::new(), 0, true);
         let total = |c: Cause| {
             f.iter()
                 .filter(|x| x.cause == c)
@@ -280,13 +330,79 @@ mod tests {
     }
 
     #[test]
+    fn polling_waits_one_interval_for_late_per_packet_records() {
+        let mut a = NetnsAccount::default();
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        // The MIB saw 5 ACK-time drops whose records are still in the ring buffer.
+        let (f, _) = a.step(
+            &snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        assert!(f.is_empty(), "not reported on first sight: {f:?}");
+        let (f, _) = a.step(
+            &snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]),
+            &HashMap::from([(80u16, 5u64)]),
+            0,
+            false,
+        );
+        assert!(f.is_empty(), "the records explained them");
+        // 3 SYN-time drops with no record: reported once they stayed unexplained.
+        let (f, _) = a.step(
+            &snap(8, 0, 0, vec![l(80, 1, 0, 1, 8)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        assert!(f.is_empty());
+        let (f, _) = a.step(
+            &snap(8, 0, 0, vec![l(80, 1, 0, 1, 8)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        assert_eq!(f.iter().map(|f| f.count).sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn with_per_packet_hooks_polling_reports_no_accept_drops() {
+        let mut a = NetnsAccount {
+            accept_per_packet: true,
+            ..Default::default()
+        };
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
+        let (f, _) = a.step(
+            &snap(9, 0, 0, vec![l(80, 1, 0, 1, 9)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
+        assert!(
+            f.iter().all(|f| f.cause != Cause::AcceptQueueOverflow),
+            "{f:?}"
+        );
+    }
+
+    #[test]
     fn syn_time_drops_go_to_the_listener_that_dropped() {
         let mut a = NetnsAccount::default();
         assert!(a
             .step(
                 &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 10, 0)]),
                 &HashMap::new(),
-                0
+                0,
+                true
             )
             .0
             .is_empty());
@@ -294,6 +410,7 @@ mod tests {
             &snap(12, 0, 0, vec![l(80, 1, 2, 1, 12), l(81, 2, 0, 10, 0)]),
             &HashMap::new(),
             0,
+            true,
         );
         assert_eq!(f.len(), 1);
         assert_eq!(
@@ -307,23 +424,39 @@ mod tests {
     #[test]
     fn ack_time_drops_reported_per_packet_are_not_counted_twice() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new(), 0);
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
         let ack = HashMap::from([(80u16, 3u64)]);
-        let (f, _) = a.step(&snap(10, 0, 0, vec![l(80, 1, 1, 1, 10)]), &ack, 0);
+        let (f, _) = a.step(&snap(10, 0, 0, vec![l(80, 1, 1, 1, 10)]), &ack, 0, true);
         assert_eq!(f.iter().map(|f| f.count).sum::<u64>(), 7);
     }
 
     #[test]
     fn a_poll_that_races_the_ring_buffer_is_made_good_later() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]), &HashMap::new(), 0);
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
         // The MIB saw 5 ACK-time drops whose records arrive only after this poll.
-        let (f, _) = a.step(&snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]), &HashMap::new(), 0);
+        let (f, _) = a.step(
+            &snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
         let first: u64 = f.iter().map(|f| f.count).sum();
         let (f, _) = a.step(
             &snap(5, 0, 0, vec![l(80, 1, 0, 1, 5)]),
             &HashMap::from([(80u16, 5u64)]),
             0,
+            true,
         );
         let second: u64 = f.iter().map(|f| f.count).sum();
         // 5 reported by polling, then 5 per packet: the carry holds back the next 5 SYN-time.
@@ -332,6 +465,7 @@ mod tests {
             &snap(10, 0, 0, vec![l(80, 1, 0, 1, 10)]),
             &HashMap::new(),
             0,
+            true,
         );
         assert_eq!(
             f.iter().map(|f| f.count).sum::<u64>(),
@@ -343,8 +477,18 @@ mod tests {
     #[test]
     fn syn_queue_overflows_seen_per_packet_are_not_polled_again() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 8, 0)]), &HashMap::new(), 0);
-        let (f, _) = a.step(&snap(0, 2, 6, vec![l(80, 1, 0, 8, 2)]), &HashMap::new(), 5);
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 8, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
+        let (f, _) = a.step(
+            &snap(0, 2, 6, vec![l(80, 1, 0, 8, 2)]),
+            &HashMap::new(),
+            5,
+            true,
+        );
         let polled: u64 = f
             .iter()
             .filter(|f| f.cause == Cause::SynQueueOverflow)
@@ -356,7 +500,12 @@ mod tests {
     #[test]
     fn syn_queue_drops_and_cookies() {
         let mut a = NetnsAccount::default();
-        a.step(&snap(0, 0, 0, vec![l(80, 1, 0, 8, 0)]), &HashMap::new(), 0);
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 8, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
         let mut s = snap(0, 4, 6, vec![l(80, 1, 0, 8, 4)]);
         s.requests = (0..8)
             .map(|i| RequestRow {
@@ -368,7 +517,7 @@ mod tests {
                 },
             })
             .collect();
-        let (f, _) = a.step(&s, &HashMap::new(), 0);
+        let (f, _) = a.step(&s, &HashMap::new(), 0, true);
         assert_eq!(f.len(), 1);
         assert_eq!(
             (f[0].cause, f[0].count, f[0].cookies, f[0].syn_queue),

@@ -163,6 +163,20 @@ pub struct FunctionHook {
 
 pub const FUNCTION_HOOKS: &[FunctionHook] = &[
     FunctionHook {
+        name: "tcp_v4_send_reset",
+        trampoline: &[("tcp_v4_send_reset_fentry", "tcp_v4_send_reset")],
+        probes: &[("send_reset_kprobe", "tcp_v4_send_reset", false)],
+        serves: &[Cause::NoListener],
+        purpose: "socket-less RSTs (no listener) where tcp:tcp_send_reset fires only with a socket (< 6.10)",
+    },
+    FunctionHook {
+        name: "tcp_v6_send_reset",
+        trampoline: &[("tcp_v6_send_reset_fentry", "tcp_v6_send_reset")],
+        probes: &[("send_reset_kprobe", "tcp_v6_send_reset", false)],
+        serves: &[Cause::NoListener],
+        purpose: "socket-less IPv6 RSTs where tcp:tcp_send_reset fires only with a socket (< 6.10)",
+    },
+    FunctionHook {
         name: "tcp_conn_request",
         trampoline: &[("tcp_conn_request_fentry", "tcp_conn_request")],
         probes: &[("tcp_conn_request_kprobe", "tcp_conn_request", false)],
@@ -305,12 +319,15 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
         hooks.push(status);
     }
     // ≥ 6.15 frees the overflowing ACK with reason TCP_LISTEN_OVERFLOW, seen by kfree_skb.
-    let skip: &[&str] = if ack_drop_reason {
-        &["tcp_syn_recv_sock"]
-    } else {
-        &[]
-    };
-    hooks.extend(attach_function_hooks(&mut ebpf, skip));
+    let mut skip: Vec<&str> = Vec::new();
+    if ack_drop_reason {
+        skip.push("tcp_syn_recv_sock");
+    }
+    // The tracepoint with a reason field (≥ 6.10) also fires for socket-less resets.
+    if layout.tp.rst_reason != rst_trace_common::OFFSET_NONE {
+        skip.extend(["tcp_v4_send_reset", "tcp_v6_send_reset"]);
+    }
+    hooks.extend(attach_function_hooks(&mut ebpf, &skip));
     if hooks.iter().all(|h| h.attached.is_empty()) {
         return Err(LoadError::NothingAttached);
     }

@@ -344,6 +344,19 @@ impl Agent {
             "the final stats line must be the last line; last is {}",
             self.history.last().unwrap()
         );
+        if let Some(dir) = std::env::var_os("RST_TRACE_EVENT_LOG") {
+            // Real events from real scenarios, kept for `cargo xtask examples`.
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("agent")
+                .replace("::", "-");
+            let path = std::path::Path::new(&dir).join(format!("{name}-{}.jsonl", self.pid));
+            let text: String = self.history.iter().map(|v| format!("{v}\n")).collect();
+            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text))
+            {
+                eprintln!("could not keep the event log {}: {e}", path.display());
+            }
+        }
         Stopped {
             status,
             lines: self.history.clone(),

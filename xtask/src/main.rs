@@ -8,7 +8,9 @@ mod agent;
 mod cmd;
 mod ebpf;
 mod elf;
+mod examples;
 mod setup;
+mod vm;
 mod workspace;
 
 use std::ffi::OsString;
@@ -93,6 +95,21 @@ enum Task {
         )]
         args: Vec<OsString>,
     },
+
+    /// Regenerate docs/event-examples.md from the event logs of a test run.
+    ///
+    /// Run the tests with RST_TRACE_EVENT_LOG=DIR (the harness keeps every agent line
+    /// there), then `cargo xtask examples DIR`.
+    Examples {
+        /// Directory of *.jsonl event logs.
+        logs: std::path::PathBuf,
+    },
+
+    /// Integration tests outside the host kernel (see `integration-test vm --help`).
+    IntegrationTest {
+        #[command(subcommand)]
+        suite: vm::Suite,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +124,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
+        Task::Examples { logs } => {
+            let ws = Workspace::locate()?;
+            let out = ws.root.join("docs/event-examples.md");
+            let n = examples::write(&logs, &out)?;
+            eprintln!("xtask: {n} example events written to {}", out.display());
+        }
         Task::Setup => {
             setup::ensure(Scope::Full)?;
             eprintln!("xtask: all prerequisites present");
@@ -143,6 +166,7 @@ fn run(cli: Cli) -> Result<u8> {
             let built = agent::build(&ws, Profile::Release)?;
             return agent::test(&ws, &built, &args);
         }
+        Task::IntegrationTest { suite } => return vm::run(suite),
     }
     Ok(0)
 }

@@ -27,6 +27,11 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// What `integration-test vm` needs besides the build chain: QEMU, the guest's busybox, and xz
+/// for Debian's compressed kernel modules (dpkg-deb, gzip, ldd and sha256sum are part of every
+/// Debian system).
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -34,14 +39,19 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub enum Scope {
     /// What `build-ebpf` needs.
     Build,
-    /// Build prerequisites plus the test-time packages.
+    /// Build prerequisites plus the test-time packages (the VM ones included).
     Full,
+    /// Build prerequisites plus what `integration-test vm` needs.
+    Vm,
 }
 
 pub fn ensure(scope: Scope) -> Result<()> {
     let mut packages = BUILD_PACKAGES.to_vec();
     if scope == Scope::Full {
         packages.extend_from_slice(TEST_PACKAGES);
+    }
+    if matches!(scope, Scope::Full | Scope::Vm) {
+        packages.extend_from_slice(VM_PACKAGES);
     }
     // Order matters: bpf-linker is compiled against llvm-22-dev.
     ensure_apt_packages(&packages)?;

@@ -144,17 +144,20 @@ impl KernelFacts {
 
         let rst_reasons = ReasonNames::from_btf(btf, "sk_rst_reason", "SK_RST_REASON_");
         let drop_reasons = ReasonNames::from_btf(btf, "skb_drop_reason", "SKB_DROP_REASON_");
-        let mut n = 0usize;
-        for name in WATCHED_DROP_REASONS {
+        // Slots keep their position even when a reason is missing: the kernel program and the
+        // counters address them by index.
+        for (slot, name) in WATCHED_DROP_REASONS
+            .iter()
+            .enumerate()
+            .take(MAX_DROP_REASONS)
+        {
             match drop_reasons.value(name).and_then(|v| u32::try_from(v).ok()) {
-                Some(v) if n < MAX_DROP_REASONS => {
-                    layout.drop_reasons[n] = v;
-                    n += 1;
-                }
-                _ => warnings.push(format!("this kernel has no drop reason {name}")),
+                Some(v) => layout.drop_reasons[slot] = v,
+                None => warnings.push(format!("this kernel has no drop reason {name}")),
             }
         }
-        layout.drop_reason_count = u32::try_from(n).unwrap_or(0);
+        layout.drop_reason_count =
+            u32::try_from(WATCHED_DROP_REASONS.len().min(MAX_DROP_REASONS)).unwrap_or(0);
 
         for (what, v) in [
             ("sock.skc_net", layout.st.skc_net),
@@ -184,6 +187,6 @@ impl KernelFacts {
             .drop_reasons
             .iter()
             .take(n)
-            .position(|v| *v == value)
+            .position(|v| *v == value && *v != rst_trace_common::REASON_NONE)
     }
 }

@@ -910,3 +910,25 @@ fn main() {
     }
     std::process::exit(if all { 0 } else { 1 });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_logs_keep_head_and_tail() {
+        let mut text = String::from("[WARN ] hook x: verifier rejected x\n");
+        for i in 0..100 {
+            text.push_str(&format!("    {i}: (bf) r1 = r2\n"));
+        }
+        text.push_str("rst-trace: observing\n");
+        let out = shorten_verifier_logs(&text);
+        assert_eq!(out.first().unwrap(), "[WARN ] hook x: verifier rejected x");
+        assert_eq!(out.last().unwrap(), "rst-trace: observing");
+        assert!(out
+            .iter()
+            .any(|l| l.contains("80 verifier log lines left out")));
+        assert!(out.iter().any(|l| l == "    99: (bf) r1 = r2"));
+        assert_eq!(out.len(), 1 + 4 + 1 + 16 + 1);
+    }
+}
