@@ -62,7 +62,8 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         program: "kfree_skb",
         tracepoints: &[("skb", "kfree_skb")],
-        serves: &[Cause::FirewallDrop],
+        // What it serves depends on the drop reasons this kernel has: listed by `doctor`.
+        serves: &[],
         purpose: "segments dropped with a reason (ACK-time accept queue overflow, netfilter)",
     },
     Hook {

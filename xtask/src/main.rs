@@ -6,6 +6,7 @@
 
 mod agent;
 mod cmd;
+mod compat;
 mod ebpf;
 mod elf;
 mod examples;
@@ -96,6 +97,12 @@ enum Task {
         args: Vec<OsString>,
     },
 
+    /// Regenerate the README's kernel × cause table from the QEMU matrix and host doctor.
+    ///
+    /// Reads <target>/vm-cache/summary.json (from `integration-test vm --kernel all`) and
+    /// runs the release agent's `doctor` on this host.
+    CompatTable,
+
     /// Regenerate docs/event-examples.md from the event logs of a test run.
     ///
     /// Run the tests with RST_TRACE_EVENT_LOG=DIR (the harness keeps every agent line
@@ -124,6 +131,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
+        Task::CompatTable => {
+            let ws = Workspace::locate()?;
+            compat::write(
+                &ws.target_dir.join("vm-cache/summary.json"),
+                &ws.target_dir.join("release/rst-trace"),
+                &ws.root.join("README.md"),
+            )?;
+            eprintln!("xtask: README compatibility table regenerated");
+        }
         Task::Examples { logs } => {
             let ws = Workspace::locate()?;
             let out = ws.root.join("docs/event-examples.md");
