@@ -10,6 +10,10 @@
 pub const EVENTS_MAP: &str = "RST_EVENTS";
 /// Per-CPU exact counters, indexed by [`counter_index`].
 pub const COUNTERS_MAP: &str = "RST_COUNTERS";
+/// Flags the agent sets at run time (an array of u32).
+pub const RUNTIME_MAP: &str = "RST_RUNTIME";
+/// `RUNTIME_MAP` index: accepted sockets are reported by the `inet_csk_accept` hook.
+pub const RUNTIME_ACCEPT_VIA_FUNCTION: u32 = 0;
 /// Per-thread scratch for syscall arguments seen at entry and needed at exit.
 pub const SYSCALL_ARGS_MAP: &str = "RST_SYSCALL_ARGS";
 /// Read-only global holding [`KernelLayout`], set by the agent at load time.

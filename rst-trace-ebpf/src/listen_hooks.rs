@@ -1,14 +1,13 @@
 //! Listener drops on the drop path itself, for kernels that allow function hooks: the
 //! SYN-time checks of `tcp_conn_request` and the ACK-time failure of `tcp_v*_syn_recv_sock`.
-//! Each exists as fentry/fexit (BTF trampolines) and as kprobe/kretprobe; the agent attaches
+//! `tcp_conn_request` exists as fentry and kprobe, `tcp_v*_syn_recv_sock` as fexit; the agent attaches
 //! the best one that loads. Neither kind works on every kernel (this one may lack both), in
 //! which case the agent falls back to counters and drop reasons.
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::PerCpuArray,
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext},
 };
 use rst_trace_common::{
     CounterFamily, ListenDropRecord, RecordKind, Tuple, LISTEN_DROP_ACK_ACCEPT_FULL,
@@ -22,18 +21,6 @@ use crate::{
     resets::header,
     skbdrop::segment_tuple,
 };
-
-/// Listener and segment seen at `tcp_v*_syn_recv_sock` entry, for the kretprobe. The call
-/// runs in softirq without sleeping, so entry and return meet on the same CPU.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct SynRecvArgs {
-    sk: u64,
-    skb: u64,
-}
-
-#[map(name = "RST_SYN_RECV_ARGS")]
-static RST_SYN_RECV_ARGS: PerCpuArray<SynRecvArgs> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn backlog(sk: u64) -> (u32, u32) {
@@ -135,30 +122,5 @@ pub fn tcp_v6_syn_recv_sock_fexit(ctx: FExitContext) -> u32 {
     let skb = ctx.arg::<*const c_void>(1) as u64;
     let child = ctx.arg::<*const c_void>(6) as u64;
     let _ = syn_recv_failed(sk, skb, child);
-    0
-}
-
-#[kprobe]
-pub fn syn_recv_sock_kprobe(ctx: ProbeContext) -> u32 {
-    if let (Some(sk), Some(skb), Some(slot)) = (
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(1),
-        RST_SYN_RECV_ARGS.get_ptr_mut(0),
-    ) {
-        unsafe { *slot = SynRecvArgs { sk, skb } };
-    }
-    0
-}
-
-#[kretprobe]
-pub fn syn_recv_sock_kretprobe(ctx: RetProbeContext) -> u32 {
-    if let Some(slot) = RST_SYN_RECV_ARGS.get_ptr_mut(0) {
-        let args = unsafe { *slot };
-        unsafe { *slot = SynRecvArgs { sk: 0, skb: 0 } };
-        if args.sk != 0 {
-            let child: u64 = ctx.ret();
-            let _ = syn_recv_failed(args.sk, args.skb, child);
-        }
-    }
     0
 }

@@ -89,7 +89,12 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
     }
     let ret: i64 = tp(ctx, lay!(tp.sys_exit_ret)).unwrap_or(-1);
     let ret = ret as i32;
-    if (ret < 0 && ret != -EMFILE && ret != -ENFILE) || !wanted(netns, listener_port, 0) {
+    // Successful accepts come from inet_csk_accept when it is hooked.
+    let skip_success = ret >= 0 && accept_via_function();
+    if skip_success
+        || (ret < 0 && ret != -EMFILE && ret != -ENFILE)
+        || !wanted(netns, listener_port, 0)
+    {
         // EAGAIN and friends are the normal life of a non-blocking accept loop.
         let _ = RST_SYSCALL_ARGS.remove(tid);
         return None;
@@ -188,4 +193,75 @@ fn try_exit_connect(ctx: &TracePointContext) -> Option<()> {
     count(CounterFamily::Connect, (-ret) as u32);
     deliver(RecordKind::Connect, &rec);
     Some(())
+}
+
+/// Flags the agent sets after attaching, at index [`RUNTIME_ACCEPT_VIA_FUNCTION`]: 1 when
+/// `inet_csk_accept` is hooked, so successful accepts are reported there and not twice.
+#[map(name = "RST_RUNTIME")]
+pub static RST_RUNTIME: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(4, 0);
+
+#[inline(always)]
+pub fn accept_via_function() -> bool {
+    RST_RUNTIME
+        .get(rst_trace_common::RUNTIME_ACCEPT_VIA_FUNCTION)
+        .is_some_and(|v| *v != 0)
+}
+
+/// A socket `inet_csk_accept` hands to the calling process: ownership learnt where the
+/// kernel creates it, in the acceptor's own context.
+#[inline(always)]
+fn accepted(listener: u64, child: u64) -> Option<()> {
+    if child == 0 {
+        return None;
+    }
+    let netns = sk_netns(child);
+    let conn = sk_tuple(child);
+    if !wanted(netns, conn.local_port, 0) {
+        return None;
+    }
+    let rec = unsafe { &mut *RST_SCRATCH_ACCEPT.get_ptr_mut(0)? };
+    rec.header = header(RecordKind::Accept, netns);
+    rec.task = current_task();
+    rec.listener = if listener != 0 {
+        sk_tuple(listener)
+    } else {
+        conn
+    };
+    rec.listener_skaddr = listener;
+    rec.listener_ack_backlog = member(listener, lay!(st.sk_ack_backlog)).unwrap_or(0);
+    rec.listener_max_ack_backlog = member(listener, lay!(st.sk_max_ack_backlog)).unwrap_or(0);
+    rec.conn = conn;
+    rec.conn_skaddr = child;
+    rec.listen_fd = -1;
+    rec.ret = 0;
+    count(CounterFamily::Accept, 0);
+    deliver(RecordKind::Accept, &*rec);
+    Some(())
+}
+
+// inet_csk_accept(sk, arg) on ≥ 6.10; (sk, flags, err, kern) before: the agent loads the
+// program whose arity matches the kernel's BTF.
+#[aya_ebpf::macros::fexit(function = "inet_csk_accept")]
+pub fn inet_csk_accept_fexit2(ctx: aya_ebpf::programs::FExitContext) -> u32 {
+    let _ = accepted(
+        ctx.arg::<*const core::ffi::c_void>(0) as u64,
+        ctx.arg::<*const core::ffi::c_void>(2) as u64,
+    );
+    0
+}
+
+#[aya_ebpf::macros::fexit(function = "inet_csk_accept")]
+pub fn inet_csk_accept_fexit4(ctx: aya_ebpf::programs::FExitContext) -> u32 {
+    let _ = accepted(
+        ctx.arg::<*const core::ffi::c_void>(0) as u64,
+        ctx.arg::<*const core::ffi::c_void>(4) as u64,
+    );
+    0
+}
+
+#[aya_ebpf::macros::kretprobe]
+pub fn inet_csk_accept_kretprobe(ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
+    let child: u64 = ctx.ret();
+    let _ = accepted(0, child);
+    0
 }

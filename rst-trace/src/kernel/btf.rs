@@ -88,6 +88,17 @@ impl KernelBtf {
         None
     }
 
+    /// Number of parameters of kernel function `name` (its signature changes across versions).
+    pub fn func_param_count(&self, name: &str) -> Option<usize> {
+        let funcs = self.btf.resolve_types_by_name(name).ok()?;
+        let func = funcs.into_iter().find(|t| matches!(t, Type::Func(_)))?;
+        let proto_id = func.as_btf_type()?.get_type_id()?;
+        match self.btf.resolve_type_by_id(proto_id).ok()? {
+            Type::FuncProto(p) => Some(p.parameters.len()),
+            _ => None,
+        }
+    }
+
     /// All values of `enum name`, by member name.
     pub fn enum_values(&self, name: &str) -> HashMap<String, u64> {
         let mut out = HashMap::new();
