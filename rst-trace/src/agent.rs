@@ -269,6 +269,7 @@ fn stats_text(causes: &BTreeMap<Cause, u64>, k: &KernelCounters, c: &AgentCounts
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight::check_privileges()?;
+    preflight::check_kernel()?;
     let netns = args.netns.as_deref().map(Netns::resolve).transpose()?;
     let tracefs = Tracefs::locate_or_mount()?;
     let btf = KernelBtf::load()?;

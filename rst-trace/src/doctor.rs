@@ -140,6 +140,7 @@ pub fn text(report: &Value) -> String {
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     preflight::check_privileges()?;
+    preflight::check_kernel()?;
     let tracefs = Tracefs::locate_or_mount()?;
     let btf = KernelBtf::load()?;
     let facts = KernelFacts::discover(&tracefs, &btf);

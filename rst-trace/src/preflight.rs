@@ -7,6 +7,8 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, Error)]
 pub enum PreflightError {
+    #[error("this kernel ({release}) is older than 5.8 and has no BPF ring buffer, which rst-trace needs; run it on Linux 5.8 or later")]
+    KernelTooOld { release: String },
     #[error("missing {missing}, needed to load the eBPF programs. Run as root (sudo rst-trace run), or grant the capabilities: setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_admin+ep \"$(command -v rst-trace)\"")]
     MissingCapabilities { missing: String },
 }
@@ -36,6 +38,23 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
         missing.push("CAP_PERFMON");
     }
     missing
+}
+
+/// (major, minor) of a kernel release string such as `6.1.0-56-cloud-amd64`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// The BPF ring buffer arrived in 5.8; older kernels get a plain explanation, not a load error.
+pub fn check_kernel() -> Result<(), PreflightError> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match kernel_version(&release) {
+        Some(v) if v < (5, 8) => Err(PreflightError::KernelTooOld { release }),
+        _ => Ok(()),
+    }
 }
 
 pub fn check_privileges() -> Result<(), PreflightError> {
@@ -68,6 +87,16 @@ pub fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.1.0-56-cloud-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("5.10.0-46-cloud-amd64"), Some((5, 10)));
+        assert_eq!(kernel_version("4.19.0"), Some((4, 19)));
+        assert!(kernel_version("4.19.0").is_some_and(|v| v < (5, 8)));
+        assert!(kernel_version("5.10.0").is_some_and(|v| v >= (5, 8)));
+        assert_eq!(kernel_version("garbage"), None);
+    }
 
     #[test]
     fn capabilities_needed() {
