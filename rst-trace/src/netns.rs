@@ -55,24 +55,7 @@ impl Netns {
 
     /// Finds a handle on namespace `inode`: a named one, else any process living in it.
     pub fn find_by_inode(inode: u32) -> Option<Self> {
-        let named = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path());
-        let procs = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-            })
-            .map(|e| e.path().join("ns/net"));
-        named
-            .chain(procs)
+        handles()
             .find(|p| inode_of(p).ok() == Some(inode))
             .map(|path| Self { inode, path })
     }
@@ -80,31 +63,10 @@ impl Netns {
     /// Every network namespace that has a name or a process in it.
     pub fn all() -> Vec<Self> {
         let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        let named = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path());
-        let procs = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-            })
-            .map(|e| e.path().join("ns/net"));
-        for path in named.chain(procs) {
-            if let Ok(inode) = inode_of(&path) {
-                if seen.insert(inode) {
-                    out.push(Self { inode, path });
-                }
-            }
-        }
-        out
+        handles()
+            .filter_map(|path| inode_of(&path).ok().map(|inode| Self { inode, path }))
+            .filter(|ns| seen.insert(ns.inode))
+            .collect()
     }
 
     /// Runs `f` on a short-lived thread that has entered this namespace, so the agent's own
@@ -129,6 +91,27 @@ impl Netns {
             })?;
         handle.join().unwrap_or(Err(NetnsError::Gone(inode)))
     }
+}
+
+/// Files that pin a network namespace: names under /run/netns first, then every process's.
+fn handles() -> impl Iterator<Item = PathBuf> {
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    named.chain(procs)
 }
 
 pub fn inode_of(path: &Path) -> Result<u32, NetnsError> {

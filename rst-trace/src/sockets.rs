@@ -80,11 +80,9 @@ impl SocketTable {
         now: u64,
     ) {
         let key = (netns, local.port);
-        if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
-            self.overflow += 1;
+        let Some(group) = self.listener_group(key) else {
             return;
-        }
-        let group = self.listeners.entry(key).or_default();
+        };
         group.retain(|l| l.skaddr != Some(skaddr));
         group.push(ListenerSock {
             skaddr: Some(skaddr),
@@ -112,11 +110,9 @@ impl SocketTable {
         now: u64,
     ) {
         let key = (netns, local.port);
-        if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
-            self.overflow += 1;
+        let Some(group) = self.listener_group(key) else {
             return;
-        }
-        let group = self.listeners.entry(key).or_default();
+        };
         let existing = group
             .iter_mut()
             .find(|l| l.inode == Some(inode) || (l.inode.is_none() && l.addr == local.addr));
@@ -142,6 +138,15 @@ impl SocketTable {
                 since_ns: now,
             }),
         }
+    }
+
+    /// The listeners on one port, created if there is room; a full table is counted.
+    fn listener_group(&mut self, key: ListenerKey) -> Option<&mut Vec<ListenerSock>> {
+        if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
+            self.overflow += 1;
+            return None;
+        }
+        Some(self.listeners.entry(key).or_default())
     }
 
     pub fn connect(
