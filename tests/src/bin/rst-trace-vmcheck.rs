@@ -45,6 +45,7 @@ const AGENT_DURATION_SECS: u64 = 900;
 const SCENARIOS: &[&str] = &[
     "no_listener",
     "accept_queue_overflow",
+    "fd_exhaustion",
     "abort_on_close",
     "abort_by_application",
 ];
@@ -602,6 +603,106 @@ fn overflow_total(lines: &[Value], port: u64) -> u64 {
         .sum()
 }
 
+/// accept() at RLIMIT_NOFILE: EMFILE reported with the accepting server as owner, its port and
+/// limit; the server's own "accept_error EMFILE" lines are the ground truth for the count.
+fn fd_exhaustion(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    let port = 41003u64;
+    let port_s = port.to_string();
+    let mark = agent.mark();
+    let server = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--backlog",
+            "2",
+            "--accept",
+            "--nofile",
+            "6",
+        ],
+    )?;
+    let server_pid = server.pid;
+    let _ = run_client(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--count",
+            "8",
+            "--nonblocking",
+            "--timeout-ms",
+            "2500",
+        ],
+        Duration::from_secs(60),
+    )?;
+    // Stop the server first so no accept() fails after the count is taken.
+    let (_, server_lines) = server.stop();
+    let emfile = server_lines
+        .iter()
+        .filter(|l| l.starts_with("accept_error EMFILE"))
+        .count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: u64 = agent
+            .since(mark)
+            .iter()
+            .filter(|v| is_cause(v, "fd_exhaustion"))
+            .filter_map(|v| u(v, "count"))
+            .sum();
+        if n >= emfile || Instant::now() >= deadline || !agent.alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    let evs: Vec<&Value> = lines
+        .iter()
+        .filter(|v| is_cause(v, "fd_exhaustion"))
+        .collect();
+    let reported: u64 = evs.iter().filter_map(|v| u(v, "count")).sum();
+    let owners: BTreeSet<u64> = evs
+        .iter()
+        .map(|v| u(v, "owner.process.pid").unwrap_or(0))
+        .collect();
+    let ports: BTreeSet<u64> = evs
+        .iter()
+        .map(|v| u(v, "evidence.listening_port").unwrap_or(0))
+        .collect();
+    let limits: BTreeSet<u64> = evs
+        .iter()
+        .map(|v| u(v, "evidence.rlimit_nofile.soft").unwrap_or(0))
+        .collect();
+    o.check_true("the server hit EMFILE", emfile > 0, json!(emfile));
+    o.check(
+        "agent fd_exhaustion total == the server's EMFILE failures",
+        json!(emfile),
+        json!(reported),
+    );
+    o.check(
+        "owner pid (the accepting server)",
+        json!([server_pid]),
+        json!(owners.iter().collect::<Vec<_>>()),
+    );
+    o.check(
+        "listening port",
+        json!([port]),
+        json!(ports.iter().collect::<Vec<_>>()),
+    );
+    o.check(
+        "RLIMIT_NOFILE soft limit",
+        json!([6]),
+        json!(limits.iter().collect::<Vec<_>>()),
+    );
+    Ok(())
+}
+
 fn accept_queue_overflow(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
     let port = 41001u64;
     let port_s = port.to_string();
@@ -825,6 +926,7 @@ fn run_scenario(cfg: &Config, name: &str, agent: &mut Result<Agent, String>) -> 
             _ if !agent.alive() => Err("the agent exited before this scenario".to_owned()),
             "no_listener" => no_listener(cfg, &mut o, agent),
             "accept_queue_overflow" => accept_queue_overflow(cfg, &mut o, agent),
+            "fd_exhaustion" => fd_exhaustion(cfg, &mut o, agent),
             "abort_on_close" => connection_abort(
                 cfg,
                 &mut o,

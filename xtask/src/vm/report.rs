@@ -8,6 +8,7 @@ use crate::vm::qemu::Console;
 pub const SCENARIOS: &[&str] = &[
     "no_listener",
     "accept_queue_overflow",
+    "fd_exhaustion",
     "abort_on_close",
     "abort_by_application",
 ];
