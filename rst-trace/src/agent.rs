@@ -417,6 +417,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 agent.emit(held);
             }
             _ = fold_tick.tick() => {
+                agent.pipeline.expire();
                 let stale = agent.pipeline.expire_foreign_resets();
                 agent.emit(stale);
                 for d in agent.limiter.flush() {

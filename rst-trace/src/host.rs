@@ -28,8 +28,11 @@ pub trait HostInfo {
 /// entering a namespace per event would be wasteful under a storm.
 #[derive(Default)]
 pub struct ProcHost {
-    sysctl_cache: Mutex<HashMap<(u32, String), (Instant, Option<String>)>>,
+    sysctl_cache: Mutex<HashMap<(u32, String), CachedSysctl>>,
 }
+
+/// When a sysctl was read, and what it was.
+type CachedSysctl = (Instant, Option<String>);
 
 const SYSCTL_TTL_SECS: u64 = 5;
 

@@ -168,7 +168,7 @@ impl NetnsAccount {
                 )
             })
             .collect();
-        remaining.sort_by(|a, b| b.1.cmp(&a.1));
+        remaining.sort_by_key(|r| std::cmp::Reverse(r.1));
         self.mib = snap.mib.clone();
         self.drops = drops_now;
 

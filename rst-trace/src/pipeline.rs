@@ -71,6 +71,9 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Socket counts to one destination, by TCP state name.
+type SocketsByState = std::collections::BTreeMap<&'static str, u64>;
+
 /// An ongoing fd exhaustion on one listener.
 #[derive(Debug, Clone)]
 pub struct FdIncident {
@@ -106,8 +109,7 @@ pub struct Pipeline<H: HostInfo> {
     /// SYN-queue overflows reported per packet since the last poll, per (netns, port).
     synq_per_packet: HashMap<(u32, u16), u64>,
     /// Sockets to a destination by state, sampled at most once a second per destination.
-    port_census:
-        HashMap<(u32, Endpoint), (u64, Option<std::collections::BTreeMap<&'static str, u64>>)>,
+    port_census: HashMap<(u32, Endpoint), (u64, Option<SocketsByState>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -418,7 +420,11 @@ impl<H: HostInfo> Pipeline<H> {
             (_, TCP_CLOSE, _) => self.table.close(r.skaddr, now),
             _ => {}
         }
-        self.table.expire(now);
+    }
+
+    /// Periodic upkeep (once a second): forget closed sockets past their retention.
+    pub fn expire(&mut self) {
+        self.table.expire(monotonic_ns());
     }
 
     fn on_accept(&mut self, r: &AcceptRecord) -> Vec<Diagnosis> {

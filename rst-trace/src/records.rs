@@ -247,7 +247,7 @@ mod tests {
             family: AF_INET6,
             ..Default::default()
         };
-        t.local_addr = Ipv6Addr::from(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()).octets();
+        t.local_addr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
         let e = Endpoints::try_from(&t).expect("endpoints");
         assert_eq!(e.local.addr, IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
     }

@@ -192,14 +192,21 @@ impl SocketTable {
             if let Some(group) = self.listeners.get_mut(&key) {
                 if let Some(pos) = group.iter().position(|l| l.skaddr == Some(skaddr)) {
                     let l = group.remove(pos);
-                    self.closed_listeners.insert(
-                        key,
-                        ClosedListener {
-                            owners: l.owners,
-                            addr: l.addr,
-                            closed_ns: now,
-                        },
-                    );
+                    if self.closed_listeners.len() >= MAX_CLOSED
+                        && !self.closed_listeners.contains_key(&key)
+                    {
+                        // Full: this closed listener is forgotten at once, and counted.
+                        self.overflow += 1;
+                    } else {
+                        self.closed_listeners.insert(
+                            key,
+                            ClosedListener {
+                                owners: l.owners,
+                                addr: l.addr,
+                                closed_ns: now,
+                            },
+                        );
+                    }
                 }
                 if group.is_empty() {
                     self.listeners.remove(&key);
@@ -231,7 +238,8 @@ impl SocketTable {
         }
     }
 
-    /// Forgets closed sockets older than the retention.
+    /// Forgets closed sockets older than the retention. Walks the closed listeners, so it is
+    /// for a periodic tick, not for every event.
     pub fn expire(&mut self, now: u64) {
         while let Some((t, _)) = self.closed_order.front() {
             if now.saturating_sub(*t) < CLOSED_RETENTION_NS {
@@ -241,10 +249,6 @@ impl SocketTable {
         }
         self.closed_listeners
             .retain(|_, c| now.saturating_sub(c.closed_ns) < CLOSED_RETENTION_NS);
-        if self.closed_listeners.len() > MAX_CLOSED {
-            self.closed_listeners.clear();
-            self.overflow += 1;
-        }
     }
 
     pub fn conn(&self, skaddr: u64) -> Option<&ConnEntry> {
@@ -405,6 +409,19 @@ mod tests {
         t.close(0xc, 9);
         assert!(t.conn(0xc).is_none());
         assert_eq!(t.closed_conn(1, &e).expect("closed").owner.pid, 5);
+    }
+
+    #[test]
+    fn closed_listeners_are_bounded_and_counted() {
+        let mut t = SocketTable::default();
+        for i in 0..(MAX_CLOSED as u64 + 5) {
+            let port = u16::try_from(i % 60_000).unwrap_or(1) + 1;
+            let netns = u32::try_from(i / 60_000).unwrap_or(0);
+            t.listen(netns, i + 1, ep(port), owner(1, "x"), None, None, 0);
+            t.close(i + 1, 1);
+        }
+        assert_eq!(t.closed_listeners.len(), MAX_CLOSED);
+        assert_eq!(t.overflow, 5);
     }
 
     #[test]

@@ -63,6 +63,24 @@ impl Mib {
         Ok(Mib { values })
     }
 
+    /// Waits (bounded: 10 s) until the namespace's counters stop moving — peers gone, no
+    /// retransmissions left — and returns them. Panics if traffic does not stop.
+    pub fn settled(ns: &Netns) -> Mib {
+        let mut last = Mib::snapshot(ns);
+        for _ in 0..40 {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let now = Mib::snapshot(ns);
+            if Mib::changes(&last, &now).is_empty() {
+                return now;
+            }
+            last = now;
+        }
+        panic!(
+            "the MIB of {} kept changing for 10 s; traffic did not stop",
+            ns.name()
+        );
+    }
+
     /// Snapshot the counters of a namespace (`ip netns exec NS cat /proc/net/netstat /proc/net/snmp`).
     pub fn snapshot(ns: &Netns) -> Mib {
         let text = ns.exec("cat", &["/proc/net/netstat", "/proc/net/snmp"]);

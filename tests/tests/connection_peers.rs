@@ -39,23 +39,6 @@ const PEER: &str = env!("CARGO_BIN_EXE_rst-trace-peer");
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-/// Waits until the netns's MIB stops moving (peers gone, no retransmissions left).
-fn settled_mib(ns: &Netns) -> Mib {
-    let mut last = Mib::snapshot(ns);
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(250));
-        let now = Mib::snapshot(ns);
-        if Mib::changes(&last, &now).is_empty() {
-            return now;
-        }
-        last = now;
-    }
-    panic!(
-        "the MIB of {} kept changing for 10 s; traffic did not stop",
-        ns.name()
-    );
-}
-
 /// Sum of `count` over events (aggregated events stand for several).
 fn total(events: &[Value]) -> u64 {
     events
@@ -284,7 +267,7 @@ fn segment_to_timewait_socket_names_last_owner() {
         1,
         Duration::from_secs(20),
     );
-    let after = settled_mib(&ns);
+    let after = Mib::settled(&ns);
     let stopped = agent.stop();
     let srv_exit = srv.stop(Duration::from_secs(5));
     let changes = Mib::changes(&before, &after);
@@ -405,7 +388,7 @@ fn segment_to_full_time_wait_is_acked_not_reset() {
         "the server's socket {tuple} did not reach TIME_WAIT: {}",
         ns.exec("ss", &["-tan"])
     );
-    let before = settled_mib(&ns);
+    let before = Mib::settled(&ns);
     let (st, out, err) = run_bounded(
         ns.command(
             "hping3",
@@ -428,7 +411,7 @@ fn segment_to_full_time_wait_is_acked_not_reset() {
         "hping3 failed: {st} {out} {err}"
     );
     agent.wait_for(tcp_sent, 1, Duration::from_secs(10));
-    let after = settled_mib(&ns);
+    let after = Mib::settled(&ns);
     agent.settle(Duration::from_millis(500));
     let stopped = agent.stop();
     let changes = Mib::changes(&before, &after);
@@ -539,7 +522,7 @@ fn reset_after_idle_reports_idle_time_and_links_both_ends() {
         1,
         Duration::from_secs(20),
     );
-    let after = settled_mib(&ns);
+    let after = Mib::settled(&ns);
     let stopped = agent.stop();
     let changes = Mib::changes(&before, &after);
     eprintln!("reset after idle ({idle_real:.3} s): MIB changes {changes:?}");
@@ -684,7 +667,7 @@ fn firewall_reject_and_drop_reconcile_with_rule_counters() {
             "DROP",
         ],
     );
-    let m0 = settled_mib(&ns);
+    let m0 = Mib::settled(&ns);
 
     // REJECT: every SYN is answered by netfilter's RST; the clients see "connection refused".
     let mut cli = Peer::spawn(
@@ -718,7 +701,7 @@ fn firewall_reject_and_drop_reconcile_with_rule_counters() {
         })
         .collect();
     assert_eq!(lports.len() as u64, n_reject, "{:?}", c.lines);
-    let m1 = settled_mib(&ns);
+    let m1 = Mib::settled(&ns);
     let reject_pkts = rule_packets(&ns, "REJECT", &format!("dpt:{rej_port}"));
     wait_total(
         &mut agent,
@@ -757,7 +740,7 @@ fn firewall_reject_and_drop_reconcile_with_rule_counters() {
             && d.lines.iter().all(|l| l.starts_with("timeout ")),
         "dropped connects time out: {d:?}"
     );
-    let m2 = settled_mib(&ns);
+    let m2 = Mib::settled(&ns);
     let drop_pkts = rule_packets(&ns, "DROP", &format!("dpt:{drop_port}"));
     assert!(drop_pkts >= 2, "the DROP rule saw the SYNs: {drop_pkts}");
     wait_total(
@@ -1111,7 +1094,7 @@ http {{
         Duration::from_secs(30),
     );
     assert!(st.success(), "wrk: {st} {wrk_out} {wrk_err}");
-    let after = settled_mib(&sns);
+    let after = Mib::settled(&sns);
     ng.shutdown()
         .unwrap_or_else(|e| panic!("nginx did not stop cleanly: {e}"));
     assert!(!alive(master) && !alive(worker), "nginx processes are gone");
@@ -1216,7 +1199,7 @@ fn keepalive_timeout_names_the_client() {
             "listen", "--addr", &server_ip, "--port", &port_s, "--accept",
         ],
     );
-    let before = settled_mib(&cns);
+    let before = Mib::settled(&cns);
     let mut cli = Peer::spawn(
         &cns,
         PEER,
@@ -1261,7 +1244,7 @@ fn keepalive_timeout_names_the_client() {
         1,
         Duration::from_secs(20),
     );
-    let after = settled_mib(&cns);
+    let after = Mib::settled(&cns);
     agent.settle(Duration::from_millis(300));
     let stopped = agent.stop();
     let dropped_by_server = rule_packets(&sns, "DROP", &client_ip);

@@ -600,7 +600,6 @@ fn ack_time_overflow(net: u8, port: u16, backlog: u32, n_raw: u32, syn_time: u32
 
     let changes = Mib::changes(&before, &after);
     let overflows = mib::delta(&before, &after, "TcpExt.ListenOverflows");
-    let cookies = mib::delta(&before, &after, "TcpExt.TCPReqQFullDoCookies");
     let raw_cookies = mib::delta(&before, &after_syns, "TcpExt.SyncookiesSent");
     let per_packet = stopped.causes(is_ack);
     let aqo = stopped.causes(is_aqo_dropped);

@@ -20,20 +20,6 @@ fn overflow_drops(events: &[Value]) -> u64 {
         .sum()
 }
 
-/// Waits until the netns's MIB stops moving (clients gone, no retransmissions left).
-fn settled_mib(ns: &Netns) -> Mib {
-    let mut last = Mib::snapshot(ns);
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(250));
-        let now = Mib::snapshot(ns);
-        if Mib::changes(&last, &now).is_empty() {
-            return now;
-        }
-        last = now;
-    }
-    panic!("the netns MIB kept changing for 10 s; traffic did not stop");
-}
-
 #[test]
 fn accept_queue_overflow_is_attributed_and_reconciles_with_listen_drops() {
     require_root();
@@ -65,7 +51,7 @@ fn accept_queue_overflow_is_attributed_and_reconciles_with_listen_drops() {
         &["--nonblocking", "--timeout-ms", "2500"],
     );
     assert_eq!(results.len(), 20, "client results: {results:?}");
-    let after = settled_mib(&ns);
+    let after = Mib::settled(&ns);
     let stopped = agent.stop();
     drop(server);
 
@@ -181,7 +167,7 @@ fn fd_exhaustion_names_the_acceptor_and_explains_the_overflow() {
         "no fd_exhaustion event; lines: {:?}",
         agent.lines()
     );
-    let _ = settled_mib(&ns);
+    let _ = Mib::settled(&ns);
     let stopped = agent.stop();
     drop(server);
 

@@ -44,7 +44,7 @@ impl KernelBtf {
                 current = self.strip(member_type)?;
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return None;
         }
         Some(bits / 8)
