@@ -57,21 +57,78 @@ pub fn skb_netns(skb: u64) -> u32 {
 /// The endpoints recorded in a socket, local side first.
 #[inline(always)]
 pub fn sk_tuple(sk: u64) -> Tuple {
-    let mut t = Tuple::default();
+    // Not `Tuple::default()`: zeroing first becomes a `memset` call (a BPF-to-BPF call and its
+    // stack frame) in every program that reads a tuple.
+    let mut t = core::mem::MaybeUninit::<Tuple>::uninit();
+    // SAFETY: fill_tuple writes every field and every address byte on all paths.
+    unsafe {
+        fill_tuple(sk, &mut *t.as_mut_ptr());
+        t.assume_init()
+    }
+}
+
+/// Writes a socket's endpoints into `t` in place. Programs that fill a record in a per-CPU
+/// scratch map use this rather than `sk_tuple`: a tuple built on the stack and copied costs
+/// stack the 512-byte limit cannot spare where the program also calls `memset`
+/// (`inet_csk_accept` fexit on 5.10 and 6.1).
+#[inline(always)]
+pub fn fill_tuple(sk: u64, t: &mut Tuple) {
     let family: u16 = member(sk, lay!(st.skc_family)).unwrap_or(0);
     t.family = family;
     t.local_port = member::<u16>(sk, lay!(st.skc_num)).unwrap_or(0);
     t.remote_port = u16::from_be(member::<u16>(sk, lay!(st.skc_dport)).unwrap_or(0));
+    t._pad = 0;
     if family == AF_INET {
-        let l: [u8; 4] = member(sk, lay!(st.skc_rcv_saddr)).unwrap_or([0; 4]);
-        let r: [u8; 4] = member(sk, lay!(st.skc_daddr)).unwrap_or([0; 4]);
-        t.local_addr[..4].copy_from_slice(&l);
-        t.remote_addr[..4].copy_from_slice(&r);
+        // The probe read zero-fills on failure; the IPv6 tail must be cleared either way.
+        read_into(sk, lay!(st.skc_rcv_saddr), &mut t.local_addr, 4);
+        read_into(sk, lay!(st.skc_daddr), &mut t.remote_addr, 4);
+        clear_tail(&mut t.local_addr);
+        clear_tail(&mut t.remote_addr);
     } else if family == AF_INET6 {
-        t.local_addr = member(sk, lay!(st.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-        t.remote_addr = member(sk, lay!(st.skc_v6_daddr)).unwrap_or([0; 16]);
+        read_into(sk, lay!(st.skc_v6_rcv_saddr), &mut t.local_addr, 16);
+        read_into(sk, lay!(st.skc_v6_daddr), &mut t.remote_addr, 16);
+    } else {
+        clear_tail(&mut t.local_addr);
+        clear_tail(&mut t.remote_addr);
+        write_u32(&mut t.local_addr, 0, 0);
+        write_u32(&mut t.remote_addr, 0, 0);
     }
-    t
+}
+
+/// Reads `len` bytes at `base + off` into the front of `dst`; zero-filled when the read fails.
+#[inline(always)]
+fn read_into(base: u64, off: u32, dst: &mut [u8; 16], len: u32) {
+    if base == 0 || off == MEMBER_NONE {
+        write_u32(dst, 0, 0);
+        if len == 16 {
+            clear_tail(dst);
+        }
+        return;
+    }
+    let len = if len > 16 { 16 } else { len };
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            dst.as_mut_ptr() as *mut core::ffi::c_void,
+            len,
+            (base + off as u64) as *const core::ffi::c_void,
+        )
+    };
+}
+
+/// Zeroes bytes 4..16 with word stores, which the BPF backend emits inline (byte-array
+/// assignments become `memset` calls).
+#[inline(always)]
+fn clear_tail(a: &mut [u8; 16]) {
+    write_u32(a, 4, 0);
+    write_u32(a, 8, 0);
+    write_u32(a, 12, 0);
+}
+
+#[inline(always)]
+fn write_u32(a: &mut [u8; 16], at: usize, v: u32) {
+    if at + 4 <= a.len() {
+        unsafe { core::ptr::write_volatile(a.as_mut_ptr().add(at) as *mut u32, v) };
+    }
 }
 
 /// Parses a `struct sockaddr_in`/`sockaddr_in6` image (as the tracepoints store it) into

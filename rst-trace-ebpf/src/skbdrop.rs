@@ -57,6 +57,15 @@ fn reason_slot(reason: u32) -> Option<u32> {
     None
 }
 
+/// IP version of the packet in `skb` (4 or 6), from its network header.
+#[inline(always)]
+pub fn ip_version(skb: u64) -> Option<u8> {
+    let head: u64 = member(skb, lay!(st.skb_head))?;
+    let nh: u16 = member(skb, lay!(st.skb_network_header))?;
+    let first: u8 = member(head + nh as u64, 0)?;
+    Some(first >> 4)
+}
+
 /// Source and destination of the TCP segment in `skb`, from its IP and TCP headers.
 #[inline(always)]
 pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {

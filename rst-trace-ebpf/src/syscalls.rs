@@ -12,7 +12,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{current_fd_sock, current_task, member, sk_netns, sk_tuple, sockaddr, tp},
+    kread::{current_fd_sock, current_task, fill_tuple, member, sk_netns, sk_tuple, sockaddr, tp},
     layout::{lay, wanted},
     resets::header,
     sockstate::RST_SYSCALL_ARGS,
@@ -215,22 +215,22 @@ fn accepted(listener: u64, child: u64) -> Option<()> {
         return None;
     }
     let netns = sk_netns(child);
-    let conn = sk_tuple(child);
-    if !wanted(netns, conn.local_port, 0) {
+    let local_port = member::<u16>(child, lay!(st.skc_num)).unwrap_or(0);
+    if !wanted(netns, local_port, 0) {
         return None;
     }
     let rec = unsafe { &mut *RST_SCRATCH_ACCEPT.get_ptr_mut(0)? };
     rec.header = header(RecordKind::Accept, netns);
     rec.task = current_task();
-    rec.listener = if listener != 0 {
-        sk_tuple(listener)
-    } else {
-        conn
-    };
+    // Filled in place in the scratch record: see fill_tuple.
+    fill_tuple(child, &mut rec.conn);
+    fill_tuple(
+        if listener != 0 { listener } else { child },
+        &mut rec.listener,
+    );
     rec.listener_skaddr = listener;
     rec.listener_ack_backlog = member(listener, lay!(st.sk_ack_backlog)).unwrap_or(0);
     rec.listener_max_ack_backlog = member(listener, lay!(st.sk_max_ack_backlog)).unwrap_or(0);
-    rec.conn = conn;
     rec.conn_skaddr = child;
     rec.listen_fd = -1;
     rec.ret = 0;

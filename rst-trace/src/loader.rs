@@ -165,8 +165,8 @@ pub struct FunctionHook {
 pub const FUNCTION_HOOKS: &[FunctionHook] = &[
     FunctionHook {
         name: "inet_csk_accept",
-        // The fexit program is chosen by the function's arity in BTF (2 on ≥ 6.10, 4 before).
-        trampoline: &[("inet_csk_accept_fexit2", "inet_csk_accept")],
+                // The fexit program is chosen by the function's arity in BTF (see FEXIT_BY_ARITY).
+        trampoline: &[("inet_csk_accept_fexit", "inet_csk_accept")],
         probes: &[("inet_csk_accept_kretprobe", "inet_csk_accept", true)],
         serves: &[],
         purpose: "accepted-socket ownership where the kernel creates the socket",
@@ -194,31 +194,99 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
     },
     FunctionHook {
         name: "tcp_syn_recv_sock",
-        trampoline: &[("tcp_v4_syn_recv_sock_fexit", "tcp_v4_syn_recv_sock"), ("tcp_v6_syn_recv_sock_fexit", "tcp_v6_syn_recv_sock")],
-        // The kprobe/kretprobe pair over-counted on Debian 6.1 under emulation (more ACK-time
-        // events than ListenOverflows); until that is understood, kernels where fexit does not
-        // load count ACK-time drops by polling, which stays exact.
-        probes: &[],
+        trampoline: &[
+            ("tcp_v4_syn_recv_sock_fexit", "tcp_v4_syn_recv_sock"),
+            ("tcp_v6_syn_recv_sock_fexit", "tcp_v6_syn_recv_sock"),
+        ],
+                // Entry probes: the function's first test is the accept queue, so no return probe is
+        // needed (x86 trampolines before 6.6 cannot take its seven arguments).
+        probes: &[
+            ("tcp_v4_syn_recv_sock_kprobe", "tcp_v4_syn_recv_sock", false),
+            ("tcp_v6_syn_recv_sock_kprobe", "tcp_v6_syn_recv_sock", false),
+        ],
         serves: &[Cause::AcceptQueueOverflow],
         purpose: "ACK-time accept queue overflow per packet on kernels without the TCP_LISTEN_OVERFLOW drop reason",
     },
 ];
 
-/// The fexit program for `function`: the return value follows the arguments, so a function
-/// whose arity changed across kernels has one program per arity.
+/// fexit programs per arity of the traced function. An fexit program reads the return value at
+/// the context slot after the last argument, and that offset must be a constant for the
+/// verifier, so a function whose arity differs across kernels has one program per arity.
+const FEXIT_BY_ARITY: &[(&str, &[(usize, &str)])] = &[
+    // 4 arguments before 6.10 (flags, err, kern), 2 since.
+    (
+        "inet_csk_accept_fexit",
+        &[(2, "inet_csk_accept_fexit2"), (4, "inet_csk_accept_fexit4")],
+    ),
+    // 7 where opt_child_init exists (6.18; Debian's 6.1 and 6.12 stable kernels), 6 before.
+    (
+        "tcp_v4_syn_recv_sock_fexit",
+        &[
+            (6, "tcp_v4_syn_recv_sock_fexit6"),
+            (7, "tcp_v4_syn_recv_sock_fexit7"),
+        ],
+    ),
+    (
+        "tcp_v6_syn_recv_sock_fexit",
+        &[
+            (6, "tcp_v6_syn_recv_sock_fexit6"),
+            (7, "tcp_v6_syn_recv_sock_fexit7"),
+        ],
+    ),
+];
+
+/// The program to load for `program` on `function`, chosen by the function's arity in BTF.
 fn trampoline_for(
     program: &'static str,
     function: &str,
     arity: &dyn Fn(&str) -> Option<usize>,
 ) -> Result<&'static str, String> {
-    if program != "inet_csk_accept_fexit2" {
+    let Some((_, variants)) = FEXIT_BY_ARITY.iter().find(|(p, _)| *p == program) else {
         return Ok(program);
+    };
+    let n = arity(function);
+    variants
+        .iter()
+        .find(|(a, _)| Some(*a) == n)
+        .map(|(_, p)| *p)
+        .ok_or_else(|| match n {
+            Some(n) => format!("fexit {function}: no program for a function of {n} arguments"),
+            None => format!("fexit {function}: no prototype in the kernel's BTF"),
+        })
+}
+
+/// An error and its causes on one line: aya's attach errors keep the errno in `source()`.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
     }
-    match arity(function) {
-        Some(2) => Ok("inet_csk_accept_fexit2"),
-        Some(4) => Ok("inet_csk_accept_fexit4"),
-        n => Err(format!("fexit {function}: no program for {n:?} arguments")),
+    out
+}
+
+/// x86 BPF trampolines took at most six arguments before 6.6; loading succeeds there and
+/// only attaching fails, with an errno that does not say why.
+const TRAMPOLINE_MAX_ARGS_BEFORE_6_6: usize = 6;
+
+fn attach_error(
+    kind: &str,
+    function: &str,
+    e: &dyn std::error::Error,
+    arity: Option<usize>,
+) -> String {
+    let mut msg = format!("{kind} {function}: {}", with_sources(e));
+    if let Some(n) = arity.filter(|n| *n > TRAMPOLINE_MAX_ARGS_BEFORE_6_6) {
+        msg.push_str(&format!(
+            " ({function} takes {n} arguments; trampolines on kernels before 6.6 take at most {TRAMPOLINE_MAX_ARGS_BEFORE_6_6})"
+        ));
     }
+    msg
 }
 
 fn attach_trampolines(
@@ -237,13 +305,15 @@ fn attach_trampolines(
             aya::programs::Program::FEntry(p) => {
                 p.load(function, btf)
                     .map_err(|e| format!("fentry {function}: {e}"))?;
-                p.attach().map_err(|e| format!("fentry {function}: {e}"))?;
+                p.attach()
+                    .map_err(|e| attach_error("fentry", function, &e, arity(function)))?;
                 status.attached.push(format!("fentry:{function}"));
             }
             aya::programs::Program::FExit(p) => {
                 p.load(function, btf)
                     .map_err(|e| format!("fexit {function}: {e}"))?;
-                p.attach().map_err(|e| format!("fexit {function}: {e}"))?;
+                p.attach()
+                    .map_err(|e| attach_error("fexit", function, &e, arity(function)))?;
                 status.attached.push(format!("fexit:{function}"));
             }
             _ => return Err(format!("{program} is not a trampoline program")),
@@ -269,7 +339,7 @@ fn attach_probes(
         let kind = if *ret { "kretprobe" } else { "kprobe" };
         p.attach(function, 0).map_err(|e| {
             if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-                format!("{kind} {function}: {e}")
+                format!("{kind} {function}: {}", with_sources(&e))
             } else {
                 format!("{kind} {function}: kprobes are not available on this kernel (built without CONFIG_KPROBES)")
             }
@@ -281,6 +351,22 @@ fn attach_probes(
 
 /// Attaches each function hook with the best tier this kernel accepts. `skip` names hooks
 /// the kernel makes redundant (e.g. a drop reason that already reports the same drop).
+/// Unloads the programs of a tier that failed part-way, detaching whatever they attached.
+/// Programs that never loaded report an error here, which says nothing new.
+fn unload_tier<'a>(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'a str>) {
+    for name in programs {
+        let result = match ebpf.program_mut(name) {
+            Some(aya::programs::Program::FEntry(p)) => p.unload(),
+            Some(aya::programs::Program::FExit(p)) => p.unload(),
+            Some(aya::programs::Program::KProbe(p)) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            log::debug!("unload {name}: {e}");
+        }
+    }
+}
+
 fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[&str]) -> Vec<HookStatus> {
     let btf = Btf::from_sys_fs().ok();
     let kbtf = crate::kernel::btf::KernelBtf::load().ok();
@@ -304,10 +390,17 @@ fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[&str]) -> Vec<HookStatus> {
             None => Err("no kernel BTF".into()),
         };
         if let Err(e) = trampoline {
-            // A half-attached tier would double count: drop what it attached first.
+            // A half-attached tier would double count: detach what it attached first.
+            unload_tier(
+                ebpf,
+                hook.trampoline
+                    .iter()
+                    .map(|(p, f)| trampoline_for(p, f, &arity).unwrap_or(p)),
+            );
             status.attached.clear();
             status.errors.push(e);
             if let Err(e) = attach_probes(ebpf, hook, &mut status) {
+                unload_tier(ebpf, hook.probes.iter().map(|(p, _, _)| *p));
                 status.attached.clear();
                 status.errors.push(e);
             }
@@ -391,8 +484,82 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, status: &mut HookStatus) -> Result<(), S
     for (category, name) in hook.tracepoints {
         match program.attach(category, name) {
             Ok(_) => status.attached.push(format!("{category}:{name}")),
-            Err(e) => status.errors.push(format!("{category}:{name}: {e}")),
+            Err(e) => status
+                .errors
+                .push(format!("{category}:{name}: {}", with_sources(&e))),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arity_of(table: &'static [(&'static str, usize)]) -> impl Fn(&str) -> Option<usize> {
+        move |f: &str| table.iter().find(|(n, _)| *n == f).map(|(_, a)| *a)
+    }
+
+    #[test]
+    fn fexit_program_follows_the_prototype() {
+        let debian_6_1 = arity_of(&[("tcp_v4_syn_recv_sock", 7), ("inet_csk_accept", 4)]);
+        let debian_5_10 = arity_of(&[("tcp_v4_syn_recv_sock", 6), ("inet_csk_accept", 4)]);
+        let v6_12 = arity_of(&[("inet_csk_accept", 2)]);
+        assert_eq!(
+            trampoline_for(
+                "tcp_v4_syn_recv_sock_fexit",
+                "tcp_v4_syn_recv_sock",
+                &debian_6_1
+            ),
+            Ok("tcp_v4_syn_recv_sock_fexit7")
+        );
+        assert_eq!(
+            trampoline_for(
+                "tcp_v4_syn_recv_sock_fexit",
+                "tcp_v4_syn_recv_sock",
+                &debian_5_10
+            ),
+            Ok("tcp_v4_syn_recv_sock_fexit6")
+        );
+        assert_eq!(
+            trampoline_for("inet_csk_accept_fexit", "inet_csk_accept", &v6_12),
+            Ok("inet_csk_accept_fexit2")
+        );
+        assert_eq!(
+            trampoline_for("inet_csk_accept_fexit", "inet_csk_accept", &debian_5_10),
+            Ok("inet_csk_accept_fexit4")
+        );
+    }
+
+    #[test]
+    fn unknown_arity_degrades_the_hook_with_a_reason() {
+        let odd = arity_of(&[("tcp_v4_syn_recv_sock", 8)]);
+        let err = trampoline_for("tcp_v4_syn_recv_sock_fexit", "tcp_v4_syn_recv_sock", &odd)
+            .expect_err("no program for 8 arguments");
+        assert!(err.contains("8 arguments"), "{err}");
+        let err = trampoline_for("tcp_v6_syn_recv_sock_fexit", "tcp_v6_syn_recv_sock", &odd)
+            .expect_err("no prototype");
+        assert!(err.contains("no prototype"), "{err}");
+    }
+
+    #[test]
+    fn programs_without_variants_are_loaded_as_named() {
+        let none = arity_of(&[]);
+        assert_eq!(
+            trampoline_for("tcp_conn_request_fentry", "tcp_conn_request", &none),
+            Ok("tcp_conn_request_fentry")
+        );
+    }
+
+    #[test]
+    fn every_trampoline_with_variants_is_listed_in_a_hook() {
+        for (program, _) in FEXIT_BY_ARITY {
+            assert!(
+                FUNCTION_HOOKS
+                    .iter()
+                    .any(|h| h.trampoline.iter().any(|(p, _)| p == program)),
+                "{program} is not used by any function hook"
+            );
+        }
+    }
 }

@@ -40,9 +40,8 @@ pub enum Suite {
     /// Downloads the newest Debian cloud kernel of each series (cached under
     /// <target>/vm-cache/), builds the release agent, rst-trace-peer and
     /// rst-trace-vmcheck, packs them with busybox into an initramfs, boots it
-    /// (qemu-system-x86_64 -accel tcg) and runs no_listener,
-    /// accept_queue_overflow, abort_on_close and abort_by_application in the
-    /// guest. Prints a kernel × scenario table on stderr and the path of a JSON
+    /// (qemu-system-x86_64 -accel tcg) and runs the cause scenarios of
+    /// rst-trace-vmcheck in the guest. Prints a kernel × scenario table on stderr and the path of a JSON
     /// summary on stdout; exits 1 if any scenario failed or a VM never finished.
     ///
     /// Example: cargo xtask integration-test vm --kernel all

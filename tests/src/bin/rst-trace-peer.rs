@@ -8,8 +8,11 @@
 //! stdin reaches EOF when stdin is a pipe (so a peer whose parent test died goes away on its own).
 //!
 //! ```text
-//! rst-trace-peer listen  --addr A --port P [--backlog N] [--accept] [--nofile N] [--hold-ms MS]
+//! rst-trace-peer listen  --addr A --port P [--backlog N] [--accept] [--nofile N] [--defer-accept S] [--hold-ms MS]
 //! rst-trace-peer connect --addr A --port P [--count N] [--timeout-ms MS] [--nonblocking] [--hold-ms MS]
+//!     [--send-bytes N [--go-file PATH]]
+//!     --send-bytes: write N bytes on each connection once connected (`sent attempt=I`); with
+//!     --nonblocking after all attempts finished and, with --go-file, once PATH exists (`go`)
 //! rst-trace-peer abort-close --port P [--addr A] [--timeout-ms MS]
 //! rst-trace-peer linger0     --port P [--addr A] [--wait-data] [--timeout-ms MS]
 //! rst-trace-peer send --addr A --port P --bytes N [--wait-close] [--timeout-ms MS]
@@ -479,6 +482,12 @@ fn cmd_listen(a: &Args) {
     let backlog: i32 = a.num("backlog").unwrap_or(128);
     let hold = a.num::<u64>("hold-ms").map(Duration::from_millis);
     let lfd = listener(ip, port, backlog);
+    if let Some(secs) = a.num::<i32>("defer-accept") {
+        // Handshakes stay request sockets until the client's first data arrives: the test
+        // controls when each one asks for a place in the accept queue.
+        set_int_opt(lfd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)
+            .unwrap_or_else(|e| die(&format!("TCP_DEFER_ACCEPT: {}", errno_name(e))));
+    }
     if let Some(n) = a.num::<u64>("nofile") {
         let mut rl: libc::rlimit = unsafe { mem::zeroed() };
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } < 0 {
@@ -683,6 +692,7 @@ fn cmd_connect(a: &Args) {
     let timeout = Duration::from_millis(a.num("timeout-ms").unwrap_or(5000));
     let zero = timeout.is_zero();
     let hold = a.num::<u64>("hold-ms").map(Duration::from_millis);
+    let send_bytes = a.num::<usize>("send-bytes");
     let dst = SocketAddr::new(ip, port);
     let mut poller = Poller::new();
     ready();
@@ -700,6 +710,14 @@ fn cmd_connect(a: &Args) {
                 t.lport
             ));
         }
+        if let Some(n) = send_bytes {
+            if let Some(go) = a.str("go-file") {
+                wait_for_file(&mut poller, go, Instant::now() + timeout);
+            }
+            for (i, t) in atts.iter().enumerate() {
+                send_on_attempt(&mut poller, i, t, n, Instant::now() + timeout);
+            }
+        }
     } else {
         for i in 0..count {
             let mut one = [start_connect(&dst)];
@@ -710,6 +728,9 @@ fn cmd_connect(a: &Args) {
                 t.result.as_deref().unwrap(),
                 t.lport
             ));
+            if let Some(n) = send_bytes {
+                send_on_attempt(&mut poller, i as usize, &t, n, Instant::now() + timeout);
+            }
             atts.push(t);
             if stopping() {
                 break;
@@ -724,6 +745,32 @@ fn cmd_connect(a: &Args) {
             close(t.fd);
         }
     }
+}
+
+/// Writes `n` bytes on a connected attempt: `sent attempt=I`, or the error.
+fn send_on_attempt(poller: &mut Poller, i: usize, t: &Attempt, n: usize, deadline: Instant) {
+    if t.fd < 0 || t.result.as_deref() != Some("connected") {
+        return;
+    }
+    match send_all(poller, t.fd, n, deadline) {
+        Ok(()) => out(&format!("sent attempt={i}")),
+        Err(e) => out(&format!("send_error attempt={i} {e}")),
+    }
+}
+
+/// Waits (bounded) until `path` exists: the test creates it once the server side is in the
+/// state it wants. Prints `go`; exits 1 on timeout, 0 when asked to stop.
+fn wait_for_file(poller: &mut Poller, path: &str, deadline: Instant) {
+    while !std::path::Path::new(path).exists() {
+        if Instant::now() >= deadline {
+            out("timeout");
+            exit(1);
+        }
+        if !poller.sleep(Duration::from_millis(10)) {
+            exit(0);
+        }
+    }
+    out("go");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1056,17 +1103,7 @@ fn cmd_late_send(a: &Args) {
         return;
     }
     if let Some(go) = a.str("go-file") {
-        // The test creates this file once the server's socket is in the state it wants.
-        while !std::path::Path::new(go).exists() {
-            if Instant::now() >= deadline {
-                out("timeout");
-                exit(1);
-            }
-            if !poller.sleep(Duration::from_millis(10)) {
-                exit(0);
-            }
-        }
-        out("go");
+        wait_for_file(&mut poller, go, deadline);
     }
     if let Err(e) = send_all(&mut poller, fd, late, deadline) {
         out(&e);
@@ -1477,7 +1514,15 @@ fn main() {
     match cmd.as_str() {
         "listen" => cmd_listen(&Args::parse(
             rest,
-            &["addr", "port", "backlog", "accept!", "nofile", "hold-ms"],
+            &[
+                "addr",
+                "port",
+                "backlog",
+                "accept!",
+                "nofile",
+                "defer-accept",
+                "hold-ms",
+            ],
         )),
         "connect" => cmd_connect(&Args::parse(
             rest,
@@ -1488,6 +1533,8 @@ fn main() {
                 "timeout-ms",
                 "nonblocking!",
                 "hold-ms",
+                "send-bytes",
+                "go-file",
             ],
         )),
         "abort-close" => cmd_abort_close(&Args::parse(rest, &["addr", "port", "timeout-ms"])),

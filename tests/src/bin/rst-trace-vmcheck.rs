@@ -45,6 +45,8 @@ const AGENT_DURATION_SECS: u64 = 900;
 const SCENARIOS: &[&str] = &[
     "no_listener",
     "accept_queue_overflow",
+    "ack_time_overflow",
+    "ack_time_overflow_v4_mapped",
     "fd_exhaustion",
     "abort_on_close",
     "abort_by_application",
@@ -451,6 +453,21 @@ impl Peer {
         })
     }
 
+    /// Reads up to `n` output lines. A line that does not come within `timeout` ends the wait
+    /// early; the peers bound their own waits, so a read never blocks past their timeouts.
+    fn lines(&mut self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            let mut line = String::new();
+            match self.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => got.push(line.trim_end().to_owned()),
+            }
+        }
+        got
+    }
+
     /// Waits (bounded) for exit; returns (exit code, remaining output lines).
     fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, Vec<String>) {
         let deadline = Instant::now() + timeout;
@@ -601,6 +618,215 @@ fn overflow_total(lines: &[Value], port: u64) -> u64 {
         .filter(|v| s(v, "direction") == Some("dropped"))
         .filter_map(|v| u(v, "count"))
         .sum()
+}
+
+/// Accept queue length of the listener on `port` (`rx_queue` of a LISTEN row of
+/// /proc/net/tcp or tcp6 is the listener's `sk_ack_backlog`).
+fn listen_queue(port: u64, v6: bool) -> Option<u64> {
+    let table = if v6 {
+        "/proc/net/tcp6"
+    } else {
+        "/proc/net/tcp"
+    };
+    let text = fs::read_to_string(table).ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let local_port = u64::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        if local_port != port || *f.get(3)? != "0A" {
+            return None;
+        }
+        u64::from_str_radix(f.get(4)?.rsplit(':').next()?, 16).ok()
+    })
+}
+
+/// Overflow when the handshake's ACK asks for a place in a full accept queue, the case the
+/// per-packet `tcp_v*_syn_recv_sock` hooks exist for (fexit, or kprobe where the trampoline
+/// cannot take the function). The listener defers accept, so two early handshakes stay request
+/// sockets; four more clients send data at once and fill the queue (backlog 3 holds 4); then
+/// the two early clients send, and each of their segments (retransmissions included) is
+/// refused by tcp_v*_syn_recv_sock. Nothing here is dropped at SYN time.
+///
+/// With `listen_addr` "::" and IPv4 clients the listener is IPv6 and the peers v4-mapped:
+/// tcp_v6_syn_recv_sock hands those to tcp_v4_syn_recv_sock, and each drop must still be
+/// reported once.
+fn ack_time_overflow(
+    cfg: &Config,
+    o: &mut Outcome,
+    agent: &mut Agent,
+    listen_addr: &str,
+    port: u64,
+) -> Result<(), String> {
+    const BACKLOG: u64 = 3;
+    let v6 = listen_addr.contains(':');
+    let port_s = port.to_string();
+    let backlog_s = BACKLOG.to_string();
+    let fill_s = (BACKLOG + 1).to_string();
+    let go = format!("{}/ack_time_overflow.go", cfg.workdir);
+    let _ = fs::remove_file(&go);
+    let mark = agent.mark();
+    let before = mib();
+    let server = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            listen_addr,
+            "--port",
+            &port_s,
+            "--backlog",
+            &backlog_s,
+            "--defer-accept",
+            "30",
+        ],
+    )?;
+    let server_pid = server.pid;
+    let mut early = Peer::spawn(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--count",
+            "2",
+            "--nonblocking",
+            "--timeout-ms",
+            "60000",
+            "--send-bytes",
+            "1",
+            "--go-file",
+            &go,
+            "--hold-ms",
+            "120000",
+        ],
+    )?;
+    let early_results = early.lines(2, Duration::from_secs(60));
+    o.info("early_clients", json!(early_results));
+    let mut fill = Peer::spawn(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--count",
+            &fill_s,
+            "--timeout-ms",
+            "10000",
+            "--send-bytes",
+            "1",
+            "--hold-ms",
+            "120000",
+        ],
+    )?;
+    // `connected attempt=I`, then `sent attempt=I`, per client.
+    let fill_results = fill.lines(2 * (BACKLOG as usize + 1), Duration::from_secs(60));
+    o.info("filling_clients", json!(fill_results));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut queue = listen_queue(port, v6);
+    while queue != Some(BACKLOG + 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        queue = listen_queue(port, v6);
+    }
+    o.check(
+        "accept queue full before the early clients send",
+        json!(BACKLOG + 1),
+        json!(queue),
+    );
+    let mid = mib();
+    fs::write(&go, b"go").map_err(|e| format!("write {go}: {e}"))?;
+    // The early clients send (and retransmit). Once their first segments were refused, the
+    // listener closes before the clients do: a client's FIN retransmitted to a full queue for
+    // minutes would keep the counters moving.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delta(&mid, &mib(), "TcpExt.ListenOverflows") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = server.stop();
+    let (_, early_rest) = early.stop();
+    o.info("early_clients_after_go", json!(early_rest));
+    let _ = fill.stop();
+    let after = settled_mib();
+    let overflows = delta(&before, &after, "TcpExt.ListenOverflows");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let reported = overflow_total(&agent.since(mark), port);
+        if reported as i64 >= overflows || Instant::now() >= deadline || !agent.alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+
+    let evs: Vec<&Value> = lines
+        .iter()
+        .filter(|v| is_cause(v, "accept_queue_overflow") && port_of(v) == Some(port))
+        .filter(|v| s(v, "direction") == Some("dropped"))
+        .collect();
+    let reported = overflow_total(&lines, port);
+    let set = |path: &str| -> Vec<String> {
+        evs.iter()
+            .map(|v| s(v, path).unwrap_or("-").to_owned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let owners: BTreeSet<u64> = evs
+        .iter()
+        .map(|v| u(v, "owner.process.pid").unwrap_or(0))
+        .collect();
+    o.check_true(
+        "TcpExt.ListenOverflows rose after the queue was full (ACK-time overflow happened)",
+        delta(&mid, &after, "TcpExt.ListenOverflows") >= 2,
+        json!(delta(&mid, &after, "TcpExt.ListenOverflows")),
+    );
+    o.check(
+        "agent accept_queue_overflow dropped total == TcpExt.ListenOverflows delta",
+        json!(overflows),
+        json!(reported),
+    );
+    o.check(
+        "evidence.stage of every event",
+        json!(["ack"]),
+        json!(set("evidence.stage")),
+    );
+    o.check(
+        "evidence.observed_by of every event",
+        json!(["per packet at tcp_v*_syn_recv_sock"]),
+        json!(set("evidence.observed_by")),
+    );
+    o.check(
+        "owner pid of every event (0 = none)",
+        json!([server_pid]),
+        json!(owners.iter().collect::<Vec<_>>()),
+    );
+    o.info("server_pid", json!(server_pid));
+    o.info(
+        "TCPDeferAcceptDrop",
+        json!(delta(&before, &after, "TcpExt.TCPDeferAcceptDrop")),
+    );
+    o.info(
+        "events",
+        json!(evs
+            .iter()
+            .map(|v| {
+                let mut h = how(v);
+                h["stage"] = get(v, "evidence.stage").cloned().unwrap_or(Value::Null);
+                h["queue"] = get(v, "evidence.accept_queue")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                h["peer_port"] = get(v, "network.peer.port").cloned().unwrap_or(Value::Null);
+                h
+            })
+            .collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
+    o.info("mib_changes", changes(&before, &after));
+    Ok(())
 }
 
 /// accept() at RLIMIT_NOFILE: EMFILE reported with the accepting server as owner, its port and
@@ -926,6 +1152,8 @@ fn run_scenario(cfg: &Config, name: &str, agent: &mut Result<Agent, String>) -> 
             _ if !agent.alive() => Err("the agent exited before this scenario".to_owned()),
             "no_listener" => no_listener(cfg, &mut o, agent),
             "accept_queue_overflow" => accept_queue_overflow(cfg, &mut o, agent),
+            "ack_time_overflow" => ack_time_overflow(cfg, &mut o, agent, "127.0.0.1", 41004),
+            "ack_time_overflow_v4_mapped" => ack_time_overflow(cfg, &mut o, agent, "::", 41005),
             "fd_exhaustion" => fd_exhaustion(cfg, &mut o, agent),
             "abort_on_close" => connection_abort(
                 cfg,

@@ -8,6 +8,8 @@ use crate::vm::qemu::Console;
 pub const SCENARIOS: &[&str] = &[
     "no_listener",
     "accept_queue_overflow",
+    "ack_time_overflow",
+    "ack_time_overflow_v4_mapped",
     "fd_exhaustion",
     "abort_on_close",
     "abort_by_application",
