@@ -170,12 +170,21 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// A socket-less RST (no listener) seen at `tcp_v4/v6_send_reset` entry, for kernels whose
-/// `tcp_send_reset` tracepoint fires only with a socket (before 6.10). With a socket the
-/// tracepoint already reports it; an incoming RST is never answered, so it is skipped.
+/// An RST seen at `tcp_v4/v6_send_reset` entry, for kernels whose `tcp_send_reset` tracepoint
+/// fires only for full sockets (before 6.10: `if (sk_fullsock(sk))`): RSTs with no socket (no
+/// listener) and RSTs from a TIME_WAIT or request socket. Full sockets are left to the
+/// tracepoint; an incoming RST is never answered, so it is skipped.
 #[inline(always)]
-fn socketless_reset(sk: u64, skb: u64) -> Option<()> {
-    if sk != 0 || skb == 0 {
+fn function_reset(sk: u64, skb: u64) -> Option<()> {
+    if skb == 0 {
+        return None;
+    }
+    let state = if sk != 0 {
+        member::<u8>(sk, lay!(st.skc_state)).unwrap_or(0) as u32
+    } else {
+        0
+    };
+    if sk != 0 && is_fullsock_state(state) {
         return None;
     }
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
@@ -184,12 +193,21 @@ fn socketless_reset(sk: u64, skb: u64) -> Option<()> {
     if flags & 0x04 != 0 {
         return None;
     }
-    let netns = skb_netns(skb);
+    let netns = if sk != 0 {
+        sk_netns(sk)
+    } else {
+        skb_netns(skb)
+    };
     if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;
     }
     rec.header = header(RecordKind::ResetSent, netns);
     rec.reason = REASON_NONE;
+    if sk != 0 {
+        rec.skaddr = sk;
+        rec.state = state;
+        rec.flags |= RST_HAS_SOCK;
+    }
     count(CounterFamily::ResetSent, SLOT_NO_REASON);
     deliver(RecordKind::ResetSent, &*rec);
     Some(())
@@ -197,7 +215,7 @@ fn socketless_reset(sk: u64, skb: u64) -> Option<()> {
 
 #[fentry(function = "tcp_v4_send_reset")]
 pub fn tcp_v4_send_reset_fentry(ctx: FEntryContext) -> u32 {
-    let _ = socketless_reset(
+    let _ = function_reset(
         ctx.arg::<*const c_void>(0) as u64,
         ctx.arg::<*const c_void>(1) as u64,
     );
@@ -206,7 +224,7 @@ pub fn tcp_v4_send_reset_fentry(ctx: FEntryContext) -> u32 {
 
 #[fentry(function = "tcp_v6_send_reset")]
 pub fn tcp_v6_send_reset_fentry(ctx: FEntryContext) -> u32 {
-    let _ = socketless_reset(
+    let _ = function_reset(
         ctx.arg::<*const c_void>(0) as u64,
         ctx.arg::<*const c_void>(1) as u64,
     );
@@ -216,7 +234,7 @@ pub fn tcp_v6_send_reset_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn send_reset_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        let _ = socketless_reset(sk, skb);
+        let _ = function_reset(sk, skb);
     }
     0
 }

@@ -51,11 +51,20 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
             }
                         for h in crate::loader::FUNCTION_HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
                 let status = loaded.hooks.iter().find(|s| s.program == h.name);
-                let tier = status.and_then(|s| s.attached.first()).map_or_else(|| format!("fentry/kprobe {}", h.name), |a| a.clone());
+                                let works = status.is_some_and(|s| !s.attached.is_empty());
+                let tier = status.and_then(|s| s.attached.first()).map_or_else(
+                    || format!("{}/kprobe {}", h.trampoline_kind(), h.name),
+                    |a| a.clone(),
+                );
+                // Where the hook did not attach, its last error says why (not needed, no
+                // kprobes, the verifier's complaint, ...).
+                                let why = (!works)
+                    .then(|| status.and_then(|s| s.errors.last()).map(|e| first_line(e)))
+                    .flatten();
                 ways.push(Way {
                     how: format!("{tier} (per packet)"),
-                    works: status.is_some_and(|s| !s.attached.is_empty()),
-                    note: None,
+                    works,
+                    note: why,
                 });
             }
             match cause {
@@ -94,18 +103,51 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
         .collect()
 }
 
+/// The first line of a hook error, bounded: verifier logs run to hundreds of lines, and the
+/// whole text is in the `hooks` section anyway.
+fn first_line(e: &str) -> String {
+    let line = e.lines().next().unwrap_or("");
+    match line.char_indices().nth(240) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
 pub fn report(loaded: &Loaded, facts: &KernelFacts) -> Value {
     let causes: Map<String, Value> = ways(loaded, facts)
         .into_iter()
         .map(|(cause, ways)| {
             let working: Vec<&Way> = ways.iter().filter(|w| w.works).collect();
-            let via = (!working.is_empty()).then(|| working.iter().map(|w| w.how.as_str()).collect::<Vec<_>>().join("; "));
-            let note = ways.iter().find_map(|w| w.note.clone());
+            let via = (!working.is_empty()).then(|| {
+                working
+                    .iter()
+                    .map(|w| w.how.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            // The cause's note comes from a way that serves it; only when none does, from the
+            // ways that failed (why it cannot be observed).
+            let note = working.iter().find_map(|w| w.note.clone()).or_else(|| {
+                if working.is_empty() {
+                    ways.iter().find_map(|w| w.note.clone())
+                } else {
+                    None
+                }
+            });
             let v = json!({
                 "observable": !working.is_empty(),
                 "via": via,
                 "note": note,
-                "ways": ways.iter().map(|w| json!({"how": w.how, "works": w.works})).collect::<Vec<_>>(),
+                "ways": ways
+                    .iter()
+                    .map(|w| {
+                        let mut way = json!({"how": w.how, "works": w.works});
+                        if let (false, Some(why)) = (w.works, &w.note) {
+                            way["why_not"] = json!(why);
+                        }
+                        way
+                    })
+                    .collect::<Vec<_>>(),
             });
             (cause.as_str().to_owned(), v)
         })

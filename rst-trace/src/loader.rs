@@ -175,15 +175,15 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         name: "tcp_v4_send_reset",
         trampoline: &[("tcp_v4_send_reset_fentry", "tcp_v4_send_reset")],
         probes: &[("send_reset_kprobe", "tcp_v4_send_reset", false)],
-        serves: &[Cause::NoListener],
-        purpose: "socket-less RSTs (no listener) where tcp:tcp_send_reset fires only with a socket (< 6.10)",
+                serves: &[Cause::NoListener, Cause::TimewaitSegment],
+        purpose: "RSTs without a full socket (no listener, TIME_WAIT) where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
     },
     FunctionHook {
         name: "tcp_v6_send_reset",
         trampoline: &[("tcp_v6_send_reset_fentry", "tcp_v6_send_reset")],
         probes: &[("send_reset_kprobe", "tcp_v6_send_reset", false)],
-        serves: &[Cause::NoListener],
-        purpose: "socket-less IPv6 RSTs where tcp:tcp_send_reset fires only with a socket (< 6.10)",
+                serves: &[Cause::NoListener, Cause::TimewaitSegment],
+        purpose: "IPv6 RSTs without a full socket where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
     },
     FunctionHook {
         name: "tcp_conn_request",
@@ -208,6 +208,16 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         purpose: "ACK-time accept queue overflow per packet on kernels without the TCP_LISTEN_OVERFLOW drop reason",
     },
 ];
+
+impl FunctionHook {
+    /// "fentry" or "fexit": the kind of the hook's trampoline programs, for reports.
+    pub fn trampoline_kind(&self) -> &'static str {
+        match self.trampoline.first() {
+            Some((program, _)) if program.contains("fexit") => "fexit",
+            _ => "fentry",
+        }
+    }
+}
 
 /// fexit programs per arity of the traced function. An fexit program reads the return value at
 /// the context slot after the last argument, and that offset must be a constant for the

@@ -48,6 +48,8 @@ const SCENARIOS: &[&str] = &[
     "ack_time_overflow",
     "ack_time_overflow_v4_mapped",
     "fd_exhaustion",
+    "reset_after_idle",
+    "timewait_segment",
     "abort_on_close",
     "abort_by_application",
 ];
@@ -1048,6 +1050,279 @@ fn accept_queue_overflow(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Re
     Ok(())
 }
 
+/// `key=value` token of a peer's output line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// The events of `lines` with `cause`.
+fn with_cause<'a>(lines: &'a [Value], cause: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| is_cause(v, cause)).collect()
+}
+
+/// Sum of `count` over events that TCP itself sent (the agent's side of Tcp.OutRsts).
+fn tcp_sent_total(lines: &[Value]) -> u64 {
+    lines
+        .iter()
+        .filter(|v| s(v, "event.kind") == Some("cause"))
+        .filter(|v| s(v, "direction") == Some("sent") && s(v, "origin") == Some("tcp_stack"))
+        .filter_map(|v| u(v, "count"))
+        .sum()
+}
+
+/// A connection idle for 3 s, then reset by the server (SO_LINGER 0): the client's received
+/// RST carries its idle time (from `tcp_sock` members at BTF offsets, jiffies at the HZ the
+/// agent measured) and is linked to the server's abort; each end names its own process.
+fn reset_after_idle(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    let port = 41201u64;
+    let port_s = port.to_string();
+    let mark = agent.mark();
+    let before = mib();
+    let server = Peer::spawn(
+        cfg,
+        &["idle-linger0", "--port", &port_s, "--idle-ms", "3000"],
+    )?;
+    let server_pid = server.pid;
+    let client = Peer::spawn(
+        cfg,
+        &[
+            "send",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--bytes",
+            "5",
+            "--wait-close",
+            "--timeout-ms",
+            "60000",
+        ],
+    )?;
+    let client_pid = client.pid;
+    let (_, client_lines) = client.wait_exit(Duration::from_secs(90));
+    let (_, server_lines) = server.wait_exit(Duration::from_secs(90));
+    o.info("client", json!(client_lines));
+    o.info("server", json!(server_lines));
+    let lport: Option<u64> = client_lines
+        .iter()
+        .find(|l| l.starts_with("connected "))
+        .and_then(|l| field(l, "lport"))
+        .and_then(|p| p.parse().ok());
+    let idle_real = server_lines
+        .iter()
+        .find(|l| l.starts_with("closed linger=0"))
+        .and_then(|l| field(l, "idle_ms"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|ms| ms / 1000.0);
+    o.check_true(
+        "the client saw the reset",
+        client_lines.iter().any(|l| l == "reset"),
+        json!(client_lines.last()),
+    );
+    agent.wait_for(mark, |v| is_cause(v, "reset_by_peer"), 1, EVENT_TIMEOUT);
+    let after = settled_mib();
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    let aborts = with_cause(&lines, "abort_by_application");
+    let received = with_cause(&lines, "reset_by_peer");
+    o.check("abort_by_application events", json!(1), json!(aborts.len()));
+    o.check("reset_by_peer events", json!(1), json!(received.len()));
+    if let Some(a) = aborts.first() {
+        o.check(
+            "abort: owner pid",
+            json!(server_pid),
+            json!(u(a, "owner.process.pid")),
+        );
+        o.check("abort: local port", json!(port), json!(port_of(a)));
+        o.check(
+            "abort: peer port",
+            json!(lport),
+            json!(u(a, "network.peer.port")),
+        );
+    }
+    if let Some(r) = received.first() {
+        o.check(
+            "reset_by_peer: owner pid",
+            json!(client_pid),
+            json!(u(r, "owner.process.pid")),
+        );
+        o.check("reset_by_peer: local port", json!(lport), json!(port_of(r)));
+        o.check(
+            "reset_by_peer: related.cause (the RST this host sent)",
+            json!("abort_by_application"),
+            json!(s(r, "related.cause")),
+        );
+        let idle = get(r, "evidence.idle_seconds").and_then(Value::as_f64);
+        o.check_true(
+            "reset_by_peer: evidence.idle_seconds within 10 % of the server's idle time",
+            matches!((idle, idle_real), (Some(i), Some(real)) if (i - real).abs() <= 0.1 * real),
+            json!({"idle_seconds": idle, "real": idle_real}),
+        );
+    }
+    o.check(
+        "RSTs TCP sent (agent) == Tcp.OutRsts delta",
+        json!(delta(&before, &after, "Tcp.OutRsts")),
+        json!(tcp_sent_total(&lines)),
+    );
+    o.check(
+        "Tcp.OutRsts delta",
+        json!(1),
+        json!(delta(&before, &after, "Tcp.OutRsts")),
+    );
+    o.info(
+        "events",
+        json!(aborts
+            .iter()
+            .chain(received.iter())
+            .map(|v| how(v))
+            .collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
+    o.info("mib_changes", changes(&before, &after));
+    Ok(())
+}
+
+/// TCP state and timer of the socket `local_port` -> `remote_port` in /proc/net/tcp:
+/// (`st`, `tr`); a FIN_WAIT2 timewait socket shows st 05 and timer 3.
+fn tcp_row(local_port: u64, remote_port: u64) -> Option<(String, String)> {
+    let text = fs::read_to_string("/proc/net/tcp").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = |i: usize| -> Option<u64> {
+            u64::from_str_radix(f.get(i)?.rsplit(':').next()?, 16).ok()
+        };
+        if port(1)? != local_port || port(2)? != remote_port {
+            return None;
+        }
+        let timer = f.get(5)?.split(':').next()?.to_owned();
+        Some(((*f.get(3)?).to_owned(), timer))
+    })
+}
+
+/// A segment to a socket the server already closed: the server's orphan becomes a timewait
+/// socket (FIN_WAIT2 sub-state), the client writes to it, TCP answers with an RST that has no
+/// owner; the agent names the server as the socket's last owner.
+fn timewait_segment(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    let port = 41202u64;
+    let port_s = port.to_string();
+    // tcp_fin_timeout > 60 s keeps the orphan a full socket for 3 s, then a timewait socket
+    // for 3 s (tcp_time_wait with FIN_WAIT2, timeout - 60 s): a window the test can hit. The
+    // guest is a throwaway VM; its old value is restored anyway.
+    const FIN_TIMEOUT: &str = "/proc/sys/net/ipv4/tcp_fin_timeout";
+    let old = fs::read_to_string(FIN_TIMEOUT).map_err(|e| format!("{FIN_TIMEOUT}: {e}"))?;
+    fs::write(FIN_TIMEOUT, "63").map_err(|e| format!("{FIN_TIMEOUT}: {e}"))?;
+    let result = timewait_segment_with_fin_timeout(cfg, o, agent, port, &port_s);
+    let _ = fs::write(FIN_TIMEOUT, old.trim());
+    result
+}
+
+fn timewait_segment_with_fin_timeout(
+    cfg: &Config,
+    o: &mut Outcome,
+    agent: &mut Agent,
+    port: u64,
+    port_s: &str,
+) -> Result<(), String> {
+    let go = format!("{}/timewait_segment.go", cfg.workdir);
+    let _ = fs::remove_file(&go);
+    let mark = agent.mark();
+    let before = mib();
+    let server = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            port_s,
+            "--accept",
+            "--hold-ms",
+            "300",
+        ],
+    )?;
+    let server_pid = server.pid;
+    let mut client = Peer::spawn(
+        cfg,
+        &[
+            "late-send",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            port_s,
+            "--bytes",
+            "10",
+            "--late-bytes",
+            "10",
+            "--go-file",
+            &go,
+            "--timeout-ms",
+            "60000",
+        ],
+    )?;
+    let client_pid = client.pid;
+    // `connected lport=P`, `sent 10`, `eof`.
+    let first = client.lines(3, Duration::from_secs(60));
+    o.info("client_before_go", json!(first));
+    let lport: Option<u64> = first
+        .iter()
+        .find(|l| l.starts_with("connected"))
+        .and_then(|l| field(l, "lport"))
+        .and_then(|p| p.parse().ok());
+    let lport = lport.ok_or_else(|| format!("client did not connect: {first:?}"))?;
+    // Writing before the orphan is a timewait socket would hit the full socket instead.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut row = tcp_row(port, lport);
+    while row.as_ref().map(|(st, tr)| (st.as_str(), tr.as_str())) != Some(("05", "03"))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        row = tcp_row(port, lport);
+    }
+    o.check(
+        "server's socket is a FIN_WAIT2 timewait socket (st 05, timer 03) before the write",
+        json!(["05", "03"]),
+        json!(row),
+    );
+    fs::write(&go, b"go").map_err(|e| format!("write {go}: {e}"))?;
+    let (_, rest) = client.wait_exit(Duration::from_secs(90));
+    o.info("client_after_go", json!(rest));
+    agent.wait_for(mark, |v| is_cause(v, "timewait_segment"), 1, EVENT_TIMEOUT);
+    let after = settled_mib();
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    let _ = server.stop();
+    let tw = with_cause(&lines, "timewait_segment");
+    o.check("timewait_segment events", json!(1), json!(tw.len()));
+    if let Some(v) = tw.first() {
+        o.check("local port", json!(port), json!(port_of(v)));
+        o.check("peer port", json!(lport), json!(u(v, "network.peer.port")));
+        o.check(
+            "no owner: a timewait socket belongs to no process (the client was on the CPU)",
+            json!(null),
+            json!(u(v, "owner.process.pid")),
+        );
+        o.check(
+            "evidence.last_owner is the server that closed the socket",
+            json!(server_pid),
+            json!(u(v, "evidence.last_owner.process.pid")),
+        );
+    }
+    o.info("client_pid", json!(client_pid));
+    o.check(
+        "RSTs TCP sent (agent) == Tcp.OutRsts delta",
+        json!(delta(&before, &after, "Tcp.OutRsts")),
+        json!(tcp_sent_total(&lines)),
+    );
+    o.info(
+        "events",
+        json!(tw.iter().map(|v| how(v)).collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
+    o.info("mib_changes", changes(&before, &after));
+    Ok(())
+}
+
 /// abort-close / linger0 server + `send --wait-close` client; the server's close sends the RST.
 fn connection_abort(
     cfg: &Config,
@@ -1154,6 +1429,8 @@ fn run_scenario(cfg: &Config, name: &str, agent: &mut Result<Agent, String>) -> 
             "accept_queue_overflow" => accept_queue_overflow(cfg, &mut o, agent),
             "ack_time_overflow" => ack_time_overflow(cfg, &mut o, agent, "127.0.0.1", 41004),
             "ack_time_overflow_v4_mapped" => ack_time_overflow(cfg, &mut o, agent, "::", 41005),
+            "reset_after_idle" => reset_after_idle(cfg, &mut o, agent),
+            "timewait_segment" => timewait_segment(cfg, &mut o, agent),
             "fd_exhaustion" => fd_exhaustion(cfg, &mut o, agent),
             "abort_on_close" => connection_abort(
                 cfg,

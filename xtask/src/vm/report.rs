@@ -11,6 +11,8 @@ pub const SCENARIOS: &[&str] = &[
     "ack_time_overflow",
     "ack_time_overflow_v4_mapped",
     "fd_exhaustion",
+    "reset_after_idle",
+    "timewait_segment",
     "abort_on_close",
     "abort_by_application",
 ];
@@ -263,13 +265,15 @@ fn how(s: &Scenario) -> Value {
                 Value::Null
             }
         }
-        "no_listener" => match info["events"].as_array().and_then(|e| e.first()) {
-            Some(e) if e["inferred"] == json!(true) => json!("inferred"),
-            Some(e) => e["reason"]
-                .as_str()
-                .map_or(Value::Null, |r| json!(format!("reason {r}"))),
-            None => Value::Null,
-        },
+        "no_listener" | "timewait_segment" => {
+            match info["events"].as_array().and_then(|e| e.first()) {
+                Some(e) if e["inferred"] == json!(true) => json!("inferred"),
+                Some(e) => e["reason"]
+                    .as_str()
+                    .map_or(Value::Null, |r| json!(format!("reason {r}"))),
+                None => Value::Null,
+            }
+        }
         "accept_queue_overflow" => info["stages"].as_array().map_or(Value::Null, |st| {
             json!(format!(
                 "stage {}",
@@ -279,7 +283,11 @@ fn how(s: &Scenario) -> Value {
                     .join("+")
             ))
         }),
-        _ => Value::Null,
+        // Any event the agent had to infer makes the scenario's cell say so.
+        _ => match info["events"].as_array() {
+            Some(evs) if evs.iter().any(|e| e["inferred"] == json!(true)) => json!("inferred"),
+            _ => Value::Null,
+        },
     }
 }
 
