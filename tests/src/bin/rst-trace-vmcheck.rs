@@ -47,7 +47,9 @@ const SCENARIOS: &[&str] = &[
     "accept_queue_overflow",
     "ack_time_overflow",
     "ack_time_overflow_v4_mapped",
+    "ack_time_overflow_abort",
     "fd_exhaustion",
+    "ephemeral_port_exhaustion",
     "reset_after_idle",
     "timewait_segment",
     "abort_on_close",
@@ -559,39 +561,48 @@ fn how(v: &Value) -> Value {
     })
 }
 
+/// Connections to ports with no listener. The first port had a listener a moment ago (a
+/// restart): its events name that process as the last listener. Each client's refused
+/// connect is the receiving side of the same RST, owned by the client.
 fn no_listener(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
-    let ports: [u16; 3] = [40101, 40202, 40303];
+    let ports: [u64; 3] = [40101, 40202, 40303];
     let mark = agent.mark();
     let before = mib();
+    let first = ports[0].to_string();
+    let restarted = Peer::spawn(cfg, &["listen", "--addr", "127.0.0.1", "--port", &first])?;
+    let restarted_pid = restarted.pid;
+    let _ = restarted.stop();
     let mut clients = Vec::new();
+    let mut client_pids = BTreeSet::new();
     for p in ports {
         let port = p.to_string();
-        let args = [
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--timeout-ms",
-            "5000",
-        ];
-        let lines = run_client(cfg, &args, Duration::from_secs(30))?;
+        let client = Peer::spawn(
+            cfg,
+            &[
+                "connect",
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--timeout-ms",
+                "5000",
+            ],
+        )?;
+        client_pids.insert((client.pid as u64, p));
+        let (_, lines) = client.wait_exit(Duration::from_secs(30));
         clients.push(json!({"port": p, "result": lines}));
     }
     o.info("clients", json!(clients));
     agent.wait_for(
         mark,
-        |v| is_cause(v, "no_listener"),
-        ports.len(),
+        |v| is_cause(v, "no_listener") || is_cause(v, "connection_refused"),
+        2 * ports.len(),
         EVENT_TIMEOUT,
     );
     std::thread::sleep(GRACE);
     let after = mib();
     let lines = agent.since(mark);
-    let evs: Vec<&Value> = lines
-        .iter()
-        .filter(|v| is_cause(v, "no_listener"))
-        .collect();
+    let evs = with_cause(&lines, "no_listener");
     let got_ports: BTreeSet<u64> = evs.iter().filter_map(|v| port_of(v)).collect();
     o.check("no_listener events", json!(ports.len()), json!(evs.len()));
     o.check(
@@ -600,9 +611,43 @@ fn no_listener(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), S
         json!(got_ports.iter().collect::<Vec<_>>()),
     );
     o.check(
+        "no_listener has no owner",
+        json!([null]),
+        json!(evs
+            .iter()
+            .map(|v| u(v, "owner.process.pid"))
+            .collect::<BTreeSet<_>>()),
+    );
+    o.check(
+        "evidence.last_listener.process.pid on the restarted port",
+        json!([restarted_pid]),
+        json!(evs
+            .iter()
+            .filter(|v| port_of(v) == Some(ports[0]))
+            .map(|v| u(v, "evidence.last_listener.process.pid"))
+            .collect::<Vec<_>>()),
+    );
+    let refused = with_cause(&lines, "connection_refused");
+    o.check(
+        "connection_refused: (owner pid, peer port) per client",
+        json!(client_pids),
+        json!(refused
+            .iter()
+            .map(|v| (
+                u(v, "owner.process.pid").unwrap_or(0),
+                u(v, "network.peer.port").unwrap_or(0)
+            ))
+            .collect::<BTreeSet<_>>()),
+    );
+    o.check(
         "Tcp.OutRsts delta",
         json!(ports.len()),
         json!(delta(&before, &after, "Tcp.OutRsts")),
+    );
+    o.check(
+        "RSTs TCP sent (agent) == Tcp.OutRsts delta",
+        json!(delta(&before, &after, "Tcp.OutRsts")),
+        json!(tcp_sent_total(&lines)),
     );
     o.info(
         "events",
@@ -620,6 +665,31 @@ fn overflow_total(lines: &[Value], port: u64) -> u64 {
         .filter(|v| s(v, "direction") == Some("dropped"))
         .filter_map(|v| u(v, "count"))
         .sum()
+}
+
+/// Sets a sysctl of the guest (a throwaway VM, but scenarios run one after another) and
+/// restores the old value when dropped, whatever the scenario's outcome.
+struct Sysctl {
+    path: String,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(name: &str, value: &str) -> Result<Sysctl, String> {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let old = fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        fs::write(&path, value).map_err(|e| format!("{path} = {value}: {e}"))?;
+        Ok(Sysctl {
+            path,
+            old: old.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, &self.old);
+    }
 }
 
 /// Accept queue length of the listener on `port` (`rx_queue` of a LISTEN row of
@@ -657,9 +727,15 @@ fn ack_time_overflow(
     agent: &mut Agent,
     listen_addr: &str,
     port: u64,
+    abort_on_overflow: bool,
 ) -> Result<(), String> {
     const BACKLOG: u64 = 3;
     let v6 = listen_addr.contains(':');
+    // With tcp_abort_on_overflow=1 the listener answers each refused segment with an RST.
+    let _abort = Sysctl::set(
+        "net.ipv4.tcp_abort_on_overflow",
+        if abort_on_overflow { "1" } else { "0" },
+    )?;
     let port_s = port.to_string();
     let backlog_s = BACKLOG.to_string();
     let fill_s = (BACKLOG + 1).to_string();
@@ -806,6 +882,34 @@ fn ack_time_overflow(
         json!([server_pid]),
         json!(owners.iter().collect::<Vec<_>>()),
     );
+    if abort_on_overflow {
+        let rsts: Vec<&Value> = lines
+            .iter()
+            .filter(|v| is_cause(v, "accept_queue_overflow") && port_of(v) == Some(port))
+            .filter(|v| s(v, "direction") == Some("sent"))
+            .collect();
+        o.check(
+            "RSTs sent by the listener (accept_queue_overflow, sent) == TcpExt.ListenOverflows delta",
+            json!(overflows),
+            json!(rsts.iter().filter_map(|v| u(v, "count")).sum::<u64>()),
+        );
+        o.check(
+            "owner pid and evidence.tcp_abort_on_overflow of every RST",
+            json!([[server_pid, 1]]),
+            json!(rsts
+                .iter()
+                .map(|v| (
+                    u(v, "owner.process.pid").unwrap_or(0),
+                    u(v, "evidence.tcp_abort_on_overflow").unwrap_or(0)
+                ))
+                .collect::<BTreeSet<_>>()),
+        );
+        o.check(
+            "RSTs TCP sent (agent) == Tcp.OutRsts delta",
+            json!(delta(&before, &after, "Tcp.OutRsts")),
+            json!(tcp_sent_total(&lines)),
+        );
+    }
     o.info("server_pid", json!(server_pid));
     o.info(
         "TCPDeferAcceptDrop",
@@ -1047,6 +1151,88 @@ fn accept_queue_overflow(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Re
     );
     o.info("causes_seen", causes_seen(&lines));
     o.info("mib_changes", changes(&before, &after));
+    Ok(())
+}
+
+/// connect() with the local port range narrowed to four ports: the fifth connection to the
+/// same destination fails with EADDRNOTAVAIL in the client, which the agent names.
+fn ephemeral_port_exhaustion(
+    cfg: &Config,
+    o: &mut Outcome,
+    agent: &mut Agent,
+) -> Result<(), String> {
+    let port = 41310u64;
+    let port_s = port.to_string();
+    let _range = Sysctl::set("net.ipv4.ip_local_port_range", "41320 41323")?;
+    let mark = agent.mark();
+    let server = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--accept",
+        ],
+    )?;
+    let client = Peer::spawn(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--count",
+            "7",
+            "--timeout-ms",
+            "10000",
+        ],
+    )?;
+    let client_pid = client.pid;
+    let (_, results) = client.wait_exit(Duration::from_secs(90));
+    o.info("client", json!(results));
+    let failed = results
+        .iter()
+        .filter(|l| l.starts_with("EADDRNOTAVAIL"))
+        .count();
+    o.check_true(
+        "the client ran out of local ports (EADDRNOTAVAIL)",
+        failed > 0,
+        json!(failed),
+    );
+    agent.wait_for(
+        mark,
+        |v| is_cause(v, "ephemeral_port_exhaustion"),
+        failed,
+        EVENT_TIMEOUT,
+    );
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    let _ = server.stop();
+    let evs = with_cause(&lines, "ephemeral_port_exhaustion");
+    o.check(
+        "ephemeral_port_exhaustion total == the client's EADDRNOTAVAIL failures",
+        json!(failed),
+        json!(evs.iter().filter_map(|v| u(v, "count")).sum::<u64>()),
+    );
+    o.check(
+        "owner pid and destination port of every event",
+        json!([[client_pid as u64, port]]),
+        json!(evs
+            .iter()
+            .map(|v| (
+                u(v, "owner.process.pid").unwrap_or(0),
+                u(v, "network.peer.port").unwrap_or(0)
+            ))
+            .collect::<BTreeSet<_>>()),
+    );
+    o.info(
+        "events",
+        json!(evs.iter().map(|v| how(v)).collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
     Ok(())
 }
 
@@ -1427,8 +1613,14 @@ fn run_scenario(cfg: &Config, name: &str, agent: &mut Result<Agent, String>) -> 
             _ if !agent.alive() => Err("the agent exited before this scenario".to_owned()),
             "no_listener" => no_listener(cfg, &mut o, agent),
             "accept_queue_overflow" => accept_queue_overflow(cfg, &mut o, agent),
-            "ack_time_overflow" => ack_time_overflow(cfg, &mut o, agent, "127.0.0.1", 41004),
-            "ack_time_overflow_v4_mapped" => ack_time_overflow(cfg, &mut o, agent, "::", 41005),
+            "ack_time_overflow" => ack_time_overflow(cfg, &mut o, agent, "127.0.0.1", 41004, false),
+            "ack_time_overflow_v4_mapped" => {
+                ack_time_overflow(cfg, &mut o, agent, "::", 41005, false)
+            }
+            "ack_time_overflow_abort" => {
+                ack_time_overflow(cfg, &mut o, agent, "127.0.0.1", 41006, true)
+            }
+            "ephemeral_port_exhaustion" => ephemeral_port_exhaustion(cfg, &mut o, agent),
             "reset_after_idle" => reset_after_idle(cfg, &mut o, agent),
             "timewait_segment" => timewait_segment(cfg, &mut o, agent),
             "fd_exhaustion" => fd_exhaustion(cfg, &mut o, agent),
