@@ -731,6 +731,13 @@ fn cmd_connect(a: &Args) {
             if let Some(n) = send_bytes {
                 send_on_attempt(&mut poller, i as usize, &t, n, Instant::now() + timeout);
             }
+            let mut t = t;
+            if t.fd >= 0 && t.result.as_deref() != Some("connected") {
+                // A failed attempt's socket is of no use: keeping it would run thousands of
+                // refused connects into RLIMIT_NOFILE.
+                close(t.fd);
+                t.fd = -1;
+            }
             atts.push(t);
             if stopping() {
                 break;

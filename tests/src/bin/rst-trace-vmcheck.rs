@@ -52,6 +52,7 @@ const SCENARIOS: &[&str] = &[
     "ephemeral_port_exhaustion",
     "reset_after_idle",
     "timewait_segment",
+    "rst_storm",
     "abort_on_close",
     "abort_by_application",
 ];
@@ -475,22 +476,31 @@ impl Peer {
     /// Waits (bounded) for exit; returns (exit code, remaining output lines).
     fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, Vec<String>) {
         let deadline = Instant::now() + timeout;
-        loop {
+        // Read while waiting: a peer that prints more than a pipe holds would block forever.
+        let mut stdout = self.stdout;
+        let reader = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+            rest
+        });
+        let code = loop {
             match self.child.try_wait() {
-                Ok(Some(st)) => {
-                    let mut rest = String::new();
-                    let _ = self.stdout.read_to_string(&mut rest);
-                    return (st.code(), rest.lines().map(str::to_owned).collect());
-                }
+                Ok(Some(st)) => break Ok(st.code()),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 _ => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    return (None, vec!["killed: did not exit in time".into()]);
+                    break Err(());
                 }
             }
+        };
+        // The pipe closes with the child (the peers start no children of their own).
+        let rest = reader.join().unwrap_or_default();
+        match code {
+            Ok(code) => (code, rest.lines().map(str::to_owned).collect()),
+            Err(()) => (None, vec!["killed: did not exit in time".into()]),
         }
     }
 
@@ -1236,6 +1246,86 @@ fn ephemeral_port_exhaustion(
     Ok(())
 }
 
+/// Thousands of refused connects as fast as the guest runs: more events per second than the
+/// agent prints (200 per cause by default), so it folds them into summaries, and the totals
+/// must still match the kernel's counters and the client's own results exactly.
+fn rst_storm(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    const CONNECTS: usize = 3000;
+    let port = 41401u64;
+    let port_s = port.to_string();
+    let count_s = CONNECTS.to_string();
+    let mark = agent.mark();
+    let before = mib();
+    let started = Instant::now();
+    let results = run_client(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--count",
+            &count_s,
+            "--timeout-ms",
+            "5000",
+        ],
+        Duration::from_secs(240),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    let refused = results.iter().filter(|l| l.starts_with("refused")).count() as u64;
+    let after = settled_mib();
+    let rsts = delta(&before, &after, "Tcp.OutRsts");
+    let sum = |lines: &[Value], cause: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|v| {
+                is_cause(v, cause)
+                    && (port_of(v) == Some(port) || u(v, "network.peer.port") == Some(port))
+            })
+            .filter_map(|v| u(v, "count"))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = agent.since(mark);
+        if sum(&lines, "no_listener") as i64 >= rsts || Instant::now() >= deadline || !agent.alive()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    o.info(
+        "connects_per_second",
+        json!((CONNECTS as f64 / secs).round()),
+    );
+    o.check("every connect was refused", json!(CONNECTS), json!(refused));
+    o.check(
+        "no_listener total (sum of count) == Tcp.OutRsts delta",
+        json!(rsts),
+        json!(sum(&lines, "no_listener")),
+    );
+    o.check(
+        "connection_refused total == the client's refused connects",
+        json!(refused),
+        json!(sum(&lines, "connection_refused")),
+    );
+    let folded = lines
+        .iter()
+        .filter(|v| is_cause(v, "no_listener") && u(v, "count").is_some_and(|c| c > 1))
+        .count();
+    o.check_true(
+        "the agent folded events into summaries (the storm outran its print rate)",
+        folded > 0,
+        json!(folded),
+    );
+    o.info("lines", json!(lines.len()));
+    o.info("causes_seen", causes_seen(&lines));
+    Ok(())
+}
+
 /// `key=value` token of a peer's output line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
@@ -1621,6 +1711,7 @@ fn run_scenario(cfg: &Config, name: &str, agent: &mut Result<Agent, String>) -> 
                 ack_time_overflow(cfg, &mut o, agent, "127.0.0.1", 41006, true)
             }
             "ephemeral_port_exhaustion" => ephemeral_port_exhaustion(cfg, &mut o, agent),
+            "rst_storm" => rst_storm(cfg, &mut o, agent),
             "reset_after_idle" => reset_after_idle(cfg, &mut o, agent),
             "timewait_segment" => timewait_segment(cfg, &mut o, agent),
             "fd_exhaustion" => fd_exhaustion(cfg, &mut o, agent),

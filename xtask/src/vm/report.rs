@@ -15,6 +15,7 @@ pub const SCENARIOS: &[&str] = &[
     "ephemeral_port_exhaustion",
     "reset_after_idle",
     "timewait_segment",
+    "rst_storm",
     "abort_on_close",
     "abort_by_application",
 ];
