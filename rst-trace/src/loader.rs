@@ -377,7 +377,10 @@ fn unload_tier<'a>(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'a str>) {
     }
 }
 
-fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[&str]) -> Vec<HookStatus> {
+/// Prefix of a hook's error when the kernel reports the same events another way.
+pub const NOT_NEEDED: &str = "not needed: ";
+
+fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[(&str, &str)]) -> Vec<HookStatus> {
     let btf = Btf::from_sys_fs().ok();
     let kbtf = crate::kernel::btf::KernelBtf::load().ok();
     let arity = |f: &str| kbtf.as_ref().and_then(|b| b.func_param_count(f));
@@ -388,10 +391,8 @@ fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[&str]) -> Vec<HookStatus> {
             attached: Vec::new(),
             errors: Vec::new(),
         };
-        if skip.contains(&hook.name) {
-            status.errors.push(
-                "not needed: this kernel reports the same drops through a drop reason".into(),
-            );
+        if let Some((_, why)) = skip.iter().find(|(name, _)| *name == hook.name) {
+            status.errors.push(format!("{NOT_NEEDED}{why}"));
             out.push(status);
             continue;
         }
@@ -450,13 +451,17 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
         hooks.push(status);
     }
     // ≥ 6.15 frees the overflowing ACK with reason TCP_LISTEN_OVERFLOW, seen by kfree_skb.
-    let mut skip: Vec<&str> = Vec::new();
+    let mut skip: Vec<(&str, &str)> = Vec::new();
     if ack_drop_reason {
-        skip.push("tcp_syn_recv_sock");
+        skip.push((
+            "tcp_syn_recv_sock",
+            "skb:kfree_skb reports ACK-time overflow with reason TCP_LISTEN_OVERFLOW",
+        ));
     }
-    // The tracepoint with a reason field (≥ 6.10) also fires for socket-less resets.
+    // The tracepoint with a reason field (≥ 6.10) also fires without a full socket.
     if layout.tp.rst_reason != rst_trace_common::OFFSET_NONE {
-        skip.extend(["tcp_v4_send_reset", "tcp_v6_send_reset"]);
+        let why = "tcp:tcp_send_reset fires for every RST on this kernel (reason field present)";
+        skip.extend([("tcp_v4_send_reset", why), ("tcp_v6_send_reset", why)]);
     }
     hooks.extend(attach_function_hooks(&mut ebpf, &skip));
     // Successful accepts are then reported where the socket is created, not again at exit.

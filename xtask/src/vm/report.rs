@@ -156,7 +156,9 @@ impl KernelResult {
         self.scenarios.iter().find(|s| s.name == name)
     }
 
-    /// (attached hooks, all hooks, hooks attached nowhere, hooks attached after an error)
+    /// (attached hooks, hooks wanted on this kernel, hooks attached nowhere, hooks attached
+    /// after an error). A hook the agent left out because the kernel reports the same events
+    /// another way (its error starts "not needed: ") is not wanted.
     fn hooks(&self) -> Option<(usize, usize, Vec<String>, Vec<String>)> {
         let hooks = self.started.as_ref()?.get("hooks")?.as_object()?;
         let attached = hooks
@@ -172,17 +174,24 @@ impl KernelResult {
                 .and_then(Value::as_array)
                 .is_some_and(|a| !a.is_empty())
         };
+        let not_needed = |h: &Value| {
+            h.get("errors").and_then(Value::as_array).is_some_and(|e| {
+                e.iter()
+                    .any(|e| e.as_str().is_some_and(|e| e.starts_with("not needed: ")))
+            })
+        };
         let failed = hooks
             .iter()
-            .filter(|(_, h)| !is_attached(h))
+            .filter(|(_, h)| !is_attached(h) && !not_needed(h))
             .map(|(k, _)| k.clone())
             .collect();
+        let wanted = hooks.values().filter(|h| !not_needed(h)).count();
         let fell_back = hooks
             .iter()
             .filter(|(_, h)| is_attached(h) && h.get("errors").is_some())
             .map(|(k, h)| format!("{k} (attached: {})", h["attached"]))
             .collect();
-        Some((attached, hooks.len(), failed, fell_back))
+        Some((attached, wanted, failed, fell_back))
     }
 
     pub fn to_json(&self) -> Value {
