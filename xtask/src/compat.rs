@@ -36,6 +36,62 @@ fn short(via: &str) -> String {
     parts.join(", ")
 }
 
+/// Per hook: how it attached ("fexit", "kprobe", "tp", …), "not needed" where the kernel
+/// reports the same events another way, "—" where it failed.
+fn hook_column(hooks: &Value) -> BTreeMap<String, String> {
+    let mut col = BTreeMap::new();
+    if let Some(map) = hooks.as_object() {
+        for (hook, h) in map {
+            let mut kinds: Vec<&str> = Vec::new();
+            for a in h["attached"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                let kind = match a.as_str().and_then(|a| a.split_once(':')).map(|(k, _)| k) {
+                    Some(k @ ("fentry" | "fexit" | "kprobe" | "kretprobe")) => k,
+                    _ => "tp",
+                };
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            let not_needed = h["errors"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e.as_str().is_some_and(|e| e.starts_with("not needed")))
+            });
+            let cell = if !kinds.is_empty() {
+                kinds.join("+")
+            } else if not_needed {
+                "not needed".to_owned()
+            } else {
+                "—".to_owned()
+            };
+            col.insert(hook.clone(), cell);
+        }
+    }
+    col
+}
+
+/// A markdown table: one row per key found in any column, one column per kernel.
+fn table(first: &str, columns: &[(String, BTreeMap<String, String>)]) -> String {
+    let rows: std::collections::BTreeSet<&String> =
+        columns.iter().flat_map(|(_, c)| c.keys()).collect();
+    let mut out = format!(
+        "| {first} | {} |\n|---|{}\n",
+        columns
+            .iter()
+            .map(|(k, _)| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(columns.len())
+    );
+    for row in rows {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, c)| c.get(row).cloned().unwrap_or_else(|| "—".into()))
+            .collect();
+        out.push_str(&format!("| `{row}` | {} |\n", cells.join(" | ")));
+    }
+    out
+}
+
 fn column(causes: &Value) -> BTreeMap<String, String> {
     let mut col = BTreeMap::new();
     if let Some(map) = causes.as_object() {
@@ -66,13 +122,15 @@ pub fn write(summary: &Path, agent: &Path, readme: &Path) -> Result<()> {
     })?;
     let summary: Value = serde_json::from_str(&text).context("parsing the matrix summary")?;
     let mut columns: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut hook_columns: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     for k in summary["kernels"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[])
     {
         let release = k["release"].as_str().unwrap_or("?").to_owned();
-        columns.push((release, column(&k["agent_started"]["causes"])));
+        columns.push((release.clone(), column(&k["agent_started"]["causes"])));
+        hook_columns.push((release, hook_column(&k["agent_started"]["hooks"])));
     }
     let out = Command::new(agent)
         .args(["doctor", "--format", "json"])
@@ -85,33 +143,15 @@ pub fn write(summary: &Path, agent: &Path, readme: &Path) -> Result<()> {
         );
     }
     let host: Value = serde_json::from_slice(&out.stdout).context("parsing doctor output")?;
-    columns.push((
-        format!("{} (host)", host["kernel"].as_str().unwrap_or("?")),
-        column(&host["causes"]),
-    ));
+    let host_name = format!("{} (host)", host["kernel"].as_str().unwrap_or("?"));
+    columns.push((host_name.clone(), column(&host["causes"])));
+    hook_columns.push((host_name, hook_column(&host["hooks"])));
 
-    let causes: Vec<String> = columns
-        .iter()
-        .flat_map(|(_, c)| c.keys().cloned())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
     let mut table = format!(
-        "{BEGIN}\n| cause | {} |\n|---|{}\n",
-        columns
-            .iter()
-            .map(|(k, _)| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---|".repeat(columns.len())
+        "{BEGIN}\n{}\nHooks per kernel (`tp`: tracepoint; `not needed`: the kernel reports the same events through a tracepoint or a drop reason; `—`: did not load or attach, `rst-trace doctor` says why):\n\n{}",
+        self::table("cause", &columns),
+        self::table("hook", &hook_columns)
     );
-    for cause in &causes {
-        let cells: Vec<String> = columns
-            .iter()
-            .map(|(_, c)| c.get(cause).cloned().unwrap_or_else(|| "—".into()))
-            .collect();
-        table.push_str(&format!("| `{cause}` | {} |\n", cells.join(" | ")));
-    }
     table.push_str(END);
 
     let readme_text =
@@ -144,5 +184,24 @@ mod tests {
             short("tracepoint syscalls:sys_exit_accept4 + syscalls:sys_exit_accept"),
             "tp sys_exit_accept4+sys_exit_accept"
         );
+    }
+
+    #[test]
+    fn hook_cells_name_the_tier() {
+        let hooks = serde_json::json!({
+            "tcp_syn_recv_sock": {"attached": ["kprobe:tcp_v4_syn_recv_sock", "kprobe:tcp_v6_syn_recv_sock"],
+                                  "errors": ["fexit tcp_v4_syn_recv_sock: errno 524"]},
+            "tcp_send_reset": {"attached": ["tcp:tcp_send_reset"]},
+            "tcp_v4_send_reset": {"attached": [], "errors": ["not needed: tcp:tcp_send_reset fires for every RST"]},
+            "tcp_conn_request": {"attached": [], "errors": ["kprobes are not available"]},
+        });
+        let col = hook_column(&hooks);
+        assert_eq!(col["tcp_syn_recv_sock"], "kprobe");
+        assert_eq!(col["tcp_send_reset"], "tp");
+        assert_eq!(col["tcp_v4_send_reset"], "not needed");
+        assert_eq!(col["tcp_conn_request"], "—");
+        let t = table("hook", &[("6.1".into(), col)]);
+        assert!(t.starts_with("| hook | `6.1` |\n|---|---|\n"), "{t}");
+        assert!(t.contains("| `tcp_syn_recv_sock` | kprobe |"), "{t}");
     }
 }
