@@ -19,6 +19,8 @@ pub struct Way {
     pub note: Option<String>,
 }
 
+const INFERRED_NOTE: &str = "no reason field on this kernel: cause inferred from socket state";
+
 fn attached(loaded: &Loaded, program: &str) -> bool {
     loaded
         .hooks
@@ -41,24 +43,25 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
         .map(|&cause| {
             let mut ways = Vec::new();
             for h in HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
-                let tps: Vec<String> = h.tracepoints.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+                let tps: Vec<String> =
+                    h.tracepoints.iter().map(|(c, n)| format!("{c}:{n}")).collect();
                 let inferred = h.program == "tcp_send_reset" && !has_reason;
                 ways.push(Way {
                     how: format!("tracepoint {}", tps.join(" + ")),
                     works: attached(loaded, h.program),
-                    note: inferred.then(|| "no reason field on this kernel: cause inferred from socket state".to_owned()),
+                    note: inferred.then(|| INFERRED_NOTE.to_owned()),
                 });
             }
-                        for h in crate::loader::FUNCTION_HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
+            for h in crate::loader::FUNCTION_HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
                 let status = loaded.hooks.iter().find(|s| s.program == h.name);
-                                let works = status.is_some_and(|s| !s.attached.is_empty());
+                let works = status.is_some_and(|s| !s.attached.is_empty());
                 let tier = status.and_then(|s| s.attached.first()).map_or_else(
                     || format!("{}/kprobe {}", h.trampoline_kind(), h.name),
                     |a| a.clone(),
                 );
                 // Where the hook did not attach, its last error says why (not needed, no
                 // kprobes, the verifier's complaint, ...).
-                                let why = (!works)
+                let why = (!works)
                     .then(|| status.and_then(|s| s.errors.last()).map(|e| first_line(e)))
                     .flatten();
                 ways.push(Way {
