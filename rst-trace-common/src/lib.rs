@@ -198,6 +198,9 @@ pub const RST_HAS_SOCK: u32 = 1 << 0;
 pub const RST_LINGER_ZERO: u32 = 1 << 1;
 /// The socket pointer was a full socket (not a request or TIME_WAIT mini socket).
 pub const RST_FULLSOCK: u32 = 1 << 2;
+/// The full socket had SO_KEEPALIVE on and was not orphaned: a timer-sent RST from it with no
+/// reason (before 6.10) is a keepalive expiry.
+pub const RST_KEEPALIVE_ON: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -436,6 +439,9 @@ pub struct StructOffsets {
     pub socket_sk: u32,
     /// Bit number of SOCK_LINGER in `sk_flags`.
     pub sock_linger_bit: u32,
+    /// Bit numbers of SOCK_KEEPOPEN (SO_KEEPALIVE) and SOCK_DEAD (orphaned) in `sk_flags`.
+    pub sock_keepopen_bit: u32,
+    pub sock_dead_bit: u32,
 }
 
 /// Everything the kernel programs need to know about the running kernel and the filters.
@@ -523,6 +529,8 @@ impl KernelLayout {
             file_private_data: MEMBER_NONE,
             socket_sk: MEMBER_NONE,
             sock_linger_bit: MEMBER_NONE,
+            sock_keepopen_bit: MEMBER_NONE,
+            sock_dead_bit: MEMBER_NONE,
             icsk_syn_qlen: MEMBER_NONE,
         },
         filter_netns: 0,
@@ -569,6 +577,6 @@ const _: () = {
     assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
     assert!(size_of::<ListenDropRecord>() == 24 + 40 + 8 + 16);
     assert!(size_of::<TracepointOffsets>() == 30 * 2);
-    assert!(size_of::<StructOffsets>() == 33 * 4);
-    assert!(size_of::<KernelLayout>() == 60 + 132 + 4 + 2 + 2 + 32 + 4 + 4);
+    assert!(size_of::<StructOffsets>() == 35 * 4);
+    assert!(size_of::<KernelLayout>() == 60 + 140 + 4 + 2 + 2 + 32 + 4 + 4);
 };

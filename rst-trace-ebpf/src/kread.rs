@@ -203,6 +203,16 @@ pub fn linger_zero(snap: &TcpSnapshot) -> bool {
         && snap.sk_lingertime == 0
 }
 
+/// SO_KEEPALIVE on a socket that is not orphaned.
+#[inline(always)]
+pub fn keepalive_on(snap: &TcpSnapshot) -> bool {
+    let (keep, dead) = (lay!(st.sock_keepopen_bit), lay!(st.sock_dead_bit));
+    snap.valid & SNAP_LINGER != 0
+        && keep < 64
+        && snap.sk_flags & (1u64 << keep) != 0
+        && (dead >= 64 || snap.sk_flags & (1u64 << dead) == 0)
+}
+
 /// The calling task. Only meaningful in process context (syscalls, listen(), connect()).
 #[inline(always)]
 pub fn current_task() -> TaskInfo {

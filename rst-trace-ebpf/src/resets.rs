@@ -9,15 +9,15 @@ use aya_ebpf::{
 };
 use rst_trace_common::{
     CounterFamily, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
-    OFFSET_NONE, REASON_NONE, RECORD_VERSION, RST_FULLSOCK, RST_HAS_SOCK, RST_LINGER_ZERO,
-    SLOT_NO_REASON,
+    OFFSET_NONE, REASON_NONE, RECORD_VERSION, RST_FULLSOCK, RST_HAS_SOCK, RST_KEEPALIVE_ON,
+    RST_LINGER_ZERO, SLOT_NO_REASON,
 };
 
 use crate::{
     emit::{count, deliver},
     kread::{
-        is_fullsock_state, linger_zero, member, sk_netns, sk_tuple, skb_netns, sockaddr,
-        tcp_snapshot, tp, AF_INET, AF_INET6,
+        is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple, skb_netns,
+        sockaddr, tcp_snapshot, tp, AF_INET, AF_INET6,
     },
     layout::{lay, wanted},
 };
@@ -120,6 +120,9 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
         tcp_snapshot(skaddr, &mut rec.snap);
         if linger_zero(&rec.snap) {
             rec.flags |= RST_LINGER_ZERO;
+        }
+        if keepalive_on(&rec.snap) {
+            rec.flags |= RST_KEEPALIVE_ON;
         }
     }
     let slot = if reason == REASON_NONE {

@@ -4,6 +4,7 @@ use crate::cause::Cause;
 
 pub const TCP_ESTABLISHED: u32 = 1;
 pub const TCP_SYN_SENT: u32 = 2;
+pub const TCP_CLOSE_WAIT: u32 = 8;
 pub const TCP_TIME_WAIT: u32 = 6;
 pub const TCP_CLOSE: u32 = 7;
 pub const TCP_LISTEN: u32 = 10;
@@ -21,7 +22,14 @@ pub struct SentReset<'a> {
     pub listener_full: bool,
     /// Bytes received but not read by the application.
     pub unread_bytes: Option<u32>,
+    /// SO_KEEPALIVE on, socket not orphaned.
+    pub keepalive_on: bool,
+    /// Seconds since the socket last sent or received data.
+    pub idle_seconds: Option<f64>,
 }
+
+/// Keepalive probes start after at least a second of silence (TCP_KEEPIDLE ≥ 1).
+const KEEPALIVE_MIN_IDLE_SECONDS: f64 = 1.0;
 
 /// Returns the cause and whether it was inferred (no reason from the kernel).
 pub fn classify_sent_reset(r: &SentReset<'_>) -> (Cause, bool) {
@@ -69,6 +77,15 @@ pub fn classify_sent_reset(r: &SentReset<'_>) -> (Cause, bool) {
         Cause::AbortByApplication
     } else if r.unread_bytes.is_some_and(|b| b > 0) {
         Cause::AbortOnClose
+    } else if (r.state == TCP_ESTABLISHED || r.state == TCP_CLOSE_WAIT)
+        && r.keepalive_on
+        && r.idle_seconds
+            .is_some_and(|s| s >= KEEPALIVE_MIN_IDLE_SECONDS)
+    {
+        // Only the keepalive timer resets a live, silent, non-orphaned connection without a
+        // reason; the application's own resets (close with SO_LINGER 0, unread data,
+        // disconnect) are caught above or leave the socket in CLOSE first.
+        Cause::KeepaliveTimeout
     } else {
         Cause::Unclassified
     };
@@ -191,5 +208,41 @@ mod tests {
             Some(Cause::AcceptQueueOverflow)
         );
         assert_eq!(classify_drop("OTHER"), None);
+    }
+
+    #[test]
+    fn keepalive_expiry_is_inferred_from_a_silent_keepalive_socket() {
+        let expired = SentReset {
+            has_sock: true,
+            state: TCP_ESTABLISHED,
+            keepalive_on: true,
+            idle_seconds: Some(3.2),
+            unread_bytes: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            classify_sent_reset(&expired),
+            (Cause::KeepaliveTimeout, true)
+        );
+        // Keepalive off, or traffic a moment ago: not a keepalive expiry.
+        let off = SentReset {
+            keepalive_on: false,
+            ..expired.clone()
+        };
+        assert_eq!(classify_sent_reset(&off), (Cause::Unclassified, true));
+        let busy = SentReset {
+            idle_seconds: Some(0.2),
+            ..expired.clone()
+        };
+        assert_eq!(classify_sent_reset(&busy), (Cause::Unclassified, true));
+        // The kernel's reason wins where there is one.
+        let given = SentReset {
+            reason: Some("TCP_STATE"),
+            ..expired
+        };
+        assert_eq!(
+            classify_sent_reset(&given),
+            (Cause::AbortByApplication, false)
+        );
     }
 }

@@ -10,7 +10,8 @@ use rst_trace_common::{
     AcceptRecord, ConnectRecord, ListenDropRecord, ResetReceivedRecord, ResetSentRecord,
     SkbDropRecord, SockStateRecord, TcpSnapshot, LISTEN_DROP_ACK_ACCEPT_FULL,
     LISTEN_DROP_SYN_ACCEPT_FULL, LISTEN_DROP_SYN_QUEUE_FULL, REASON_NONE, RST_HAS_SOCK,
-    RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES, STATE_TASK_VALID,
+    RST_KEEPALIVE_ON, RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES,
+    STATE_TASK_VALID,
 };
 use serde_json::{json, Value};
 
@@ -206,16 +207,28 @@ impl<H: HostInfo> Pipeline<H> {
             Record::SkbDrop(r) => self.on_skb_drop(r),
             Record::Connect(r) => self.on_connect(r),
             Record::ListenDrop(r) => self.on_listen_drop(r),
-            Record::ForeignReset(r) => {
-                if let Ok(e) = Endpoints::try_from(&r.tuple) {
+                        Record::ForeignReset(r) => match Endpoints::try_from(&r.tuple) {
+                // Without the NETFILTER_DROP drop reason (before 5.17) the dropped segment is
+                // never seen: waiting for it would only delay the report past the moment the
+                // peer's receipt of this RST looks for it.
+                Ok(e) if self.drop_reasons.value("NETFILTER_DROP").is_none() => {
+                    let mut d = self.firewall_reject(r.header.netns, e, r.header.ktime_ns);
+                    d.evidence.insert(
+                        "dropped_segment_seen".into(),
+                        json!("not observable: this kernel has no NETFILTER_DROP drop reason"),
+                    );
+                    vec![d]
+                }
+                Ok(e) => {
                     let entry = self
                         .foreign_resets
                         .entry((r.header.netns, e))
                         .or_insert((r.header.ktime_ns, 0));
                     entry.1 += 1;
+                    Vec::new()
                 }
-                Vec::new()
-            }
+                Err(_) => Vec::new(),
+            },
         };
         for d in &out {
             self.remember_sent(d);
@@ -576,6 +589,8 @@ impl<H: HostInfo> Pipeline<H> {
             linger_zero: r.flags & RST_LINGER_ZERO != 0,
             listener_full,
             unread_bytes: unread,
+            keepalive_on: r.flags & RST_KEEPALIVE_ON != 0,
+            idle_seconds: self.idle_seconds(snap),
         };
         let (cause, inferred) = classify_sent_reset(&facts);
         let mut d = Diagnosis::new(
@@ -1569,5 +1584,38 @@ mod tests {
                 .is_none(),
             "expired"
         );
+    }
+
+    fn foreign_rst(lport: u16, rport: u16, t: u64) -> Record {
+        Record::ForeignReset(rst_trace_common::ForeignResetRecord {
+            header: header(RecordKind::ForeignReset, t),
+            tuple: tuple(lport, rport),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn netfilter_rst_is_reported_at_once_where_drops_have_no_reason() {
+        // 5.10: no skb_drop_reason, so the REJECTed segment's drop is never seen.
+        let mut p = pipeline();
+        listen(&mut p, 0xa, 8443, 4242, 1);
+        let out = p.handle(&foreign_rst(8443, 50000, 2));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].cause, Cause::FirewallReject);
+        assert_eq!(out[0].owner.as_ref().map(|o| o.pid), Some(4242));
+        // The client's refusal arriving right after links to it.
+        assert!(p.sent_counterpart(&Endpoints::try_from(&tuple(50000, 8443)).unwrap()).is_some());
+    }
+
+    #[test]
+    fn netfilter_rst_waits_for_its_drop_where_drops_have_reasons() {
+        let mut p = Pipeline::new(
+            ReasonNames::default(),
+            ReasonNames::from_pairs([("NETFILTER_DROP".into(), 10)]),
+            FakeHost,
+            Clock::fixed(SystemTime::UNIX_EPOCH),
+            250,
+        );
+        assert!(p.handle(&foreign_rst(8443, 50000, 2)).is_empty());
     }
 }

@@ -27,10 +27,10 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
-/// What `integration-test vm` needs besides the build chain: QEMU, the guest's busybox, and xz
-/// for Debian's compressed kernel modules (dpkg-deb, gzip, ldd and sha256sum are part of every
-/// Debian system).
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];
+/// What `integration-test vm` needs besides the build chain: QEMU, the guest's busybox, xz
+/// for Debian's compressed kernel modules, and iptables, whose legacy binary the guest carries
+/// (dpkg-deb, gzip, ldd and sha256sum are part of every Debian system).
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils", "iptables"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

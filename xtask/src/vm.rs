@@ -29,9 +29,11 @@ use crate::workspace::{Profile, Workspace};
 
 use report::KernelResult;
 
-/// Kernel modules the agent needs that Debian builds as modules: sock_diag for TCP sockets
-/// (listener queues and drop counters). Dependencies (inet_diag) are added from .modinfo.
-const GUEST_MODULES: &[&str] = &["tcp_diag"];
+/// Kernel modules Debian builds as modules that the guest needs: sock_diag for TCP sockets
+/// (listener queues and drop counters, for the agent), and legacy iptables' filter table, tcp
+/// match and REJECT target (for the firewall and keepalive scenarios; present as modules in all
+/// three series, unlike the nf_tables pieces). Dependencies are added from .modinfo.
+const GUEST_MODULES: &[&str] = &["tcp_diag", "iptable_filter", "xt_tcpudp", "ipt_REJECT"];
 
 #[derive(Subcommand)]
 pub enum Suite {

@@ -136,11 +136,16 @@ impl KernelFacts {
         s.fdtable_max_fds = member(btf, "fdtable", &["max_fds"]);
         s.file_private_data = member(btf, "file", &["private_data"]);
         s.socket_sk = member(btf, "socket", &["sk"]);
-        s.sock_linger_bit = btf
-            .enum_values("sock_flags")
-            .get("SOCK_LINGER")
-            .and_then(|v| u32::try_from(*v).ok())
-            .unwrap_or(MEMBER_NONE);
+        let sock_flags = btf.enum_values("sock_flags");
+        let bit = |name: &str| {
+            sock_flags
+                .get(name)
+                .and_then(|v| u32::try_from(*v).ok())
+                .unwrap_or(MEMBER_NONE)
+        };
+        s.sock_linger_bit = bit("SOCK_LINGER");
+        s.sock_keepopen_bit = bit("SOCK_KEEPOPEN");
+        s.sock_dead_bit = bit("SOCK_DEAD");
 
         let rst_reasons = ReasonNames::from_btf(btf, "sk_rst_reason", "SK_RST_REASON_");
         let drop_reasons = ReasonNames::from_btf(btf, "skb_drop_reason", "SKB_DROP_REASON_");

@@ -52,6 +52,8 @@ const SCENARIOS: &[&str] = &[
     "ephemeral_port_exhaustion",
     "reset_after_idle",
     "timewait_segment",
+    "firewall",
+    "keepalive_timeout",
     "rst_storm",
     "abort_on_close",
     "abort_by_application",
@@ -825,14 +827,15 @@ fn ack_time_overflow(
     );
     let mid = mib();
     fs::write(&go, b"go").map_err(|e| format!("write {go}: {e}"))?;
-    // The early clients send (and retransmit). Once their first segments were refused, the
-    // listener closes before the clients do: a client's FIN retransmitted to a full queue for
-    // minutes would keep the counters moving.
+    // The early clients send, and without tcp_abort_on_overflow retransmit: wait for a
+    // retransmission of each to be refused as well. Then the listener closes before the
+    // clients do: a client's FIN retransmitted to a full queue for minutes would keep the
+    // counters moving.
+    let refusals = if abort_on_overflow { 2 } else { 4 };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while delta(&mid, &mib(), "TcpExt.ListenOverflows") < 2 && Instant::now() < deadline {
+    while delta(&mid, &mib(), "TcpExt.ListenOverflows") < refusals && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(1));
     let _ = server.stop();
     let (_, early_rest) = early.stop();
     o.info("early_clients_after_go", json!(early_rest));
@@ -1326,6 +1329,354 @@ fn rst_storm(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), Str
     Ok(())
 }
 
+/// An iptables rule in the guest's INPUT chain (legacy iptables, carried in the initramfs),
+/// deleted again when dropped.
+struct Rule {
+    spec: Vec<String>,
+}
+
+impl Rule {
+    fn append(spec: &[&str]) -> Result<Rule, String> {
+        let spec: Vec<String> = spec.iter().map(|s| (*s).to_owned()).collect();
+        iptables(
+            &[
+                &["-A", "INPUT"][..],
+                &spec.iter().map(String::as_str).collect::<Vec<_>>(),
+            ]
+            .concat(),
+        )?;
+        Ok(Rule { spec })
+    }
+
+    /// Packets the rule matched so far (`iptables -L -v -x` counts them).
+    fn packets(&self, needle: &str) -> Result<u64, String> {
+        let listing = iptables(&["-L", "INPUT", "-v", "-x", "-n"])?;
+        listing
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("no rule with {needle:?} in:\n{listing}"))
+    }
+}
+
+impl Drop for Rule {
+    fn drop(&mut self) {
+        let spec: Vec<&str> = self.spec.iter().map(String::as_str).collect();
+        let _ = iptables(&[&["-D", "INPUT"][..], &spec].concat());
+    }
+}
+
+fn iptables(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("iptables")
+        .args(["-w"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("iptables {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "iptables {args:?} exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// REJECT (tcp-reset) and DROP rules in front of two listeners. netfilter's RSTs are reported
+/// as firewall_reject with the intended listener's owner and reconcile with the rule's packet
+/// counter, not with Tcp.OutRsts (which stays put); the clients' refusals are linked to them.
+/// Dropped SYNs are reported per packet where the kernel gives a drop reason (6.1 and later);
+/// where the agent says it cannot see them, it must report none.
+fn firewall(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    const REJECTS: u64 = 3;
+    let (rej_port, drop_port) = (41501u64, 41502u64);
+    let (rej_s, drop_s) = (rej_port.to_string(), drop_port.to_string());
+    let mark = agent.mark();
+    let rej_srv = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &rej_s,
+            "--accept",
+        ],
+    )?;
+    let drop_srv = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &drop_s,
+            "--accept",
+        ],
+    )?;
+    let (rej_pid, drop_pid) = (rej_srv.pid as u64, drop_srv.pid as u64);
+    let reject = Rule::append(&[
+        "-p",
+        "tcp",
+        "--dport",
+        &rej_s,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ])?;
+    let drop_rule = Rule::append(&["-p", "tcp", "--dport", &drop_s, "-j", "DROP"])?;
+    let m0 = settled_mib();
+    let client = Peer::spawn(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &rej_s,
+            "--count",
+            &REJECTS.to_string(),
+            "--timeout-ms",
+            "5000",
+        ],
+    )?;
+    let client_pid = client.pid as u64;
+    let (_, results) = client.wait_exit(Duration::from_secs(60));
+    o.info("reject_client", json!(results));
+    let lports: BTreeSet<u64> = results
+        .iter()
+        .filter(|l| l.starts_with("refused"))
+        .filter_map(|l| field(l, "lport").and_then(|p| p.parse().ok()))
+        .collect();
+    let m1 = settled_mib();
+    let reject_pkts = reject.packets(&format!("dpt:{rej_port}"))?;
+    let dclient = Peer::spawn(
+        cfg,
+        &[
+            "connect",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &drop_s,
+            "--count",
+            "2",
+            "--nonblocking",
+            "--timeout-ms",
+            "2500",
+        ],
+    )?;
+    let (_, dresults) = dclient.wait_exit(Duration::from_secs(60));
+    o.info("drop_client", json!(dresults));
+    let m2 = settled_mib();
+    let drop_pkts = drop_rule.packets(&format!("dpt:{drop_port}"))?;
+    let drop_observable = agent.started["causes"]["firewall_drop"]["observable"] == json!(true);
+    agent.wait_for(
+        mark,
+        |v| is_cause(v, "firewall_reject"),
+        reject_pkts as usize,
+        EVENT_TIMEOUT,
+    );
+    if drop_observable {
+        agent.wait_for(
+            mark,
+            |v| is_cause(v, "firewall_drop"),
+            drop_pkts as usize,
+            EVENT_TIMEOUT,
+        );
+    }
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    drop(reject);
+    drop(drop_rule);
+    let _ = rej_srv.stop();
+    let _ = drop_srv.stop();
+
+    let total = |evs: &[&Value]| -> u64 { evs.iter().filter_map(|v| u(v, "count")).sum() };
+    let rejects = with_cause(&lines, "firewall_reject");
+    o.check(
+        "REJECT rule packets (one per connect)",
+        json!(REJECTS),
+        json!(reject_pkts),
+    );
+    o.check(
+        "firewall_reject total == REJECT rule packets",
+        json!(reject_pkts),
+        json!(total(&rejects)),
+    );
+    o.check(
+        "firewall_reject: (origin, owner pid, local port) of every event",
+        json!([["netfilter", rej_pid, rej_port]]),
+        json!(rejects
+            .iter()
+            .map(|v| (
+                s(v, "origin").unwrap_or("-").to_owned(),
+                u(v, "owner.process.pid").unwrap_or(0),
+                port_of(v).unwrap_or(0)
+            ))
+            .collect::<BTreeSet<_>>()),
+    );
+    o.check(
+        "firewall_reject peer ports == the refused clients' ports",
+        json!(lports),
+        json!(rejects
+            .iter()
+            .filter_map(|v| u(v, "network.peer.port"))
+            .collect::<BTreeSet<_>>()),
+    );
+    o.check(
+        "Tcp.OutRsts delta while rejecting (netfilter's RSTs are not TCP's)",
+        json!(0),
+        json!(delta(&m0, &m1, "Tcp.OutRsts")),
+    );
+    let refused = with_cause(&lines, "connection_refused");
+    o.check(
+        "connection_refused: (owner pid, related.cause) of every event",
+        json!([[client_pid, "firewall_reject"]]),
+        json!(refused
+            .iter()
+            .filter(|v| u(v, "network.peer.port") == Some(rej_port))
+            .map(|v| (
+                u(v, "owner.process.pid").unwrap_or(0),
+                s(v, "related.cause").unwrap_or("-").to_owned()
+            ))
+            .collect::<BTreeSet<_>>()),
+    );
+    let drops = with_cause(&lines, "firewall_drop");
+    o.check_true(
+        "the DROP rule saw the SYNs",
+        drop_pkts >= 2,
+        json!(drop_pkts),
+    );
+    if drop_observable {
+        o.check(
+            "firewall_drop total == DROP rule packets",
+            json!(drop_pkts),
+            json!(total(&drops)),
+        );
+        o.check(
+            "firewall_drop: (reason, owner pid, local port) of every event",
+            json!([["NETFILTER_DROP", drop_pid, drop_port]]),
+            json!(drops
+                .iter()
+                .map(|v| (
+                    s(v, "reason").unwrap_or("-").to_owned(),
+                    u(v, "owner.process.pid").unwrap_or(0),
+                    port_of(v).unwrap_or(0)
+                ))
+                .collect::<BTreeSet<_>>()),
+        );
+    } else {
+        o.check(
+            "firewall_drop events where the agent says it cannot see them",
+            json!(0),
+            json!(drops.len()),
+        );
+    }
+    o.info("firewall_drop_observable", json!(drop_observable));
+    o.info("drop_phase_mib", changes(&m1, &m2));
+    o.info(
+        "events",
+        json!(rejects
+            .iter()
+            .chain(drops.iter())
+            .map(|v| how(v))
+            .collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
+    Ok(())
+}
+
+/// A client with keepalive (1 s idle, 1 s interval, 2 probes) whose server stops answering
+/// (a DROP rule on the server's port): the client's kernel gives up and sends an RST, reported
+/// as keepalive_timeout with the client as owner, once per TCPAbortOnTimeout.
+fn keepalive_timeout(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), String> {
+    let port = 41503u64;
+    let port_s = port.to_string();
+    let mark = agent.mark();
+    let server = Peer::spawn(
+        cfg,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--accept",
+        ],
+    )?;
+    let before = settled_mib();
+    let mut client = Peer::spawn(
+        cfg,
+        &[
+            "keepalive",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--keepidle",
+            "1",
+            "--keepintvl",
+            "1",
+            "--keepcnt",
+            "2",
+            "--timeout-ms",
+            "60000",
+        ],
+    )?;
+    let client_pid = client.pid as u64;
+    let first = client.lines(1, Duration::from_secs(30));
+    let lport: Option<u64> = first
+        .first()
+        .and_then(|l| field(l, "lport"))
+        .and_then(|p| p.parse().ok());
+    let lport = lport.ok_or_else(|| format!("client did not connect: {first:?}"))?;
+    // The server goes silent: everything the client sends to it is dropped.
+    let silence = Rule::append(&["-p", "tcp", "--dport", &port_s, "-j", "DROP"])?;
+    let (_, rest) = client.wait_exit(Duration::from_secs(90));
+    o.info("client", json!(rest));
+    o.check_true(
+        "the client's connection timed out (ETIMEDOUT)",
+        rest.iter().any(|l| l.starts_with("error ETIMEDOUT")),
+        json!(rest.last()),
+    );
+    agent.wait_for(mark, |v| is_cause(v, "keepalive_timeout"), 1, EVENT_TIMEOUT);
+    let after = settled_mib();
+    std::thread::sleep(GRACE);
+    let lines = agent.since(mark);
+    drop(silence);
+    let _ = server.stop();
+    let ka = with_cause(&lines, "keepalive_timeout");
+    o.check(
+        "keepalive_timeout total == TcpExt.TCPAbortOnTimeout delta",
+        json!(delta(&before, &after, "TcpExt.TCPAbortOnTimeout")),
+        json!(ka.iter().filter_map(|v| u(v, "count")).sum::<u64>()),
+    );
+    o.check("keepalive_timeout events", json!(1), json!(ka.len()));
+    if let Some(v) = ka.first() {
+        o.check(
+            "owner pid (the client)",
+            json!(client_pid),
+            json!(u(v, "owner.process.pid")),
+        );
+        o.check("local port", json!(lport), json!(port_of(v)));
+        o.check("peer port", json!(port), json!(u(v, "network.peer.port")));
+    }
+    o.check(
+        "RSTs TCP sent (agent) == Tcp.OutRsts delta",
+        json!(delta(&before, &after, "Tcp.OutRsts")),
+        json!(tcp_sent_total(&lines)),
+    );
+    o.info(
+        "events",
+        json!(ka.iter().map(|v| how(v)).collect::<Vec<_>>()),
+    );
+    o.info("causes_seen", causes_seen(&lines));
+    o.info("mib_changes", changes(&before, &after));
+    Ok(())
+}
+
 /// `key=value` token of a peer's output line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
@@ -1712,6 +2063,8 @@ fn run_scenario(cfg: &Config, name: &str, agent: &mut Result<Agent, String>) -> 
             }
             "ephemeral_port_exhaustion" => ephemeral_port_exhaustion(cfg, &mut o, agent),
             "rst_storm" => rst_storm(cfg, &mut o, agent),
+            "firewall" => firewall(cfg, &mut o, agent),
+            "keepalive_timeout" => keepalive_timeout(cfg, &mut o, agent),
             "reset_after_idle" => reset_after_idle(cfg, &mut o, agent),
             "timewait_segment" => timewait_segment(cfg, &mut o, agent),
             "fd_exhaustion" => fd_exhaustion(cfg, &mut o, agent),

@@ -14,6 +14,13 @@ use crate::vm::kernel::Module;
 
 const BUSYBOX: &str = "/bin/busybox";
 
+/// Legacy iptables (the nf_tables flavour needs modules some series build in and others do
+/// not), installed in the guest as `iptables`. Its extensions are loaded with dlopen from
+/// XTABLES_LIBDIR, so ldd does not list them: the ones the scenarios use are named here.
+const IPTABLES: &str = "/usr/sbin/xtables-legacy-multi";
+const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+const XTABLES_EXTENSIONS: &[&str] = &["libxt_standard.so", "libxt_tcp.so", "libipt_REJECT.so"];
+
 /// The host files that go into every guest.
 pub struct Payload {
     pub agent: PathBuf,
@@ -89,6 +96,18 @@ pub fn build(dir: &Path, payload: &Payload, modules: &[Module]) -> Result<PathBu
     for (host, guest) in bins {
         cpio.file(guest, 0o755, &read(host)?);
         libs.extend(shared_libraries(host)?);
+    }
+    let iptables = Path::new(IPTABLES);
+    if !iptables.is_file() {
+        bail!("{IPTABLES} not found (the iptables package provides it; `cargo xtask setup` installs it)");
+    }
+    cpio.file("/bin/xtables-legacy-multi", 0o755, &read(iptables)?);
+    cpio.symlink("/bin/iptables", "xtables-legacy-multi");
+    libs.extend(shared_libraries(iptables)?);
+    for ext in XTABLES_EXTENSIONS {
+        let host = Path::new(XTABLES_DIR).join(ext);
+        cpio.file(&host.to_string_lossy(), 0o644, &read(&host)?);
+        libs.extend(shared_libraries(&host)?);
     }
     for lib in libs {
         let guest = lib.to_string_lossy().into_owned();

@@ -15,6 +15,8 @@ pub const SCENARIOS: &[&str] = &[
     "ephemeral_port_exhaustion",
     "reset_after_idle",
     "timewait_segment",
+    "firewall",
+    "keepalive_timeout",
     "rst_storm",
     "abort_on_close",
     "abort_by_application",
