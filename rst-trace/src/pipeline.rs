@@ -207,16 +207,17 @@ impl<H: HostInfo> Pipeline<H> {
             Record::SkbDrop(r) => self.on_skb_drop(r),
             Record::Connect(r) => self.on_connect(r),
             Record::ListenDrop(r) => self.on_listen_drop(r),
-                        Record::ForeignReset(r) => match Endpoints::try_from(&r.tuple) {
+            Record::ForeignReset(r) => match Endpoints::try_from(&r.tuple) {
                 // Without the NETFILTER_DROP drop reason (before 5.17) the dropped segment is
                 // never seen: waiting for it would only delay the report past the moment the
                 // peer's receipt of this RST looks for it.
                 Ok(e) if self.drop_reasons.value("NETFILTER_DROP").is_none() => {
                     let mut d = self.firewall_reject(r.header.netns, e, r.header.ktime_ns);
-                    d.evidence.insert(
-                        "dropped_segment_seen".into(),
-                        json!("not observable: this kernel has no NETFILTER_DROP drop reason"),
-                    );
+                    d.evidence
+                        .insert("dropped_segment_seen".into(), json!(false));
+                    // This kernel frees packets without a reason: the drop cannot be seen.
+                    d.evidence
+                        .insert("dropped_segment_observable".into(), json!(false));
                     vec![d]
                 }
                 Ok(e) => {
@@ -1604,7 +1605,9 @@ mod tests {
         assert_eq!(out[0].cause, Cause::FirewallReject);
         assert_eq!(out[0].owner.as_ref().map(|o| o.pid), Some(4242));
         // The client's refusal arriving right after links to it.
-        assert!(p.sent_counterpart(&Endpoints::try_from(&tuple(50000, 8443)).unwrap()).is_some());
+        assert!(p
+            .sent_counterpart(&Endpoints::try_from(&tuple(50000, 8443)).unwrap())
+            .is_some());
     }
 
     #[test]
