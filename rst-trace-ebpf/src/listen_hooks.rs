@@ -101,15 +101,11 @@ fn handed_to_v4(v6: bool, skb: u64) -> bool {
 /// overflow (kernels before 6.15 give the freed ACK no drop reason).
 #[inline(always)]
 fn syn_recv_failed(v6: bool, sk: u64, skb: u64, child: u64) -> Option<()> {
-    if child != 0 || handed_to_v4(v6, skb) {
+    if child != 0 {
         return None;
     }
-    let (ack, max) = backlog(sk);
-    if ack <= max {
-        return None;
-    }
-    let qlen = member::<u32>(sk, lay!(st.icsk_syn_qlen)).unwrap_or(0);
-    emit(sk, skb, LISTEN_DROP_ACK_ACCEPT_FULL, ack, max, qlen)
+    // The queue is still full after a failed call: the same test as at entry.
+    syn_recv_entry(v6, sk, skb)
 }
 
 /// At `tcp_v*_syn_recv_sock` entry, for kernels whose trampolines cannot take the function

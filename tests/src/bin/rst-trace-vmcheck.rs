@@ -42,22 +42,14 @@ const GRACE: Duration = Duration::from_secs(2);
 /// Safety bound for the agent; it is normally stopped with SIGTERM long before.
 const AGENT_DURATION_SECS: u64 = 900;
 
-const SCENARIOS: &[&str] = &[
-    "no_listener",
-    "accept_queue_overflow",
-    "ack_time_overflow",
-    "ack_time_overflow_v4_mapped",
-    "ack_time_overflow_abort",
-    "fd_exhaustion",
-    "ephemeral_port_exhaustion",
-    "reset_after_idle",
-    "timewait_segment",
-    "firewall",
-    "keepalive_timeout",
-    "rst_storm",
-    "abort_on_close",
-    "abort_by_application",
-];
+/// The scenarios, in order (shared with xtask, which builds its report from the same file).
+static SCENARIOS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    include_str!("../../vm-scenarios.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+});
 
 struct Config {
     agent: String,
@@ -2138,7 +2130,7 @@ fn main() {
         Err(e) => note(&format!("the agent did not start: {e}")),
     }
     let mut all = agent.is_ok();
-    for name in SCENARIOS {
+    for name in SCENARIOS.iter() {
         if cfg.only.as_ref().is_some_and(|o| !o.contains(*name)) {
             continue;
         }

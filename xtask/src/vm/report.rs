@@ -4,23 +4,14 @@ use serde_json::{json, Value};
 
 use crate::vm::qemu::Console;
 
-/// The scenarios rst-trace-vmcheck runs, in its order.
-pub const SCENARIOS: &[&str] = &[
-    "no_listener",
-    "accept_queue_overflow",
-    "ack_time_overflow",
-    "ack_time_overflow_v4_mapped",
-    "ack_time_overflow_abort",
-    "fd_exhaustion",
-    "ephemeral_port_exhaustion",
-    "reset_after_idle",
-    "timewait_segment",
-    "firewall",
-    "keepalive_timeout",
-    "rst_storm",
-    "abort_on_close",
-    "abort_by_application",
-];
+/// The guest's scenarios, in order: the list rst-trace-vmcheck itself runs.
+pub static SCENARIOS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    include_str!("../../../tests/vm-scenarios.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+});
 
 pub struct Scenario {
     pub name: String,
