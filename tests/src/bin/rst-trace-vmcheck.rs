@@ -1145,8 +1145,10 @@ fn accept_queue_overflow(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Re
             .iter()
             .map(|v| {
                 let mut h = how(v);
-                h["direction"] = get(v, "direction").cloned().unwrap_or(Value::Null);
+                                h["direction"] = get(v, "direction").cloned().unwrap_or(Value::Null);
                 h["stage"] = get(v, "evidence.stage").cloned().unwrap_or(Value::Null);
+                h["peer_port"] = get(v, "network.peer.port").cloned().unwrap_or(Value::Null);
+                h["time"] = get(v, "time").cloned().unwrap_or(Value::Null);
                 h["queue"] = get(v, "evidence.accept_queue")
                     .cloned()
                     .unwrap_or(Value::Null);
