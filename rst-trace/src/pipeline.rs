@@ -90,6 +90,9 @@ pub struct Pipeline<H: HostInfo> {
     pub table: SocketTable,
     rst_reasons: ReasonNames,
     drop_reasons: ReasonNames,
+    /// The kernel frees packets with reason NETFILTER_DROP (5.17+): a REJECT's dropped
+    /// segment can be seen and paired with its RST.
+    netfilter_drops_seen: bool,
     host: H,
     clock: Clock,
     hz: u64,
@@ -107,6 +110,9 @@ pub struct Pipeline<H: HostInfo> {
     /// the kernel traces the sending side only after transmitting, so on loopback the
     /// receiving side's record comes first.
     pending_received: VecDeque<(u64, Diagnosis)>,
+    /// How many held RSTs each 4-tuple has: a sent RST looks here before scanning the queue,
+    /// so storms of unrelated RSTs do not pay for the held ones.
+    pending_by_tuple: HashMap<Endpoints, u32>,
     /// SYN-queue overflows reported per packet since the last poll, per (netns, port).
     synq_per_packet: HashMap<(u32, u16), u64>,
     /// Sockets to a destination by state, sampled at most once a second per destination.
@@ -120,6 +126,20 @@ struct SentRst {
     netns: u32,
     at_ns: u64,
     owner_pid: Option<u32>,
+}
+
+impl SentRst {
+    /// The `related` section of the received RST this one is.
+    fn related(&self) -> Value {
+        json!({
+            "cause": self.cause.as_str(),
+            "direction": "sent",
+            "origin": self.origin,
+            "netns": self.netns,
+            "owner_pid": self.owner_pid,
+            "note": "this RST was sent by this host; its cause on the sending side is above",
+        })
+    }
 }
 
 /// How long a received RST waits for the local RST that caused it.
@@ -151,6 +171,7 @@ impl<H: HostInfo> Pipeline<H> {
         Self {
             table: SocketTable::default(),
             rst_reasons,
+            netfilter_drops_seen: drop_reasons.value("NETFILTER_DROP").is_some(),
             drop_reasons,
             host,
             clock,
@@ -164,6 +185,7 @@ impl<H: HostInfo> Pipeline<H> {
             port_census: HashMap::new(),
             synq_per_packet: HashMap::new(),
             pending_received: VecDeque::new(),
+            pending_by_tuple: HashMap::new(),
         }
     }
 
@@ -211,7 +233,7 @@ impl<H: HostInfo> Pipeline<H> {
                 // Without the NETFILTER_DROP drop reason (before 5.17) the dropped segment is
                 // never seen: waiting for it would only delay the report past the moment the
                 // peer's receipt of this RST looks for it.
-                Ok(e) if self.drop_reasons.value("NETFILTER_DROP").is_none() => {
+                Ok(e) if !self.netfilter_drops_seen => {
                     let mut d = self.firewall_reject(r.header.netns, e, r.header.ktime_ns);
                     d.evidence
                         .insert("dropped_segment_seen".into(), json!(false));
@@ -254,35 +276,29 @@ impl<H: HostInfo> Pipeline<H> {
             };
             self.recent_sent.remove(&k);
         }
+        let sent = SentRst {
+            cause: d.cause,
+            origin: d.origin,
+            netns: d.netns,
+            at_ns: now,
+            owner_pid: d.owner.as_ref().map(|o| o.pid),
+        };
         let sent_key = Endpoints {
             local: e.remote,
             remote: e.local,
         };
-        for (_, pending) in self.pending_received.iter_mut() {
-            if pending.related.is_none() && pending.endpoints == Some(sent_key) {
-                pending.related = Some(json!({
-                    "cause": d.cause.as_str(),
-                    "direction": "sent",
-                    "origin": d.origin,
-                    "netns": d.netns,
-                    "owner_pid": d.owner.as_ref().map(|o| o.pid),
-                    "note": "this RST was sent by this host; its cause on the sending side is above",
-                }));
-                if d.cause == Cause::FirewallReject && pending.cause == Cause::ConnectionRefused {
-                    pending.advice = FIREWALL_REFUSAL.to_owned();
+        if self.pending_by_tuple.contains_key(&sent_key) {
+            for (_, pending) in self.pending_received.iter_mut() {
+                if pending.related.is_none() && pending.endpoints == Some(sent_key) {
+                    pending.related = Some(sent.related());
+                    if d.cause == Cause::FirewallReject && pending.cause == Cause::ConnectionRefused
+                    {
+                        pending.advice = FIREWALL_REFUSAL.to_owned();
+                    }
                 }
             }
         }
-        self.recent_sent.insert(
-            e,
-            SentRst {
-                cause: d.cause,
-                origin: d.origin,
-                netns: d.netns,
-                at_ns: now,
-                owner_pid: d.owner.as_ref().map(|o| o.pid),
-            },
-        );
+        self.recent_sent.insert(e, sent);
         self.recent_sent_order.push_back((now, e));
     }
 
@@ -294,16 +310,7 @@ impl<H: HostInfo> Pipeline<H> {
         };
         let s = self.recent_sent.get(&key)?;
         let age = monotonic_ns().saturating_sub(s.at_ns);
-        (age <= RST_LINK_WINDOW_NS).then(|| {
-            json!({
-                "cause": s.cause.as_str(),
-                "direction": "sent",
-                "origin": s.origin,
-                "netns": s.netns,
-                "owner_pid": s.owner_pid,
-                "note": "this RST was sent by this host; its cause on the sending side is above",
-            })
-        })
+        (age <= RST_LINK_WINDOW_NS).then(|| s.related())
     }
 
     /// Received RSTs whose hold is over (all of them when `force`), in arrival order.
@@ -315,6 +322,14 @@ impl<H: HostInfo> Pipeline<H> {
                 break;
             }
             if let Some((_, d)) = self.pending_received.pop_front() {
+                if let Some(e) = d.endpoints {
+                    if let Some(n) = self.pending_by_tuple.get_mut(&e) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.pending_by_tuple.remove(&e);
+                        }
+                    }
+                }
                 out.push(d);
             }
         }
@@ -876,12 +891,12 @@ impl<H: HostInfo> Pipeline<H> {
         if cause == Cause::ConnectionRefused && refused_by_firewall {
             d.advice = FIREWALL_REFUSAL.to_owned();
         }
-        if d.related.is_none()
-            && endpoints.is_some()
-            && self.pending_received.len() < MAX_RECENT_SENT
-        {
-            self.pending_received.push_back((monotonic_ns(), d));
-            return Vec::new();
+        if let (None, Some(e)) = (&d.related, endpoints) {
+            if self.pending_received.len() < MAX_RECENT_SENT {
+                *self.pending_by_tuple.entry(e).or_insert(0) += 1;
+                self.pending_received.push_back((monotonic_ns(), d));
+                return Vec::new();
+            }
         }
         vec![d]
     }

@@ -44,7 +44,7 @@ fn hook_column(hooks: &Value) -> BTreeMap<String, String> {
         for (hook, h) in map {
             let mut kinds: Vec<&str> = Vec::new();
             for a in h["attached"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                                // "fexit:tcp_v4_syn_recv_sock", or "tcp:tcp_send_reset" for a tracepoint.
+                // "fexit:tcp_v4_syn_recv_sock", or "tcp:tcp_send_reset" for a tracepoint.
                 let kind = a
                     .as_str()
                     .and_then(|a| a.split_once(':'))

@@ -452,6 +452,26 @@ impl Peer {
         })
     }
 
+    /// `listen --addr ADDR --port PORT` and `extra`: a server peer.
+    fn listen(cfg: &Config, addr: &str, port: &str, extra: &[&str]) -> Result<Peer, String> {
+        Peer::spawn(
+            cfg,
+            &[&["listen", "--addr", addr, "--port", port][..], extra].concat(),
+        )
+    }
+
+    /// `connect --addr 127.0.0.1 --port PORT` and `extra`: a client peer.
+    fn connect(cfg: &Config, port: &str, extra: &[&str]) -> Result<Peer, String> {
+        Peer::spawn(
+            cfg,
+            &[
+                &["connect", "--addr", "127.0.0.1", "--port", port][..],
+                extra,
+            ]
+            .concat(),
+        )
+    }
+
     /// Reads up to `n` output lines. A line that does not come within `timeout` ends the wait
     /// early; the peers bound their own waits, so a read never blocks past their timeouts.
     fn lines(&mut self, n: usize, timeout: Duration) -> Vec<String> {
@@ -573,25 +593,14 @@ fn no_listener(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), S
     let mark = agent.mark();
     let before = mib();
     let first = ports[0].to_string();
-    let restarted = Peer::spawn(cfg, &["listen", "--addr", "127.0.0.1", "--port", &first])?;
+    let restarted = Peer::listen(cfg, "127.0.0.1", &first, &[])?;
     let restarted_pid = restarted.pid;
     let _ = restarted.stop();
     let mut clients = Vec::new();
     let mut client_pids = BTreeSet::new();
     for p in ports {
         let port = p.to_string();
-        let client = Peer::spawn(
-            cfg,
-            &[
-                "connect",
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                &port,
-                "--timeout-ms",
-                "5000",
-            ],
-        )?;
+        let client = Peer::connect(cfg, &port, &["--timeout-ms", "5000"])?;
         client_pids.insert((client.pid as u64, p));
         let (_, lines) = client.wait_exit(Duration::from_secs(30));
         clients.push(json!({"port": p, "result": lines}));
@@ -696,23 +705,46 @@ impl Drop for Sysctl {
     }
 }
 
-/// Accept queue length of the listener on `port` (`rx_queue` of a LISTEN row of
-/// /proc/net/tcp or tcp6 is the listener's `sk_ack_backlog`).
-fn listen_queue(port: u64, v6: bool) -> Option<u64> {
+/// One row of /proc/net/tcp or tcp6: ports, `st`, `rx_queue` (a listener's accept queue
+/// length) and the timer code (`tr`; 3 = a timewait socket).
+struct TcpRow {
+    local_port: u64,
+    remote_port: u64,
+    state: String,
+    rx_queue: u64,
+    timer: String,
+}
+
+fn tcp_rows(v6: bool) -> Vec<TcpRow> {
     let table = if v6 {
         "/proc/net/tcp6"
     } else {
         "/proc/net/tcp"
     };
-    let text = fs::read_to_string(table).ok()?;
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let local_port = u64::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-        if local_port != port || *f.get(3)? != "0A" {
-            return None;
-        }
-        u64::from_str_radix(f.get(4)?.rsplit(':').next()?, 16).ok()
-    })
+    let text = fs::read_to_string(table).unwrap_or_default();
+    let hex = |f: &str| u64::from_str_radix(f, 16).ok();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = |i: usize| f.get(i).and_then(|a| a.rsplit(':').next()).and_then(hex);
+            Some(TcpRow {
+                local_port: port(1)?,
+                remote_port: port(2)?,
+                state: (*f.get(3)?).to_owned(),
+                rx_queue: f.get(4)?.rsplit(':').next().and_then(hex)?,
+                timer: f.get(5)?.split(':').next()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Accept queue length of the listener on `port` (state 0A).
+fn listen_queue(port: u64, v6: bool) -> Option<u64> {
+    tcp_rows(v6)
+        .into_iter()
+        .find(|r| r.local_port == port && r.state == "0A")
+        .map(|r| r.rx_queue)
 }
 
 /// Overflow when the handshake's ACK asks for a place in a full accept queue, the case the
@@ -747,29 +779,17 @@ fn ack_time_overflow(
     let _ = fs::remove_file(&go);
     let mark = agent.mark();
     let before = mib();
-    let server = Peer::spawn(
+    let server = Peer::listen(
         cfg,
-        &[
-            "listen",
-            "--addr",
-            listen_addr,
-            "--port",
-            &port_s,
-            "--backlog",
-            &backlog_s,
-            "--defer-accept",
-            "30",
-        ],
+        listen_addr,
+        &port_s,
+        &["--backlog", &backlog_s, "--defer-accept", "30"],
     )?;
     let server_pid = server.pid;
-    let mut early = Peer::spawn(
+    let mut early = Peer::connect(
         cfg,
+        &port_s,
         &[
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
             "--count",
             "2",
             "--nonblocking",
@@ -785,14 +805,10 @@ fn ack_time_overflow(
     )?;
     let early_results = early.lines(2, Duration::from_secs(60));
     o.info("early_clients", json!(early_results));
-    let mut fill = Peer::spawn(
+    let mut fill = Peer::connect(
         cfg,
+        &port_s,
         &[
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
             "--count",
             &fill_s,
             "--timeout-ms",
@@ -946,20 +962,11 @@ fn fd_exhaustion(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(),
     let port = 41003u64;
     let port_s = port.to_string();
     let mark = agent.mark();
-    let server = Peer::spawn(
+    let server = Peer::listen(
         cfg,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--backlog",
-            "2",
-            "--accept",
-            "--nofile",
-            "6",
-        ],
+        "127.0.0.1",
+        &port_s,
+        &["--backlog", "2", "--accept", "--nofile", "6"],
     )?;
     let server_pid = server.pid;
     let _ = run_client(
@@ -1046,18 +1053,7 @@ fn accept_queue_overflow(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Re
     let mark = agent.mark();
     let before = mib();
     // listen(1) and never accept: the accept queue holds two connections, the rest drop.
-    let server = Peer::spawn(
-        cfg,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--backlog",
-            "1",
-        ],
-    )?;
+    let server = Peer::listen(cfg, "127.0.0.1", &port_s, &["--backlog", "1"])?;
     let server_pid = server.pid;
     let client = run_client(
         cfg,
@@ -1145,7 +1141,7 @@ fn accept_queue_overflow(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Re
             .iter()
             .map(|v| {
                 let mut h = how(v);
-                                h["direction"] = get(v, "direction").cloned().unwrap_or(Value::Null);
+                h["direction"] = get(v, "direction").cloned().unwrap_or(Value::Null);
                 h["stage"] = get(v, "evidence.stage").cloned().unwrap_or(Value::Null);
                 h["peer_port"] = get(v, "network.peer.port").cloned().unwrap_or(Value::Null);
                 h["time"] = get(v, "time").cloned().unwrap_or(Value::Null);
@@ -1172,31 +1168,8 @@ fn ephemeral_port_exhaustion(
     let port_s = port.to_string();
     let _range = Sysctl::set("net.ipv4.ip_local_port_range", "41320 41323")?;
     let mark = agent.mark();
-    let server = Peer::spawn(
-        cfg,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--accept",
-        ],
-    )?;
-    let client = Peer::spawn(
-        cfg,
-        &[
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--count",
-            "7",
-            "--timeout-ms",
-            "10000",
-        ],
-    )?;
+    let server = Peer::listen(cfg, "127.0.0.1", &port_s, &["--accept"])?;
+    let client = Peer::connect(cfg, &port_s, &["--count", "7", "--timeout-ms", "10000"])?;
     let client_pid = client.pid;
     let (_, results) = client.wait_exit(Duration::from_secs(90));
     o.info("client", json!(results));
@@ -1387,28 +1360,8 @@ fn firewall(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), Stri
     let (rej_port, drop_port) = (41501u64, 41502u64);
     let (rej_s, drop_s) = (rej_port.to_string(), drop_port.to_string());
     let mark = agent.mark();
-    let rej_srv = Peer::spawn(
-        cfg,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &rej_s,
-            "--accept",
-        ],
-    )?;
-    let drop_srv = Peer::spawn(
-        cfg,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &drop_s,
-            "--accept",
-        ],
-    )?;
+    let rej_srv = Peer::listen(cfg, "127.0.0.1", &rej_s, &["--accept"])?;
+    let drop_srv = Peer::listen(cfg, "127.0.0.1", &drop_s, &["--accept"])?;
     let (rej_pid, drop_pid) = (rej_srv.pid as u64, drop_srv.pid as u64);
     let reject = Rule::append(&[
         "-p",
@@ -1422,19 +1375,10 @@ fn firewall(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), Stri
     ])?;
     let drop_rule = Rule::append(&["-p", "tcp", "--dport", &drop_s, "-j", "DROP"])?;
     let m0 = settled_mib();
-    let client = Peer::spawn(
+    let client = Peer::connect(
         cfg,
-        &[
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &rej_s,
-            "--count",
-            &REJECTS.to_string(),
-            "--timeout-ms",
-            "5000",
-        ],
+        &rej_s,
+        &["--count", &REJECTS.to_string(), "--timeout-ms", "5000"],
     )?;
     let client_pid = client.pid as u64;
     let (_, results) = client.wait_exit(Duration::from_secs(60));
@@ -1446,20 +1390,10 @@ fn firewall(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<(), Stri
         .collect();
     let m1 = settled_mib();
     let reject_pkts = reject.packets(&format!("dpt:{rej_port}"))?;
-    let dclient = Peer::spawn(
+    let dclient = Peer::connect(
         cfg,
-        &[
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &drop_s,
-            "--count",
-            "2",
-            "--nonblocking",
-            "--timeout-ms",
-            "2500",
-        ],
+        &drop_s,
+        &["--count", "2", "--nonblocking", "--timeout-ms", "2500"],
     )?;
     let (_, dresults) = dclient.wait_exit(Duration::from_secs(60));
     o.info("drop_client", json!(dresults));
@@ -1589,17 +1523,7 @@ fn keepalive_timeout(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result
     let port = 41503u64;
     let port_s = port.to_string();
     let mark = agent.mark();
-    let server = Peer::spawn(
-        cfg,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--accept",
-        ],
-    )?;
+    let server = Peer::listen(cfg, "127.0.0.1", &port_s, &["--accept"])?;
     let before = settled_mib();
     let mut client = Peer::spawn(
         cfg,
@@ -1804,21 +1728,12 @@ fn reset_after_idle(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<
     Ok(())
 }
 
-/// TCP state and timer of the socket `local_port` -> `remote_port` in /proc/net/tcp:
-/// (`st`, `tr`); a FIN_WAIT2 timewait socket shows st 05 and timer 3.
+/// TCP state and timer of the IPv4 socket `local_port` -> `remote_port`.
 fn tcp_row(local_port: u64, remote_port: u64) -> Option<(String, String)> {
-    let text = fs::read_to_string("/proc/net/tcp").ok()?;
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let port = |i: usize| -> Option<u64> {
-            u64::from_str_radix(f.get(i)?.rsplit(':').next()?, 16).ok()
-        };
-        if port(1)? != local_port || port(2)? != remote_port {
-            return None;
-        }
-        let timer = f.get(5)?.split(':').next()?.to_owned();
-        Some(((*f.get(3)?).to_owned(), timer))
-    })
+    tcp_rows(false)
+        .into_iter()
+        .find(|r| r.local_port == local_port && r.remote_port == remote_port)
+        .map(|r| (r.state, r.timer))
 }
 
 /// A segment to a socket the server already closed: the server's orphan becomes a timewait
@@ -1828,40 +1743,13 @@ fn timewait_segment(cfg: &Config, o: &mut Outcome, agent: &mut Agent) -> Result<
     let port = 41202u64;
     let port_s = port.to_string();
     // tcp_fin_timeout > 60 s keeps the orphan a full socket for 3 s, then a timewait socket
-    // for 3 s (tcp_time_wait with FIN_WAIT2, timeout - 60 s): a window the test can hit. The
-    // guest is a throwaway VM; its old value is restored anyway.
-    const FIN_TIMEOUT: &str = "/proc/sys/net/ipv4/tcp_fin_timeout";
-    let old = fs::read_to_string(FIN_TIMEOUT).map_err(|e| format!("{FIN_TIMEOUT}: {e}"))?;
-    fs::write(FIN_TIMEOUT, "63").map_err(|e| format!("{FIN_TIMEOUT}: {e}"))?;
-    let result = timewait_segment_with_fin_timeout(cfg, o, agent, port, &port_s);
-    let _ = fs::write(FIN_TIMEOUT, old.trim());
-    result
-}
-
-fn timewait_segment_with_fin_timeout(
-    cfg: &Config,
-    o: &mut Outcome,
-    agent: &mut Agent,
-    port: u64,
-    port_s: &str,
-) -> Result<(), String> {
+    // for 3 s (tcp_time_wait with FIN_WAIT2, timeout - 60 s): a window the test can hit.
+    let _fin_timeout = Sysctl::set("net.ipv4.tcp_fin_timeout", "63")?;
     let go = format!("{}/timewait_segment.go", cfg.workdir);
     let _ = fs::remove_file(&go);
     let mark = agent.mark();
     let before = mib();
-    let server = Peer::spawn(
-        cfg,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            port_s,
-            "--accept",
-            "--hold-ms",
-            "300",
-        ],
-    )?;
+    let server = Peer::listen(cfg, "127.0.0.1", &port_s, &["--accept", "--hold-ms", "300"])?;
     let server_pid = server.pid;
     let mut client = Peer::spawn(
         cfg,
@@ -1870,7 +1758,7 @@ fn timewait_segment_with_fin_timeout(
             "--addr",
             "127.0.0.1",
             "--port",
-            port_s,
+            &port_s,
             "--bytes",
             "10",
             "--late-bytes",

@@ -129,12 +129,18 @@ impl KernelResult {
         }
     }
 
+    /// Every scenario passed, the agent exited cleanly, and every hook the agent wanted on
+    /// this kernel attached: the matrix exists to prove the function-hook tiers, so a tier
+    /// that silently fell back to polling is a failure, not a footnote.
     pub fn passed(&self) -> bool {
         self.error.is_none()
             && self.done
             && !self.scenarios.is_empty()
             && self.scenarios.iter().all(|s| s.pass)
             && self.agent_exit_ok()
+            && self
+                .hooks()
+                .is_none_or(|(_, _, failed, _)| failed.is_empty())
     }
 
     /// A clean exit after SIGTERM (status 0) is part of the contract; no agent at all is
@@ -461,6 +467,33 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("hooks not attached: b"), "{table}");
+    }
+
+    #[test]
+    fn a_hook_that_did_not_attach_fails_the_kernel() {
+        let lines = |hooks: &str| {
+            console(
+                &[
+                    &format!("RST-AGENT-STARTED {{\"hooks\":{hooks}}}"),
+                    r#"RST-SCENARIO no_listener PASS {"checks":[]}"#,
+                    r#"RST-AGENT-FINAL {"exit":0}"#,
+                    "RST-VM-DONE",
+                ],
+                true,
+            )
+        };
+        let mut missing = KernelResult::default();
+        missing.read_console(
+            &lines(r#"{"tcp_syn_recv_sock":{"attached":[],"errors":["fexit: errno 524"]}}"#),
+            &["no_listener"],
+        );
+        assert!(!missing.passed());
+        let mut not_needed = KernelResult::default();
+        not_needed.read_console(
+            &lines(r#"{"tcp_v4_send_reset":{"attached":[],"errors":["not needed: tp"]},"tcp_send_reset":{"attached":["tcp:tcp_send_reset"]}}"#),
+            &["no_listener"],
+        );
+        assert!(not_needed.passed());
     }
 
     #[test]
