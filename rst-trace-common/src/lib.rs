@@ -18,6 +18,26 @@ pub const RUNTIME_ACCEPT_VIA_FUNCTION: u32 = 0;
 pub const SYSCALL_ARGS_MAP: &str = "RST_SYSCALL_ARGS";
 /// Read-only global holding [`KernelLayout`], set by the agent at load time.
 pub const LAYOUT_GLOBAL: &str = "RST_LAYOUT";
+/// Socket (`struct sock *`) → [`OwnerInfo`]: who owns each live socket, learnt in process
+/// context (listen, connect, accept) and read by the programs that see a problem, so a healthy
+/// connection never sends a record to userspace.
+pub const OWNERS_MAP: &str = "RST_OWNERS";
+/// [`TwKey`] → [`OwnerInfo`]: the last owner of a connection that closed actively (it lives on
+/// as a TIME_WAIT mini socket, which has no owner of its own). LRU: the oldest are forgotten.
+pub const TW_OWNERS_MAP: &str = "RST_TW_OWNERS";
+/// [`AcceptorKey`] → [`OwnerInfo`]: processes that accepted on a (netns, port), with the time
+/// of their latest accept: "the process serving the queue" of a listener.
+pub const ACCEPTORS_MAP: &str = "RST_ACCEPTORS";
+/// Capacity of [`OWNERS_MAP`]; an insert into a full map is counted
+/// ([`CounterFamily::Table`], [`TABLE_OWNERS_FULL`]).
+pub const OWNERS_CAPACITY: u32 = 131_072;
+/// Capacity of [`TW_OWNERS_MAP`].
+pub const TW_OWNERS_CAPACITY: u32 = 65_536;
+/// Capacity of [`ACCEPTORS_MAP`].
+pub const ACCEPTORS_CAPACITY: u32 = 16_384;
+/// Closed sockets keep their owner entry until this many later closes on the same CPU: the RST
+/// that close() sends (unread data, SO_LINGER 0) comes right after the socket enters CLOSE.
+pub const CLOSE_DEFER_SLOTS: u32 = 8;
 
 /// Default ring buffer size (bytes, power of two, multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 22;
@@ -33,7 +53,7 @@ pub const REASON_NONE: u32 = u32::MAX;
 pub const MAX_DROP_REASONS: usize = 8;
 
 /// Layout version of the records; bumped whenever a record changes shape.
-pub const RECORD_VERSION: u16 = 1;
+pub const RECORD_VERSION: u16 = 2;
 
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,13 +62,16 @@ pub enum RecordKind {
     ResetSent = 1,
     /// An RST arrived on a socket (`tcp:tcp_receive_reset`).
     ResetReceived = 2,
-    /// A socket changed state in a way that matters for ownership (`sock:inet_sock_set_state`).
+    /// A listener started or stopped listening (`sock:inet_sock_set_state`). Other sockets'
+    /// state changes stay in the kernel (their owners live in [`OWNERS_MAP`]).
     SockState = 3,
     /// A TCP segment was freed with one of the configured drop reasons (`skb:kfree_skb`).
     SkbDrop = 4,
-    /// `accept()`/`accept4()` returned, successfully or with EMFILE/ENFILE.
+    /// `accept()`/`accept4()` failed with EMFILE/ENFILE (or, where `inet_csk_accept` cannot be
+    /// hooked and the agent asks for it, returned a socket).
     Accept = 5,
-    /// `connect()` returned with an error worth explaining.
+    /// `connect()` could not pick a local port (EADDRNOTAVAIL): seen as the socket falling back
+    /// from SYN_SENT to CLOSE with no local port, in the caller's context.
     Connect = 6,
     /// A TCP RST left a device without any socket behind it: built outside the TCP stack
     /// (netfilter REJECT --reject-with tcp-reset), which TCP's counters never see.
@@ -56,6 +79,11 @@ pub enum RecordKind {
     /// A listener dropped a SYN or a handshake's final ACK, seen per packet on the drop path
     /// itself (fentry/kprobe on `tcp_conn_request`, fexit/kretprobe on `tcp_v*_syn_recv_sock`).
     ListenDrop = 8,
+    /// A listener needs a look: its accept queue was at least 80 % full when a connection
+    /// joined it, or it retransmitted a SYN-ACK (half-open connections fill its SYN queue).
+    /// The agent reads a namespace's listen-drop counters only after such a signal, so idle
+    /// namespaces cost nothing.
+    ListenerHot = 9,
 }
 
 impl RecordKind {
@@ -69,6 +97,7 @@ impl RecordKind {
             6 => Self::Connect,
             7 => Self::ForeignReset,
             8 => Self::ListenDrop,
+            9 => Self::ListenerHot,
             _ => return None,
         })
     }
@@ -96,9 +125,23 @@ pub enum CounterFamily {
     ForeignReset = 7,
     /// Listener drops seen per packet, slot = `LISTEN_DROP_*` stage.
     ListenDrop = 8,
+    /// Kernel ownership tables, slot = `TABLE_*`.
+    Table = 9,
 }
 
-pub const COUNTER_FAMILIES: u32 = 9;
+pub const COUNTER_FAMILIES: u32 = 10;
+
+/// An owner could not be stored: [`OWNERS_MAP`] was full.
+pub const TABLE_OWNERS_FULL: u32 = 0;
+/// Owners stored in [`OWNERS_MAP`].
+pub const TABLE_OWNERS_STORED: u32 = 1;
+/// Last owners stored in [`TW_OWNERS_MAP`] (the LRU forgets the oldest beyond its capacity).
+pub const TABLE_TW_STORED: u32 = 2;
+/// An event's socket had an owner entry.
+pub const TABLE_LOOKUP_HIT: u32 = 4;
+/// An event's full socket had no owner entry (older than the agent, or never listened,
+/// connected or accepted by a process).
+pub const TABLE_LOOKUP_MISS: u32 = 5;
 
 /// SYN arrived with the accept queue full: it is dropped (ListenOverflows).
 pub const LISTEN_DROP_SYN_ACCEPT_FULL: u32 = 1;
@@ -164,6 +207,61 @@ pub struct TaskInfo {
     pub comm: [u8; 16],
 }
 
+/// How an owner was learnt ([`OwnerInfo::how`]).
+pub const OWNER_NONE: u32 = 0;
+pub const OWNER_LISTEN: u32 = 1;
+pub const OWNER_CONNECT: u32 = 2;
+pub const OWNER_ACCEPT: u32 = 3;
+
+/// [`OwnerInfo::flags`]: this is the last owner of a connection that has closed (its TIME_WAIT
+/// successor, or a socket whose owner entry outlived its close).
+pub const OWNER_CLOSED: u32 = 1 << 0;
+
+/// Who owns a socket, as the kernel programs stored it in process context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerInfo {
+    /// Process id (kernel tgid); 0 when no owner is known.
+    pub pid: u32,
+    /// Thread that called listen(), connect() or accept().
+    pub tid: u32,
+    pub cgroup_id: u64,
+    /// `comm` when the owner was learnt; the agent reports the current name.
+    pub comm: [u8; 16],
+    /// `bpf_ktime_get_ns()` when the owner was learnt (for accepts in [`ACCEPTORS_MAP`]: the
+    /// latest accept).
+    pub since_ns: u64,
+    /// `bpf_ktime_get_ns()` when the socket entered CLOSE; 0 while it is open.
+    pub closed_ns: u64,
+    /// `task_struct.start_boottime` of the process (ns since boot, suspend included): with the
+    /// pid it names one process even after the pid is reused.
+    pub start_boottime_ns: u64,
+    /// One of `OWNER_*`.
+    pub how: u32,
+    /// Bit set of `OWNER_CLOSED`.
+    pub flags: u32,
+}
+
+/// Key of [`TW_OWNERS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwKey {
+    pub netns: u32,
+    pub _pad: u32,
+    pub tuple: Tuple,
+}
+
+/// Key of [`ACCEPTORS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AcceptorKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub pid: u32,
+    pub _pad2: u32,
+}
+
 /// TCP socket state read from `struct tcp_sock` when the hook fired.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -215,6 +313,11 @@ pub struct ResetSentRecord {
     pub flags: u32,
     pub _pad: u32,
     pub snap: TcpSnapshot,
+    /// The socket's owner (`pid` 0: none known); for a TIME_WAIT socket its last owner.
+    pub owner: OwnerInfo,
+    /// sockfs inode of the socket when it has no owner entry (0 otherwise, or when it has
+    /// no file): the agent looks it up among the sockets that predate it.
+    pub sock_inode: u64,
 }
 
 #[repr(C)]
@@ -227,6 +330,8 @@ pub struct ResetReceivedRecord {
     pub state: u32,
     pub _pad: u32,
     pub snap: TcpSnapshot,
+    pub owner: OwnerInfo,
+    pub sock_inode: u64,
 }
 
 /// Flags on [`SockStateRecord::flags`].
@@ -267,6 +372,8 @@ pub struct SkbDropRecord {
     pub _pad1: [u8; 3],
     pub flags: u32,
     pub _pad2: u32,
+    /// Owner of the segment's socket (the receiving one, else the sending one), if known.
+    pub owner: OwnerInfo,
 }
 
 /// The dropped segment was leaving this host (it had a local socket as sender).
@@ -330,6 +437,26 @@ pub struct ListenDropRecord {
     pub syn_qlen: u32,
 }
 
+/// [`ListenerHotRecord::why`]: a connection joined an accept queue at least 80 % full.
+pub const HOT_QUEUE_FILLING: u32 = 1;
+/// [`ListenerHotRecord::why`]: the listener retransmitted a SYN-ACK.
+pub const HOT_SYNACK_RETRANSMIT: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenerHotRecord {
+    pub header: RecordHeader,
+    /// The listener's socket (0 when only its port is known).
+    pub skaddr: u64,
+    pub port: u16,
+    pub _pad: u16,
+    /// One of `HOT_*`.
+    pub why: u32,
+    /// Accept queue length and cap when the signal fired (`HOT_QUEUE_FILLING`).
+    pub queue: u32,
+    pub cap: u32,
+}
+
 /// Per-thread stash between syscall entry and exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -386,11 +513,12 @@ pub struct TracepointOffsets {
     // syscalls:sys_enter_* / sys_exit_*
     pub sys_enter_fd: u16,
     pub sys_enter_listen_backlog: u16,
-    pub sys_enter_connect_uservaddr: u16,
     pub sys_exit_ret: u16,
     // net:net_dev_queue
     pub ndq_skbaddr: u16,
-    pub _pad: u16,
+    // tcp:tcp_retransmit_synack
+    pub rsa_skaddr: u16,
+    pub rsa_sport: u16,
 }
 
 /// Offsets of kernel struct members, from the running kernel's BTF.
@@ -437,6 +565,18 @@ pub struct StructOffsets {
     pub fdtable_max_fds: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// `struct sock.sk_socket`.
+    pub sk_socket: u32,
+    /// From a `struct socket` to its inode number: the socket is embedded in `struct
+    /// socket_alloc` next to its `vfs_inode`.
+    pub socket_ino: u32,
+    /// `task_struct.start_boottime` (`real_start_time` before 5.5).
+    pub task_start_boottime: u32,
+    /// `task_struct.group_leader`: /proc/<pid>/stat shows the leader's start time.
+    pub task_group_leader: u32,
+    /// `inet_sock.inet_sport` (network order): still set when the bind hash has released
+    /// `skc_num`, as when a connection turns into a TIME_WAIT socket.
+    pub inet_sport: u32,
     /// Bit number of SOCK_LINGER in `sk_flags`.
     pub sock_linger_bit: u32,
     /// Bit numbers of SOCK_KEEPOPEN (SO_KEEPALIVE) and SOCK_DEAD (orphaned) in `sk_flags`.
@@ -491,10 +631,10 @@ impl KernelLayout {
             kfs_rx_sk: OFFSET_NONE,
             sys_enter_fd: OFFSET_NONE,
             sys_enter_listen_backlog: OFFSET_NONE,
-            sys_enter_connect_uservaddr: OFFSET_NONE,
             sys_exit_ret: OFFSET_NONE,
             ndq_skbaddr: OFFSET_NONE,
-            _pad: 0,
+            rsa_skaddr: OFFSET_NONE,
+            rsa_sport: OFFSET_NONE,
         },
         st: StructOffsets {
             skc_family: MEMBER_NONE,
@@ -528,6 +668,11 @@ impl KernelLayout {
             fdtable_max_fds: MEMBER_NONE,
             file_private_data: MEMBER_NONE,
             socket_sk: MEMBER_NONE,
+            sk_socket: MEMBER_NONE,
+            socket_ino: MEMBER_NONE,
+            task_start_boottime: MEMBER_NONE,
+            task_group_leader: MEMBER_NONE,
+            inet_sport: MEMBER_NONE,
             sock_linger_bit: MEMBER_NONE,
             sock_keepopen_bit: MEMBER_NONE,
             sock_dead_bit: MEMBER_NONE,
@@ -558,6 +703,10 @@ mod pod {
     unsafe impl aya::Pod for ConnectRecord {}
     unsafe impl aya::Pod for ForeignResetRecord {}
     unsafe impl aya::Pod for ListenDropRecord {}
+    unsafe impl aya::Pod for ListenerHotRecord {}
+    unsafe impl aya::Pod for OwnerInfo {}
+    unsafe impl aya::Pod for TwKey {}
+    unsafe impl aya::Pod for AcceptorKey {}
 }
 
 // No implicit padding anywhere: each size equals the sum of its fields.
@@ -567,16 +716,20 @@ const _: () = {
     assert!(size_of::<Tuple>() == 8 + 32);
     assert!(size_of::<TaskInfo>() == 8 + 8 + 16);
     assert!(size_of::<TcpSnapshot>() == 6 * 4 + 8 * 3 + 4 * 4);
-    assert!(size_of::<ResetSentRecord>() == 24 + 40 + 8 + 16 + 64);
-    assert!(size_of::<ResetReceivedRecord>() == 24 + 40 + 8 + 8 + 8 + 64);
+    assert!(size_of::<OwnerInfo>() == 8 + 8 + 16 + 8 * 3 + 8);
+    assert!(size_of::<TwKey>() == 8 + 40);
+    assert!(size_of::<AcceptorKey>() == 16);
+    assert!(size_of::<ResetSentRecord>() == 24 + 40 + 8 + 16 + 64 + 64 + 8);
+    assert!(size_of::<ResetReceivedRecord>() == 24 + 40 + 8 + 8 + 8 + 64 + 64 + 8);
     assert!(size_of::<SockStateRecord>() == 24 + 40 + 8 + 24 + 32);
-    assert!(size_of::<SkbDropRecord>() == 24 + 40 + 24 + 16);
+    assert!(size_of::<SkbDropRecord>() == 24 + 40 + 24 + 16 + 64);
     assert!(size_of::<AcceptRecord>() == 24 + 32 + 40 + 8 + 40 + 8 + 16);
     assert!(size_of::<ConnectRecord>() == 24 + 32 + 40 + 8);
     assert!(size_of::<SyscallArgs>() == 16 + 40 + 8 + 16);
     assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
     assert!(size_of::<ListenDropRecord>() == 24 + 40 + 8 + 16);
     assert!(size_of::<TracepointOffsets>() == 30 * 2);
-    assert!(size_of::<StructOffsets>() == 35 * 4);
-    assert!(size_of::<KernelLayout>() == 60 + 140 + 4 + 2 + 2 + 32 + 4 + 4);
+    assert!(size_of::<StructOffsets>() == 40 * 4);
+    assert!(size_of::<KernelLayout>() == 60 + 160 + 4 + 2 + 2 + 32 + 4 + 4);
+    assert!(size_of::<ListenerHotRecord>() == 24 + 8 + 8 + 8);
 };

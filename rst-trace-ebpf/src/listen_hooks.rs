@@ -63,7 +63,7 @@ fn emit(sk: u64, skb: u64, stage: u32, ack: u32, max: u32, qlen: u32) -> Option<
 fn conn_request(sk: u64, skb: u64) -> Option<()> {
     let (ack, max) = backlog(sk);
     let qlen = member::<u32>(sk, lay!(st.icsk_syn_qlen)).unwrap_or(0);
-        // sk_acceptq_is_full() is `ack > max`. inet_csk_reqsk_queue_is_full() was `qlen >= max`
+    // sk_acceptq_is_full() is `ack > max`. inet_csk_reqsk_queue_is_full() was `qlen >= max`
     // until a 2025 change (backported to the stable kernels: Debian's 6.1.192 sent no cookie at
     // qlen == max) made it `qlen > max`. With `>`, a kernel of the old rule loses the boundary
     // SYN here and polling (TCPReqQFull* counters) reports it; with `>=`, a kernel of the new

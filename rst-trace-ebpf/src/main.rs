@@ -9,9 +9,11 @@
 #![no_main]
 
 mod emit;
+mod hot;
 mod kread;
 mod layout;
 mod listen_hooks;
+mod owners;
 mod resets;
 mod skbdrop;
 mod sockstate;

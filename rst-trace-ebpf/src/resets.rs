@@ -20,6 +20,7 @@ use crate::{
         sockaddr, tcp_snapshot, tp, AF_INET, AF_INET6,
     },
     layout::{lay, wanted},
+    owners,
 };
 
 #[inline(always)]
@@ -35,6 +36,48 @@ pub fn header(kind: RecordKind, netns: u32) -> RecordHeader {
 }
 
 const TCP_LISTEN: u32 = 10;
+const TCP_TIME_WAIT: u32 = 6;
+
+/// The last RST the TCP stack sent on this CPU. IPv6 sends socket-less RSTs without attaching
+/// its control socket to the packet, so at the device they look like netfilter's; the stack's
+/// own are recognised by their ports (the transmit follows on the same CPU).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackReset {
+    pub ktime_ns: u64,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u32,
+}
+
+#[map(name = "RST_STACK_RESET")]
+static RST_STACK_RESET: PerCpuArray<StackReset> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn stack_reset_sent(t: &Tuple) {
+    if let Some(slot) = RST_STACK_RESET.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, written only by programs running on this CPU.
+        unsafe {
+            (*slot).ktime_ns = generated::bpf_ktime_get_ns();
+            (*slot).local_port = t.local_port;
+            (*slot).remote_port = t.remote_port;
+        }
+    }
+}
+
+/// Whether an RST with these ports leaving now is the one the TCP stack just sent here.
+#[inline(always)]
+pub fn sent_by_stack(local_port: u16, remote_port: u16) -> bool {
+    let Some(slot) = RST_STACK_RESET.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let s = unsafe { *slot };
+    let now = unsafe { generated::bpf_ktime_get_ns() };
+    s.local_port == local_port
+        && s.remote_port == remote_port
+        && now.wrapping_sub(s.ktime_ns) < 1_000_000
+}
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -114,9 +157,16 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
     rec.reason = reason;
     if skaddr != 0 {
         rec.flags |= RST_HAS_SOCK;
+        if state == TCP_TIME_WAIT {
+            owners::tw_owner_into(skaddr, &mut rec.owner);
+        }
     }
+    stack_reset_sent(&rec.tuple);
     if fullsock {
         rec.flags |= RST_FULLSOCK;
+        if !owners::owner_into(skaddr, &mut rec.owner) {
+            rec.sock_inode = owners::sock_inode(skaddr);
+        }
         tcp_snapshot(skaddr, &mut rec.snap);
         if linger_zero(&rec.snap) {
             rec.flags |= RST_LINGER_ZERO;
@@ -167,6 +217,9 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
     };
     if is_fullsock_state(state as u32) {
         tcp_snapshot(skaddr, &mut rec.snap);
+        if !owners::owner_into(skaddr, &mut rec.owner) {
+            rec.sock_inode = owners::sock_inode(skaddr);
+        }
     }
     count(CounterFamily::ResetReceived, state as u32);
     deliver(RecordKind::ResetReceived, &rec);
@@ -210,7 +263,11 @@ fn function_reset(sk: u64, skb: u64) -> Option<()> {
         rec.skaddr = sk;
         rec.state = state;
         rec.flags |= RST_HAS_SOCK;
+        if state == TCP_TIME_WAIT {
+            owners::tw_owner_into(sk, &mut rec.owner);
+        }
     }
+    stack_reset_sent(&rec.tuple);
     count(CounterFamily::ResetSent, SLOT_NO_REASON);
     deliver(RecordKind::ResetSent, &*rec);
     Some(())

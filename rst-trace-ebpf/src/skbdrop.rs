@@ -1,7 +1,11 @@
 //! TCP segments the kernel frees with a drop reason the agent asked for (ACK-time accept
 //! queue overflow, netfilter drops, ...). The reasons to watch come from the agent, which
 //! reads their values from the running kernel's BTF.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
@@ -15,6 +19,7 @@ use crate::{
     emit::{count, deliver},
     kread::{member, sk_netns, skb_netns, tp, AF_INET, AF_INET6},
     layout::{lay, wanted},
+    owners,
     resets::header,
 };
 
@@ -37,6 +42,11 @@ fn full_listener(sk: u64) -> bool {
     let max: u32 = member(sk, lay!(st.sk_max_ack_backlog)).unwrap_or(u32::MAX);
     state == TCP_LISTEN && ack > max
 }
+
+/// Per-CPU room for the record: with the owner it no longer fits the BPF stack beside the
+/// parsed headers.
+#[map(name = "RST_SCRATCH_DROP")]
+static RST_SCRATCH_DROP: PerCpuArray<SkbDropRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
@@ -117,13 +127,13 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     }
     let skbaddr: u64 = tp(ctx, lay!(tp.kfs_skbaddr))?;
     let rx_sk: u64 = tp(ctx, lay!(tp.kfs_rx_sk)).unwrap_or(0);
-    let mut rec = SkbDropRecord {
-        skbaddr,
-        rx_sk,
-        location: tp(ctx, lay!(tp.kfs_location)).unwrap_or(0),
-        reason,
-        ..Default::default()
-    };
+    // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
+    let rec = unsafe { &mut *RST_SCRATCH_DROP.get_ptr_mut(0)? };
+    unsafe { core::ptr::write_bytes(rec as *mut SkbDropRecord, 0, 1) };
+    rec.skbaddr = skbaddr;
+    rec.rx_sk = rx_sk;
+    rec.location = tp(ctx, lay!(tp.kfs_location)).unwrap_or(0);
+    rec.reason = reason;
     let flags = segment_tuple(skbaddr, &mut rec.tuple)?;
     rec.tcp_flags = flags;
     rec.flags |= SKB_TUPLE_VALID;
@@ -147,9 +157,13 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;
     }
+    let owning = if rx_sk != 0 { rx_sk } else { sender };
+    if owning != 0 {
+        owners::owner_into(owning, &mut rec.owner);
+    }
     rec.header = header(RecordKind::SkbDrop, netns);
     count(CounterFamily::SkbDrop, slot);
-    deliver(RecordKind::SkbDrop, &rec);
+    deliver(RecordKind::SkbDrop, &*rec);
     Some(())
 }
 
@@ -173,6 +187,10 @@ fn try_net_dev_queue(ctx: &TracePointContext) -> Option<()> {
     let mut seen = Tuple::default();
     let flags = segment_tuple(skbaddr, &mut seen)?;
     if flags & TCP_FLAG_RST == 0 {
+        return None;
+    }
+    // `seen` is as received: its local port is the RST's destination port.
+    if crate::resets::sent_by_stack(seen.remote_port, seen.local_port) {
         return None;
     }
     // segment_tuple reads a packet as received; this one is leaving, so swap the ends.

@@ -1,23 +1,33 @@
-//! Socket state changes that tell who owns a socket and when it goes away.
+//! Socket state changes: where owners are learnt and forgotten. Every TCP state change of every
+//! socket passes here, so the common transitions leave after reading the two states, and only
+//! listeners (rare) and failed port allocations (a problem) send a record.
 use aya_ebpf::{
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use rst_trace_common::{RecordKind, SockStateRecord, SyscallArgs, STASH_LISTEN, STATE_TASK_VALID};
+use rst_trace_common::{
+    ConnectRecord, CounterFamily, RecordKind, SockStateRecord, SyscallArgs, OWNER_CONNECT,
+    OWNER_LISTEN, STASH_LISTEN, STATE_TASK_VALID,
+};
 
 use crate::{
-    emit::deliver,
+    emit::{count, deliver},
     kread::{current_task, member, sk_netns, sk_tuple, tp},
     layout::{lay, wanted},
+    owners,
     resets::header,
 };
 
 const IPPROTO_TCP: u16 = 6;
-const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+const TCP_CLOSING: i32 = 11;
+const EADDRNOTAVAIL: i32 = 99;
 
 /// Per-thread syscall arguments between entry and exit (and listen() → state LISTEN).
 #[map(name = "RST_SYSCALL_ARGS")]
@@ -30,23 +40,61 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
+    let old: i32 = tp(ctx, lay!(tp.ss_oldstate))?;
+    let new: i32 = tp(ctx, lay!(tp.ss_newstate))?;
+    // The transitions of an established connection's life need nothing: leave before any
+    // other read.
+    if new != TCP_CLOSE && new != TCP_LISTEN && old != TCP_LISTEN && new != TCP_SYN_SENT {
+        return None;
+    }
     let protocol: u16 = tp(ctx, lay!(tp.ss_protocol))?;
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let old: i32 = tp(ctx, lay!(tp.ss_oldstate))?;
-    let new: i32 = tp(ctx, lay!(tp.ss_newstate))?;
-    // listen() and connect() make these two transitions in the caller's own context, so
-    // the current task is the owner; every other transition may run in softirq context.
-    let in_caller = new == TCP_LISTEN || (old == TCP_CLOSE && new == TCP_SYN_SENT);
-    let interesting = in_caller
-        || old == TCP_LISTEN
-        || (old == TCP_SYN_SENT && new == TCP_ESTABLISHED)
-        || new == TCP_CLOSE;
-    if !interesting {
-        return None;
-    }
     let skaddr: u64 = tp(ctx, lay!(tp.ss_skaddr))?;
+    match (old, new) {
+        // listen() runs this in the caller's context.
+        (_, TCP_LISTEN) => {
+            owners::learn(skaddr, OWNER_LISTEN);
+            listener_record(skaddr, old, new, true)
+        }
+        // A child socket is born as a clone of its listener (inet_csk_clone_lock).
+        (TCP_LISTEN, TCP_SYN_RECV) => {
+            owners::forget(skaddr);
+            crate::hot::child_born(skaddr)
+        }
+        (TCP_LISTEN, _) => {
+            let r = listener_record(skaddr, old, new, false);
+            owners::closed(skaddr, false);
+            r
+        }
+        // connect() runs this in the caller's context, before the local port is chosen.
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            owners::learn(skaddr, OWNER_CONNECT);
+            None
+        }
+        (TCP_SYN_SENT, TCP_CLOSE) => {
+            // Still in connect(): no local port could be found (inet_hash_connect failed).
+            if member::<u16>(skaddr, lay!(st.skc_num)).unwrap_or(1) == 0 {
+                port_exhausted(skaddr);
+            }
+            owners::closed(skaddr, false);
+            None
+        }
+        (_, TCP_CLOSE) => {
+            owners::closed(
+                skaddr,
+                old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 || old == TCP_CLOSING,
+            );
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A listener started (`in_caller`: listen() is running) or stopped listening.
+#[inline(always)]
+fn listener_record(skaddr: u64, old: i32, new: i32, in_caller: bool) -> Option<()> {
     let tuple = sk_tuple(skaddr);
     let netns = sk_netns(skaddr);
     if !wanted(netns, tuple.local_port, tuple.remote_port) {
@@ -63,8 +111,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     if in_caller {
         rec.flags |= STATE_TASK_VALID;
         rec.task = current_task();
-    }
-    if new == TCP_LISTEN {
         let tid = rec.task.tid;
         if let Some(args) = RST_SYSCALL_ARGS.get_ptr(tid) {
             let args: &SyscallArgs = unsafe { &*args };
@@ -76,5 +122,28 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
         rec.max_ack_backlog = member(skaddr, lay!(st.sk_max_ack_backlog)).unwrap_or(0);
     }
     deliver(RecordKind::SockState, &rec);
+    Some(())
+}
+
+/// connect() found no free local port for this destination: EADDRNOTAVAIL, in the caller's
+/// context (the socket falls back to CLOSE before connect() returns).
+#[inline(always)]
+fn port_exhausted(skaddr: u64) -> Option<()> {
+    let mut tuple = sk_tuple(skaddr);
+    // The destination is set; the local side is not chosen yet.
+    tuple.local_port = 0;
+    let netns = sk_netns(skaddr);
+    if !wanted(netns, 0, tuple.remote_port) {
+        return None;
+    }
+    let rec = ConnectRecord {
+        header: header(RecordKind::Connect, netns),
+        task: current_task(),
+        tuple,
+        fd: -1,
+        ret: -EADDRNOTAVAIL,
+    };
+    count(CounterFamily::Connect, EADDRNOTAVAIL as u32);
+    deliver(RecordKind::Connect, &rec);
     Some(())
 }

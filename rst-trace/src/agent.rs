@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use rst_trace_common::{COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP};
+use rst_trace_common::{ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID};
 use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
@@ -26,35 +26,23 @@ use crate::{
         layout::{KernelFacts, WATCHED_DROP_REASONS},
         tracefs::Tracefs,
     },
-    listeners::NetnsAccount,
     loader,
     netns::Netns,
     output::Output,
     owner::{Learned, Owner},
     pipeline::{monotonic_ns, Clock, Pipeline},
+    poller::{self, Poller},
     preflight, procowners,
     records::Record,
     records::{Endpoint, Task},
-    sockdiag,
+    sockdiag::{self, NetnsSnapshot},
     stats::{exact_cause_counts, kernel_json, merged_causes, AgentCounts, KernelCounters},
     storm::Limiter,
 };
 
-/// Polls listeners and counters of the namespaces in scope.
-struct Poller {
-    only: Option<Netns>,
-    namespaces: Vec<Netns>,
-    refreshed: Option<Instant>,
-    accounts: HashMap<u32, NetnsAccount>,
-    last_poll: Option<Instant>,
-    scanned_inodes: HashSet<u64>,
-    warned: HashMap<(u32, u64), Instant>,
-    /// Every accept-queue drop has a per-packet record on this kernel.
-    accept_per_packet: bool,
-}
-
-const NETNS_REFRESH: Duration = Duration::from_secs(10);
 const SATURATION_REPEAT: Duration = Duration::from_secs(10);
+/// Sockets that predate the agent whose owners are remembered at most.
+const MAX_SEEDED_SOCKETS: usize = 1 << 20;
 
 struct Agent {
     pipeline: Pipeline<ProcHost>,
@@ -63,6 +51,10 @@ struct Agent {
     counts: AgentCounts,
     counters: PerCpuArray<MapData, u64>,
     facts: KernelFacts,
+    poller: Poller,
+    /// Listeners already looked up in /proc (their inode), so a poll does not walk /proc again.
+    scanned_inodes: HashSet<u64>,
+    warned: HashMap<(u32, u64), Instant>,
 }
 
 impl Agent {
@@ -80,6 +72,7 @@ impl Agent {
         match Record::try_from(bytes) {
             Ok(rec) => {
                 self.counts.delivered += 1;
+                self.heat(&rec);
                 let d = self.pipeline.handle(&rec);
                 self.emit(d);
             }
@@ -98,54 +91,56 @@ impl Agent {
         }
     }
 
-    /// `flush`: the ring buffer was just drained for the last time; report every drop left.
-    fn poll_listeners(&mut self, p: &mut Poller, flush: bool) {
-        let now = Instant::now();
-        if p.refreshed
-            .is_none_or(|t| now.duration_since(t) >= NETNS_REFRESH)
-        {
-            p.namespaces = match &p.only {
-                Some(ns) => vec![ns.clone()],
-                None => Netns::all(),
-            };
-            p.refreshed = Some(now);
+    /// Records that say a namespace's listen-drop counters are worth reading.
+    fn heat(&mut self, rec: &Record) {
+        let netns = rec.header().netns;
+        match rec {
+            Record::ListenerHot(_) | Record::ListenDrop(_) => self.poller.heat(netns, None),
+            Record::SkbDrop(r) if r.rx_sk != 0 => self.poller.heat(netns, None),
+            Record::SockState(r) if r.flags & STATE_TASK_VALID != 0 => {
+                self.poller.heat(netns, Some(r.task.pid));
+            }
+            _ => {}
         }
-        let interval = p
-            .last_poll
-            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-        p.last_poll = Some(now);
-        for ns in p.namespaces.clone() {
-            let snap = match ns.run(sockdiag::snapshot_here) {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    log::debug!("polling netns {}: {e}", ns.inode);
-                    continue;
-                }
+    }
+
+    /// Turns namespace readings into findings. `flush`: the ring buffer was just drained for
+    /// the last time; report every drop left.
+    fn explain_readings(
+        &mut self,
+        readings: Vec<(u32, Result<NetnsSnapshot, String>)>,
+        flush: bool,
+    ) {
+        let now = Instant::now();
+        for (netns, reading) in readings {
+            let snap = match reading {
+                Ok(s) => s,
                 Err(e) => {
-                    log::debug!("polling netns {}: {e}", ns.inode);
+                    log::debug!("reading netns {netns}: {e}");
                     continue;
                 }
             };
-            self.learn_owners(ns.inode, &snap, p);
-            let ack = self.pipeline.take_ack_time_drops(ns.inode);
-            let synq = self.pipeline.take_synq_per_packet(ns.inode);
-            let account = p
-                .accounts
-                .entry(ns.inode)
-                .or_insert_with(|| NetnsAccount::new(p.accept_per_packet));
-            let (findings, saturated) = account.step(&snap, &ack, synq, flush);
-            let mut out: Vec<_> = findings
-                .iter()
-                .map(|f| self.pipeline.explain_finding(ns.inode, f, &snap, interval))
-                .collect();
+            self.learn_owners(netns, &snap);
+            let interval = self.poller.interval(netns);
+            let ack = self.pipeline.take_ack_time_drops(netns);
+            let synq = self.pipeline.take_synq_per_packet(netns);
+            let (findings, saturated) = self.poller.account(netns).step(&snap, &ack, synq, flush);
+            if !findings.is_empty() || !saturated.is_empty() {
+                self.poller.keep_hot(netns);
+            }
+            let mut out = Vec::with_capacity(findings.len());
+            for f in &findings {
+                out.push(self.pipeline.explain_finding(netns, f, &snap, interval));
+            }
             for s in &saturated {
-                let key = (ns.inode, s.inode);
-                if p.warned
+                let key = (netns, s.inode);
+                if self
+                    .warned
                     .get(&key)
                     .is_none_or(|t| now.duration_since(*t) >= SATURATION_REPEAT)
                 {
-                    p.warned.insert(key, now);
-                    out.push(self.pipeline.explain_saturation(ns.inode, s));
+                    self.warned.insert(key, now);
+                    out.push(self.pipeline.explain_saturation(netns, s));
                 }
             }
             self.emit(out);
@@ -154,12 +149,12 @@ impl Agent {
 
     /// Listeners the events did not introduce (they predate the agent, or were inherited by
     /// forked workers): find which processes hold them.
-    fn learn_owners(&mut self, netns: u32, snap: &sockdiag::NetnsSnapshot, p: &mut Poller) {
+    fn learn_owners(&mut self, netns: u32, snap: &sockdiag::NetnsSnapshot) {
         let fresh: HashSet<u64> = snap
             .listeners
             .iter()
             .map(|l| l.inode)
-            .filter(|i| !p.scanned_inodes.contains(i))
+            .filter(|i| !self.scanned_inodes.contains(i))
             .collect();
         if fresh.is_empty() {
             return;
@@ -167,7 +162,7 @@ impl Agent {
         let holders = procowners::holders_of(&fresh);
         let now = monotonic_ns();
         for l in snap.listeners.iter().filter(|l| fresh.contains(&l.inode)) {
-            p.scanned_inodes.insert(l.inode);
+            self.scanned_inodes.insert(l.inode);
             let owners = holders
                 .get(&l.inode)
                 .map(|hs| {
@@ -225,7 +220,7 @@ impl Agent {
             .iter()
             .map(|(c, n)| (c.as_str().to_owned(), json!(n)))
             .collect();
-        let (listeners, conns) = self.pipeline.table.len();
+        let listeners = self.pipeline.table.listener_ports();
         let v = json!({
             "time": rfc3339_nanos(std::time::SystemTime::now()),
             "event": {"name": "rst_trace.stats", "kind": "metric"},
@@ -238,7 +233,11 @@ impl Agent {
                 "suppressed": self.counts.suppressed,
             },
             "kernel": kernel_json(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
-            "sockets": {"listener_ports": listeners, "connections": conns, "table_overflow": self.pipeline.table.overflow},
+            "sockets": {
+                "listener_ports": listeners,
+                "table_overflow": self.pipeline.table.overflow,
+                "owners": k.owner_tables(),
+            },
         });
         let text = || stats_text(&causes, &k, &self.counts);
         self.out.record(&v, text);
@@ -316,21 +315,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         log::warn!("could not measure the kernel tick rate; assuming CONFIG_HZ=250 for idle times");
         250
     });
-    let pipeline = Pipeline::new(
+    let acceptors = aya::maps::HashMap::try_from(
+        loaded
+            .ebpf
+            .take_map(ACCEPTORS_MAP)
+            .context("acceptor map missing from the eBPF object")?,
+    )
+    .context("opening the acceptor map")?;
+    let mut pipeline = Pipeline::new(
         facts.rst_reasons.clone(),
         facts.drop_reasons.clone(),
-        ProcHost::default(),
+        ProcHost::with_acceptors(acceptors),
         Clock::now(),
         hz,
     );
-    let mut agent = Agent {
-        pipeline,
-        out: Output::new(args.format),
-        limiter: Limiter::new(args.max_events_per_sec),
-        counts: AgentCounts::default(),
-        counters,
-        facts,
-    };
+    // Sockets older than the agent: their owners are only in /proc.
+    let (seeds, unseeded) = procowners::all_socket_holders(MAX_SEEDED_SOCKETS);
+    if unseeded > 0 {
+        log::warn!(
+            "{unseeded} sockets older than the agent exceed its table; their owners stay unknown"
+        );
+    }
+    pipeline.seed(seeds);
 
     let attached = |name: &str| {
         loaded
@@ -339,25 +345,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .any(|h| h.program == name && !h.attached.is_empty())
     };
     let ack_per_packet = attached("tcp_syn_recv_sock")
-        || (attached("kfree_skb")
-            && agent
-                .facts
-                .drop_reasons
-                .value("TCP_LISTEN_OVERFLOW")
-                .is_some());
+        || (attached("kfree_skb") && facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some());
     let accept_per_packet = attached("tcp_conn_request") && ack_per_packet;
-    let mut poller = Poller {
-        only: netns.clone(),
-        namespaces: Vec::new(),
-        refreshed: None,
-        accounts: HashMap::new(),
-        last_poll: None,
+    let mut agent = Agent {
+        pipeline,
+        out: Output::new(args.format),
+        limiter: Limiter::new(args.max_events_per_sec),
+        counts: AgentCounts::default(),
+        counters,
+        facts,
+        poller: Poller::start(netns.clone(), accept_per_packet),
         scanned_inodes: HashSet::new(),
         warned: HashMap::new(),
-        accept_per_packet,
     };
-    // The first poll is the baseline: drops counted from here on are the ones reported.
-    agent.poll_listeners(&mut poller, false);
+    // The first reading is the baseline: drops counted from here on are the ones reported.
+    let baseline = poller::read(agent.poller.baseline_namespaces());
+    agent.explain_readings(baseline, false);
+    // Kernel BTF and the start-up scans are done with: give their memory back.
+    drop(btf);
+    trim_heap();
 
     let started = json!({
         "time": rfc3339_nanos(std::time::SystemTime::now()),
@@ -400,6 +406,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let poll_every = Duration::from_millis(args.poll_interval_ms);
     let mut poll_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
+    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At most one reading of namespaces in flight, on a blocking thread: the ring buffer is
+    // never left waiting behind setns and sock_diag dumps.
+    let mut reading: Option<tokio::task::JoinHandle<Readings>> = None;
 
     loop {
         tokio::select! {
@@ -412,7 +422,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 guard.clear_ready();
             }
-            _ = hold_tick.tick() => {
+            _ = hold_tick.tick(), if agent.pipeline.holding_received() => {
                 let held = agent.pipeline.release_received(false);
                 agent.emit(held);
             }
@@ -424,10 +434,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     agent.out.diagnosis(&d);
                 }
             }
-            _ = poll_tick.tick() => {
+            _ = poll_tick.tick(), if reading.is_none() => {
+                let due = agent.poller.due();
+                if !due.is_empty() {
+                    reading = Some(tokio::task::spawn_blocking(move || poller::read(due)));
+                }
+            }
+            done = async { reading.as_mut().expect("guarded by the select condition").await }, if reading.is_some() => {
+                reading = None;
                 // Per-packet records first, so polling does not count them again.
                 agent.drain(&mut ring);
-                agent.poll_listeners(&mut poller, false);
+                match done {
+                    Ok(readings) => agent.explain_readings(readings, false),
+                    Err(e) => log::warn!("reading namespaces failed: {e}"),
+                }
             }
             _ = stats_tick.tick(), if args.stats_interval > 0 => agent.stats(false),
             _ = sigterm.recv() => break,
@@ -436,10 +456,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Whatever the kernel already wrote is still explained, and the counters polled once
+    // Whatever the kernel already wrote is still explained, and every namespace read once
     // more, before the final totals.
+    if let Some(r) = reading.take() {
+        if let Ok(readings) = r.await {
+            agent.drain(&mut ring);
+            agent.explain_readings(readings, false);
+        }
+    }
     agent.drain(&mut ring);
-    agent.poll_listeners(&mut poller, true);
+    let last = poller::read(agent.poller.everything());
+    agent.explain_readings(last, true);
     let stale = agent.pipeline.expire_foreign_resets();
     agent.emit(stale);
     let held = agent.pipeline.release_received(true);
@@ -447,4 +474,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     agent.stats(true);
     drop(loaded);
     Ok(())
+}
+
+type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;
+
+/// Returns freed heap to the kernel: parsing the kernel's BTF at start-up leaves tens of MiB
+/// of freed but mapped memory that would otherwise count against the agent forever.
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

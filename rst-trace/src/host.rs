@@ -2,7 +2,18 @@
 //! can be tested without a kernel.
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 
+use aya::maps::MapData;
+use rst_trace_common::{AcceptorKey, OwnerInfo};
+
 use crate::netns::{sysctl_in, Netns};
+
+/// A process that accepted connections on a port, and when it last did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acceptor {
+    pub pid: u32,
+    pub comm: String,
+    pub last_ns: u64,
+}
 
 pub trait HostInfo {
     /// cgroup v2 path of a process, e.g. `/system.slice/nginx.service`.
@@ -22,6 +33,12 @@ pub trait HostInfo {
         dst: std::net::IpAddr,
         port: u16,
     ) -> Option<std::collections::BTreeMap<&'static str, u64>>;
+    /// The current name of process `pid`, if `pid` still names the process that started at
+    /// `start_boottime_ns` (0: not known, any process with that pid will do). Names change
+    /// with exec().
+    fn process_name(&self, pid: u32, start_boottime_ns: u64) -> Option<String>;
+    /// Processes that accepted on (`netns`, `port`), most recent first.
+    fn acceptors(&self, netns: u32, port: u16) -> Vec<Acceptor>;
 }
 
 /// Reads /proc. Per-namespace sysctls are cached for a few seconds: they rarely change, and
@@ -29,6 +46,83 @@ pub trait HostInfo {
 #[derive(Default)]
 pub struct ProcHost {
     sysctl_cache: Mutex<HashMap<(u32, String), CachedSysctl>>,
+    acceptors: Option<Mutex<AcceptorTable>>,
+}
+
+impl ProcHost {
+    /// Reads "who accepted on this port" from the kernel's acceptor map.
+    pub fn with_acceptors(map: aya::maps::HashMap<MapData, AcceptorKey, OwnerInfo>) -> Self {
+        Self {
+            acceptors: Some(Mutex::new(AcceptorTable {
+                map,
+                read_at: None,
+                by_port: HashMap::new(),
+            })),
+            ..Default::default()
+        }
+    }
+}
+
+/// The kernel's acceptor map, read whole at most once a second: it is only consulted for
+/// listener problems, and a storm of them must not turn into a storm of map walks.
+pub struct AcceptorTable {
+    map: aya::maps::HashMap<MapData, AcceptorKey, OwnerInfo>,
+    read_at: Option<Instant>,
+    by_port: HashMap<(u32, u16), Vec<Acceptor>>,
+}
+
+const ACCEPTOR_REFRESH_MS: u128 = 1000;
+
+impl AcceptorTable {
+    fn get(&mut self, netns: u32, port: u16) -> Vec<Acceptor> {
+        if self
+            .read_at
+            .is_none_or(|t| t.elapsed().as_millis() >= ACCEPTOR_REFRESH_MS)
+        {
+            self.read_at = Some(Instant::now());
+            self.by_port.clear();
+            for (k, o) in self.map.iter().flatten() {
+                let end = o.comm.iter().position(|b| *b == 0).unwrap_or(o.comm.len());
+                self.by_port
+                    .entry((k.netns, k.port))
+                    .or_default()
+                    .push(Acceptor {
+                        pid: k.pid,
+                        comm: String::from_utf8_lossy(&o.comm[..end]).into_owned(),
+                        last_ns: o.since_ns,
+                    });
+            }
+            for list in self.by_port.values_mut() {
+                list.sort_by_key(|a| std::cmp::Reverse(a.last_ns));
+            }
+        }
+        self.by_port
+            .get(&(netns, port))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Clock ticks per second of /proc/<pid>/stat's start time.
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(100)
+}
+
+/// `comm` and start time (clock ticks since boot) from a /proc/<pid>/stat line.
+pub fn parse_stat(text: &str) -> Option<(String, u64)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    // Fields after the name start at field 3 (state); starttime is field 22.
+    let start = text
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some((comm, start))
 }
 
 /// When a sysctl was read, and what it was.
@@ -75,6 +169,25 @@ impl HostInfo for ProcHost {
         ns.run(move || crate::sockdiag::states_to_here(dst, port).ok())
             .ok()
             .flatten()
+    }
+
+    fn process_name(&self, pid: u32, start_boottime_ns: u64) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, start_ticks) = parse_stat(&text)?;
+        if start_boottime_ns != 0 {
+            let ticks = start_boottime_ns / (1_000_000_000 / clock_ticks());
+            if ticks != start_ticks {
+                return None;
+            }
+        }
+        Some(comm)
+    }
+
+    fn acceptors(&self, netns: u32, port: u16) -> Vec<Acceptor> {
+        self.acceptors
+            .as_ref()
+            .and_then(|t| t.lock().ok().map(|mut t| t.get(netns, port)))
+            .unwrap_or_default()
     }
 
     fn sysctl(&self, netns: u32, name: &str) -> Option<String> {
@@ -131,6 +244,14 @@ pub fn kernel_hz() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_names_and_start_times() {
+        let line = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat(line), Some(("my (odd) app".into(), 987_654)));
+        assert_eq!(parse_stat("4242 (x"), None);
+        assert_eq!(parse_stat(""), None);
+    }
 
     #[test]
     fn nofile_from_proc_limits() {

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod output;
 pub mod owner;
 pub mod pipeline;
+pub mod poller;
 pub mod preflight;
 pub mod procowners;
 pub mod records;

@@ -69,13 +69,40 @@ fn settle(carry: &mut i64, settled: &mut i64, flush: bool) -> u64 {
 }
 
 impl NetnsAccount {
-    /// `accept_per_packet`: the kernel reports every accept-queue drop per packet.
+    /// `accept_per_packet`: the kernel reports every accept-queue drop per packet. The first
+    /// step is the baseline.
     pub fn new(accept_per_packet: bool) -> Self {
         Self {
             accept_per_packet,
             ..Default::default()
         }
     }
+
+    /// For a namespace created after the agent started: its counters began at zero, so every
+    /// drop they hold happened while the agent watched.
+    pub fn from_zero(accept_per_packet: bool) -> Self {
+        Self {
+            accept_per_packet,
+            baseline: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// The MIB counters the account compares between steps; only these are kept.
+const MIB_KEYS: [&str; 5] = [
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPReqQFullDrop",
+    "TcpExt.TCPReqQFullDoCookies",
+    "TcpExt.SyncookiesSent",
+];
+
+fn kept_mib(mib: &HashMap<String, u64>) -> HashMap<String, u64> {
+    MIB_KEYS
+        .iter()
+        .filter_map(|k| mib.get(*k).map(|v| ((*k).to_owned(), *v)))
+        .collect()
 }
 
 fn delta(now: &HashMap<String, u64>, before: &HashMap<String, u64>, key: &str) -> u64 {
@@ -113,7 +140,7 @@ impl NetnsAccount {
             snap.listeners.iter().map(|l| (l.inode, l.drops)).collect();
         if !self.baseline {
             self.baseline = true;
-            self.mib = snap.mib.clone();
+            self.mib = kept_mib(&snap.mib);
             self.drops = drops_now;
             return (Vec::new(), saturated);
         }
@@ -169,7 +196,7 @@ impl NetnsAccount {
             })
             .collect();
         remaining.sort_by_key(|r| std::cmp::Reverse(r.1));
-        self.mib = snap.mib.clone();
+        self.mib = kept_mib(&snap.mib);
         self.drops = drops_now;
 
         let mut findings = Vec::new();

@@ -56,8 +56,10 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         program: "inet_sock_set_state",
         tracepoints: &[("sock", "inet_sock_set_state")],
-        serves: &[],
-        purpose: "socket ownership (listen, connect, close)",
+        // connect() that finds no local port falls back from SYN_SENT to CLOSE with port 0.
+        serves: &[Cause::EphemeralPortExhaustion],
+        purpose:
+            "socket ownership in the kernel (listen, connect, close) and connect() EADDRNOTAVAIL",
     },
     Hook {
         program: "kfree_skb",
@@ -71,6 +73,12 @@ pub const HOOKS: &[Hook] = &[
         tracepoints: &[("net", "net_dev_queue")],
         serves: &[Cause::FirewallReject],
         purpose: "RSTs transmitted without a socket (netfilter REJECT)",
+    },
+    Hook {
+        program: "tcp_retransmit_synack",
+        tracepoints: &[("tcp", "tcp_retransmit_synack")],
+        serves: &[],
+        purpose: "half-open connections: when to read a namespace's SYN-queue counters",
     },
     Hook {
         program: "sys_enter_listen",
@@ -95,18 +103,6 @@ pub const HOOKS: &[Hook] = &[
         ],
         serves: &[Cause::FdExhaustion],
         purpose: "accepted-socket ownership and EMFILE/ENFILE",
-    },
-    Hook {
-        program: "sys_enter_connect",
-        tracepoints: &[("syscalls", "sys_enter_connect")],
-        serves: &[],
-        purpose: "connect() arguments",
-    },
-    Hook {
-        program: "sys_exit_connect",
-        tracepoints: &[("syscalls", "sys_exit_connect")],
-        serves: &[Cause::EphemeralPortExhaustion],
-        purpose: "EADDRNOTAVAIL from connect()",
     },
 ];
 

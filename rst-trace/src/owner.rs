@@ -1,8 +1,11 @@
 //! Who owns a socket: the process that created, listened on, connected or accepted it —
 //! learnt in process context, never from the task that happens to run a softirq.
+use std::time::SystemTime;
+
+use rst_trace_common::{OwnerInfo, OWNER_ACCEPT, OWNER_CONNECT, OWNER_LISTEN};
 use serde::Serialize;
 
-use crate::records::Task;
+use crate::{diagnosis::rfc3339_nanos, records::Task};
 
 /// How an owner was learnt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -20,6 +23,50 @@ pub enum Learned {
     Procfs,
 }
 
+impl Learned {
+    /// How the kernel programs learnt an owner (`OwnerInfo::how`).
+    pub fn from_kernel(how: u32) -> Option<Self> {
+        match how {
+            OWNER_LISTEN => Some(Self::Listen),
+            OWNER_CONNECT => Some(Self::Connect),
+            OWNER_ACCEPT => Some(Self::Accept),
+            _ => None,
+        }
+    }
+}
+
+/// A process as the kernel programs recorded it when they learnt it owned a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelOwner {
+    pub pid: u32,
+    pub tid: u32,
+    /// Name when the owner was learnt; the process may have exec'd since.
+    pub comm: String,
+    pub start_boottime_ns: u64,
+    pub learned: Learned,
+    pub since_ns: u64,
+    /// When the socket entered CLOSE, if it has.
+    pub closed_ns: Option<u64>,
+}
+
+impl KernelOwner {
+    pub fn from_info(o: &OwnerInfo) -> Option<Self> {
+        if o.pid == 0 {
+            return None;
+        }
+        let end = o.comm.iter().position(|b| *b == 0).unwrap_or(o.comm.len());
+        Some(Self {
+            pid: o.pid,
+            tid: o.tid,
+            comm: String::from_utf8_lossy(&o.comm[..end]).into_owned(),
+            start_boottime_ns: o.start_boottime_ns,
+            learned: Learned::from_kernel(o.how)?,
+            since_ns: o.since_ns,
+            closed_ns: (o.closed_ns != 0).then_some(o.closed_ns),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
@@ -28,6 +75,8 @@ pub struct Owner {
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
     pub learned: Learned,
+    /// When the owner was learnt, where the kernel recorded it.
+    pub learned_at: Option<SystemTime>,
 }
 
 impl Owner {
@@ -40,6 +89,7 @@ impl Owner {
             cgroup,
             container_id,
             learned,
+            learned_at: None,
         }
     }
 
@@ -53,6 +103,7 @@ impl Owner {
             "thread": { "id": self.tid },
             "container": self.container_id.as_ref().map(|id| serde_json::json!({ "id": id })),
             "learned_from": self.learned,
+            "learned_at": self.learned_at.map(rfc3339_nanos),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, ListenDropRecord, ResetReceivedRecord, ResetSentRecord,
+    AcceptRecord, ConnectRecord, ListenDropRecord, OwnerInfo, ResetReceivedRecord, ResetSentRecord,
     SkbDropRecord, SockStateRecord, TcpSnapshot, LISTEN_DROP_ACK_ACCEPT_FULL,
     LISTEN_DROP_SYN_ACCEPT_FULL, LISTEN_DROP_SYN_QUEUE_FULL, REASON_NONE, RST_HAS_SOCK,
     RST_KEEPALIVE_ON, RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES,
@@ -18,15 +18,14 @@ use serde_json::{json, Value};
 use crate::{
     advice::{advice, AdviceFacts},
     attribution::{
-        classify_drop, classify_received_reset, classify_sent_reset, SentReset, TCP_CLOSE,
-        TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT,
+        classify_drop, classify_received_reset, classify_sent_reset, SentReset, TCP_LISTEN,
     },
     cause::{Cause, Direction, Origin},
     diagnosis::Diagnosis,
     host::HostInfo,
     kernel::reasons::ReasonNames,
     listeners::{Finding, Saturation},
-    owner::{Learned, Owner},
+    owner::{KernelOwner, Learned, Owner},
     records::{Endpoint, Endpoints, Record, Task},
     sockdiag::NetnsSnapshot,
     sockets::{ListenerSock, SocketTable},
@@ -117,7 +116,22 @@ pub struct Pipeline<H: HostInfo> {
     synq_per_packet: HashMap<(u32, u16), u64>,
     /// Sockets to a destination by state, sampled at most once a second per destination.
     port_census: HashMap<(u32, Endpoint), (u64, Option<SocketsByState>)>,
+    /// Sockets that predate the agent: sockfs inode → processes holding it (from /proc).
+    seeds: HashMap<u64, Vec<u32>>,
+    /// Current name and cgroup per (pid, start time), read at most once a second: names
+    /// change with exec(), and a storm must not read /proc per event.
+    processes: HashMap<(u32, u64), CachedProcess>,
 }
+
+#[derive(Debug, Clone)]
+struct CachedProcess {
+    read_ns: u64,
+    name: Option<String>,
+    cgroup: Option<String>,
+}
+
+const PROCESS_CACHE_NS: u64 = 1_000_000_000;
+const MAX_CACHED_PROCESSES: usize = 65_536;
 
 #[derive(Debug, Clone)]
 struct SentRst {
@@ -186,7 +200,70 @@ impl<H: HostInfo> Pipeline<H> {
             synq_per_packet: HashMap::new(),
             pending_received: VecDeque::new(),
             pending_by_tuple: HashMap::new(),
+            seeds: HashMap::new(),
+            processes: HashMap::new(),
         }
+    }
+
+    /// Owners of the sockets that existed when the agent started (sockfs inode → pids).
+    pub fn seed(&mut self, seeds: HashMap<u64, Vec<u32>>) {
+        self.seeds = seeds;
+    }
+
+    /// The current name (`None`: the process is gone or its pid was reused) and cgroup of a
+    /// process.
+    fn process(&mut self, pid: u32, start_boottime_ns: u64) -> CachedProcess {
+        let now = monotonic_ns();
+        let key = (pid, start_boottime_ns);
+        if let Some(c) = self.processes.get(&key) {
+            if now.saturating_sub(c.read_ns) < PROCESS_CACHE_NS {
+                return c.clone();
+            }
+        }
+        if self.processes.len() >= MAX_CACHED_PROCESSES {
+            self.processes.clear();
+        }
+        let name = self.host.process_name(pid, start_boottime_ns);
+        let cgroup = name.as_ref().and_then(|_| self.host.cgroup_of(pid));
+        let c = CachedProcess {
+            read_ns: now,
+            name,
+            cgroup,
+        };
+        self.processes.insert(key, c.clone());
+        c
+    }
+
+    /// An owner the kernel programs recorded, named as the process is called now.
+    fn kernel_owner(&mut self, info: &OwnerInfo) -> Option<Arc<Owner>> {
+        let k = KernelOwner::from_info(info)?;
+        let p = self.process(k.pid, k.start_boottime_ns);
+        let task = Task {
+            pid: k.pid,
+            tid: k.tid,
+            comm: p.name.unwrap_or(k.comm),
+            cgroup_id: info.cgroup_id,
+        };
+        let mut o = Owner::from_task(&task, k.learned, p.cgroup);
+        o.learned_at = Some(self.clock.wall(k.since_ns));
+        Some(Arc::new(o))
+    }
+
+    /// The processes holding a socket that predates the agent.
+    fn seeded_owners(&mut self, inode: u64) -> Vec<Arc<Owner>> {
+        let pids = self.seeds.get(&inode).cloned().unwrap_or_default();
+        pids.into_iter()
+            .filter_map(|pid| {
+                let p = self.process(pid, 0);
+                let task = Task {
+                    pid,
+                    tid: pid,
+                    comm: p.name?,
+                    cgroup_id: 0,
+                };
+                Some(Arc::new(Owner::from_task(&task, Learned::Procfs, p.cgroup)))
+            })
+            .collect()
     }
 
     pub fn host(&self) -> &H {
@@ -229,6 +306,8 @@ impl<H: HostInfo> Pipeline<H> {
             Record::SkbDrop(r) => self.on_skb_drop(r),
             Record::Connect(r) => self.on_connect(r),
             Record::ListenDrop(r) => self.on_listen_drop(r),
+            // A signal for the poller, not an event.
+            Record::ListenerHot(_) => Vec::new(),
             Record::ForeignReset(r) => match Endpoints::try_from(&r.tuple) {
                 // Without the NETFILTER_DROP drop reason (before 5.17) the dropped segment is
                 // never seen: waiting for it would only delay the report past the moment the
@@ -311,6 +390,12 @@ impl<H: HostInfo> Pipeline<H> {
         let s = self.recent_sent.get(&key)?;
         let age = monotonic_ns().saturating_sub(s.at_ns);
         (age <= RST_LINK_WINDOW_NS).then(|| s.related())
+    }
+
+    /// Whether received RSTs are waiting for their local counterpart (the agent's hold timer
+    /// runs only then).
+    pub fn holding_received(&self) -> bool {
+        !self.pending_received.is_empty()
     }
 
     /// Received RSTs whose hold is over (all of them when `force`), in arrival order.
@@ -437,21 +522,12 @@ impl<H: HostInfo> Pipeline<H> {
                     now,
                 );
             }
-            (TCP_CLOSE, TCP_SYN_SENT, Some(task)) => {
-                let owner = self.owner(&task, Learned::Connect);
-                self.table.connect(netns, r.skaddr, None, owner, now);
-            }
-            (TCP_SYN_SENT, TCP_ESTABLISHED, _) => {
-                if let Some(e) = endpoints {
-                    self.table.established(r.skaddr, e);
-                }
-            }
-            (_, TCP_CLOSE, _) => self.table.close(r.skaddr, now),
+            (TCP_LISTEN, _, _) => self.table.close(r.skaddr, now),
             _ => {}
         }
     }
 
-    /// Periodic upkeep (once a second): forget closed sockets past their retention.
+    /// Periodic upkeep (once a second): forget closed listeners past their retention.
     pub fn expire(&mut self) {
         self.table.expire(monotonic_ns());
     }
@@ -460,18 +536,6 @@ impl<H: HostInfo> Pipeline<H> {
         let now = r.header.ktime_ns;
         let netns = r.header.netns;
         let task = Task::from(&r.task);
-        if let Ok(l) = Endpoints::try_from(&r.listener) {
-            let owner = self.owner(&task, Learned::Accept);
-            self.table.accepted_by((netns, l.local.port), owner, now);
-        }
-        if r.ret >= 0 {
-            if let Ok(e) = Endpoints::try_from(&r.conn) {
-                let owner = self.owner(&task, Learned::Accept);
-                self.table
-                    .connect(netns, r.conn_skaddr, Some(e), owner, now);
-            }
-            return Vec::new();
-        }
         let errno = -r.ret;
         if errno != EMFILE && errno != ENFILE {
             return Vec::new();
@@ -669,6 +733,8 @@ impl<H: HostInfo> Pipeline<H> {
                 af.queue = Some((snap.sk_ack_backlog, snap.sk_max_ack_backlog));
                 if let Some(l) = self.table.listener_by_sk(r.skaddr).cloned() {
                     self.attach_listener(&mut d, &l, &mut af);
+                } else if let Some(o) = self.kernel_owner(&r.owner) {
+                    d.owner = Some(o);
                 }
                 if let Some(e) = endpoints {
                     d.related = self.related_fd_incident(netns, e.local.port, now);
@@ -676,7 +742,7 @@ impl<H: HostInfo> Pipeline<H> {
                 }
             }
             _ => {
-                self.attach_conn_owner(&mut d, r.skaddr, netns, endpoints, now);
+                self.attach_conn_owner(&mut d, &r.owner, r.sock_inode, endpoints, now);
                 self.conn_evidence(&mut d, cause, snap, r.flags);
                 if let Some(idle) = self.idle_seconds(snap) {
                     af.idle_s = Some(idle);
@@ -691,13 +757,31 @@ impl<H: HostInfo> Pipeline<H> {
     }
 
     /// The listener's owner is the process serving its queue (the latest accept() caller),
-    /// else the one that called listen(); every other holder is listed too.
-    fn attach_listener(&self, d: &mut Diagnosis, l: &ListenerSock, af: &mut AdviceFacts) {
+    /// else the one that called listen(); every other holder is listed too. In an
+    /// SO_REUSEPORT group each member has its own queue: only the processes holding this
+    /// member count.
+    fn attach_listener(&mut self, d: &mut Diagnosis, l: &ListenerSock, af: &mut AdviceFacts) {
         let now = monotonic_ns();
         let port = d.endpoints.map_or(0, |e| e.local.port);
-        let accepting = self
-            .table
-            .accepters((d.netns, port), now, ACCEPTER_WINDOW_NS);
+        let shared_port = self.table.listeners(d.netns, port).len() > 1;
+        let holders: Vec<u32> = l.owners.iter().map(|o| o.pid).collect();
+        let accepting: Vec<Arc<Owner>> = self
+            .host
+            .acceptors(d.netns, port)
+            .into_iter()
+            .filter(|a| now.saturating_sub(a.last_ns) <= ACCEPTER_WINDOW_NS)
+            .filter(|a| !shared_port || holders.contains(&a.pid))
+            .map(|a| {
+                let p = self.process(a.pid, 0);
+                let task = Task {
+                    pid: a.pid,
+                    tid: a.pid,
+                    comm: p.name.unwrap_or(a.comm),
+                    cgroup_id: 0,
+                };
+                Arc::new(Owner::from_task(&task, Learned::Accept, p.cgroup))
+            })
+            .collect();
         let mut owners: Vec<Arc<Owner>> = accepting.iter().take(1).cloned().collect();
         for o in &l.owners {
             if !owners.iter().any(|e| e.pid == o.pid) {
@@ -715,6 +799,15 @@ impl<H: HostInfo> Pipeline<H> {
                 .map(|o| json!({"pid": o.pid, "executable": {"name": o.comm}}))
                 .collect::<Vec<_>>()),
         );
+        if let Some(inode) = l.inode {
+            d.evidence.insert("listener_inode".into(), json!(inode));
+        }
+        if shared_port {
+            d.evidence.insert(
+                "listener_group".into(),
+                json!({"sockets_on_port": self.table.listeners(d.netns, port).len(), "note": "SO_REUSEPORT: each socket has its own accept queue; this event is about the one above"}),
+            );
+        }
         af.requested_backlog = l.requested_backlog;
         d.evidence.insert(
             "listen_backlog_requested".into(),
@@ -732,50 +825,52 @@ impl<H: HostInfo> Pipeline<H> {
         }
     }
 
+    /// The connection's owner as the kernel recorded it. A socket closed a moment ago (close()
+    /// moves it to CLOSE just before the abort RST) still names it; a TIME_WAIT socket or one
+    /// closed longer ago only has a last owner. Sockets older than the agent are found by inode.
     fn attach_conn_owner(
-        &self,
+        &mut self,
         d: &mut Diagnosis,
-        skaddr: u64,
-        netns: u32,
+        info: &OwnerInfo,
+        sock_inode: u64,
         endpoints: Option<Endpoints>,
         now: u64,
     ) {
-        let live = self
-            .table
-            .conn(skaddr)
-            .or_else(|| endpoints.and_then(|e| self.table.conn_by_tuple(netns, &e)));
-        if let Some(c) = live {
-            d.owner = Some(c.owner.clone());
-            d.evidence.insert(
-                "connection_age_seconds".into(),
-                json!(secs(now.saturating_sub(c.since_ns))),
-            );
-            return;
-        }
-        if let Some(c) = endpoints.and_then(|e| self.table.closed_conn(netns, &e)) {
-            let ago = now.saturating_sub(c.closed_ns);
-            // close() moves the socket to CLOSE just before the abort RST: the process that
-            // closed it a moment ago is still the owner. TIME_WAIT sockets have none.
-            if d.cause != Cause::TimewaitSegment && ago <= JUST_CLOSED_NS {
-                d.owner = Some(c.owner.clone());
+        if let Some(owner) = self.kernel_owner(info) {
+            let closed = (info.closed_ns != 0).then_some(info.closed_ns);
+            let just_closed = closed.is_some_and(|c| now.saturating_sub(c) <= JUST_CLOSED_NS);
+            if closed.is_none() || (just_closed && d.cause != Cause::TimewaitSegment) {
                 d.evidence.insert(
                     "connection_age_seconds".into(),
-                    json!(secs(now.saturating_sub(c.since_ns))),
+                    json!(secs(closed.unwrap_or(now).saturating_sub(info.since_ns))),
+                );
+                d.owner = Some(owner);
+            } else {
+                d.evidence.insert(
+                    "last_owner".into(),
+                    json!({
+                        "process": {"pid": owner.pid, "executable": {"name": owner.comm}},
+                        "closed_seconds_ago": secs(now.saturating_sub(closed.unwrap_or(now))),
+                    }),
+                );
+            }
+            return;
+        }
+        if sock_inode != 0 {
+            let mut holders = self.seeded_owners(sock_inode);
+            if !holders.is_empty() {
+                d.owner = Some(holders.remove(0));
+                d.other_owners = holders;
+                d.evidence.insert(
+                    "owner_found_by".into(),
+                    json!("the socket predates the agent: /proc/<pid>/fd at start-up"),
                 );
                 return;
             }
-            d.evidence.insert(
-                "last_owner".into(),
-                json!({
-                    "process": {"pid": c.owner.pid, "executable": {"name": c.owner.comm}},
-                    "closed_seconds_ago": secs(ago),
-                }),
-            );
-            return;
         }
         // A connection nobody accepted yet, reset because its listener went away.
         if let Some(e) = endpoints {
-            if let Some(l) = self.table.closed_listener(netns, e.local.port) {
+            if let Some(l) = self.table.closed_listener(d.netns, e.local.port) {
                 if now.saturating_sub(l.closed_ns) <= JUST_CLOSED_NS {
                     d.owner = l.owners.first().cloned();
                     d.evidence.insert("trigger".into(), json!("the listener closed with this connection still in its accept queue (never accepted)"));
@@ -871,7 +966,7 @@ impl<H: HostInfo> Pipeline<H> {
         );
         d.endpoints = endpoints;
         d.tcp_state = Some(r.state);
-        self.attach_conn_owner(&mut d, r.skaddr, netns, endpoints, now);
+        self.attach_conn_owner(&mut d, &r.owner, r.sock_inode, endpoints, now);
         if cause == Cause::ResetByPeer {
             self.conn_evidence(&mut d, cause, &r.snap, 0);
         }
@@ -964,8 +1059,13 @@ impl<H: HostInfo> Pipeline<H> {
                     if reason == "NO_SOCKET" {
                         d.evidence.insert("syncookie_handshake".into(), json!(true));
                     }
-                    let listeners = self.table.listeners(netns, e.local.port).to_vec();
-                    if let (_, _, Some(l)) = self.listener_owner(&listeners, &e.local) {
+                    // The receiving socket is the listener itself: in an SO_REUSEPORT group it
+                    // says which member overflowed.
+                    let l = self.table.listener_by_sk(r.rx_sk).cloned().or_else(|| {
+                        let listeners = self.table.listeners(netns, e.local.port).to_vec();
+                        self.listener_owner(&listeners, &e.local).2
+                    });
+                    if let Some(l) = l {
                         self.attach_listener(&mut d, &l, &mut af);
                     }
                     if let Some(v) = self.host.sysctl(netns, "net.ipv4.tcp_abort_on_overflow") {
@@ -976,13 +1076,13 @@ impl<H: HostInfo> Pipeline<H> {
                     af.fd_exhaustion_related = d.related.is_some();
                 }
                 _ => {
-                    let listeners = self.table.listeners(netns, e.local.port).to_vec();
-                    let (owner, others, _) = self.listener_owner(&listeners, &e.local);
-                    if owner.is_some() {
+                    if let Some(o) = self.kernel_owner(&r.owner) {
+                        d.owner = Some(o);
+                    } else {
+                        let listeners = self.table.listeners(netns, e.local.port).to_vec();
+                        let (owner, others, _) = self.listener_owner(&listeners, &e.local);
                         d.owner = owner;
                         d.other_owners = others;
-                    } else {
-                        self.attach_conn_owner(&mut d, 0, netns, endpoints, now);
                     }
                 }
             }
@@ -1093,7 +1193,7 @@ impl<H: HostInfo> Pipeline<H> {
 
     /// Explains drops found by polling a namespace's listeners and counters.
     pub fn explain_finding(
-        &self,
+        &mut self,
         netns: u32,
         f: &Finding,
         snap: &NetnsSnapshot,
@@ -1202,7 +1302,7 @@ impl<H: HostInfo> Pipeline<H> {
     }
 
     /// A listener whose accept queue is at least 80 % full: a warning before drops start.
-    pub fn explain_saturation(&self, netns: u32, s: &Saturation) -> Diagnosis {
+    pub fn explain_saturation(&mut self, netns: u32, s: &Saturation) -> Diagnosis {
         let now = monotonic_ns();
         let mut d = Diagnosis::new(
             self.clock.wall(now),
@@ -1354,11 +1454,18 @@ mod tests {
     //! The pipeline fed with records as the kernel would write them, no kernel involved.
     use std::collections::BTreeMap;
 
-    use rst_trace_common::{RecordKind, Tuple, RECORD_VERSION, STATE_TASK_VALID};
+    use rst_trace_common::{
+        RecordKind, Tuple, OWNER_ACCEPT, OWNER_CLOSED, RECORD_VERSION, STATE_TASK_VALID,
+    };
 
     use super::*;
+    use crate::{attribution::TCP_CLOSE, host::Acceptor};
 
-    struct FakeHost;
+    /// A host where pid 200 exec'd into "server" and pid 300 is "worker-b"; other pids are gone.
+    #[derive(Default)]
+    struct FakeHost {
+        acceptors: Vec<(u16, Acceptor)>,
+    }
 
     impl HostInfo for FakeHost {
         fn cgroup_of(&self, _pid: u32) -> Option<String> {
@@ -1391,6 +1498,21 @@ mod tests {
         ) -> Option<BTreeMap<&'static str, u64>> {
             None
         }
+        fn process_name(&self, pid: u32, start: u64) -> Option<String> {
+            match (pid, start) {
+                (200, 0 | 77) => Some("server".into()),
+                (300, _) => Some("worker-b".into()),
+                (100 | 4242 | 1, _) => Some("myapp".into()),
+                _ => None,
+            }
+        }
+        fn acceptors(&self, _netns: u32, port: u16) -> Vec<Acceptor> {
+            self.acceptors
+                .iter()
+                .filter(|(p, _)| *p == port)
+                .map(|(_, a)| a.clone())
+                .collect()
+        }
     }
 
     const NS: u32 = 4026532001;
@@ -1400,7 +1522,7 @@ mod tests {
         Pipeline::new(
             rst,
             ReasonNames::default(),
-            FakeHost,
+            FakeHost::default(),
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
         )
@@ -1509,39 +1631,144 @@ mod tests {
         assert_eq!(d[0].evidence["listening_elsewhere"][0], "127.0.0.1:8080");
     }
 
-    #[test]
-    fn accepted_connections_belong_to_the_acceptor_not_the_listener() {
-        let mut p = pipeline();
-        listen(&mut p, 0xa, 80, 100, 0);
-        let acc = AcceptRecord {
-            header: header(RecordKind::Accept, 10),
-            task: task(200, b"worker"),
-            listener: tuple(80, 0),
-            listener_skaddr: 0xa,
-            conn: tuple(80, 50000),
-            conn_skaddr: 0xc,
-            listen_fd: 3,
-            ret: 7,
+    fn kernel_owner(pid: u32, comm: &[u8], how: u32) -> OwnerInfo {
+        let mut o = OwnerInfo {
+            pid,
+            tid: pid,
+            how,
+            since_ns: 10,
+            start_boottime_ns: 77,
             ..Default::default()
         };
-        assert!(p.handle(&Record::Accept(acc)).is_empty());
-        let mut rst = ResetSentRecord {
-            header: header(RecordKind::ResetSent, 20),
-            tuple: tuple(80, 50000),
-            skaddr: 0xc,
+        o.comm[..comm.len()].copy_from_slice(comm);
+        o
+    }
+
+    fn abort_rst(sk: u64, port: u16, owner: OwnerInfo, t: u64) -> Record {
+        Record::ResetSent(ResetSentRecord {
+            header: header(RecordKind::ResetSent, t),
+            tuple: tuple(port, 50000),
+            skaddr: sk,
             state: TCP_CLOSE,
             reason: 14,
             flags: rst_trace_common::RST_HAS_SOCK,
+            owner,
             ..Default::default()
-        };
-        rst.snap.valid = 0;
-        let d = p.handle(&Record::ResetSent(rst));
+        })
+    }
+
+    #[test]
+    fn the_owner_comes_from_the_record_with_its_current_name() {
+        let mut p = pipeline();
+        listen(&mut p, 0xa, 80, 100, 0);
+        // Learnt as "launcher" at accept(); the process has exec'd into "server" since.
+        let d = p.handle(&abort_rst(
+            0xc,
+            80,
+            kernel_owner(200, b"launcher", OWNER_ACCEPT),
+            20,
+        ));
         assert_eq!(d[0].cause, Cause::AbortByApplication);
-        assert_eq!(d[0].owner.as_ref().map(|o| o.pid), Some(200));
+        let o = d[0].owner.as_ref().expect("owner");
         assert_eq!(
-            d[0].owner.as_ref().map(|o| o.learned),
-            Some(Learned::Accept)
+            (o.pid, o.comm.as_str(), o.learned),
+            (200, "server", Learned::Accept)
         );
+        assert!(o.learned_at.is_some());
+        assert_eq!(d[0].evidence["connection_age_seconds"], 0.0);
+    }
+
+    #[test]
+    fn a_reused_pid_keeps_the_recorded_name() {
+        let mut p = pipeline();
+        let mut o = kernel_owner(200, b"launcher", OWNER_ACCEPT);
+        o.start_boottime_ns = 5; // another process had pid 200 then
+        let d = p.handle(&abort_rst(0xc, 80, o, 20));
+        assert_eq!(
+            d[0].owner.as_ref().map(|o| o.comm.as_str()),
+            Some("launcher")
+        );
+    }
+
+    #[test]
+    fn a_timewait_socket_names_its_last_owner_only() {
+        let mut p = pipeline();
+        let mut o = kernel_owner(200, b"server", OWNER_ACCEPT);
+        o.closed_ns = 500_000_000;
+        o.flags = OWNER_CLOSED;
+        let d = p.handle(&Record::ResetSent(ResetSentRecord {
+            header: header(RecordKind::ResetSent, 3_000_000_000),
+            tuple: tuple(80, 50000),
+            skaddr: 0xd,
+            state: 6,
+            reason: 9,
+            flags: rst_trace_common::RST_HAS_SOCK,
+            owner: o,
+            ..Default::default()
+        }));
+        assert!(d[0].owner.is_none(), "{:?}", d[0].owner);
+        assert_eq!(d[0].evidence["last_owner"]["process"]["pid"], 200);
+        assert_eq!(d[0].evidence["last_owner"]["closed_seconds_ago"], 2.5);
+    }
+
+    #[test]
+    fn a_socket_older_than_the_agent_is_found_by_inode() {
+        let mut p = pipeline();
+        p.seed(HashMap::from([(9999, vec![300])]));
+        let d = p.handle(&Record::ResetReceived(ResetReceivedRecord {
+            header: header(RecordKind::ResetReceived, 5),
+            tuple: tuple(50000, 80),
+            skaddr: 0xd,
+            state: 1,
+            sock_inode: 9999,
+            ..Default::default()
+        }));
+        assert!(d.is_empty(), "held back for its counterpart");
+        let d = p.release_received(true);
+        assert_eq!(
+            d[0].owner.as_ref().map(|o| (o.pid, o.learned)),
+            Some((300, Learned::Procfs))
+        );
+    }
+
+    #[test]
+    fn a_reuseport_member_is_blamed_on_its_own_holder() {
+        let mut p = Pipeline::new(
+            ReasonNames::from_pairs([("TCP_STATE".into(), 14)]),
+            ReasonNames::from_pairs([("TCP_LISTEN_OVERFLOW".into(), 77)]),
+            FakeHost {
+                // pid 300 serves its own member; pid 100's member is stalled.
+                acceptors: vec![(
+                    80,
+                    Acceptor {
+                        pid: 300,
+                        comm: "worker-b".into(),
+                        last_ns: monotonic_ns(),
+                    },
+                )],
+            },
+            Clock::fixed(SystemTime::UNIX_EPOCH),
+            250,
+        );
+        listen(&mut p, 0xa, 80, 100, 0);
+        listen(&mut p, 0xb, 80, 300, 0);
+        let d = p.handle(&Record::SkbDrop(SkbDropRecord {
+            header: header(RecordKind::SkbDrop, 9),
+            tuple: tuple(80, 50000),
+            rx_sk: 0xa,
+            reason: 77,
+            flags: rst_trace_common::SKB_TUPLE_VALID,
+            ..Default::default()
+        }));
+        assert_eq!(d[0].cause, Cause::AcceptQueueOverflow);
+        assert_eq!(
+            d[0].owner.as_ref().map(|o| o.pid),
+            Some(100),
+            "the stalled member's holder"
+        );
+        assert!(d[0].other_owners.is_empty(), "{:?}", d[0].other_owners);
+        assert_eq!(d[0].evidence["accepting_processes"], json!([]));
+        assert_eq!(d[0].evidence["listener_group"]["sockets_on_port"], 2);
     }
 
     #[test]
@@ -1630,7 +1857,7 @@ mod tests {
         let mut p = Pipeline::new(
             ReasonNames::default(),
             ReasonNames::from_pairs([("NETFILTER_DROP".into(), 10)]),
-            FakeHost,
+            FakeHost::default(),
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
         );

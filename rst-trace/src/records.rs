@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, ForeignResetRecord, ListenDropRecord, RecordHeader, RecordKind,
-    ResetReceivedRecord, ResetSentRecord, SkbDropRecord, SockStateRecord, TaskInfo, Tuple,
-    RECORD_VERSION,
+    AcceptRecord, ConnectRecord, ForeignResetRecord, ListenDropRecord, ListenerHotRecord,
+    RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, SkbDropRecord, SockStateRecord,
+    TaskInfo, Tuple, RECORD_VERSION,
 };
 use thiserror::Error;
 
@@ -31,6 +31,7 @@ pub enum Record {
     Connect(ConnectRecord),
     ForeignReset(ForeignResetRecord),
     ListenDrop(ListenDropRecord),
+    ListenerHot(ListenerHotRecord),
 }
 
 fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -68,6 +69,7 @@ impl TryFrom<&[u8]> for Record {
             RecordKind::Connect => Self::Connect(read_pod(bytes)?),
             RecordKind::ForeignReset => Self::ForeignReset(read_pod(bytes)?),
             RecordKind::ListenDrop => Self::ListenDrop(read_pod(bytes)?),
+            RecordKind::ListenerHot => Self::ListenerHot(read_pod(bytes)?),
         })
     }
 }
@@ -83,6 +85,7 @@ impl Record {
             Self::Connect(r) => &r.header,
             Self::ForeignReset(r) => &r.header,
             Self::ListenDrop(r) => &r.header,
+            Self::ListenerHot(r) => &r.header,
         }
     }
 }

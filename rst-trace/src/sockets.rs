@@ -1,21 +1,14 @@
-//! The agent's picture of the host's TCP sockets: listeners and connections with their
-//! owners, and the recently closed ones (so a later RST can still name who owned the port).
+//! The agent's picture of the host's listeners with their owners, and the recently closed ones
+//! (so a later RST can still name who listened on the port). Connections are not here: their
+//! owners live in the kernel (`RST_OWNERS`) and arrive inside the records that need them.
 //! Every map is bounded; what does not fit is counted, not silently dropped.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use crate::{
-    owner::Owner,
-    records::{Endpoint, Endpoints},
-};
+use crate::{owner::Owner, records::Endpoint};
 
-pub const MAX_CONNS: usize = 262_144;
 pub const MAX_LISTENERS: usize = 65_536;
 pub const MAX_CLOSED: usize = 16_384;
-/// How long a closed socket's owner is remembered.
+/// How long a closed listener's owners are remembered.
 pub const CLOSED_RETENTION_NS: u64 = 10 * 60 * 1_000_000_000;
 
 pub type ListenerKey = (u32, u16);
@@ -32,38 +25,17 @@ pub struct ListenerSock {
 }
 
 #[derive(Debug, Clone)]
-pub struct ConnEntry {
-    pub netns: u32,
-    pub endpoints: Option<Endpoints>,
-    pub owner: Arc<Owner>,
-    pub since_ns: u64,
-}
-
-#[derive(Debug, Clone)]
 pub struct ClosedListener {
     pub owners: Vec<Arc<Owner>>,
     pub addr: IpAddr,
     pub closed_ns: u64,
 }
 
-#[derive(Debug, Clone)]
-pub struct ClosedConn {
-    pub owner: Arc<Owner>,
-    pub since_ns: u64,
-    pub closed_ns: u64,
-}
-
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    conns: HashMap<u64, ConnEntry>,
-    by_tuple: HashMap<(u32, Endpoints), u64>,
     listeners: HashMap<ListenerKey, Vec<ListenerSock>>,
     listener_by_sk: HashMap<u64, ListenerKey>,
     closed_listeners: HashMap<ListenerKey, ClosedListener>,
-    closed_conns: HashMap<(u32, Endpoints), ClosedConn>,
-    closed_order: VecDeque<(u64, (u32, Endpoints))>,
-    /// Processes seen calling accept() on each listener, most recent last.
-    accepters: HashMap<ListenerKey, Vec<(Arc<Owner>, u64)>>,
     /// Entries refused because a map was full.
     pub overflow: u64,
 }
@@ -149,44 +121,6 @@ impl SocketTable {
         Some(self.listeners.entry(key).or_default())
     }
 
-    pub fn connect(
-        &mut self,
-        netns: u32,
-        skaddr: u64,
-        endpoints: Option<Endpoints>,
-        owner: Arc<Owner>,
-        now: u64,
-    ) {
-        if self.conns.len() >= MAX_CONNS && !self.conns.contains_key(&skaddr) {
-            self.overflow += 1;
-            return;
-        }
-        if let Some(old) = self.conns.insert(
-            skaddr,
-            ConnEntry {
-                netns,
-                endpoints,
-                owner,
-                since_ns: now,
-            },
-        ) {
-            if let Some(e) = old.endpoints {
-                self.by_tuple.remove(&(old.netns, e));
-            }
-        }
-        if let Some(e) = endpoints {
-            self.by_tuple.insert((netns, e), skaddr);
-        }
-    }
-
-    /// The handshake finished: the local port is known now.
-    pub fn established(&mut self, skaddr: u64, endpoints: Endpoints) {
-        if let Some(c) = self.conns.get_mut(&skaddr) {
-            c.endpoints = Some(endpoints);
-            self.by_tuple.insert((c.netns, endpoints), skaddr);
-        }
-    }
-
     pub fn close(&mut self, skaddr: u64, now: u64) {
         if let Some(key) = self.listener_by_sk.remove(&skaddr) {
             if let Some(group) = self.listeners.get_mut(&key) {
@@ -213,56 +147,13 @@ impl SocketTable {
                 }
             }
         }
-        if let Some(c) = self.conns.remove(&skaddr) {
-            if let Some(e) = c.endpoints {
-                self.by_tuple.remove(&(c.netns, e));
-                if self.closed_conns.len() >= MAX_CLOSED {
-                    self.expire_oldest_closed();
-                }
-                self.closed_conns.insert(
-                    (c.netns, e),
-                    ClosedConn {
-                        owner: c.owner,
-                        since_ns: c.since_ns,
-                        closed_ns: now,
-                    },
-                );
-                self.closed_order.push_back((now, (c.netns, e)));
-            }
-        }
     }
 
-    fn expire_oldest_closed(&mut self) {
-        if let Some((_, key)) = self.closed_order.pop_front() {
-            self.closed_conns.remove(&key);
-        }
-    }
-
-    /// Forgets closed sockets older than the retention. Walks the closed listeners, so it is
-    /// for a periodic tick, not for every event.
+    /// Forgets closed listeners older than the retention. Walks them all, so it is for a
+    /// periodic tick, not for every event.
     pub fn expire(&mut self, now: u64) {
-        while let Some((t, _)) = self.closed_order.front() {
-            if now.saturating_sub(*t) < CLOSED_RETENTION_NS {
-                break;
-            }
-            self.expire_oldest_closed();
-        }
         self.closed_listeners
             .retain(|_, c| now.saturating_sub(c.closed_ns) < CLOSED_RETENTION_NS);
-    }
-
-    pub fn conn(&self, skaddr: u64) -> Option<&ConnEntry> {
-        self.conns.get(&skaddr)
-    }
-
-    pub fn conn_by_tuple(&self, netns: u32, e: &Endpoints) -> Option<&ConnEntry> {
-        self.by_tuple
-            .get(&(netns, *e))
-            .and_then(|sk| self.conns.get(sk))
-    }
-
-    pub fn closed_conn(&self, netns: u32, e: &Endpoints) -> Option<&ClosedConn> {
-        self.closed_conns.get(&(netns, *e))
     }
 
     pub fn listeners(&self, netns: u32, port: u16) -> &[ListenerSock] {
@@ -283,40 +174,22 @@ impl SocketTable {
         self.closed_listeners.get(&(netns, port))
     }
 
-    /// Remembers that `owner` called accept() on the listener at `key`.
-    pub fn accepted_by(&mut self, key: ListenerKey, owner: Arc<Owner>, now: u64) {
-        if self.accepters.len() >= MAX_LISTENERS && !self.accepters.contains_key(&key) {
-            self.overflow += 1;
-            return;
-        }
-        let list = self.accepters.entry(key).or_default();
-        list.retain(|(o, _)| o.pid != owner.pid);
-        list.push((owner, now));
-        if list.len() > 16 {
-            list.remove(0);
-        }
-    }
-
-    /// Processes that called accept() on the listener within `window_ns`, most recent first.
-    pub fn accepters(&self, key: ListenerKey, now: u64, window_ns: u64) -> Vec<Arc<Owner>> {
-        self.accepters
-            .get(&key)
-            .map(|l| {
-                l.iter()
-                    .rev()
-                    .filter(|(_, t)| now.saturating_sub(*t) <= window_ns)
-                    .map(|(o, _)| o.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     pub fn all_listeners(&self) -> impl Iterator<Item = (&ListenerKey, &Vec<ListenerSock>)> {
         self.listeners.iter()
     }
 
-    pub fn len(&self) -> (usize, usize) {
-        (self.listeners.len(), self.conns.len())
+    /// Ports (per namespace) with at least one listener.
+    pub fn listener_ports(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Namespaces with at least one listener.
+    pub fn netns_with_listeners(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut seen = std::collections::HashSet::new();
+        self.listeners
+            .keys()
+            .map(|(netns, _)| *netns)
+            .filter(move |n| seen.insert(*n))
     }
 }
 
@@ -333,6 +206,7 @@ mod tests {
             cgroup: None,
             container_id: None,
             learned: Learned::Listen,
+            learned_at: None,
         })
     }
 
@@ -396,22 +270,6 @@ mod tests {
     }
 
     #[test]
-    fn connection_found_by_tuple_after_handshake() {
-        let mut t = SocketTable::default();
-        t.connect(1, 0xc, None, owner(5, "curl"), 0);
-        let e = Endpoints {
-            local: ep(40000),
-            remote: ep(80),
-        };
-        assert!(t.conn_by_tuple(1, &e).is_none());
-        t.established(0xc, e);
-        assert_eq!(t.conn_by_tuple(1, &e).expect("found").owner.pid, 5);
-        t.close(0xc, 9);
-        assert!(t.conn(0xc).is_none());
-        assert_eq!(t.closed_conn(1, &e).expect("closed").owner.pid, 5);
-    }
-
-    #[test]
     fn closed_listeners_are_bounded_and_counted() {
         let mut t = SocketTable::default();
         for i in 0..(MAX_CLOSED as u64 + 5) {
@@ -425,12 +283,14 @@ mod tests {
     }
 
     #[test]
-    fn maps_are_bounded() {
+    fn listener_ports_are_bounded() {
         let mut t = SocketTable::default();
-        for i in 0..(MAX_CONNS as u64 + 10) {
-            t.connect(1, i + 1, None, owner(1, "x"), 0);
+        for i in 0..(MAX_LISTENERS as u64 + 10) {
+            let port = u16::try_from(i % 60_000).unwrap_or(1) + 1;
+            let netns = u32::try_from(i / 60_000).unwrap_or(0);
+            t.listen(netns, i + 1, ep(port), owner(1, "x"), None, None, 0);
         }
-        assert_eq!(t.len().1, MAX_CONNS);
+        assert_eq!(t.listener_ports(), MAX_LISTENERS);
         assert_eq!(t.overflow, 10);
     }
 }

@@ -32,6 +32,24 @@ impl KernelCounters {
     pub fn lost(&self) -> u64 {
         self.family(CounterFamily::Lost).map(|(_, v)| v).sum()
     }
+
+    /// The kernel's ownership tables: what was stored, what did not fit, how often an event
+    /// found its socket's owner.
+    pub fn owner_tables(&self) -> serde_json::Value {
+        use rst_trace_common::{
+            OWNERS_CAPACITY, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS, TABLE_OWNERS_FULL,
+            TABLE_OWNERS_STORED, TABLE_TW_STORED, TW_OWNERS_CAPACITY,
+        };
+        let t = |slot| self.get(CounterFamily::Table, slot);
+        serde_json::json!({
+            "capacity": OWNERS_CAPACITY,
+            "stored": t(TABLE_OWNERS_STORED),
+            "full": t(TABLE_OWNERS_FULL),
+            "timewait_capacity": TW_OWNERS_CAPACITY,
+            "timewait_stored": t(TABLE_TW_STORED),
+            "lookups": {"found": t(TABLE_LOOKUP_HIT), "not_found": t(TABLE_LOOKUP_MISS)},
+        })
+    }
 }
 
 /// Counts the agent keeps itself.

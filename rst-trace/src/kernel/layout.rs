@@ -52,9 +52,9 @@ impl KernelFacts {
         let set_state = fmt("sock", "inet_sock_set_state");
         let kfree = fmt("skb", "kfree_skb");
         let enter_listen = fmt("syscalls", "sys_enter_listen");
-        let enter_connect = fmt("syscalls", "sys_enter_connect");
         let exit_accept = fmt("syscalls", "sys_exit_accept4");
         let dev_queue = fmt("net", "net_dev_queue");
+        let synack = fmt("tcp", "tcp_retransmit_synack");
 
         let mut layout = KernelLayout::UNKNOWN;
         let t = &mut layout.tp;
@@ -95,9 +95,10 @@ impl KernelFacts {
         t.kfs_rx_sk = off(kf, "rx_sk");
         t.sys_enter_fd = off(enter_listen.as_ref(), "fd");
         t.sys_enter_listen_backlog = off(enter_listen.as_ref(), "backlog");
-        t.sys_enter_connect_uservaddr = off(enter_connect.as_ref(), "uservaddr");
         t.sys_exit_ret = off(exit_accept.as_ref(), "ret");
         t.ndq_skbaddr = off(dev_queue.as_ref(), "skbaddr");
+        t.rsa_skaddr = off(synack.as_ref(), "skaddr");
+        t.rsa_sport = off(synack.as_ref(), "sport");
 
         let s = &mut layout.st;
         s.skc_family = member(btf, "sock", &["__sk_common", "skc_family"]);
@@ -136,6 +137,21 @@ impl KernelFacts {
         s.fdtable_max_fds = member(btf, "fdtable", &["max_fds"]);
         s.file_private_data = member(btf, "file", &["private_data"]);
         s.socket_sk = member(btf, "socket", &["sk"]);
+        s.sk_socket = member(btf, "sock", &["sk_socket"]);
+        s.socket_ino = match (
+            btf.offset("socket_alloc", &["socket"]),
+            btf.offset("socket_alloc", &["vfs_inode"]),
+            btf.offset("inode", &["i_ino"]),
+        ) {
+            (Some(sock), Some(inode), Some(ino)) if inode >= sock => inode - sock + ino,
+            _ => MEMBER_NONE,
+        };
+        s.task_start_boottime = btf
+            .offset("task_struct", &["start_boottime"])
+            .or_else(|| btf.offset("task_struct", &["real_start_time"]))
+            .unwrap_or(MEMBER_NONE);
+        s.task_group_leader = member(btf, "task_struct", &["group_leader"]);
+        s.inet_sport = member(btf, "inet_sock", &["inet_sport"]);
         let sock_flags = btf.enum_values("sock_flags");
         let bit = |name: &str| {
             sock_flags

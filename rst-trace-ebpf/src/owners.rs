@@ -1,0 +1,213 @@
+//! Socket ownership kept in the kernel. Owners are learnt where the current task is by
+//! definition the owner (listen(), connect(), accept() return) and stored per socket; the
+//! programs that see a reset or a drop read them from here. A healthy connection therefore
+//! costs a map insert and a delete, and sends nothing to userspace.
+use aya_ebpf::{
+    helpers::generated,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use rst_trace_common::{
+    AcceptorKey, CounterFamily, OwnerInfo, TwKey, ACCEPTORS_CAPACITY, CLOSE_DEFER_SLOTS,
+    OWNERS_CAPACITY, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS, TABLE_OWNERS_FULL,
+    TABLE_OWNERS_STORED, TABLE_TW_STORED, TW_OWNERS_CAPACITY,
+};
+
+use crate::{
+    emit::count,
+    kread::{fill_tuple, member, sk_netns},
+    layout::lay,
+};
+
+/// Not an LRU: an LRU would silently evict the owners of long-lived idle connections under
+/// churn, the very connections load balancers reset. Entries leave when their socket closes;
+/// an insert into a full map is counted.
+#[map(name = "RST_OWNERS")]
+static RST_OWNERS: HashMap<u64, OwnerInfo> = HashMap::with_max_entries(OWNERS_CAPACITY, 0);
+
+#[map(name = "RST_TW_OWNERS")]
+static RST_TW_OWNERS: LruHashMap<TwKey, OwnerInfo> =
+    LruHashMap::with_max_entries(TW_OWNERS_CAPACITY, 0);
+
+#[map(name = "RST_ACCEPTORS")]
+static RST_ACCEPTORS: LruHashMap<AcceptorKey, OwnerInfo> =
+    LruHashMap::with_max_entries(ACCEPTORS_CAPACITY, 0);
+
+/// Sockets that entered CLOSE recently on this CPU, whose owner entries are removed only when
+/// their slot is reused: close() sends its abort RST after the state change.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CloseDefer {
+    next: u32,
+    _pad: u32,
+    sk: [u64; CLOSE_DEFER_SLOTS as usize],
+    /// `since_ns` of the entry when it was deferred: a socket address reused by a new socket
+    /// (sockets are SLAB_TYPESAFE_BY_RCU) must not lose its new owner to the old deferral.
+    since: [u64; CLOSE_DEFER_SLOTS as usize],
+}
+
+#[map(name = "RST_CLOSE_DEFER")]
+static RST_CLOSE_DEFER: PerCpuArray<CloseDefer> = PerCpuArray::with_max_entries(1, 0);
+
+/// The calling task as an owner. Only meaningful in process context.
+#[inline(always)]
+fn current_owner(how: u32, now: u64) -> OwnerInfo {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let task = unsafe { generated::bpf_get_current_task() };
+    let leader: u64 = member(task, lay!(st.task_group_leader)).unwrap_or(task);
+    OwnerInfo {
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() },
+        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]),
+        since_ns: now,
+        closed_ns: 0,
+        start_boottime_ns: member(leader, lay!(st.task_start_boottime)).unwrap_or(0),
+        how,
+        flags: 0,
+    }
+}
+
+/// The current task owns `sk` from now on.
+#[inline(always)]
+pub fn learn(sk: u64, how: u32) {
+    if sk == 0 {
+        return;
+    }
+    let owner = current_owner(how, unsafe { generated::bpf_ktime_get_ns() });
+    if RST_OWNERS.insert(&sk, &owner, 0).is_ok() {
+        count(CounterFamily::Table, TABLE_OWNERS_STORED);
+    } else {
+        count(CounterFamily::Table, TABLE_OWNERS_FULL);
+    }
+}
+
+/// A socket just created by the kernel for an incoming connection: whatever an earlier socket
+/// at the same address left behind is not its owner.
+#[inline(always)]
+pub fn forget(sk: u64) {
+    let _ = RST_OWNERS.remove(&sk);
+}
+
+/// Copies the owner of full socket `sk` into `out`; counts the hit or miss.
+#[inline(always)]
+pub fn owner_into(sk: u64, out: &mut OwnerInfo) -> bool {
+    match unsafe { RST_OWNERS.get(&sk) } {
+        Some(o) => {
+            *out = *o;
+            count(CounterFamily::Table, TABLE_LOOKUP_HIT);
+            true
+        }
+        None => {
+            count(CounterFamily::Table, TABLE_LOOKUP_MISS);
+            false
+        }
+    }
+}
+
+/// The last owner of a TIME_WAIT mini socket, from the connection it replaced.
+#[inline(always)]
+pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
+    let key = tw_key(tw);
+    match unsafe { RST_TW_OWNERS.get(&key) } {
+        Some(o) => {
+            *out = *o;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn tw_key(sk: u64) -> TwKey {
+    let mut key = TwKey {
+        netns: sk_netns(sk),
+        _pad: 0,
+        tuple: Default::default(),
+    };
+    fill_tuple(sk, &mut key.tuple);
+    key
+}
+
+/// The sockfs inode of a socket that has a file, so the agent can find an owner that
+/// predates it; 0 when there is none.
+#[inline(always)]
+pub fn sock_inode(sk: u64) -> u64 {
+    let socket: u64 = member(sk, lay!(st.sk_socket)).unwrap_or(0);
+    member::<u64>(socket, lay!(st.socket_ino)).unwrap_or(0)
+}
+
+/// `sk` entered CLOSE. Its entry is marked closed now and removed a few closes later (see
+/// [`CloseDefer`]); an active close leaves a TIME_WAIT socket behind, which inherits the
+/// owner as its last owner.
+#[inline(always)]
+pub fn closed(sk: u64, active_close: bool) -> Option<()> {
+    let entry = RST_OWNERS.get_ptr_mut(&sk)?;
+    let now = unsafe { generated::bpf_ktime_get_ns() };
+    // SAFETY: a value pointer from the map, valid for this program run.
+    let since = unsafe {
+        (*entry).closed_ns = now;
+        (*entry).flags |= OWNER_CLOSED;
+        (*entry).since_ns
+    };
+    if active_close {
+        let mut key = tw_key(sk);
+        if key.tuple.local_port == 0 {
+            // The bind hash let go of the port as the TIME_WAIT socket took over.
+            key.tuple.local_port =
+                u16::from_be(member::<u16>(sk, lay!(st.inet_sport)).unwrap_or(0));
+        }
+        // SAFETY: as above; copied out before the insert.
+        let owner = unsafe { *entry };
+        if RST_TW_OWNERS.insert(&key, &owner, 0).is_ok() {
+            count(CounterFamily::Table, TABLE_TW_STORED);
+        }
+    }
+    // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
+    let ring = unsafe { &mut *RST_CLOSE_DEFER.get_ptr_mut(0)? };
+    let slot = (ring.next % CLOSE_DEFER_SLOTS) as usize;
+    if slot < CLOSE_DEFER_SLOTS as usize {
+        let old = ring.sk[slot];
+        if old != 0 {
+            // SAFETY: read-only look at a map value.
+            let same =
+                unsafe { RST_OWNERS.get(&old) }.is_some_and(|o| o.since_ns == ring.since[slot]);
+            if same {
+                let _ = RST_OWNERS.remove(&old);
+            }
+        }
+        ring.sk[slot] = sk;
+        ring.since[slot] = since;
+        ring.next = ring.next.wrapping_add(1);
+    }
+    Some(())
+}
+
+/// The current task accepted `child`: it owns it, and it serves the child's listener.
+#[inline(always)]
+pub fn accepted(child: u64) {
+    if child == 0 {
+        return;
+    }
+    let now = unsafe { generated::bpf_ktime_get_ns() };
+    let owner = current_owner(rst_trace_common::OWNER_ACCEPT, now);
+    if RST_OWNERS.insert(&child, &owner, 0).is_ok() {
+        count(CounterFamily::Table, TABLE_OWNERS_STORED);
+    } else {
+        count(CounterFamily::Table, TABLE_OWNERS_FULL);
+    }
+    let key = AcceptorKey {
+        netns: sk_netns(child),
+        port: member::<u16>(child, lay!(st.skc_num)).unwrap_or(0),
+        _pad: 0,
+        pid: owner.pid,
+        _pad2: 0,
+    };
+    match RST_ACCEPTORS.get_ptr_mut(&key) {
+        // The same process accepting again only moves its time: no hash update.
+        Some(a) => unsafe { (*a).since_ns = now },
+        None => {
+            let _ = RST_ACCEPTORS.insert(&key, &owner, 0);
+        }
+    }
+}
