@@ -5,6 +5,7 @@
 //! not pollute the agent's JSON output.
 
 mod agent;
+mod bench;
 mod cmd;
 mod compat;
 mod ebpf;
@@ -112,6 +113,22 @@ enum Task {
         logs: std::path::PathBuf,
     },
 
+    /// Measure what the always-on agent costs: rates, CPU, memory, per-program kernel time.
+    ///
+    /// Healthy connection churn, an RST storm, idle namespaces and start-up next to many
+    /// established connections, each in fresh network namespaces, untraced and under
+    /// rst-trace (the storm also under tcpdump and a bpftrace one-liner), rounds interleaved.
+    /// Prints a markdown report and writes docs/performance.md (target/bench/performance.md
+    /// with --short or --only) and target/bench/summary.json. Missed targets are reported,
+    /// not failed; the command fails only when a workload cannot run. Needs root.
+    ///
+    /// Example: cargo xtask bench --short
+    Bench(bench::BenchArgs),
+
+    /// The bench's load generator, run by `bench` inside its namespaces.
+    #[command(hide = true, subcommand)]
+    BenchLoad(bench::Load),
+
     /// Integration tests outside the host kernel (see `integration-test vm --help`).
     IntegrationTest {
         #[command(subcommand)]
@@ -183,6 +200,8 @@ fn run(cli: Cli) -> Result<u8> {
             return agent::test(&ws, &built, &args);
         }
         Task::IntegrationTest { suite } => return vm::run(suite),
+        Task::Bench(args) => return bench::run(args),
+        Task::BenchLoad(load) => return bench::run_load(load),
     }
     Ok(0)
 }

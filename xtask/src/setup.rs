@@ -32,6 +32,11 @@ const TEST_PACKAGES: &[&str] = &[
 /// (dpkg-deb, gzip, ldd and sha256sum are part of every Debian system).
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils", "iptables"];
 
+/// What `bench` compares the agent with and reads the kernel's per-program cost through:
+/// tcpdump and a bpftrace one-liner are the usual ways to watch RSTs, bpftool reads
+/// run_cnt/run_time_ns. iproute2 creates the namespaces the workloads run in.
+const BENCH_PACKAGES: &[&str] = &["tcpdump", "bpftrace", "bpftool", "iproute2"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -43,6 +48,8 @@ pub enum Scope {
     Full,
     /// Build prerequisites plus what `integration-test vm` needs.
     Vm,
+    /// Build prerequisites plus what `bench` runs next to the agent.
+    Bench,
 }
 
 pub fn ensure(scope: Scope) -> Result<()> {
@@ -52,6 +59,9 @@ pub fn ensure(scope: Scope) -> Result<()> {
     }
     if matches!(scope, Scope::Full | Scope::Vm) {
         packages.extend_from_slice(VM_PACKAGES);
+    }
+    if scope == Scope::Bench {
+        packages.extend_from_slice(BENCH_PACKAGES);
     }
     // Order matters: bpf-linker is compiled against llvm-22-dev.
     ensure_apt_packages(&packages)?;
