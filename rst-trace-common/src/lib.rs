@@ -354,6 +354,9 @@ pub struct SockStateRecord {
     /// The caller, valid only when `flags & STATE_TASK_VALID` (listen() and connect() run the
     /// transition in the caller's own context).
     pub task: TaskInfo,
+    /// sockfs inode of a listener that just started: it tells apart the members of an
+    /// SO_REUSEPORT group in sock_diag dumps.
+    pub sock_inode: u64,
 }
 
 #[repr(C)]
@@ -721,7 +724,7 @@ const _: () = {
     assert!(size_of::<AcceptorKey>() == 16);
     assert!(size_of::<ResetSentRecord>() == 24 + 40 + 8 + 16 + 64 + 64 + 8);
     assert!(size_of::<ResetReceivedRecord>() == 24 + 40 + 8 + 8 + 8 + 64 + 64 + 8);
-    assert!(size_of::<SockStateRecord>() == 24 + 40 + 8 + 24 + 32);
+    assert!(size_of::<SockStateRecord>() == 24 + 40 + 8 + 24 + 32 + 8);
     assert!(size_of::<SkbDropRecord>() == 24 + 40 + 24 + 16 + 64);
     assert!(size_of::<AcceptRecord>() == 24 + 32 + 40 + 8 + 40 + 8 + 16);
     assert!(size_of::<ConnectRecord>() == 24 + 32 + 40 + 8);

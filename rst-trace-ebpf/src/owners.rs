@@ -153,7 +153,7 @@ pub fn closed(sk: u64, active_close: bool) -> Option<()> {
     if active_close {
         let mut key = tw_key(sk);
         if key.tuple.local_port == 0 {
-            // The bind hash let go of the port as the TIME_WAIT socket took over.
+            // Recent kernels trace CLOSE after releasing the bind hash, which zeroes skc_num.
             key.tuple.local_port =
                 u16::from_be(member::<u16>(sk, lay!(st.inet_sport)).unwrap_or(0));
         }

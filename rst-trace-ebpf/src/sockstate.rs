@@ -74,8 +74,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             None
         }
         (TCP_SYN_SENT, TCP_CLOSE) => {
-            // Still in connect(): no local port could be found (inet_hash_connect failed).
-            if member::<u16>(skaddr, lay!(st.skc_num)).unwrap_or(1) == 0 {
+            // Still in connect(): no local port could be found (inet_hash_connect failed). The
+            // source port, not skc_num: recent kernels trace CLOSE after releasing the bind
+            // hash, which zeroes skc_num of every closing socket; inet_sport stays as it was.
+            if member::<u16>(skaddr, lay!(st.inet_sport)).unwrap_or(1) == 0 {
                 port_exhausted(skaddr);
             }
             owners::closed(skaddr, false);
@@ -120,6 +122,7 @@ fn listener_record(skaddr: u64, old: i32, new: i32, in_caller: bool) -> Option<(
         }
         let _ = RST_SYSCALL_ARGS.remove(tid);
         rec.max_ack_backlog = member(skaddr, lay!(st.sk_max_ack_backlog)).unwrap_or(0);
+        rec.sock_inode = owners::sock_inode(skaddr);
     }
     deliver(RecordKind::SockState, &rec);
     Some(())

@@ -60,7 +60,7 @@ struct Agent {
 impl Agent {
     fn emit(&mut self, diagnoses: Vec<crate::diagnosis::Diagnosis>) {
         for d in diagnoses {
-            *self.counts.by_cause.entry(d.cause).or_insert(0) += d.count;
+            self.counts.tally(&d);
             for d in self.limiter.admit(d, monotonic_ns()) {
                 self.out.diagnosis(&d);
             }
@@ -226,6 +226,13 @@ impl Agent {
             "event": {"name": "rst_trace.stats", "kind": "metric"},
             "final": last,
             "causes": causes_json,
+            // The RSTs this host sent, apart from the incidents above: `tcp_stack` reconciles
+            // with Tcp.OutRsts, `netfilter` is what REJECT rules sent (TCP does not count those).
+            "resets_sent": {
+                "tcp_stack": k.resets_sent(),
+                "netfilter": k.get(rst_trace_common::CounterFamily::ForeignReset, 0),
+                "by_cause": self.counts.resets_sent.iter().map(|(c, n)| (c.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            },
             "records": {
                 "delivered": self.counts.delivered,
                 "lost": k.lost(),
@@ -364,6 +371,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Kernel BTF and the start-up scans are done with: give their memory back.
     drop(btf);
     trim_heap();
+    let memory = startup_memory();
 
     let started = json!({
         "time": rfc3339_nanos(std::time::SystemTime::now()),
@@ -375,6 +383,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "hooks": loaded.hooks_json(),
         "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         "tracepoint_formats": agent.facts.formats_found,
+        "memory": memory,
         "causes": observability["causes"],
     });
     let netns_text = netns
@@ -477,6 +486,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;
+
+/// The start-up peak (parsing the kernel's BTF) and the resident size once it is over. The peak
+/// is then reset, so the process's peak figure (VmHWM) from here on is what running costs; the
+/// start-up peak stays on record in the started line.
+fn startup_memory() -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let peak = kib("VmHWM:");
+    let rss = kib("VmRSS:");
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        log::debug!("resetting the peak RSS: {e}");
+    }
+    json!({"startup_peak_kib": peak, "rss_after_start_kib": rss})
+}
 
 /// Returns freed heap to the kernel: parsing the kernel's BTF at start-up leaves tens of MiB
 /// of freed but mapped memory that would otherwise count against the agent forever.

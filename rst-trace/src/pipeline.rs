@@ -249,6 +249,20 @@ impl<H: HostInfo> Pipeline<H> {
         Some(Arc::new(o))
     }
 
+    /// `o` as the process is called now: listeners are often handed on by exec() (socket
+    /// activation, init shims, shell wrappers) after listen() recorded the launcher's name.
+    fn named_now(&mut self, o: &Arc<Owner>) -> Arc<Owner> {
+        let p = self.process(o.pid, 0);
+        match p.name {
+            Some(name) if name != o.comm => {
+                let mut renamed = Owner::clone(o);
+                renamed.comm = name;
+                Arc::new(renamed)
+            }
+            _ => o.clone(),
+        }
+    }
+
     /// The processes holding a socket that predates the agent.
     fn seeded_owners(&mut self, inode: u64) -> Vec<Arc<Owner>> {
         let pids = self.seeds.get(&inode).cloned().unwrap_or_default();
@@ -511,15 +525,18 @@ impl<H: HostInfo> Pipeline<H> {
             (_, TCP_LISTEN, Some(task)) => {
                 let Some(e) = endpoints else { return };
                 let owner = self.owner(&task, Learned::Listen);
-                let requested = (r.requested_backlog > 0).then_some(r.requested_backlog);
                 self.table.listen(
                     netns,
-                    r.skaddr,
-                    e.local,
-                    owner,
-                    requested,
-                    Some(r.max_ack_backlog),
-                    now,
+                    e.local.port,
+                    ListenerSock {
+                        skaddr: Some(r.skaddr),
+                        inode: (r.sock_inode != 0).then_some(r.sock_inode),
+                        addr: e.local.addr,
+                        owners: vec![owner],
+                        requested_backlog: (r.requested_backlog > 0).then_some(r.requested_backlog),
+                        max_backlog: Some(r.max_ack_backlog),
+                        since_ns: now,
+                    },
                 );
             }
             (TCP_LISTEN, _, _) => self.table.close(r.skaddr, now),
@@ -785,7 +802,7 @@ impl<H: HostInfo> Pipeline<H> {
         let mut owners: Vec<Arc<Owner>> = accepting.iter().take(1).cloned().collect();
         for o in &l.owners {
             if !owners.iter().any(|e| e.pid == o.pid) {
-                owners.push(o.clone());
+                owners.push(self.named_now(o));
             }
         }
         if !owners.is_empty() {
@@ -1573,6 +1590,7 @@ mod tests {
             max_ack_backlog: 16,
             _pad: 0,
             task: task(pid, b"myapp"),
+            sock_inode: 0,
         };
         assert!(p.handle(&Record::SockState(r)).is_empty());
     }

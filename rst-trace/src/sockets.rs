@@ -41,31 +41,18 @@ pub struct SocketTable {
 }
 
 impl SocketTable {
-    pub fn listen(
-        &mut self,
-        netns: u32,
-        skaddr: u64,
-        local: Endpoint,
-        owner: Arc<Owner>,
-        requested: Option<u32>,
-        max: Option<u32>,
-        now: u64,
-    ) {
-        let key = (netns, local.port);
+    /// A socket started listening on `port` in `netns` (its `skaddr` is set).
+    pub fn listen(&mut self, netns: u32, port: u16, sock: ListenerSock) {
+        let key = (netns, port);
         let Some(group) = self.listener_group(key) else {
             return;
         };
-        group.retain(|l| l.skaddr != Some(skaddr));
-        group.push(ListenerSock {
-            skaddr: Some(skaddr),
-            inode: None,
-            addr: local.addr,
-            owners: vec![owner],
-            requested_backlog: requested,
-            max_backlog: max,
-            since_ns: now,
-        });
-        self.listener_by_sk.insert(skaddr, key);
+        group.retain(|l| l.skaddr != sock.skaddr);
+        let skaddr = sock.skaddr;
+        group.push(sock);
+        if let Some(sk) = skaddr {
+            self.listener_by_sk.insert(sk, key);
+        }
         self.closed_listeners.remove(&key);
     }
 
@@ -210,6 +197,31 @@ mod tests {
         })
     }
 
+    /// The table learns a listener as the kernel's listen() record tells it.
+    fn listen(
+        t: &mut SocketTable,
+        netns: u32,
+        sk: u64,
+        local: Endpoint,
+        owner: Arc<Owner>,
+        backlog: (Option<u32>, Option<u32>),
+        now: u64,
+    ) {
+        t.listen(
+            netns,
+            local.port,
+            ListenerSock {
+                skaddr: Some(sk),
+                inode: None,
+                addr: local.addr,
+                owners: vec![owner],
+                requested_backlog: backlog.0,
+                max_backlog: backlog.1,
+                since_ns: now,
+            },
+        );
+    }
+
     fn ep(port: u16) -> Endpoint {
         Endpoint {
             addr: "127.0.0.1".parse().expect("ip"),
@@ -220,13 +232,13 @@ mod tests {
     #[test]
     fn closed_listener_is_remembered_with_its_owner() {
         let mut t = SocketTable::default();
-        t.listen(
+        listen(
+            &mut t,
             1,
             0xa,
             ep(8080),
             owner(42, "myapp"),
-            Some(128),
-            Some(128),
+            (Some(128), Some(128)),
             1_000,
         );
         assert_eq!(t.listeners(1, 8080).len(), 1);
@@ -243,16 +255,24 @@ mod tests {
     #[test]
     fn a_new_listener_clears_the_closed_record() {
         let mut t = SocketTable::default();
-        t.listen(1, 0xa, ep(80), owner(1, "a"), None, None, 0);
+        listen(&mut t, 1, 0xa, ep(80), owner(1, "a"), (None, None), 0);
         t.close(0xa, 1);
-        t.listen(1, 0xb, ep(80), owner(2, "b"), None, None, 2);
+        listen(&mut t, 1, 0xb, ep(80), owner(2, "b"), (None, None), 2);
         assert!(t.closed_listener(1, 80).is_none());
     }
 
     #[test]
     fn discovered_workers_join_the_listener() {
         let mut t = SocketTable::default();
-        t.listen(1, 0xa, ep(80), owner(10, "nginx"), Some(511), Some(511), 0);
+        listen(
+            &mut t,
+            1,
+            0xa,
+            ep(80),
+            owner(10, "nginx"),
+            (Some(511), Some(511)),
+            0,
+        );
         t.discovered_listener(
             1,
             ep(80),
@@ -275,7 +295,15 @@ mod tests {
         for i in 0..(MAX_CLOSED as u64 + 5) {
             let port = u16::try_from(i % 60_000).unwrap_or(1) + 1;
             let netns = u32::try_from(i / 60_000).unwrap_or(0);
-            t.listen(netns, i + 1, ep(port), owner(1, "x"), None, None, 0);
+            listen(
+                &mut t,
+                netns,
+                i + 1,
+                ep(port),
+                owner(1, "x"),
+                (None, None),
+                0,
+            );
             t.close(i + 1, 1);
         }
         assert_eq!(t.closed_listeners.len(), MAX_CLOSED);
@@ -288,7 +316,15 @@ mod tests {
         for i in 0..(MAX_LISTENERS as u64 + 10) {
             let port = u16::try_from(i % 60_000).unwrap_or(1) + 1;
             let netns = u32::try_from(i / 60_000).unwrap_or(0);
-            t.listen(netns, i + 1, ep(port), owner(1, "x"), None, None, 0);
+            listen(
+                &mut t,
+                netns,
+                i + 1,
+                ep(port),
+                owner(1, "x"),
+                (None, None),
+                0,
+            );
         }
         assert_eq!(t.listener_ports(), MAX_LISTENERS);
         assert_eq!(t.overflow, 10);

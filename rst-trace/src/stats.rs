@@ -33,6 +33,15 @@ impl KernelCounters {
         self.family(CounterFamily::Lost).map(|(_, v)| v).sum()
     }
 
+    /// Every RST the TCP stack sent (what Tcp.OutRsts counts), whatever its reason.
+    pub fn resets_sent(&self) -> u64 {
+        [CounterFamily::ResetSent, CounterFamily::ResetSentLingerZero]
+            .into_iter()
+            .flat_map(|f| self.family(f))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// The kernel's ownership tables: what was stored, what did not fit, how often an event
     /// found its socket's owner.
     pub fn owner_tables(&self) -> serde_json::Value {
@@ -58,7 +67,27 @@ pub struct AgentCounts {
     pub delivered: u64,
     pub undecodable: u64,
     pub suppressed: u64,
+    /// Incidents per cause: each kernel event a cause stands for, once.
     pub by_cause: BTreeMap<Cause, u64>,
+    /// RSTs this host sent, per cause (an incident may or may not send one).
+    pub resets_sent: BTreeMap<Cause, u64>,
+}
+
+impl AgentCounts {
+    /// Counts one reported event. An accept-queue overflow is one dropped connection whether
+    /// or not the kernel also sent an RST for it (`tcp_abort_on_overflow=1`): the RST is tallied
+    /// with the RSTs sent, not as a second overflow.
+    pub fn tally(&mut self, d: &crate::diagnosis::Diagnosis) {
+        use crate::cause::Direction;
+        if d.direction == Direction::Sent {
+            *self.resets_sent.entry(d.cause).or_insert(0) += d.count;
+        }
+        let rst_for_an_overflow =
+            d.cause == Cause::AcceptQueueOverflow && d.direction == Direction::Sent;
+        if !rst_for_an_overflow {
+            *self.by_cause.entry(d.cause).or_insert(0) += d.count;
+        }
+    }
 }
 
 /// Per-cause totals that the kernel counters alone determine (the reason decides the cause
@@ -126,8 +155,8 @@ pub fn merged_causes(
 ) -> BTreeMap<Cause, u64> {
     let mut out = agent.clone();
     for (cause, n) in exact {
-        // Accept-queue overflow is also reported by polling and by RSTs on the listener:
-        // the agent's own count covers all of them, the kernel's only the ACK-time drops.
+        // Accept-queue overflow is also reported by polling: the agent's own count covers both,
+        // the kernel's only the ACK-time drops.
         if *cause == Cause::AcceptQueueOverflow
             || (reset_sent_ambiguous && *cause == Cause::ProtocolViolation)
         {
@@ -211,5 +240,39 @@ mod tests {
         assert_eq!(j["resets_sent"]["NO_SOCKET"], 5);
         assert_eq!(j["accept"]["EMFILE"], 7);
         assert_eq!(j["lost_records"]["ResetSent"], 4);
+    }
+
+    #[test]
+    fn an_overflow_and_its_rst_are_one_incident_and_one_rst() {
+        use crate::cause::{Direction, Origin};
+        use crate::diagnosis::Diagnosis;
+        let at = std::time::SystemTime::UNIX_EPOCH;
+        let ev = |direction| {
+            Diagnosis::new(
+                at,
+                "e",
+                Cause::AcceptQueueOverflow,
+                direction,
+                Origin::TcpStack,
+                1,
+            )
+        };
+        let mut c = AgentCounts::default();
+        // tcp_abort_on_overflow=1, ACK time: the dropped handshake and the RST answering it.
+        c.tally(&ev(Direction::Dropped));
+        c.tally(&ev(Direction::Sent));
+        // SYN time: a drop with no RST.
+        c.tally(&ev(Direction::Dropped));
+        assert_eq!(c.by_cause.get(&Cause::AcceptQueueOverflow), Some(&2));
+        assert_eq!(c.resets_sent.get(&Cause::AcceptQueueOverflow), Some(&1));
+        let mut nl = ev(Direction::Sent);
+        nl.cause = Cause::NoListener;
+        c.tally(&nl);
+        assert_eq!(
+            c.by_cause.get(&Cause::NoListener),
+            Some(&1),
+            "the RST is the incident"
+        );
+        assert_eq!(c.resets_sent.get(&Cause::NoListener), Some(&1));
     }
 }

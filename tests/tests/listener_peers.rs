@@ -539,6 +539,24 @@ fn abort_on_overflow_rsts_are_accept_queue_overflow_sent_by_the_listener() {
     c.each(&aqo, "dropped: evidence.tcp_abort_on_overflow = 1", |v| {
         event::u64_at(v, "evidence.tcp_abort_on_overflow") == Some(1)
     });
+    // One incident, one count: each dropped connection is one accept_queue_overflow, SYN-time
+    // or ACK-time, whether or not an RST followed; the RSTs are tallied apart.
+    let stats = &stopped.final_stats;
+    c.eq(
+        event::stats_cause(stats, "accept_queue_overflow") as i64,
+        overflows,
+        || format!("final stats causes.accept_queue_overflow vs ListenOverflows: {stats}"),
+    );
+    c.eq(
+        event::u64_at(stats, "resets_sent.tcp_stack").unwrap_or(0) as i64,
+        out_rsts,
+        || format!("final stats resets_sent.tcp_stack vs Tcp.OutRsts: {stats}"),
+    );
+    c.eq(
+        event::u64_at(stats, "resets_sent.by_cause.accept_queue_overflow").unwrap_or(0) as i64,
+        i64::from(n_raw),
+        || format!("final stats resets_sent.by_cause.accept_queue_overflow: {stats}"),
+    );
     c.finish(&context);
 }
 

@@ -9,6 +9,11 @@
 //!
 //! ```text
 //! rst-trace-peer listen  --addr A --port P [--backlog N] [--accept] [--nofile N] [--defer-accept S] [--hold-ms MS]
+//!     [--reuseport] [--exec-as PATH] [--fd N]
+//!     --reuseport: SO_REUSEPORT, so several listeners share the port, each with its own queue
+//!     --exec-as PATH: after listen(), exec PATH (a link to this program under another name)
+//!     with the listening socket as --fd N: the socket's owner changes its name, as a service
+//!     behind a launcher does
 //! rst-trace-peer connect --addr A --port P [--count N] [--timeout-ms MS] [--nonblocking] [--hold-ms MS]
 //!     [--send-bytes N [--go-file PATH]]
 //!     --send-bytes: write N bytes on each connection once connected (`sent attempt=I`); with
@@ -308,10 +313,14 @@ fn close(fd: i32) {
     }
 }
 
-fn listener(ip: IpAddr, port: u16, backlog: i32) -> i32 {
+fn listener(ip: IpAddr, port: u16, backlog: i32, reuseport: bool) -> i32 {
     let fd = tcp_socket(&ip).unwrap_or_else(|e| die(&format!("socket: {}", errno_name(e))));
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
         .unwrap_or_else(|e| die(&format!("SO_REUSEADDR: {}", errno_name(e))));
+    if reuseport {
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+            .unwrap_or_else(|e| die(&format!("SO_REUSEPORT: {}", errno_name(e))));
+    }
     let (st, len) = to_sockaddr(&SocketAddr::new(ip, port));
     if unsafe { libc::bind(fd, &st as *const _ as *const libc::sockaddr, len) } < 0 {
         die(&format!("bind {ip}:{port}: {}", errno_name(errno())));
@@ -476,12 +485,49 @@ struct Conn {
     close_at: Option<Instant>,
 }
 
+/// Replaces this process with `path` serving listener `lfd`: same pid, new name.
+fn exec_with_listener(path: &str, lfd: i32, ip: IpAddr, port: u16, accepting: bool) -> ! {
+    // The socket was made close-on-exec; the new program must keep it.
+    unsafe {
+        libc::fcntl(lfd, libc::F_SETFD, 0);
+    }
+    let mut args = vec![
+        path.to_owned(),
+        "listen".to_owned(),
+        "--fd".to_owned(),
+        lfd.to_string(),
+        "--addr".to_owned(),
+        ip.to_string(),
+        "--port".to_owned(),
+        port.to_string(),
+    ];
+    if accepting {
+        args.push("--accept".to_owned());
+    }
+    let c: Vec<std::ffi::CString> = args
+        .iter()
+        .map(|a| std::ffi::CString::new(a.as_str()).unwrap_or_else(|_| die("NUL in argument")))
+        .collect();
+    let mut ptrs: Vec<*const libc::c_char> = c.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    unsafe {
+        libc::execv(ptrs[0], ptrs.as_ptr());
+    }
+    die(&format!("exec {path}: {}", errno_name(errno())))
+}
+
 fn cmd_listen(a: &Args) {
     let ip = a.addr(None);
     let port: u16 = a.req_num("port");
     let backlog: i32 = a.num("backlog").unwrap_or(128);
     let hold = a.num::<u64>("hold-ms").map(Duration::from_millis);
-    let lfd = listener(ip, port, backlog);
+    let lfd = match a.num::<i32>("fd") {
+        Some(fd) => fd,
+        None => listener(ip, port, backlog, a.has("reuseport")),
+    };
+    if let Some(path) = a.str("exec-as") {
+        exec_with_listener(path, lfd, ip, port, a.has("accept"));
+    }
     if let Some(secs) = a.num::<i32>("defer-accept") {
         // Handshakes stay request sockets until the client's first data arrives: the test
         // controls when each one asks for a place in the accept queue.
@@ -832,7 +878,7 @@ fn cmd_abort_close(a: &Args) {
     let ip = a.addr(Some("127.0.0.1"));
     let port: u16 = a.req_num("port");
     let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
-    let lfd = listener(ip, port, 16);
+    let lfd = listener(ip, port, 16, false);
     let mut poller = Poller::new();
     ready();
     let fd = accept_one(&mut poller, lfd, deadline);
@@ -849,7 +895,7 @@ fn cmd_linger0(a: &Args) {
     let ip = a.addr(Some("127.0.0.1"));
     let port: u16 = a.req_num("port");
     let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
-    let lfd = listener(ip, port, 16);
+    let lfd = listener(ip, port, 16, false);
     let mut poller = Poller::new();
     ready();
     let fd = accept_one(&mut poller, lfd, deadline);
@@ -1143,7 +1189,7 @@ fn cmd_idle_linger0(a: &Args) {
     let idle = Duration::from_millis(a.req_num("idle-ms"));
     let reply: usize = a.num("reply-bytes").unwrap_or(4);
     let deadline = Instant::now() + Duration::from_millis(a.num("timeout-ms").unwrap_or(30_000));
-    let lfd = listener(ip, port, 16);
+    let lfd = listener(ip, port, 16, false);
     let mut poller = Poller::new();
     ready();
     let fd = accept_one(&mut poller, lfd, deadline);
@@ -1529,6 +1575,9 @@ fn main() {
                 "nofile",
                 "defer-accept",
                 "hold-ms",
+                "reuseport!",
+                "exec-as",
+                "fd",
             ],
         )),
         "connect" => cmd_connect(&Args::parse(

@@ -1,0 +1,438 @@
+//! Owners off the easy path: SO_REUSEPORT groups (each member its own queue), sockets older than
+//! the agent, processes that exec() after listen(), and IPv6. Every scenario drives traffic from
+//! other processes than the owners, and checks, besides its counts, that no event names a cause
+//! the scenario did not provoke and that no event blames a process not holding the socket.
+
+use std::time::Duration;
+
+use rst_trace_tests::{event, mib, require_root, Agent, Mib, Netns, Peer};
+use serde_json::Value;
+
+const PEER: &str = env!("CARGO_BIN_EXE_rst-trace-peer");
+
+fn lines(events: &[Value]) -> String {
+    event::summarize(events)
+}
+
+/// Cause events naming a cause outside `allowed`: a scenario provokes what it provokes.
+fn phantoms<'a>(events: &'a [Value], allowed: &[&str]) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|v| event::cause(v).is_some_and(|c| !allowed.contains(&c)))
+        .collect()
+}
+
+fn dropped_overflows(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|v| {
+            event::has_cause(v, "accept_queue_overflow") && event::direction(v) == Some("dropped")
+        })
+        .cloned()
+        .collect()
+}
+
+fn other_owner_pids(v: &Value) -> Vec<Option<u64>> {
+    event::get(v, "other_owners")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|o| event::u64_at(o, "process.pid")).collect())
+        .unwrap_or_default()
+}
+
+/// Two processes each hold an SO_REUSEPORT listener on one port: one never accepts (its own
+/// queue overflows), the other serves. Every drop belongs to the stalled member's process.
+fn reuseport_group(addr: &str) {
+    require_root();
+    let ns = Netns::new();
+    let port = 41301u16;
+    let port_s = port.to_string();
+    let before = Mib::snapshot(&ns);
+    let mut agent = Agent::start(&ns, None);
+    let stalled = Peer::spawn(
+        &ns,
+        PEER,
+        &[
+            "listen",
+            "--addr",
+            addr,
+            "--port",
+            &port_s,
+            "--backlog",
+            "1",
+            "--reuseport",
+        ],
+    );
+    let serving = Peer::spawn(
+        &ns,
+        PEER,
+        &[
+            "listen",
+            "--addr",
+            addr,
+            "--port",
+            &port_s,
+            // Deep: this member never overflows, even when a burst outruns its accepts.
+            "--backlog",
+            "1024",
+            "--reuseport",
+            "--accept",
+        ],
+    );
+    let results = Peer::connect(
+        &ns,
+        PEER,
+        addr,
+        port,
+        40,
+        &["--nonblocking", "--timeout-ms", "2500"],
+    );
+    assert_eq!(results.len(), 40, "client results: {results:?}");
+    assert!(
+        results.iter().any(|r| r.result == "connected"),
+        "the serving member accepted some: {results:?}"
+    );
+    let after = Mib::settled(&ns);
+    let stopped = agent.stop();
+    let stalled_pid = u64::from(stalled.pid());
+    let serving_pid = u64::from(serving.pid());
+    drop(serving);
+    drop(stalled);
+
+    let overflows = mib::delta(&before, &after, "TcpExt.ListenOverflows");
+    assert!(
+        overflows > 0,
+        "the stalled member overflowed; MIB: {:?}",
+        Mib::changes(&before, &after)
+    );
+    let all = stopped.causes(|_| true);
+    let drops = dropped_overflows(&all);
+    let total: u64 = drops.iter().filter_map(event::count).sum();
+    assert_eq!(
+        total as i64,
+        overflows,
+        "dropped accept_queue_overflow total vs ListenOverflows:\n  {}",
+        lines(&drops)
+    );
+    assert_eq!(
+        event::stats_cause(&stopped.final_stats, "accept_queue_overflow") as i64,
+        overflows,
+        "final stats: {}",
+        stopped.final_stats
+    );
+    for v in &drops {
+        assert_eq!(
+            event::owner_pid(v).map(u64::from),
+            Some(stalled_pid),
+            "the stalled member's process (not the serving {serving_pid}): {v}"
+        );
+        let others = other_owner_pids(v);
+        assert!(
+            others
+                .iter()
+                .all(|p| p.is_some() && *p != Some(serving_pid)),
+            "other_owners hold this socket, never null, never the serving member: {v}"
+        );
+        assert!(
+            event::get(v, "evidence.accepting_processes")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a
+                    .iter()
+                    .all(|o| event::u64_at(o, "pid") != Some(serving_pid))),
+            "the serving member accepts on its own socket, not this one: {v}"
+        );
+        assert_eq!(event::local_port(v), Some(port), "{v}");
+    }
+    let wrong = phantoms(
+        &all,
+        &[
+            "accept_queue_overflow",
+            "connection_refused",
+            "reset_by_peer",
+        ],
+    );
+    assert!(
+        wrong.is_empty(),
+        "causes this scenario did not provoke:\n  {}",
+        wrong
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
+#[test]
+fn reuseport_overflow_is_blamed_on_the_stalled_member_ipv4() {
+    reuseport_group("127.0.0.1");
+}
+
+#[test]
+fn reuseport_overflow_is_blamed_on_the_stalled_member_ipv6() {
+    reuseport_group("::1");
+}
+
+/// A connection established before the agent started, then aborted (SO_LINGER 0) by the
+/// server: both ends are named, from the sockets' inodes found in /proc at start-up.
+fn older_than_the_agent(addr: &str, port: u16) {
+    require_root();
+    let ns = Netns::new();
+    let port_s = port.to_string();
+    let mut server = Peer::spawn(
+        &ns,
+        PEER,
+        &[
+            "idle-linger0",
+            "--addr",
+            addr,
+            "--port",
+            &port_s,
+            "--idle-ms",
+            "8000",
+            "--timeout-ms",
+            "30000",
+        ],
+    );
+    let mut client = Peer::spawn(
+        &ns,
+        PEER,
+        &[
+            "send",
+            "--addr",
+            addr,
+            "--port",
+            &port_s,
+            "--bytes",
+            "10",
+            "--wait-close",
+            "--timeout-ms",
+            "30000",
+        ],
+    );
+    server
+        .wait_line(Duration::from_secs(10), |l| l.starts_with("replied"))
+        .unwrap_or_else(|| panic!("the server replied; stderr: {}", server.stderr_text()));
+    // Only now does the agent start: both sockets are older than it.
+    let mut agent = Agent::start(&ns, None);
+    client
+        .wait_line(Duration::from_secs(20), |l| l == "reset")
+        .unwrap_or_else(|| panic!("the client was reset; stderr: {}", client.stderr_text()));
+    let is_abort = |v: &Value| event::has_cause(v, "abort_by_application");
+    let is_peer = |v: &Value| event::has_cause(v, "reset_by_peer");
+    agent.wait_for(is_abort, 1, Duration::from_secs(10));
+    agent.wait_for(is_peer, 1, Duration::from_secs(10));
+    let stopped = agent.stop();
+    let server_pid = server.pid();
+    let client_pid = client.pid();
+    drop(client);
+    drop(server);
+
+    let aborts = stopped.causes(is_abort);
+    let resets = stopped.causes(is_peer);
+    assert_eq!(aborts.len(), 1, "{}", lines(&stopped.causes(|_| true)));
+    assert_eq!(resets.len(), 1, "{}", lines(&stopped.causes(|_| true)));
+    assert_eq!(
+        event::owner_pid(&aborts[0]),
+        Some(server_pid),
+        "the server owns the aborted socket: {}",
+        aborts[0]
+    );
+    assert_eq!(
+        event::owner_pid(&resets[0]),
+        Some(client_pid),
+        "the client owns the reset socket: {}",
+        resets[0]
+    );
+    for v in aborts.iter().chain(&resets) {
+        assert_eq!(
+            event::str_at(v, "owner.learned_from"),
+            Some("procfs"),
+            "learnt from /proc at start-up: {v}"
+        );
+    }
+    let all = stopped.causes(|_| true);
+    let wrong = phantoms(&all, &["abort_by_application", "reset_by_peer"]);
+    assert!(
+        wrong.is_empty(),
+        "causes this scenario did not provoke:\n  {}",
+        wrong
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
+#[test]
+fn a_connection_older_than_the_agent_names_both_owners_ipv4() {
+    older_than_the_agent("127.0.0.1", 41311);
+}
+
+#[test]
+fn a_connection_older_than_the_agent_names_both_owners_ipv6() {
+    older_than_the_agent("::1", 41312);
+}
+
+/// Removes the directory of the renamed program, even when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A launcher listens, then exec()s the service that serves the socket (socket activation,
+/// tini, shell wrappers ending in exec): its overflow names the service as it is called now.
+#[test]
+fn an_owner_that_execs_is_named_as_it_is_now() {
+    require_root();
+    let dir = TempDir(std::env::temp_dir().join(format!("rst-exec-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let service = dir.0.join("svc-after-exec");
+    std::os::unix::fs::symlink(PEER, &service).expect("symlink to the peer");
+    let ns = Netns::new();
+    let port = 41321u16;
+    let port_s = port.to_string();
+    let before = Mib::snapshot(&ns);
+    let mut agent = Agent::start(&ns, None);
+    let launcher = Peer::spawn(
+        &ns,
+        PEER,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port_s,
+            "--backlog",
+            "1",
+            "--exec-as",
+            service.to_str().expect("utf-8 path"),
+        ],
+    );
+    let results = Peer::connect(
+        &ns,
+        PEER,
+        "127.0.0.1",
+        port,
+        20,
+        &["--nonblocking", "--timeout-ms", "2500"],
+    );
+    assert_eq!(results.len(), 20, "{results:?}");
+    let after = Mib::settled(&ns);
+    let stopped = agent.stop();
+    let pid = launcher.pid();
+    drop(launcher);
+
+    let overflows = mib::delta(&before, &after, "TcpExt.ListenOverflows");
+    assert!(overflows > 0, "{:?}", Mib::changes(&before, &after));
+    let drops = dropped_overflows(&stopped.causes(|_| true));
+    assert!(!drops.is_empty(), "{}", lines(&stopped.causes(|_| true)));
+    for v in &drops {
+        assert_eq!(event::owner_pid(v), Some(pid), "{v}");
+        assert_eq!(
+            event::owner_comm(v),
+            Some("svc-after-exec"),
+            "the name after exec(), not the launcher's: {v}"
+        );
+    }
+}
+
+/// Packet counter of the one ip6tables INPUT REJECT rule for `port`.
+fn reject6_packets(ns: &Netns, port: u16) -> u64 {
+    let out = ns.exec("ip6tables", &["-L", "INPUT", "-v", "-x", "-n"]);
+    let token = format!("dpt:{port}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(2) == Some(&"REJECT") && f.contains(&token.as_str()))
+        .collect();
+    assert_eq!(rows.len(), 1, "one REJECT rule for {port}:\n{out}");
+    rows[0][0].parse().expect("packet counter")
+}
+
+/// On IPv6 the stack's own RSTs for closed ports leave without a socket attached, like
+/// netfilter's: they must be no_listener only, and a real REJECT rule still firewall_reject.
+#[test]
+fn ipv6_closed_ports_are_no_listener_and_rejects_are_firewall_reject() {
+    require_root();
+    let ns = Netns::new();
+    let closed = [41331u16, 41332, 41333, 41334, 41335];
+    let rejected = 41339u16;
+    ns.exec(
+        "ip6tables",
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &rejected.to_string(),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+    );
+    let before = Mib::snapshot(&ns);
+    let mut agent = Agent::start(&ns, None);
+    for &p in &closed {
+        let r = Peer::connect(&ns, PEER, "::1", p, 1, &["--timeout-ms", "5000"]);
+        assert_eq!(r[0].result, "refused", "{r:?}");
+    }
+    let r = Peer::connect(&ns, PEER, "::1", rejected, 3, &["--timeout-ms", "5000"]);
+    assert!(r.iter().all(|c| c.result == "refused"), "{r:?}");
+    let is_nl = |v: &Value| event::has_cause(v, "no_listener");
+    let is_fw = |v: &Value| event::has_cause(v, "firewall_reject");
+    agent.wait_for(is_nl, closed.len(), Duration::from_secs(20));
+    agent.wait_for(is_fw, 3, Duration::from_secs(20));
+    let after = Mib::settled(&ns);
+    // A late phantom would arrive within the agent's pairing window (1 s).
+    agent.settle(Duration::from_millis(1500));
+    let stopped = agent.stop();
+
+    let all = stopped.causes(|_| true);
+    let nl = stopped.causes(is_nl);
+    let fw = stopped.causes(is_fw);
+    let out_rsts = mib::delta(&before, &after, "Tcp.OutRsts");
+    assert_eq!(
+        out_rsts,
+        closed.len() as i64,
+        "{:?}",
+        Mib::changes(&before, &after)
+    );
+    assert_eq!(
+        nl.iter().filter_map(event::count).sum::<u64>() as i64,
+        out_rsts,
+        "no_listener vs Tcp.OutRsts:\n  {}",
+        lines(&all)
+    );
+    for v in &nl {
+        assert_eq!(event::str_at(v, "network.type"), Some("ipv6"), "{v}");
+        assert!(closed.contains(&event::local_port(v).unwrap_or(0)), "{v}");
+    }
+    let rule = reject6_packets(&ns, rejected);
+    assert_eq!(rule, 3, "one REJECT per connect");
+    assert_eq!(
+        fw.iter().filter_map(event::count).sum::<u64>(),
+        rule,
+        "firewall_reject vs the rule's packets (none for the closed ports):\n  {}",
+        lines(&all)
+    );
+    for v in &fw {
+        assert_eq!(event::local_port(v), Some(rejected), "{v}");
+    }
+    let wrong = phantoms(
+        &all,
+        &["no_listener", "firewall_reject", "connection_refused"],
+    );
+    assert!(
+        wrong.is_empty(),
+        "causes this scenario did not provoke:\n  {}",
+        wrong
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
