@@ -96,7 +96,11 @@ impl Drop for Veth {
 }
 
 /// In `ns`: drop every outgoing TCP RST (the client host must not answer SYN-ACKs it did not
-/// ask for through a socket). Only that namespace's own ruleset; it goes with the namespace.
+/// ask for through a socket), and every ICMP destination-unreachable: SYN-ACKs to the spoofed
+/// sources of a flood reach this host, which does not forward, and its kernel answers some of
+/// them (about one a second) with host-unreachable; the server then drops that request socket
+/// and counts it in ListenDrops, which the floods' kernel checks do not expect. Only that
+/// namespace's own ruleset; it goes with the namespace.
 fn drop_own_rsts(ns: &Netns) {
     ns.exec(
         "iptables",
@@ -108,6 +112,19 @@ fn drop_own_rsts(ns: &Netns) {
             "--tcp-flags",
             "RST",
             "RST",
+            "-j",
+            "DROP",
+        ],
+    );
+    ns.exec(
+        "iptables",
+        &[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "icmp",
+            "--icmp-type",
+            "destination-unreachable",
             "-j",
             "DROP",
         ],
