@@ -53,11 +53,32 @@ impl Netns {
         })
     }
 
-    /// Finds a handle on namespace `inode`: a named one, else any process living in it.
+    /// Finds a handle on namespace `inode`: the last one found if it still leads there, else a
+    /// named one, else any process living in it (a walk of /proc, so its result is kept).
     pub fn find_by_inode(inode: u32) -> Option<Self> {
-        handles()
-            .find(|p| inode_of(p).ok() == Some(inode))
-            .map(|path| Self { inode, path })
+        static FOUND: std::sync::Mutex<Option<std::collections::HashMap<u32, PathBuf>>> =
+            std::sync::Mutex::new(None);
+        let mut found = FOUND.lock().ok();
+        if let Some(path) = found
+            .as_mut()
+            .and_then(|f| f.get_or_insert_with(Default::default).get(&inode).cloned())
+        {
+            if inode_of(&path).ok() == Some(inode) {
+                return Some(Self { inode, path });
+            }
+        }
+        let path = handles().find(|p| inode_of(p).ok() == Some(inode))?;
+        if let Some(map) = found
+            .as_mut()
+            .map(|f| f.get_or_insert_with(Default::default))
+        {
+            // Bounded: one entry per namespace that ever had an event worth a look.
+            if map.len() >= 65_536 {
+                map.clear();
+            }
+            map.insert(inode, path.clone());
+        }
+        Some(Self { inode, path })
     }
 
     /// Every network namespace that has a name or a process in it.

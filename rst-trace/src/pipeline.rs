@@ -74,6 +74,16 @@ pub fn monotonic_ns() -> u64 {
 /// Socket counts to one destination, by TCP state name.
 type SocketsByState = std::collections::BTreeMap<&'static str, u64>;
 
+/// A process's file-descriptor facts, read at most once a second per process: accept() fails
+/// with EMFILE in a tight loop, and each reading walks /proc/<pid>/fd.
+#[derive(Debug, Clone, Copy)]
+struct FdFacts {
+    read_ns: u64,
+    nofile: Option<(u64, u64)>,
+    open: Option<u64>,
+    file_nr: Option<[u64; 3]>,
+}
+
 /// An ongoing fd exhaustion on one listener.
 #[derive(Debug, Clone)]
 pub struct FdIncident {
@@ -116,6 +126,8 @@ pub struct Pipeline<H: HostInfo> {
     synq_per_packet: HashMap<(u32, u16), u64>,
     /// Sockets to a destination by state, sampled at most once a second per destination.
     port_census: HashMap<(u32, Endpoint), (u64, Option<SocketsByState>)>,
+    /// File-descriptor facts per process, see [`FdFacts`].
+    fd_facts: HashMap<u32, FdFacts>,
     /// Sockets that predate the agent: sockfs inode → processes holding it (from /proc).
     seeds: HashMap<u64, Vec<u32>>,
     /// Current name and cgroup per (pid, start time), read at most once a second: names
@@ -202,7 +214,28 @@ impl<H: HostInfo> Pipeline<H> {
             pending_by_tuple: HashMap::new(),
             seeds: HashMap::new(),
             processes: HashMap::new(),
+            fd_facts: HashMap::new(),
         }
+    }
+
+    fn fd_facts(&mut self, pid: u32) -> FdFacts {
+        let now = monotonic_ns();
+        if let Some(f) = self.fd_facts.get(&pid) {
+            if now.saturating_sub(f.read_ns) < PROCESS_CACHE_NS {
+                return *f;
+            }
+        }
+        if self.fd_facts.len() >= MAX_CACHED_PROCESSES {
+            self.fd_facts.clear();
+        }
+        let f = FdFacts {
+            read_ns: now,
+            nofile: self.host.nofile_limit(pid),
+            open: self.host.open_fds(pid),
+            file_nr: self.host.file_nr(),
+        };
+        self.fd_facts.insert(pid, f);
+        f
     }
 
     /// Owners of the sockets that existed when the agent started (sockfs inode → pids).
@@ -571,9 +604,8 @@ impl<H: HostInfo> Pipeline<H> {
         d.endpoints = listener;
         d.tcp_state = Some(TCP_LISTEN);
         d.reason = Some(if errno == EMFILE { "EMFILE" } else { "ENFILE" }.into());
-        let nofile = self.host.nofile_limit(task.pid);
-        let open = self.host.open_fds(task.pid);
-        let file_nr = self.host.file_nr();
+        let facts = self.fd_facts(task.pid);
+        let (nofile, open, file_nr) = (facts.nofile, facts.open, facts.file_nr);
         let incident = self
             .fd_incidents
             .entry((netns, port))
