@@ -460,22 +460,22 @@ pub struct ListenerHotRecord {
     pub cap: u32,
 }
 
-/// Per-thread stash between syscall entry and exit.
+/// Per-thread stash between syscall entry and exit, in an array slot chosen by the thread id
+/// ([`STASH_SLOTS`]): an array store costs a fraction of a hash insert, and every accept() pays
+/// for one. The slot's `tid` says whose it is; a thread whose slot another thread took over
+/// reports its failure without the listener.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallArgs {
+    pub tid: u32,
     /// Which syscall stashed this (a [`RecordKind`] or [`STASH_LISTEN`]).
     pub what: u32,
     pub fd: i32,
     pub backlog: u32,
-    pub _pad: u32,
-    pub listener: Tuple,
-    pub listener_skaddr: u64,
-    pub ack_backlog: u32,
-    pub max_ack_backlog: u32,
-    pub netns: u32,
-    pub _pad2: u32,
 }
+
+/// Slots of the syscall stash (a power of two: the slot is `tid & (STASH_SLOTS - 1)`).
+pub const STASH_SLOTS: u32 = 1 << 16;
 
 pub const STASH_LISTEN: u32 = 100;
 
@@ -728,7 +728,7 @@ const _: () = {
     assert!(size_of::<SkbDropRecord>() == 24 + 40 + 24 + 16 + 64);
     assert!(size_of::<AcceptRecord>() == 24 + 32 + 40 + 8 + 40 + 8 + 16);
     assert!(size_of::<ConnectRecord>() == 24 + 32 + 40 + 8);
-    assert!(size_of::<SyscallArgs>() == 16 + 40 + 8 + 16);
+    assert!(size_of::<SyscallArgs>() == 16);
     assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
     assert!(size_of::<ListenDropRecord>() == 24 + 40 + 8 + 16);
     assert!(size_of::<TracepointOffsets>() == 30 * 2);

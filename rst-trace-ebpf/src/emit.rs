@@ -20,13 +20,26 @@ pub fn count(family: CounterFamily, slot: u32) {
     }
 }
 
-/// Copies `record` into the ring buffer, or counts it as lost.
+/// Unread bytes in the ring buffer past which a record wakes the agent at once.
+const WAKE_AT_BYTES: u64 = 64 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Copies `record` into the ring buffer, or counts it as lost. A wakeup per record (the
+/// default whenever the agent has caught up) costs the sender more than the record itself in
+/// a storm; the agent drains on a short timer, and a filling buffer wakes it at once.
 #[inline(always)]
 pub fn deliver<T: 'static>(kind: RecordKind, record: &T) {
     match RST_EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             unsafe { core::ptr::copy_nonoverlapping(record, entry.as_mut_ptr(), 1) };
-            entry.submit(0);
+            let wake = if RST_EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(wake);
         }
         None => count(CounterFamily::Lost, kind as u32),
     }

@@ -33,6 +33,21 @@ static RST_TW_OWNERS: LruHashMap<TwKey, OwnerInfo> =
 static RST_ACCEPTORS: LruHashMap<AcceptorKey, OwnerInfo> =
     LruHashMap::with_max_entries(ACCEPTORS_CAPACITY, 0);
 
+/// The last acceptor entry written on this CPU (see [`accepted`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastAccept {
+    pid: u32,
+    port: u16,
+    _pad: u16,
+    at_ns: u64,
+}
+
+const ACCEPTOR_REFRESH_NS: u64 = 1_000_000_000;
+
+#[map(name = "RST_LAST_ACCEPT")]
+static RST_LAST_ACCEPT: PerCpuArray<LastAccept> = PerCpuArray::with_max_entries(1, 0);
+
 /// Sockets that entered CLOSE recently on this CPU, whose owner entries are removed only when
 /// their slot is reused: close() sends its abort RST after the state change.
 #[repr(C)]
@@ -82,23 +97,18 @@ pub fn learn(sk: u64, how: u32) {
     }
 }
 
-/// A socket just created by the kernel for an incoming connection: whatever an earlier socket
-/// at the same address left behind is not its owner.
+/// Copies the owner of full socket `sk` into `out`; counts the hit or miss. `closing`: the
+/// socket is in CLOSE (close() sends its abort RST after the state change), so an entry marked
+/// closed is its own; otherwise such an entry was left by an earlier socket at this address.
 #[inline(always)]
-pub fn forget(sk: u64) {
-    let _ = RST_OWNERS.remove(&sk);
-}
-
-/// Copies the owner of full socket `sk` into `out`; counts the hit or miss.
-#[inline(always)]
-pub fn owner_into(sk: u64, out: &mut OwnerInfo) -> bool {
+pub fn owner_into(sk: u64, closing: bool, out: &mut OwnerInfo) -> bool {
     match unsafe { RST_OWNERS.get(&sk) } {
-        Some(o) => {
+        Some(o) if closing || o.flags & OWNER_CLOSED == 0 => {
             *out = *o;
             count(CounterFamily::Table, TABLE_LOOKUP_HIT);
             true
         }
-        None => {
+        _ => {
             count(CounterFamily::Table, TABLE_LOOKUP_MISS);
             false
         }
@@ -196,9 +206,25 @@ pub fn accepted(child: u64) {
     } else {
         count(CounterFamily::Table, TABLE_OWNERS_FULL);
     }
+    let port = member::<u16>(child, lay!(st.skc_num)).unwrap_or(0);
+    // A server accepts again and again on the same port: its acceptor entry is refreshed at most
+    // once a second per CPU, which keeps the map look-up off most accepts.
+    if let Some(last) = RST_LAST_ACCEPT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, used by this program only.
+        let last = unsafe { &mut *last };
+        if last.pid == owner.pid
+            && last.port == port
+            && now.wrapping_sub(last.at_ns) < ACCEPTOR_REFRESH_NS
+        {
+            return;
+        }
+        last.pid = owner.pid;
+        last.port = port;
+        last.at_ns = now;
+    }
     let key = AcceptorKey {
         netns: sk_netns(child),
-        port: member::<u16>(child, lay!(st.skc_num)).unwrap_or(0),
+        port,
         _pad: 0,
         pid: owner.pid,
         _pad2: 0,

@@ -37,6 +37,7 @@ pub fn header(kind: RecordKind, netns: u32) -> RecordHeader {
 
 const TCP_LISTEN: u32 = 10;
 const TCP_TIME_WAIT: u32 = 6;
+const TCP_CLOSE: u32 = 7;
 
 /// The last RST the TCP stack sent on this CPU. IPv6 sends socket-less RSTs without attaching
 /// its control socket to the packet, so at the device they look like netfilter's; the stack's
@@ -164,7 +165,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
     stack_reset_sent(&rec.tuple);
     if fullsock {
         rec.flags |= RST_FULLSOCK;
-        if !owners::owner_into(skaddr, &mut rec.owner) {
+        if !owners::owner_into(skaddr, state == TCP_CLOSE, &mut rec.owner) {
             rec.sock_inode = owners::sock_inode(skaddr);
         }
         tcp_snapshot(skaddr, &mut rec.snap);
@@ -217,7 +218,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
     };
     if is_fullsock_state(state as u32) {
         tcp_snapshot(skaddr, &mut rec.snap);
-        if !owners::owner_into(skaddr, &mut rec.owner) {
+        if !owners::owner_into(skaddr, false, &mut rec.owner) {
             rec.sock_inode = owners::sock_inode(skaddr);
         }
     }

@@ -159,7 +159,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     }
     let owning = if rx_sk != 0 { rx_sk } else { sender };
     if owning != 0 {
-        owners::owner_into(owning, &mut rec.owner);
+        owners::owner_into(owning, false, &mut rec.owner);
     }
     rec.header = header(RecordKind::SkbDrop, netns);
     count(CounterFamily::SkbDrop, slot);

@@ -3,12 +3,12 @@
 //! listeners (rare) and failed port allocations (a problem) send a record.
 use aya_ebpf::{
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::Array,
     programs::TracePointContext,
 };
 use rst_trace_common::{
     ConnectRecord, CounterFamily, RecordKind, SockStateRecord, SyscallArgs, OWNER_CONNECT,
-    OWNER_LISTEN, STASH_LISTEN, STATE_TASK_VALID,
+    OWNER_LISTEN, STASH_LISTEN, STASH_SLOTS, STATE_TASK_VALID,
 };
 
 use crate::{
@@ -31,7 +31,13 @@ const EADDRNOTAVAIL: i32 = 99;
 
 /// Per-thread syscall arguments between entry and exit (and listen() → state LISTEN).
 #[map(name = "RST_SYSCALL_ARGS")]
-pub static RST_SYSCALL_ARGS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+pub static RST_SYSCALL_ARGS: Array<SyscallArgs> = Array::with_max_entries(STASH_SLOTS, 0);
+
+/// The calling thread's stash slot, and whether it still holds this thread's arguments.
+#[inline(always)]
+pub fn stash(tid: u32) -> Option<*mut SyscallArgs> {
+    RST_SYSCALL_ARGS.get_ptr_mut(tid & (STASH_SLOTS - 1))
+}
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -58,11 +64,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             owners::learn(skaddr, OWNER_LISTEN);
             listener_record(skaddr, old, new, true)
         }
-        // A child socket is born as a clone of its listener (inet_csk_clone_lock).
-        (TCP_LISTEN, TCP_SYN_RECV) => {
-            owners::forget(skaddr);
-            crate::hot::child_born(skaddr)
-        }
+        // A child socket is born as a clone of its listener (inet_csk_clone_lock). An entry a
+        // closed socket at the same address left behind is marked closed: readers skip it.
+        (TCP_LISTEN, TCP_SYN_RECV) => crate::hot::child_born(skaddr),
         (TCP_LISTEN, _) => {
             let r = listener_record(skaddr, old, new, false);
             owners::closed(skaddr, false);
@@ -114,13 +118,14 @@ fn listener_record(skaddr: u64, old: i32, new: i32, in_caller: bool) -> Option<(
         rec.flags |= STATE_TASK_VALID;
         rec.task = current_task();
         let tid = rec.task.tid;
-        if let Some(args) = RST_SYSCALL_ARGS.get_ptr(tid) {
-            let args: &SyscallArgs = unsafe { &*args };
-            if args.what == STASH_LISTEN {
+        if let Some(args) = stash(tid) {
+            // SAFETY: an array slot, valid for this run.
+            let args: &mut SyscallArgs = unsafe { &mut *args };
+            if args.tid == tid && args.what == STASH_LISTEN {
                 rec.requested_backlog = args.backlog;
+                args.what = 0;
             }
         }
-        let _ = RST_SYSCALL_ARGS.remove(tid);
         rec.max_ack_backlog = member(skaddr, lay!(st.sk_max_ack_backlog)).unwrap_or(0);
         rec.sock_inode = owners::sock_inode(skaddr);
     }

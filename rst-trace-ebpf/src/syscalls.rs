@@ -13,7 +13,7 @@ use crate::{
     layout::{lay, wanted},
     owners,
     resets::header,
-    sockstate::RST_SYSCALL_ARGS,
+    sockstate::stash,
 };
 
 const EMFILE: i32 = 24;
@@ -28,13 +28,18 @@ fn tid() -> u32 {
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
     let fd: u64 = tp(&ctx, lay!(tp.sys_enter_fd)).unwrap_or(0);
     let backlog: u64 = tp(&ctx, lay!(tp.sys_enter_listen_backlog)).unwrap_or(0);
-    let args = SyscallArgs {
-        what: STASH_LISTEN,
-        fd: fd as i32,
-        backlog: backlog as u32,
-        ..Default::default()
-    };
-    let _ = RST_SYSCALL_ARGS.insert(tid(), args, 0);
+    let tid = tid();
+    if let Some(slot) = stash(tid) {
+        // SAFETY: an array slot, valid for this run.
+        unsafe {
+            *slot = SyscallArgs {
+                tid,
+                what: STASH_LISTEN,
+                fd: fd as i32,
+                backlog: backlog as u32,
+            }
+        };
+    }
     0
 }
 
@@ -48,12 +53,18 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
 /// EMFILE/ENFILE, so a successful accept pays for one map update here.
 fn try_enter_accept(ctx: &TracePointContext) -> Option<()> {
     let fd: u64 = tp(ctx, lay!(tp.sys_enter_fd))?;
-    let args = SyscallArgs {
-        what: RecordKind::Accept as u32,
-        fd: fd as i32,
-        ..Default::default()
+    let tid = tid();
+    let slot = stash(tid)?;
+    // SAFETY: an array slot, valid for this run.
+    unsafe {
+        *slot = SyscallArgs {
+            tid,
+            what: RecordKind::Accept as u32,
+            fd: fd as i32,
+            backlog: 0,
+        }
     };
-    RST_SYSCALL_ARGS.insert(tid(), args, 0).ok()
+    Some(())
 }
 
 #[tracepoint]
@@ -78,18 +89,19 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     // EAGAIN and friends are the normal life of a non-blocking accept loop. The stash is left
-    // for the thread's next syscall entry to overwrite: removing it costs more than it saves.
+    // for the thread's next syscall entry to overwrite.
     if ret != -EMFILE && ret != -ENFILE {
         return None;
     }
     let tid = tid();
-    let args = RST_SYSCALL_ARGS.get_ptr(tid)?;
-    // SAFETY: per-thread entry, written only by this thread's syscall entry.
-    let (what, fd) = unsafe { ((*args).what, (*args).fd) };
-    let _ = RST_SYSCALL_ARGS.remove(tid);
-    if what != RecordKind::Accept as u32 {
-        return None;
-    }
+    let args = stash(tid)?;
+    // SAFETY: an array slot; `tid` tells whether another thread took it over meanwhile.
+    let (owner_tid, what, fd) = unsafe { ((*args).tid, (*args).what, (*args).fd) };
+    let fd = if owner_tid == tid && what == RecordKind::Accept as u32 {
+        fd
+    } else {
+        -1
+    };
     let listener = current_fd_sock(fd);
     let netns = sk_netns(listener);
     // SAFETY: a per-CPU slot used by this program only, never across a sleep.

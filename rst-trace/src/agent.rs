@@ -41,6 +41,8 @@ use crate::{
 };
 
 const SATURATION_REPEAT: Duration = Duration::from_secs(10);
+/// How often the ring buffer is read when the kernel has not woken the agent.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// Sockets that predate the agent whose owners are remembered at most.
 const MAX_SEEDED_SOCKETS: usize = 1 << 20;
 
@@ -416,6 +418,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut poll_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The kernel wakes the agent only once records pile up (see deliver() in the eBPF crate):
+    // a lone record waits at most this long.
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // At most one reading of namespaces in flight, on a blocking thread: the ring buffer is
     // never left waiting behind setns and sock_diag dumps.
     let mut reading: Option<tokio::task::JoinHandle<Readings>> = None;
@@ -431,6 +437,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 guard.clear_ready();
             }
+            _ = drain_tick.tick() => agent.drain(&mut ring),
             _ = hold_tick.tick(), if agent.pipeline.holding_received() => {
                 let held = agent.pipeline.release_received(false);
                 agent.emit(held);
