@@ -474,7 +474,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // [output] Nowhere to write the final lines: detach and exit 1, main prints the failure.
     if let Some(f) = agent.out.failure().cloned() {
-        drop(loaded);
+        crate::detach::detach_all(loaded);
         return Err(f.into());
     }
 
@@ -494,7 +494,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let held = agent.pipeline.release_received(true);
     agent.emit(held);
     agent.stats(true);
-    drop(loaded);
+    crate::detach::detach_all(loaded); // [output] all programs at once: a prompt exit
     agent.out.finish().map_err(Into::into) // [output]
 }
 

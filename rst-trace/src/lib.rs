@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod cause;
 pub mod cli;
 pub mod community_id;
+pub mod detach;
 pub mod diagnosis;
 pub mod doctor;
 pub mod host;
