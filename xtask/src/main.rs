@@ -44,7 +44,7 @@ enum Task {
     /// Install all build and test prerequisites, skipping those present.
     ///
     /// Debian packages (llvm-22-dev, libpolly-22-dev, and the test peers
-    /// iproute2, nginx-light, hping3, wrk, iptables, socat, util-linux), the
+    /// iproute2, nginx-light, hping3, wrk, iptables, socat, util-linux, rsyslog), the
     /// rust-src component, and bpf-linker 0.13.0 built against LLVM 22.
     /// Safe to re-run.
     Setup,
