@@ -12,6 +12,8 @@ pub mod host;
 pub mod kernel;
 pub mod listeners;
 pub mod loader;
+#[cfg(test)]
+mod malformed;
 pub mod netns;
 pub mod output;
 pub mod owner;
