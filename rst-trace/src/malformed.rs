@@ -742,10 +742,15 @@ fn fuzz_record_decoder_stable() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    // xorshift64*: reproducible from the seed printed here.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
+    // xorshift64*: a run is reproduced by setting RST_TRACE_FUZZ_SEED to the seed it prints.
+    let seed = std::env::var("RST_TRACE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
         | 1;
     eprintln!("fuzzing the record decoder for {seconds} s, seed {seed:#x}");
     let mut x = seed;
