@@ -278,6 +278,8 @@ fn stats_text(causes: &BTreeMap<Cause, u64>, k: &KernelCounters, c: &AgentCounts
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
+    // [output] Opened before loading anything, so a bad --output-file fails at once.
+    let out = Output::open(args.format, &crate::output::Target::from_args(&args))?;
     let netns = args.netns.as_deref().map(Netns::resolve).transpose()?;
     let tracefs = Tracefs::locate_or_mount()?;
     let btf = KernelBtf::load()?;
@@ -358,7 +360,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let accept_per_packet = attached("tcp_conn_request") && ack_per_packet;
     let mut agent = Agent {
         pipeline,
-        out: Output::new(args.format),
+        out, // [output]
         limiter: Limiter::new(args.max_events_per_sec),
         counts: AgentCounts::default(),
         counters,
@@ -427,6 +429,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut reading: Option<tokio::task::JoinHandle<Readings>> = None;
 
     loop {
+        // [output] A failed write (reader gone, disk full, I/O error) ends the run.
+        if agent.out.failure().is_some() {
+            break;
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -469,7 +475,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             () = &mut deadline => break,
+            // [output] SIGHUP reopens --output-file; stdout's reader going away is a failure.
+            a = agent.out.attention() => agent.out.attend(a),
         }
+    }
+    // [output] Nowhere to write the final lines: detach and exit 1, main prints the failure.
+    if let Some(f) = agent.out.failure().cloned() {
+        crate::detach::detach_all(loaded);
+        return Err(f.into());
     }
 
     // Whatever the kernel already wrote is still explained, and every namespace read once
@@ -488,8 +501,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let held = agent.pipeline.release_received(true);
     agent.emit(held);
     agent.stats(true);
-    drop(loaded);
-    Ok(())
+    crate::detach::detach_all(loaded); // [output] all programs at once: a prompt exit
+    agent.out.finish().map_err(Into::into) // [output]
 }
 
 type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;

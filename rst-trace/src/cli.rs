@@ -1,4 +1,6 @@
 //! Command line.
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// rst-trace tells you, live, why TCP connections on this host are being reset or dropped:
@@ -19,10 +21,15 @@ const EXAMPLES: &str = "EXAMPLES:
     rst-trace run --format text            human-readable lines
     rst-trace run --netns blue --port 8080 one named network namespace, one port
     rst-trace run --duration 60 > rst.json run for a minute, then exit 0
+    rst-trace run --output-file /var/log/rst-trace/events.jsonl --output-max-bytes 100M --output-keep 5
+                                           a file for a log shipper, rotated by size;
+                                           SIGHUP reopens it (logrotate)
 
 EXIT STATUS:
     0  clean exit (--duration elapsed, SIGINT or SIGTERM)
-    1  cannot run here (missing capabilities, no BPF or BTF support)
+    1  cannot run here (missing capabilities, no BPF or BTF support), or the output failed
+       (its reader went away, the disk is full, an I/O error): the agent detaches and says
+       why in one line on stderr
     2  invalid command line
 
 PRIVILEGES:
@@ -76,4 +83,16 @@ pub struct RunArgs {
     /// (counts stay exact). 0 disables folding.
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub max_events_per_sec: u64,
+    /// Append lines to PATH instead of standard output. Each line is written whole in one
+    /// write; the file is rotated by size (PATH -> PATH.1 -> ... -> PATH.K, only between
+    /// lines) and reopened on SIGHUP (for logrotate's rename-and-signal rotation).
+    #[arg(long, value_name = "PATH")]
+    pub output_file: Option<PathBuf>,
+    /// Rotate --output-file before a line would take it past BYTES (suffixes K, M, G: KiB,
+    /// MiB, GiB).
+    #[arg(long, value_name = "BYTES", default_value = "100M", value_parser = crate::output::parse_size, requires = "output_file")]
+    pub output_max_bytes: u64,
+    /// Rotated files of --output-file to keep (PATH.1 newest ... PATH.K oldest); 0 keeps none.
+    #[arg(long, value_name = "K", default_value_t = 5, requires = "output_file")]
+    pub output_keep: u32,
 }

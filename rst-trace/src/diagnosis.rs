@@ -75,6 +75,7 @@ impl Diagnosis {
             "netns": self.netns,
             "local": self.endpoints.map(|e| json!({"address": e.local.addr.to_string(), "port": e.local.port})),
             "peer": self.endpoints.map(|e| json!({"address": e.remote.addr.to_string(), "port": e.remote.port})),
+            "community_id": self.community_id(),
         });
         let mut v = json!({
             "time": rfc3339_nanos(self.time),
@@ -100,7 +101,21 @@ impl Diagnosis {
                 );
             }
         }
+        crate::schema::stamp(&mut v);
         v
+    }
+
+    /// The Community ID of the connection this event is about, so it joins the same flow in
+    /// Zeek, Suricata or Elastic records. Only for one connection: both ends known, with
+    /// ports (a listener's event, with the peer side unspecified, or a connect() that never
+    /// got a local port, has none).
+    pub fn community_id(&self) -> Option<String> {
+        let e = self.endpoints?;
+        let known = |p: &crate::records::Endpoint| p.port != 0 && !p.addr.is_unspecified();
+        if !known(&e.local) || !known(&e.remote) {
+            return None;
+        }
+        crate::community_id::tcp((e.local.addr, e.local.port), (e.remote.addr, e.remote.port))
     }
 
     /// One line for a terminal: time, cause, where, who, why.
@@ -228,6 +243,57 @@ mod tests {
         assert_eq!(v["network"]["netns"], 7);
         assert_eq!(v["tcp"]["state"], "CLOSE");
         assert_eq!(v["event"]["name"], "rst_trace.reset_sent");
+        assert_eq!(v["host"]["name"], crate::schema::host_name());
+        assert_eq!(
+            v["rst_trace"]["schema_version"],
+            crate::schema::SCHEMA_VERSION
+        );
+        // Mixed families (not a real connection) have no flow hash.
+        assert_eq!(v["network"]["community_id"], Value::Null);
         assert!(d.to_text().contains("no_listener"));
+    }
+
+    fn conn(local: (&str, u16), remote: (&str, u16)) -> Diagnosis {
+        let mut d = Diagnosis::new(
+            SystemTime::UNIX_EPOCH,
+            "rst_trace.reset_sent",
+            Cause::NoListener,
+            Direction::Sent,
+            Origin::TcpStack,
+            7,
+        );
+        d.endpoints = Some(Endpoints {
+            local: Endpoint {
+                addr: local.0.parse().expect("ip"),
+                port: local.1,
+            },
+            remote: Endpoint {
+                addr: remote.0.parse().expect("ip"),
+                port: remote.1,
+            },
+        });
+        d
+    }
+
+    #[test]
+    fn one_connection_carries_its_community_id() {
+        // The spec's TCP example, from either side of the connection.
+        let client = conn(("128.232.110.120", 34855), ("66.35.250.204", 80));
+        let server = conn(("66.35.250.204", 80), ("128.232.110.120", 34855));
+        for d in [client, server] {
+            assert_eq!(
+                d.to_json()["network"]["community_id"],
+                "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+            );
+        }
+        // A listener's event: the peer side is unspecified, so no single flow.
+        let listener = conn(("127.0.0.1", 8080), ("0.0.0.0", 0));
+        assert_eq!(listener.to_json()["network"]["community_id"], Value::Null);
+        // connect() that failed before getting a local port.
+        let failed = conn(("10.0.0.1", 0), ("10.0.0.2", 80));
+        assert_eq!(failed.to_json()["network"]["community_id"], Value::Null);
+        let mut none = conn(("127.0.0.1", 1), ("127.0.0.1", 2));
+        none.endpoints = None;
+        assert_eq!(none.to_json()["network"]["community_id"], Value::Null);
     }
 }

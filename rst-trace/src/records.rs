@@ -90,6 +90,54 @@ impl Record {
     }
 }
 
+/// Decodes `bytes` as the agent does, and converts what the pipeline converts (endpoints of
+/// a tuple, a task's comm), checking what must hold. The body of the fuzz target
+/// (fuzz/fuzz_targets/record_decoder.rs) and of its stable fallback: it panics only on a bug.
+pub fn fuzz_one(bytes: &[u8]) {
+    if let Ok(rec) = Record::try_from(bytes) {
+        let h = rec.header();
+        assert!(RecordKind::from_u16(h.kind).is_some() && h.version == RECORD_VERSION);
+    }
+    // The same bytes as the pieces every record is made of.
+    let u16_at = |i: usize| {
+        bytes
+            .get(i..i + 2)
+            .and_then(|s| <[u8; 2]>::try_from(s).ok())
+            .map(u16::from_ne_bytes)
+    };
+    let bytes16_at = |i: usize| {
+        bytes
+            .get(i..i + 16)
+            .and_then(|s| <[u8; 16]>::try_from(s).ok())
+    };
+    if let (Some(family), Some(lp), Some(rp), Some(la), Some(ra)) = (
+        u16_at(0),
+        u16_at(2),
+        u16_at(4),
+        bytes16_at(8),
+        bytes16_at(24),
+    ) {
+        let t = Tuple {
+            family,
+            local_port: lp,
+            remote_port: rp,
+            local_addr: la,
+            remote_addr: ra,
+            ..Tuple::default()
+        };
+        if let Ok(e) = Endpoints::try_from(&t) {
+            assert!(e.local.port == lp && e.remote.port == rp);
+        }
+    }
+    if let Some(comm) = bytes16_at(0) {
+        let ti = TaskInfo {
+            comm,
+            ..TaskInfo::default()
+        };
+        assert!(Task::from(&ti).comm.chars().count() <= comm.len());
+    }
+}
+
 /// One end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {

@@ -163,29 +163,52 @@ fn dump_states(
     let mut seen = 0usize;
     loop {
         let n = socket.recv(&mut &mut rx[..], 0)?;
-        let mut offset = 0usize;
-        while offset < n {
-            let Some(bytes) = rx.get(offset..n) else {
-                break;
-            };
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
-                .map_err(|e| std::io::Error::other(format!("sock_diag: {e}")))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => {
-                    return Err(std::io::Error::other(format!("sock_diag: {e:?}")))
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => each(&resp),
-                _ => {}
-            }
-            seen += 1;
-            if len == 0 || seen > MAX_MESSAGES {
-                return Ok(());
-            }
-            offset += len;
+        let datagram = rx.get(..n).unwrap_or_default();
+        if parse_datagram(datagram, &mut seen, &mut each)? == Dump::Over {
+            return Ok(());
         }
     }
+}
+
+/// Whether a sock_diag dump goes on after one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dump {
+    /// More datagrams follow.
+    More,
+    /// NLMSG_DONE, or a message that cannot be followed (zero length), or the bound of
+    /// `MAX_MESSAGES`: stop reading.
+    Over,
+}
+
+/// Parses one datagram of a sock_diag dump, calling `each` for every socket in it. `seen`
+/// counts messages across datagrams. Whatever the kernel (or anything else) put in the buffer,
+/// this returns an error or a verdict, never panics: lengths are checked before every slice.
+pub fn parse_datagram(
+    datagram: &[u8],
+    seen: &mut usize,
+    each: &mut impl FnMut(&InetResponse),
+) -> std::io::Result<Dump> {
+    let mut offset = 0usize;
+    while let Some(bytes) = datagram.get(offset..).filter(|b| !b.is_empty()) {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
+            .map_err(|e| std::io::Error::other(format!("sock_diag: {e}")))?;
+        let len = usize::try_from(msg.header.length).unwrap_or(0);
+        match msg.payload {
+            NetlinkPayload::Done(_) => return Ok(Dump::Over),
+            NetlinkPayload::Error(e) => {
+                return Err(std::io::Error::other(format!("sock_diag: {e:?}")))
+            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => each(&resp),
+            _ => {}
+        }
+        *seen += 1;
+        if len == 0 || *seen > MAX_MESSAGES {
+            return Ok(Dump::Over);
+        }
+        // Messages are 4-byte aligned in a datagram (NLMSG_ALIGN).
+        offset = offset.saturating_add(len.saturating_add(3) & !3);
+    }
+    Ok(Dump::More)
 }
 
 /// Parses /proc/net/netstat or /proc/net/snmp: pairs of "Prefix: names" / "Prefix: values".

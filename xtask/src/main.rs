@@ -11,6 +11,7 @@ mod compat;
 mod ebpf;
 mod elf;
 mod examples;
+mod fuzz;
 mod setup;
 mod vm;
 mod workspace;
@@ -44,7 +45,7 @@ enum Task {
     /// Install all build and test prerequisites, skipping those present.
     ///
     /// Debian packages (llvm-22-dev, libpolly-22-dev, and the test peers
-    /// iproute2, nginx-light, hping3, wrk, iptables, socat, util-linux), the
+    /// iproute2, nginx-light, hping3, wrk, iptables, socat, util-linux, rsyslog), the
     /// rust-src component, and bpf-linker 0.13.0 built against LLVM 22.
     /// Safe to re-run.
     Setup,
@@ -129,6 +130,18 @@ enum Task {
     #[command(hide = true, subcommand)]
     BenchLoad(bench::Load),
 
+    /// Fuzz the ring buffer record decoder for N seconds.
+    ///
+    /// cargo-fuzz (libFuzzer + AddressSanitizer) on the nightly toolchain, both installed when
+    /// missing; where they cannot be had, the same target body runs on stable (random and
+    /// mutated records, not coverage-guided) and says so. A crash exits non-zero and leaves
+    /// its input under fuzz/artifacts/.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u64,
+    },
+
     /// Integration tests outside the host kernel (see `integration-test vm --help`).
     IntegrationTest {
         #[command(subcommand)]
@@ -198,6 +211,13 @@ fn run(cli: Cli) -> Result<u8> {
             let ws = Workspace::locate()?;
             let built = agent::build(&ws, Profile::Release)?;
             return agent::test(&ws, &built, &args);
+        }
+        Task::Fuzz { seconds } => {
+            // The agent crate embeds the eBPF object, so the fuzz build needs it too.
+            setup::ensure(Scope::Build)?;
+            let ws = Workspace::locate()?;
+            let bpf_object = ebpf::build(&ws)?;
+            return fuzz::run(&ws, &bpf_object, seconds);
         }
         Task::IntegrationTest { suite } => return vm::run(suite),
         Task::Bench(args) => return bench::run(args),

@@ -16,7 +16,9 @@ use crate::cmd;
 /// kind: Debian 12).
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 
-/// Peers and tools the integration tests drive (setpriv is in util-linux).
+/// Peers and tools the integration tests drive (setpriv is in util-linux). rsyslog is the log
+/// shipper of tests/tests/output.rs, which runs a private rsyslogd of its own; the package may
+/// also enable the system's rsyslog service where systemd runs, which the test never touches.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nginx-light",
@@ -25,6 +27,7 @@ const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "socat",
     "util-linux",
+    "rsyslog",
 ];
 
 /// What `integration-test vm` needs besides the build chain: QEMU, the guest's busybox, xz

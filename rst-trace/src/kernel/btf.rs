@@ -10,7 +10,16 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub enum BtfError {
     #[error("this kernel exposes no BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF=y): {0}")]
     Unavailable(String),
+    #[error("malformed BTF: {0}")]
+    Malformed(String),
 }
+
+/// How deep anonymous struct/union members are searched, and how many members one lookup may
+/// visit. Real kernels nest a handful of levels and `struct sock` has a few hundred members
+/// all told; a malformed BTF whose anonymous members refer back to their own struct must end
+/// the search, not recurse without end (or visit exponentially many members).
+const MAX_ANON_DEPTH: u32 = 32;
+const MAX_MEMBERS_VISITED: u32 = 100_000;
 
 pub struct KernelBtf {
     btf: Btf,
@@ -21,6 +30,13 @@ impl KernelBtf {
         Btf::from_file(VMLINUX_BTF)
             .map(|btf| Self { btf })
             .map_err(|e| BtfError::Unavailable(e.to_string()))
+    }
+
+    /// BTF from raw bytes (a `.BTF` blob, as in /sys/kernel/btf/vmlinux).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BtfError> {
+        Btf::from_bytes(bytes)
+            .map(|btf| Self { btf })
+            .map_err(|e| BtfError::Malformed(e.to_string()))
     }
 
     /// Byte offset of `path` (members, descending through named and anonymous members) in
@@ -38,7 +54,8 @@ impl KernelBtf {
             let (Type::Struct(s) | Type::Union(s)) = &current else {
                 return None;
             };
-            let (member_bits, member_type) = self.find_member(s, want)?;
+            let mut budget = MAX_MEMBERS_VISITED;
+            let (member_bits, member_type) = self.find_member(s, want, 0, &mut budget)?;
             bits = bits.checked_add(member_bits)?;
             if i + 1 < path.len() {
                 current = self.strip(member_type)?;
@@ -52,8 +69,18 @@ impl KernelBtf {
 
     /// Finds `want` in `s`, looking inside anonymous struct/union members, and returns its bit
     /// offset relative to `s` and its type id.
-    fn find_member(&self, s: &btf_rs::Struct, want: &str) -> Option<(u32, u32)> {
+    fn find_member(
+        &self,
+        s: &btf_rs::Struct,
+        want: &str,
+        depth: u32,
+        budget: &mut u32,
+    ) -> Option<(u32, u32)> {
+        if depth > MAX_ANON_DEPTH {
+            return None;
+        }
         for m in &s.members {
+            *budget = budget.checked_sub(1)?;
             let name = self.btf.resolve_name(m).unwrap_or_default();
             let type_id = m.get_type_id()?;
             if name == want {
@@ -61,7 +88,7 @@ impl KernelBtf {
             }
             if name.is_empty() {
                 if let Some(Type::Struct(inner) | Type::Union(inner)) = self.strip(type_id) {
-                    if let Some((off, id)) = self.find_member(&inner, want) {
+                    if let Some((off, id)) = self.find_member(&inner, want, depth + 1, budget) {
                         return Some((m.bit_offset().checked_add(off)?, id));
                     }
                 }

@@ -118,6 +118,12 @@ impl Tracefs {
         }
     }
 
+    /// A tracefs-like tree at `root` (`events/<category>/<name>/format`), e.g. formats copied
+    /// from another machine, or a test's own.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
     fn locate() -> Option<Self> {
         CANDIDATES
             .iter()
