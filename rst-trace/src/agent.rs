@@ -250,7 +250,9 @@ impl Agent {
         });
         let text = || stats_text(&causes, &k, &self.counts);
         self.out.record(&v, text);
-        if last {
+        // With JSON on stdout, a person at the terminal still gets the totals; text output
+        // has just printed them.
+        if last && self.out.is_json() {
             eprintln!("rst-trace: {}", stats_text(&causes, &k, &self.counts));
         }
     }
@@ -278,7 +280,7 @@ fn stats_text(causes: &BTreeMap<Cause, u64>, k: &KernelCounters, c: &AgentCounts
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
-    // [output] Opened before loading anything, so a bad --output-file fails at once.
+    // Opened before loading anything, so a bad --output-file fails at once.
     let out = Output::open(args.format, &crate::output::Target::from_args(&args))?;
     let netns = args.netns.as_deref().map(Netns::resolve).transpose()?;
     let tracefs = Tracefs::locate_or_mount()?;
@@ -360,7 +362,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let accept_per_packet = attached("tcp_conn_request") && ack_per_packet;
     let mut agent = Agent {
         pipeline,
-        out, // [output]
+        out,
         limiter: Limiter::new(args.max_events_per_sec),
         counts: AgentCounts::default(),
         counters,
@@ -429,7 +431,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut reading: Option<tokio::task::JoinHandle<Readings>> = None;
 
     loop {
-        // [output] A failed write (reader gone, disk full, I/O error) ends the run.
+        // A failed write (reader gone, disk full, I/O error) ends the run.
         if agent.out.failure().is_some() {
             break;
         }
@@ -475,11 +477,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             () = &mut deadline => break,
-            // [output] SIGHUP reopens --output-file; stdout's reader going away is a failure.
+            // SIGHUP reopens --output-file; stdout's reader going away is a failure.
             a = agent.out.attention() => agent.out.attend(a),
         }
     }
-    // [output] Nowhere to write the final lines: detach and exit 1, main prints the failure.
+    // Nowhere to write the final lines: detach and exit 1, main prints the failure.
     if let Some(f) = agent.out.failure().cloned() {
         crate::detach::detach_all(loaded);
         return Err(f.into());
@@ -501,8 +503,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let held = agent.pipeline.release_received(true);
     agent.emit(held);
     agent.stats(true);
-    crate::detach::detach_all(loaded); // [output] all programs at once: a prompt exit
-    agent.out.finish().map_err(Into::into) // [output]
+    crate::detach::detach_all(loaded); // all programs at once: a prompt exit
+    agent.out.finish().map_err(Into::into)
 }
 
 type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;

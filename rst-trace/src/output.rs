@@ -206,6 +206,11 @@ impl Output {
     }
 
     /// Lines written so far.
+    /// Whether lines are JSON (for a program), not text (for a person reading them already).
+    pub fn is_json(&self) -> bool {
+        self.format == Format::Json
+    }
+
     pub fn lines_written(&self) -> u64 {
         self.lines
     }
