@@ -4,6 +4,7 @@ pub mod agent;
 pub mod attribution;
 pub mod cause;
 pub mod cli;
+pub mod container;
 pub mod diagnosis;
 pub mod doctor;
 pub mod host;
