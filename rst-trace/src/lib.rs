@@ -19,6 +19,7 @@ pub mod poller;
 pub mod preflight;
 pub mod procowners;
 pub mod records;
+pub mod service;
 pub mod sockdiag;
 pub mod sockets;
 pub mod stats;
