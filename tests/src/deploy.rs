@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The unprivileged user the capability tests run the agent as (nobody), like the unit's
 /// DynamicUser: no root uid, no supplementary groups.
@@ -106,7 +107,13 @@ pub struct PrivateCopy {
 
 impl PrivateCopy {
     pub fn new(src: &Path, tag: &str) -> PrivateCopy {
-        let dir = std::env::temp_dir().join(format!("rsttest-{tag}-{}", std::process::id()));
+        // Unique per copy: tests of one binary run in parallel, each with its own.
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rsttest-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let name = src.file_name().unwrap_or_else(|| "bin".as_ref());
