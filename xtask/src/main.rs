@@ -164,8 +164,13 @@ fn setup_scope(task: &Task) -> Option<Scope> {
     match task {
         Task::Setup | Task::Test { .. } => Some(Scope::Full),
         Task::BuildEbpf | Task::Build { .. } | Task::Dist | Task::Run { .. } => Some(Scope::Build),
-        // compat-table and examples only read files; integration-test sets up its own scope.
-        Task::CompatTable | Task::Examples { .. } | Task::IntegrationTest { .. } => None,
+        // compat-table and examples only read files; integration-test and bench set up their
+        // own scopes (bench-load is bench's own helper process).
+        Task::CompatTable
+        | Task::Examples { .. }
+        | Task::IntegrationTest { .. }
+        | Task::Bench(_)
+        | Task::BenchLoad(_) => None,
     }
 }
 
