@@ -401,6 +401,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.port.map_or_else(|| "any".into(), |p| p.to_string())
         )
     });
+    crate::service::notify_ready();
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

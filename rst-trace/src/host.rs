@@ -16,7 +16,8 @@ pub struct Acceptor {
 }
 
 pub trait HostInfo {
-    /// cgroup v2 path of a process, e.g. `/system.slice/nginx.service`.
+    /// cgroup path of a process, e.g. `/system.slice/nginx.service`: the v2 one, or on a hybrid
+    /// host the v1 one that names its container (see `container::cgroup_from_proc`).
     fn cgroup_of(&self, pid: u32) -> Option<String>;
     /// RLIMIT_NOFILE (soft, hard); `u64::MAX` for unlimited.
     fn nofile_limit(&self, pid: u32) -> Option<(u64, u64)>;
@@ -133,11 +134,8 @@ const SYSCTL_TTL_SECS: u64 = 5;
 impl HostInfo for ProcHost {
     fn cgroup_of(&self, pid: u32) -> Option<String> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        // cgroup v2 line is "0::/path"; on hybrid hosts prefer it over v1 controllers.
-        text.lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .or_else(|| text.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
-            .map(str::to_owned)
+        // The v2 line ("0::/path") unless, on a hybrid host, a v1 line names the container.
+        crate::container::cgroup_from_proc(&text)
     }
 
     fn nofile_limit(&self, pid: u32) -> Option<(u64, u64)> {

@@ -14,12 +14,12 @@ use proptest::prelude::*;
 use rst_trace_common::{RecordHeader, RecordKind, TaskInfo, Tuple, RECORD_VERSION};
 
 use crate::{
+    container::container_id_from_cgroup,
     kernel::{
         btf::KernelBtf,
         layout::KernelFacts,
         tracefs::{Format, Tracefs},
     },
-    owner::container_id_from_cgroup,
     records::{Endpoints, Record, Task},
     sockdiag::{parse_datagram, parse_mib, Dump},
 };

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use rst_trace_common::{OwnerInfo, OWNER_ACCEPT, OWNER_CONNECT, OWNER_LISTEN};
 use serde::Serialize;
 
-use crate::{diagnosis::rfc3339_nanos, records::Task};
+use crate::{container, diagnosis::rfc3339_nanos, records::Task};
 
 /// How an owner was learnt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,7 +81,9 @@ pub struct Owner {
 
 impl Owner {
     pub fn from_task(task: &Task, learned: Learned, cgroup: Option<String>) -> Self {
-        let container_id = cgroup.as_deref().and_then(container_id_from_cgroup);
+        let container_id = cgroup
+            .as_deref()
+            .and_then(container::container_id_from_cgroup);
         Self {
             pid: task.pid,
             tid: task.tid,
@@ -93,8 +95,16 @@ impl Owner {
         }
     }
 
+    /// `k8s.pod.uid` (OpenTelemetry's name) when the cgroup is a Kubernetes pod's. Derived
+    /// here rather than stored, so `Owner` keeps its fields.
+    pub fn pod_uid(&self) -> Option<String> {
+        self.cgroup
+            .as_deref()
+            .and_then(container::pod_uid_from_cgroup)
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "process": {
                 "pid": self.pid,
                 "executable": { "name": self.comm },
@@ -104,43 +114,49 @@ impl Owner {
             "container": self.container_id.as_ref().map(|id| serde_json::json!({ "id": id })),
             "learned_from": self.learned,
             "learned_at": self.learned_at.map(rfc3339_nanos),
-        })
+        });
+        // Present only for pods, like `container` is null outside containers: absent keeps
+        // the documented owner shape unchanged on hosts without Kubernetes.
+        if let (Some(uid), Some(obj)) = (self.pod_uid(), v.as_object_mut()) {
+            obj.insert("k8s".into(), serde_json::json!({ "pod": { "uid": uid } }));
+        }
+        v
     }
-}
-
-/// Container runtimes name the cgroup after the container id (64 hex digits), e.g.
-/// `docker-<id>.scope`, `cri-containerd-<id>.scope`, `/docker/<id>`, `crio-<id>.scope`.
-pub fn container_id_from_cgroup(path: &str) -> Option<String> {
-    path.rsplit('/').find_map(|segment| {
-        let seg = segment.strip_suffix(".scope").unwrap_or(segment);
-        let candidate = seg.rsplit('-').next().unwrap_or(seg);
-        (candidate.len() == 64 && candidate.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| candidate.to_owned())
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn owner(cgroup: &str) -> Owner {
+        let task = Task {
+            pid: 7,
+            tid: 8,
+            comm: "server".into(),
+            cgroup_id: 0,
+        };
+        Owner::from_task(&task, Learned::Listen, Some(cgroup.to_owned()))
+    }
+
     #[test]
-    fn container_ids_from_common_runtimes() {
-        let id = "a".repeat(64);
-        assert_eq!(
-            container_id_from_cgroup(&format!("/system.slice/docker-{id}.scope")),
-            Some(id.clone())
-        );
-        assert_eq!(
-            container_id_from_cgroup(&format!(
-                "/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
-            )),
-            Some(id.clone())
-        );
-        assert_eq!(container_id_from_cgroup(&format!("/docker/{id}")), Some(id));
-        assert_eq!(
-            container_id_from_cgroup("/user.slice/user-0.slice/session-1.scope"),
-            None
-        );
-        assert_eq!(container_id_from_cgroup("/"), None);
+    fn owner_json_names_container_and_pod() {
+        let id = "ab".repeat(32);
+        let uid = "0f3c5a7e-1b2d-4c6e-8f90-a1b2c3d4e5f6";
+        let o = owner(&format!("/kubepods/burstable/pod{uid}/{id}"));
+        let v = o.to_json();
+        assert_eq!(v["container"]["id"], id.as_str());
+        assert_eq!(v["k8s"]["pod"]["uid"], uid);
+        assert_eq!(v["process"]["pid"], 7);
+    }
+
+    #[test]
+    fn owner_json_outside_kubernetes_has_no_k8s_key() {
+        let id = "ab".repeat(32);
+        let v = owner(&format!("/system.slice/docker-{id}.scope")).to_json();
+        assert_eq!(v["container"]["id"], id.as_str());
+        assert!(v.get("k8s").is_none(), "{v}");
+        let v = owner("/user.slice").to_json();
+        assert!(v["container"].is_null(), "{v}");
+        assert!(v.get("k8s").is_none(), "{v}");
     }
 }

@@ -103,10 +103,22 @@ impl Agent {
     /// for its `rst_trace.started` line. Panics, with the agent's stderr, if it exits or times
     /// out first: a test that cannot load BPF fails, it never skips.
     pub fn start_args(args: &[String]) -> Agent {
-        let bin = agent_binary();
-        let mut cmd = Command::new(&bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        let mut cmd = Command::new(agent_binary());
+        cmd.args(args);
+        Agent::start_command(cmd)
+    }
+
+    /// Start the agent from a prepared command (another binary, a wrapper such as `setpriv`,
+    /// extra environment), waiting like [`Agent::start_args`]. Its arguments must make the
+    /// agent print JSON.
+    pub fn start_command(mut cmd: Command) -> Agent {
+        let bin = PathBuf::from(cmd.get_program());
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let args = args.as_slice();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd

@@ -10,6 +10,7 @@
 //! panics rather than skips: a test that cannot run must fail loudly.
 
 pub mod agent;
+pub mod deploy;
 pub mod event;
 pub mod mib;
 pub mod netns;

@@ -15,6 +15,8 @@ use crate::workspace::{Profile, Workspace};
 const BPF_OBJECT_ENV: &str = "RST_TRACE_BPF_OBJECT";
 /// Read by the integration tests to find the agent binary.
 const AGENT_BIN_ENV: &str = "RST_TRACE_BIN";
+/// Read by the deployment tests: the static agent that the unit, image and DaemonSet ship.
+const DIST_BIN_ENV: &str = "RST_TRACE_DIST_BIN";
 
 pub struct Built {
     pub bpf_object: PathBuf,
@@ -54,7 +56,7 @@ pub fn exec(binary: &Path, args: &[OsString]) -> anyhow::Error {
 }
 
 /// Runs the workspace tests against a built agent; returns cargo's exit code.
-pub fn test(ws: &Workspace, built: &Built, extra_args: &[OsString]) -> Result<u8> {
+pub fn test(ws: &Workspace, built: &Built, dist: &Path, extra_args: &[OsString]) -> Result<u8> {
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(&ws.root)
@@ -62,6 +64,7 @@ pub fn test(ws: &Workspace, built: &Built, extra_args: &[OsString]) -> Result<u8
         // with a different embedded object.
         .env(BPF_OBJECT_ENV, &built.bpf_object)
         .env(AGENT_BIN_ENV, &built.binary)
+        .env(DIST_BIN_ENV, dist)
         .args(["test", "--workspace", "--release"])
         .args(extra_args);
     let status = cmd::status(&mut cargo)?;

@@ -8,6 +8,7 @@ mod agent;
 mod bench;
 mod cmd;
 mod compat;
+mod dist;
 mod ebpf;
 mod elf;
 mod examples;
@@ -44,8 +45,9 @@ struct Cli {
 enum Task {
     /// Install all build and test prerequisites, skipping those present.
     ///
-    /// Debian packages (llvm-22-dev, libpolly-22-dev, and the test peers
-    /// iproute2, nginx-light, hping3, wrk, iptables, socat, util-linux, rsyslog), the
+    /// Debian packages (llvm-22-dev, libpolly-22-dev; the test peers
+    /// iproute2, nginx-light, hping3, wrk, iptables, socat, util-linux, rsyslog; the
+    /// deployment tools systemd, podman, python3-venv; the VM packages), the
     /// rust-src component, and bpf-linker 0.13.0 built against LLVM 22.
     /// Safe to re-run.
     Setup,
@@ -66,8 +68,17 @@ enum Task {
         debug: bool,
     },
 
-    /// Set up, build (release), then run the agent.
+    /// Build the deployable agent: statically linked, the eBPF object embedded.
     ///
+    /// Runs `cargo install --locked --path rst-trace --target <arch>-unknown-linux-gnu` with
+    /// RUSTFLAGS="-C target-feature=+crt-static" into <target>/dist, checks the result has no
+    /// program interpreter (and that ldd calls it static) and embeds the eBPF object, and
+    /// prints the path of <target>/dist/bin/rst-trace. Installs only the build prerequisites.
+    Dist,
+
+    /// Set up the build prerequisites, build (release), then run the agent.
+    ///
+    /// Installs only what building and running the agent needs (not the test peers).
     /// Arguments after `--` go to the agent; without any it runs `rst-trace run`.
     ///
     /// Example: cargo xtask run -- run --format json --duration 10
@@ -81,9 +92,10 @@ enum Task {
         args: Vec<OsString>,
     },
 
-    /// Set up, build (release), then run `cargo test --workspace --release`.
+    /// Set up (test peers included), build (release and dist), then run `cargo test --workspace --release`.
     ///
-    /// The tests get RST_TRACE_BPF_OBJECT and RST_TRACE_BIN (absolute paths).
+    /// The tests get RST_TRACE_BPF_OBJECT, RST_TRACE_BIN and RST_TRACE_DIST_BIN (the static
+    /// agent of `cargo xtask dist`), as absolute paths.
     /// Arguments after `--` go to cargo test (a test-name filter, or a second
     /// `--` followed by test-harness flags). --workspace is always passed, so
     /// -p does not narrow the run; use a filter.
@@ -159,7 +171,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// What each task installs first. Building and running the agent need only the build chain;
+/// the test peers, deployment tools and VM packages come with `setup` and `test`.
+fn setup_scope(task: &Task) -> Option<Scope> {
+    match task {
+        Task::Setup | Task::Test { .. } => Some(Scope::Full),
+        Task::BuildEbpf | Task::Build { .. } | Task::Dist | Task::Run { .. } => Some(Scope::Build),
+        // compat-table and examples only read files; integration-test, bench and fuzz set up
+        // their own (bench-load is bench's own helper process).
+        Task::CompatTable
+        | Task::Examples { .. }
+        | Task::IntegrationTest { .. }
+        | Task::Bench(_)
+        | Task::BenchLoad(_)
+        | Task::Fuzz { .. } => None,
+    }
+}
+
 fn run(cli: Cli) -> Result<u8> {
+    if let Some(scope) = setup_scope(&cli.command) {
+        setup::ensure(scope)?;
+    }
     match cli.command {
         Task::CompatTable => {
             let ws = Workspace::locate()?;
@@ -177,16 +209,13 @@ fn run(cli: Cli) -> Result<u8> {
             eprintln!("xtask: {n} example events written to {}", out.display());
         }
         Task::Setup => {
-            setup::ensure(Scope::Full)?;
             eprintln!("xtask: all prerequisites present");
         }
         Task::BuildEbpf => {
-            setup::ensure(Scope::Build)?;
             let ws = Workspace::locate()?;
             println!("{}", ebpf::build(&ws)?.display());
         }
         Task::Build { debug } => {
-            setup::ensure(Scope::Build)?;
             let ws = Workspace::locate()?;
             let profile = if debug {
                 Profile::Debug
@@ -195,8 +224,11 @@ fn run(cli: Cli) -> Result<u8> {
             };
             println!("{}", agent::build(&ws, profile)?.binary.display());
         }
+        Task::Dist => {
+            let ws = Workspace::locate()?;
+            println!("{}", dist::build(&ws)?.display());
+        }
         Task::Run { args } => {
-            setup::ensure(Scope::Full)?;
             let ws = Workspace::locate()?;
             let built = agent::build(&ws, Profile::Release)?;
             let args = if args.is_empty() {
@@ -207,10 +239,10 @@ fn run(cli: Cli) -> Result<u8> {
             return Err(agent::exec(&built.binary, &args));
         }
         Task::Test { args } => {
-            setup::ensure(Scope::Full)?;
             let ws = Workspace::locate()?;
             let built = agent::build(&ws, Profile::Release)?;
-            return agent::test(&ws, &built, &args);
+            let dist = dist::build(&ws)?;
+            return agent::test(&ws, &built, &dist, &args);
         }
         Task::Fuzz { seconds } => {
             // The agent crate embeds the eBPF object, so the fuzz build needs it too.
@@ -234,6 +266,20 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_and_build_install_only_the_build_chain_and_test_installs_the_peers() {
+        let scope = |args: &[&str]| setup_scope(&Cli::try_parse_from(args).unwrap().command);
+        assert_eq!(scope(&["xtask", "run"]), Some(Scope::Build));
+        assert_eq!(scope(&["xtask", "run", "--", "doctor"]), Some(Scope::Build));
+        assert_eq!(scope(&["xtask", "build"]), Some(Scope::Build));
+        assert_eq!(scope(&["xtask", "build-ebpf"]), Some(Scope::Build));
+        assert_eq!(scope(&["xtask", "dist"]), Some(Scope::Build));
+        assert_eq!(scope(&["xtask", "test"]), Some(Scope::Full));
+        assert_eq!(scope(&["xtask", "setup"]), Some(Scope::Full));
+        assert!(!setup::packages(Scope::Build).contains(&"nginx-light"));
+        assert!(setup::packages(Scope::Full).contains(&"nginx-light"));
     }
 
     #[test]

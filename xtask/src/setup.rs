@@ -30,6 +30,10 @@ const TEST_PACKAGES: &[&str] = &[
     "rsyslog",
 ];
 
+/// What the deployment tests need: `systemd-analyze verify` for the unit, podman to build
+/// the container image, and a Python venv for the offline Kubernetes manifest validator.
+const DEPLOY_PACKAGES: &[&str] = &["systemd", "podman", "python3-venv"];
+
 /// What `integration-test vm` needs besides the build chain: QEMU, the guest's busybox, xz
 /// for Debian's compressed kernel modules, and iptables, whose legacy binary the guest carries
 /// (dpkg-deb, gzip, ldd and sha256sum are part of every Debian system).
@@ -45,9 +49,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// What `build-ebpf` needs.
+    /// What building and running the agent needs (`build-ebpf`, `build`, `run`, `dist`).
     Build,
-    /// Build prerequisites plus the test-time packages (the VM ones included).
+    /// Build prerequisites plus the test-time packages: peers, deployment tools, the VM ones.
     Full,
     /// Build prerequisites plus what `integration-test vm` needs.
     Vm,
@@ -55,10 +59,12 @@ pub enum Scope {
     Bench,
 }
 
-pub fn ensure(scope: Scope) -> Result<()> {
+/// The Debian packages a scope needs, without duplicates, in install order.
+pub fn packages(scope: Scope) -> Vec<&'static str> {
     let mut packages = BUILD_PACKAGES.to_vec();
     if scope == Scope::Full {
         packages.extend_from_slice(TEST_PACKAGES);
+        packages.extend_from_slice(DEPLOY_PACKAGES);
     }
     if matches!(scope, Scope::Full | Scope::Vm) {
         packages.extend_from_slice(VM_PACKAGES);
@@ -66,8 +72,14 @@ pub fn ensure(scope: Scope) -> Result<()> {
     if scope == Scope::Bench {
         packages.extend_from_slice(BENCH_PACKAGES);
     }
+    let mut seen = std::collections::HashSet::new();
+    packages.retain(|p| seen.insert(*p));
+    packages
+}
+
+pub fn ensure(scope: Scope) -> Result<()> {
     // Order matters: bpf-linker is compiled against llvm-22-dev.
-    ensure_apt_packages(&packages)?;
+    ensure_apt_packages(&packages(scope))?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     Ok(())
@@ -225,4 +237,36 @@ fn bpf_linker_version() -> Result<Option<String>> {
             .unwrap_or("(unknown version)")
             .to_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn building_and_running_install_no_test_peer() {
+        let build = packages(Scope::Build);
+        for peer in TEST_PACKAGES.iter().chain(DEPLOY_PACKAGES) {
+            assert!(
+                !build.contains(peer),
+                "{peer} is a test-time package, yet the build scope installs it"
+            );
+        }
+        assert_eq!(build, BUILD_PACKAGES);
+    }
+
+    #[test]
+    fn the_full_scope_has_peers_deploy_tools_and_no_duplicates() {
+        let full = packages(Scope::Full);
+        for p in BUILD_PACKAGES
+            .iter()
+            .chain(TEST_PACKAGES)
+            .chain(DEPLOY_PACKAGES)
+            .chain(VM_PACKAGES)
+        {
+            assert!(full.contains(p), "{p} missing from the full scope");
+        }
+        let unique: std::collections::HashSet<_> = full.iter().collect();
+        assert_eq!(unique.len(), full.len(), "{full:?}");
+    }
 }
