@@ -38,6 +38,7 @@ pub fn header(kind: RecordKind, netns: u32) -> RecordHeader {
 const TCP_LISTEN: u32 = 10;
 const TCP_TIME_WAIT: u32 = 6;
 const TCP_CLOSE: u32 = 7;
+const TCP_SYN_SENT: u32 = 2;
 
 /// The last RST the TCP stack sent on this CPU. IPv6 sends socket-less RSTs without attaching
 /// its control socket to the packet, so at the device they look like netfilter's; the stack's
@@ -217,7 +218,11 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
         ..Default::default()
     };
     if is_fullsock_state(state as u32) {
-        tcp_snapshot(skaddr, &mut rec.snap);
+        // A refused connect() has no data, no idle time and no linger to show: skip the dozen
+        // reads of the snapshot for it (RST storms are mostly refusals).
+        if state as u32 != TCP_SYN_SENT {
+            tcp_snapshot(skaddr, &mut rec.snap);
+        }
         if !owners::owner_into(skaddr, false, &mut rec.owner) {
             rec.sock_inode = owners::sock_inode(skaddr);
         }

@@ -379,6 +379,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     trim_heap();
     let memory = startup_memory();
 
+    // Before anyone is told the agent is up: a supervisor may stop it the moment it is.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let started = json!({
         "time": rfc3339_nanos(std::time::SystemTime::now()),
         "event": {"name": "rst_trace.started", "kind": "state"},
@@ -403,8 +406,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     crate::service::notify_ready();
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let deadline = async {
         match args.duration {
             Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,

@@ -168,7 +168,9 @@ fn the_agent_notifies_ready_after_its_started_line() {
         libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
     let mut first = String::new();
-    let read = BufReader::new(stdout).read_line(&mut first);
+    // Kept open until the agent has stopped: a reader that goes away ends the agent's run.
+    let mut reader = BufReader::new(stdout);
+    let read = reader.read_line(&mut first);
     assert!(
         read.as_ref().is_ok_and(|n| *n > 0),
         "READY=1 arrived before the agent wrote anything on stdout ({read:?})"
@@ -183,6 +185,7 @@ fn the_agent_notifies_ready_after_its_started_line() {
     // A clean stop, as systemd does it.
     kill(Pid::from_raw(guard.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     let status = wait_bounded(&mut *guard.0, STOP_TIMEOUT);
+    drop(reader);
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
