@@ -401,10 +401,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.port.map_or_else(|| "any".into(), |p| p.to_string())
         )
     });
-    crate::service::notify_ready();
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Ready only once a stop is handled: a service manager may send SIGTERM right after READY=1.
+    crate::service::notify_ready();
     let deadline = async {
         match args.duration {
             Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
