@@ -106,6 +106,20 @@ impl Agent {
         }
     }
 
+    /// The first reading of each namespace: counters to compare with later, listeners' owners.
+    /// Nothing is reported yet (a listener already saturated is warned about on its next read).
+    fn baseline(&mut self, readings: Readings) {
+        for (netns, reading) in readings {
+            let Ok(snap) = reading else { continue };
+            self.learn_owners(netns, &snap);
+            self.poller.interval(netns);
+            let _ = self
+                .poller
+                .account(netns)
+                .step(&snap, &HashMap::new(), 0, false);
+        }
+    }
+
     /// Turns namespace readings into findings. `flush`: the ring buffer was just drained for
     /// the last time; report every drop left.
     fn explain_readings(
@@ -373,7 +387,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // The first reading is the baseline: drops counted from here on are the ones reported.
     let baseline = poller::read(agent.poller.baseline_namespaces());
-    agent.explain_readings(baseline, false);
+    agent.baseline(baseline);
     // Kernel BTF and the start-up scans are done with: give their memory back.
     drop(btf);
     trim_heap();
@@ -404,6 +418,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.port.map_or_else(|| "any".into(), |p| p.to_string())
         )
     });
+    // Ready only once a stop is handled (above): a service manager may send SIGTERM right after.
     crate::service::notify_ready();
 
     let deadline = async {

@@ -1,9 +1,10 @@
 //! Telling a service manager that the agent is ready (systemd `Type=notify`).
 //!
-//! `rst-trace run` is ready once every hook is attached and the `rst_trace.started` line is
-//! written; a unit with `Type=notify` must not count it as started before then, or a failing
-//! attach would look like a crash after a successful start. Outside systemd (no
-//! `NOTIFY_SOCKET`) this does nothing.
+//! `rst-trace run` is ready once every hook is attached, the `rst_trace.started` line is
+//! written and SIGTERM/SIGINT are handled; a unit with `Type=notify` must not count it as
+//! started before then, or a failing attach would look like a crash after a successful start,
+//! and a stop sent right after READY=1 would kill it without its final stats line. Outside
+//! systemd (no `NOTIFY_SOCKET`) this does nothing.
 use thiserror::Error;
 
 #[derive(Debug, Error)]

@@ -3,7 +3,8 @@
 //! * `systemd-analyze security --offline` rates its exposure at most 4.5 of 10, so hardening
 //!   removed by a later edit fails here,
 //! * the agent tells `$NOTIFY_SOCKET` READY=1 once its `rst_trace.started` line is out, which
-//!   is what `Type=notify` waits for.
+//!   is what `Type=notify` waits for, and a SIGTERM sent right after READY=1 is a clean stop
+//!   (exit 0, final stats line last).
 //!
 //! systemd is not PID 1 on the development machines, so the unit itself cannot be started here;
 //! the capability set it grants is measured by deploy_capabilities.rs.
@@ -167,9 +168,8 @@ fn the_agent_notifies_ready_after_its_started_line() {
         let flags = libc::fcntl(fd, libc::F_GETFL);
         libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
-    let mut first = String::new();
-    // Kept open until the agent has stopped: a reader that goes away ends the agent's run.
     let mut reader = BufReader::new(stdout);
+    let mut first = String::new();
     let read = reader.read_line(&mut first);
     assert!(
         read.as_ref().is_ok_and(|n| *n > 0),
@@ -182,11 +182,30 @@ fn the_agent_notifies_ready_after_its_started_line() {
         "READY=1 arrived, yet the first line is not rst_trace.started: {first}"
     );
 
-    // A clean stop, as systemd does it.
+    // Keep reading: a closed stdout is an output failure, which ends the agent with status 1.
+    // SAFETY: as above; back to blocking reads, on a thread that ends at EOF (agent exit).
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+        rest
+    });
+
+    // A clean stop, as systemd does it, right after READY=1.
     kill(Pid::from_raw(guard.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     let status = wait_bounded(&mut *guard.0, STOP_TIMEOUT);
-    drop(reader);
+    let rest = drain.join().unwrap_or_default();
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(
+        rest.lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .is_some_and(|v| event::is_final_stats(&v)),
+        "a SIGTERM right after READY=1 still ends with the final stats line; stdout after the started line:\n{rest}"
+    );
 }
 
 /// Kills and reaps our own child if the test panics before it exits.
