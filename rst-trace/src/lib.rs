@@ -9,12 +9,14 @@ pub mod container;
 pub mod detach;
 pub mod diagnosis;
 pub mod doctor;
+pub mod embed;
 pub mod host;
 pub mod kernel;
 pub mod listeners;
 pub mod loader;
 #[cfg(test)]
 mod malformed;
+pub mod metrics;
 pub mod netns;
 pub mod output;
 pub mod owner;
