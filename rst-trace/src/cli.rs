@@ -25,6 +25,7 @@ const EXAMPLES: &str = "EXAMPLES:
                                            a file for a log shipper, rotated by size;
                                            SIGHUP reopens it (logrotate)
     rst-trace run --metrics-addr 9464      also serve Prometheus metrics at http://127.0.0.1:9464/metrics
+    rst-trace top --netns blue             a live view: causes ranked by rate, q quits
 
 EXIT STATUS:
     0  clean exit (--duration elapsed, SIGINT or SIGTERM)
@@ -42,6 +43,21 @@ pub enum Command {
     Run(RunArgs),
     /// Show, for every cause, how this kernel lets rst-trace observe it (or why it cannot).
     Doctor(DoctorArgs),
+    /// A live view for a terminal: causes ranked by rate over the last 10 s and 1 min, with
+    /// port, owner, count and advice, redrawn every second. q quits. Without a terminal on
+    /// stdin it runs until stdin ends (or a q, SIGINT, SIGTERM) and prints a summary.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    /// Only this network namespace: a name under /run/netns, a path to a namespace file,
+    /// or a namespace inode number.
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Option<String>,
+    /// Only events whose local or remote port is PORT.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

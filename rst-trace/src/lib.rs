@@ -31,3 +31,4 @@ pub mod sockdiag;
 pub mod sockets;
 pub mod stats;
 pub mod storm;
+pub mod top;
