@@ -64,9 +64,10 @@ impl Row {
     }
 }
 
-/// Per-second rate over `window` seconds ending at second `now` (fewer just after start).
-fn rate(events: u64, now: u64, window: u64) -> f64 {
-    let span = window.min(now + 1).max(1);
+/// Per-second rate over `window` seconds ending at second `now`, or over the seconds since
+/// second `since` (watching started) when that is shorter.
+fn rate(events: u64, now: u64, since: u64, window: u64) -> f64 {
+    let span = window.min(now.saturating_sub(since) + 1).max(1);
     events as f64 / span as f64
 }
 
@@ -82,6 +83,8 @@ pub struct Board {
 #[derive(Debug, Clone)]
 struct Started {
     at: SystemTime,
+    /// Second (since `top` started) the hooks were attached at: rates count from there.
+    sec: u64,
     hooks_attached: usize,
     hooks: usize,
     unavailable: Vec<String>,
@@ -146,10 +149,11 @@ impl Board {
         self.events += d.count;
     }
 
-    pub fn started(&mut self, v: &Value) {
+    pub fn started(&mut self, v: &Value, sec: u64) {
         let hooks = v["hooks"].as_object();
         self.started = Some(Started {
             at: SystemTime::now(),
+            sec,
             hooks: hooks.map_or(0, |h| h.len()),
             hooks_attached: hooks.map_or(0, |h| {
                 h.values()
@@ -253,14 +257,14 @@ fn clock(t: SystemTime) -> String {
 
 const HEADER: &str = "CAUSE                      PORT   OWNER                       /s 10s     /s 1m     COUNT  ADVICE";
 
-fn row_line(r: &Row, short: u64, long: u64, now: u64) -> String {
+fn row_line(r: &Row, short: u64, long: u64, now: u64, since: u64) -> String {
     format!(
         "{:<26} {:>5}  {:<24} {:>9.2} {:>9.2} {:>9}  {}",
         r.cause.as_str(),
         port_text(r.port),
         fit(&owner_text(&r.owner), 24),
-        rate(short, now, SHORT_WINDOW),
-        rate(long, now, LONG_WINDOW),
+        rate(short, now, since, SHORT_WINDOW),
+        rate(long, now, since, LONG_WINDOW),
         r.count,
         r.advice
     )
@@ -314,8 +318,9 @@ pub fn render(board: &Board, now: u64, view: &View, width: usize, height: usize)
     } else {
         ranked.len()
     };
+    let since = board.started.as_ref().map_or(0, |s| s.sec);
     for (r, short, long) in ranked.iter().take(shown) {
-        lines.push(row_line(r, *short, *long, now));
+        lines.push(row_line(r, *short, *long, now, since));
     }
     if ranked.len() > shown && room > 0 {
         lines.push(format!("… {} more rows", ranked.len() - shown));
@@ -391,7 +396,8 @@ impl Tap for BoardTap {
     }
 
     fn started(&mut self, v: &Value) {
-        lock(&self.board).started(v);
+        let sec = self.start.elapsed().as_secs();
+        lock(&self.board).started(v, sec);
     }
 }
 
@@ -779,15 +785,20 @@ mod tests {
     }
 
     #[test]
-    fn rates_use_the_elapsed_time_just_after_start() {
+    fn rates_count_from_when_watching_started() {
         let mut b = Board::default();
+        // Loading took 5 s; then 4 events in the first 2 s of watching: 2/s over both windows.
+        b.started(&serde_json::json!({}), 5);
         for _ in 0..4 {
-            b.observe(&diag(Cause::NoListener, 80, 1, None), 1);
+            b.observe(&diag(Cause::NoListener, 80, 1, None), 6);
         }
-        let lines = render(&b, 1, &View::default(), 200, 40);
+        let lines = render(&b, 6, &View::default(), 200, 40);
         let row: Vec<&str> = lines[4].split_whitespace().collect();
-        // 4 events in the first 2 seconds: 2/s over both windows so far.
         assert_eq!(row[3..5], ["2.00", "2.00"], "{lines:#?}");
+        // A minute later they are out of the 10 s window and 4/60 of the last minute.
+        let lines = render(&b, 65, &View::default(), 200, 40);
+        let row: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(row[3..5], ["0.00", "0.07"], "{lines:#?}");
     }
 
     #[test]
@@ -796,7 +807,10 @@ mod tests {
         for port in 1..100u16 {
             b.observe(&diag(Cause::NoListener, port, 1, None), 0);
         }
-        b.started(&serde_json::json!({"hooks": {"a": {"attached": ["x"]}, "b": {"attached": []}}, "unavailable": ["abort_on_timeout"]}));
+        b.started(
+            &serde_json::json!({"hooks": {"a": {"attached": ["x"]}, "b": {"attached": []}}, "unavailable": ["abort_on_timeout"]}),
+            0,
+        );
         let lines = render(&b, 0, &View::default(), 60, 10);
         assert_eq!(lines.len(), 10);
         assert!(
