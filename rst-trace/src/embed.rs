@@ -25,7 +25,7 @@ pub struct AgentInfo {
     pub version: &'static str,
     /// The kernel release (`uname -r`).
     pub kernel: String,
-    /// Every hook the agent tried, and whether it is attached.
+    /// Every hook the agent tried (by program name, sorted), and whether it is attached.
     pub hooks: Vec<(&'static str, bool)>,
 }
 
@@ -36,10 +36,16 @@ impl AgentInfo {
             kernel: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            // One entry per program name (attached if any of its attachments is): a metric
+            // series per hook must not repeat.
             hooks: loaded
                 .hooks
                 .iter()
-                .map(|h| (h.program, !h.attached.is_empty()))
+                .fold(BTreeMap::new(), |mut m, h| {
+                    *m.entry(h.program).or_insert(false) |= !h.attached.is_empty();
+                    m
+                })
+                .into_iter()
                 .collect(),
         }
     }

@@ -39,14 +39,19 @@ const MAX_ROWS: usize = 4096;
 const SUMMARY_ROWS: usize = 50;
 const REDRAW: Duration = Duration::from_secs(1);
 
-/// What a row stands for: a cause, on a port, for one owning process.
-type RowKey = (Cause, Option<u16>, Option<u32>);
+/// What a row stands for: a cause, on a port, for one program (by process name: a thousand
+/// short-lived clients of one kind are one row, not a thousand rows of one event each).
+type RowKey = (Cause, Option<u16>, Option<String>);
+/// Distinct pids remembered per row, to say how many processes a row stands for.
+const MAX_PIDS: usize = 256;
 
 #[derive(Debug, Clone)]
 struct Row {
     cause: Cause,
     port: Option<u16>,
+    /// Process name and the latest pid.
     owner: Option<(String, u32)>,
+    pids: std::collections::HashSet<u32>,
     count: u64,
     /// Events per second, as (second since start, events) in a ring indexed by second.
     seconds: [(u64, u64); LONG_WINDOW as usize],
@@ -112,13 +117,13 @@ impl Board {
         }
         let port = service_port(d);
         let owner = d.owner.as_ref().map(|o| (o.comm.clone(), o.pid));
-        let key = (d.cause, port, owner.as_ref().map(|o| o.1));
+        let key = (d.cause, port, owner.as_ref().map(|o| o.0.clone()));
         if !self.rows.contains_key(&key) && self.rows.len() >= MAX_ROWS {
             if let Some(k) = self
                 .rows
                 .iter()
                 .min_by_key(|(_, r)| r.last_sec)
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k.clone())
             {
                 self.rows.remove(&k);
             }
@@ -127,6 +132,7 @@ impl Board {
             cause: d.cause,
             port,
             owner: owner.clone(),
+            pids: Default::default(),
             count: 0,
             seconds: [(0, 0); LONG_WINDOW as usize],
             last_sec: sec,
@@ -140,8 +146,11 @@ impl Board {
             *slot = (sec, d.count);
         }
         row.last_sec = sec;
-        if owner.is_some() {
-            row.owner = owner; // the name as of now (exec)
+        if let Some(o) = owner {
+            if row.pids.len() < MAX_PIDS {
+                row.pids.insert(o.1);
+            }
+            row.owner = Some(o);
         }
         if !d.advice.is_empty() {
             row.advice.clone_from(&d.advice);
@@ -226,11 +235,18 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
-fn owner_text(o: &Option<(String, u32)>) -> String {
-    o.as_ref().map_or_else(
-        || "-".to_owned(),
-        |(comm, pid)| format!("{}[{pid}]", clean(comm)),
-    )
+/// `comm[pid]` (the latest), or `comm[pid,+N]` when N other processes of that name were seen.
+fn owner_text(r: &Row) -> String {
+    let Some((comm, pid)) = &r.owner else {
+        return "-".to_owned();
+    };
+    let others = r.pids.len().saturating_sub(1);
+    if others == 0 {
+        format!("{}[{pid}]", clean(comm))
+    } else {
+        let more = if r.pids.len() >= MAX_PIDS { "+" } else { "" };
+        format!("{}[{pid},+{others}{more}]", clean(comm))
+    }
 }
 
 fn port_text(p: Option<u16>) -> String {
@@ -262,7 +278,7 @@ fn row_line(r: &Row, short: u64, long: u64, now: u64, since: u64) -> String {
         "{:<26} {:>5}  {:<24} {:>9.2} {:>9.2} {:>9}  {}",
         r.cause.as_str(),
         port_text(r.port),
-        fit(&owner_text(&r.owner), 24),
+        fit(&owner_text(r), 24),
         rate(short, now, since, SHORT_WINDOW),
         rate(long, now, since, LONG_WINDOW),
         r.count,
@@ -371,7 +387,7 @@ pub fn summary(board: &Board, last: &Snapshot, view: &View, watched: Duration) -
                 "{:<26} {:>5}  {:<24} {:>9}  {}\n",
                 r.cause.as_str(),
                 port_text(r.port),
-                fit(&owner_text(&r.owner), 24),
+                fit(&owner_text(r), 24),
                 r.count,
                 r.advice
             ));
@@ -782,6 +798,31 @@ mod tests {
         assert!(lines[1].contains("56 events since start"), "{lines:#?}");
         assert!(lines[0].contains("starting"), "{lines:#?}");
         assert!(lines.iter().all(|l| l.chars().count() <= 200));
+    }
+
+    #[test]
+    fn processes_of_one_name_are_one_row() {
+        let mut b = Board::default();
+        for pid in [11, 12, 13, 13] {
+            b.observe(
+                &diag(
+                    Cause::ConnectionRefused,
+                    40000 + pid as u16,
+                    5432,
+                    Some(("psql", pid, Learned::Connect)),
+                ),
+                0,
+            );
+        }
+        let lines = render(&b, 0, &View::default(), 200, 40);
+        let row: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(
+            row[..3],
+            ["connection_refused", "5432", "psql[13,+2]"],
+            "{lines:#?}"
+        );
+        assert_eq!(row[5], "4");
+        assert_eq!(lines.len(), 5, "{lines:#?}");
     }
 
     #[test]

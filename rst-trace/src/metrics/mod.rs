@@ -40,12 +40,12 @@ const PENDING_SCRAPES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error("cannot listen for metrics on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("encoding metrics: {0}")]
+    #[error("encoding metrics")]
     Encode(#[from] fmt::Error),
 }
 
