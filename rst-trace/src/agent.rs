@@ -20,6 +20,7 @@ use crate::{
     cli::RunArgs,
     diagnosis::rfc3339_nanos,
     doctor,
+    embed::{AgentInfo, Embedding, Snapshot},
     host::{kernel_hz, HostInfo, ProcHost},
     kernel::{
         btf::KernelBtf,
@@ -57,14 +58,17 @@ struct Agent {
     /// Listeners already looked up in /proc (their inode), so a poll does not walk /proc again.
     scanned_inodes: HashSet<u64>,
     warned: HashMap<(u32, u64), Instant>,
+    /// What `top` and the metrics endpoint add to the loop (see `run_with`).
+    ext: Embedding,
 }
 
 impl Agent {
     fn emit(&mut self, diagnoses: Vec<crate::diagnosis::Diagnosis>) {
         for d in diagnoses {
             self.counts.tally(&d);
+            self.ext.observe(&d);
             for d in self.limiter.admit(d, monotonic_ns()) {
-                self.out.diagnosis(&d);
+                self.write(&d);
             }
         }
         self.counts.suppressed = self.limiter.suppressed;
@@ -225,13 +229,49 @@ impl Agent {
         KernelCounters { values }
     }
 
-    fn stats(&mut self, last: bool) {
-        for d in self.limiter.flush() {
-            self.out.diagnosis(&d);
-        }
+    /// The per-cause totals of the stats line: the kernel's exact counters where they decide
+    /// the cause, the agent's own counts elsewhere.
+    fn totals(&self) -> (KernelCounters, BTreeMap<Cause, u64>) {
         let k = self.kernel_counters();
         let exact = exact_cause_counts(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS);
         let causes = merged_causes(&exact, &self.counts.by_cause, true);
+        (k, causes)
+    }
+
+    /// The stats line's figures, for a metrics scrape or `top`'s summary.
+    fn snapshot(&self) -> Snapshot {
+        let (k, causes) = self.totals();
+        Snapshot {
+            causes,
+            delivered: self.counts.delivered,
+            lost: k.lost(),
+            undecodable: self.counts.undecodable,
+            folded: self.counts.suppressed,
+            resets_sent_tcp_stack: k.resets_sent(),
+            resets_sent_netfilter: k.get(rst_trace_common::CounterFamily::ForeignReset, 0),
+            owners: k.owner_table_counts(),
+            info: self.ext.info.clone(),
+        }
+    }
+
+    /// A diagnosis past storm folding, as a line, unless the embedder owns the terminal.
+    fn write(&mut self, d: &crate::diagnosis::Diagnosis) {
+        if self.ext.lines {
+            self.out.diagnosis(d);
+        }
+    }
+
+    fn write_record(&mut self, v: &serde_json::Value, text: impl FnOnce() -> String) {
+        if self.ext.lines {
+            self.out.record(v, text);
+        }
+    }
+
+    fn stats(&mut self, last: bool) {
+        for d in self.limiter.flush() {
+            self.write(&d);
+        }
+        let (k, causes) = self.totals();
         let causes_json: serde_json::Map<String, serde_json::Value> = causes
             .iter()
             .map(|(c, n)| (c.as_str().to_owned(), json!(n)))
@@ -262,11 +302,11 @@ impl Agent {
                 "owners": k.owner_tables(),
             },
         });
-        let text = || stats_text(&causes, &k, &self.counts);
-        self.out.record(&v, text);
+        let counts = self.counts.clone();
+        self.write_record(&v, || stats_text(&causes, &k, &counts));
         // With JSON on stdout, a person at the terminal still gets the totals; text output
-        // has just printed them.
-        if last && self.out.is_json() {
+        // has just printed them (and `top` prints its own summary).
+        if last && self.ext.lines && self.out.is_json() {
             eprintln!("rst-trace: {}", stats_text(&causes, &k, &self.counts));
         }
     }
@@ -292,6 +332,22 @@ fn stats_text(causes: &BTreeMap<Cause, u64>, k: &KernelCounters, c: &AgentCounts
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let ext = match args.metrics_addr {
+        Some(addr) => {
+            crate::metrics::start(
+                addr,
+                usize::try_from(args.metrics_top_n).unwrap_or(usize::MAX),
+            )
+            .await?
+        }
+        None => Embedding::default(),
+    };
+    run_with(args, ext).await.map(drop)
+}
+
+/// `run`, with what an embedder adds (taps, totals on request, a stop); returns the final
+/// totals.
+pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snapshot> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
     // Opened before loading anything, so a bad --output-file fails at once.
@@ -374,6 +430,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ack_per_packet = attached("tcp_syn_recv_sock")
         || (attached("kfree_skb") && facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some());
     let accept_per_packet = attached("tcp_conn_request") && ack_per_packet;
+    ext.info = Arc::new(AgentInfo::from_loaded(&loaded));
+    let mut snapshot_requests = ext.snapshots.take();
+    let mut stop = ext.stop.take();
     let mut agent = Agent {
         pipeline,
         out,
@@ -384,6 +443,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         poller: Poller::start(netns.clone(), accept_per_packet),
         scanned_inodes: HashSet::new(),
         warned: HashMap::new(),
+        ext,
     };
     // The first reading is the baseline: drops counted from here on are the ones reported.
     let baseline = poller::read(agent.poller.baseline_namespaces());
@@ -412,7 +472,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let netns_text = netns
         .as_ref()
         .map_or_else(|| "all".to_owned(), |n| n.inode.to_string());
-    agent.out.record(&started, || {
+    agent.ext.started(&started);
+    agent.write_record(&started, || {
         format!(
             "rst-trace started: netns={netns_text} port={}",
             args.port.map_or_else(|| "any".into(), |p| p.to_string())
@@ -472,7 +533,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let stale = agent.pipeline.expire_foreign_resets();
                 agent.emit(stale);
                 for d in agent.limiter.flush() {
-                    agent.out.diagnosis(&d);
+                    agent.write(&d);
                 }
             }
             _ = poll_tick.tick(), if reading.is_none() => {
@@ -491,6 +552,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
             }
             _ = stats_tick.tick(), if args.stats_interval > 0 => agent.stats(false),
+            // A metrics scrape: the totals are read now, not on a timer.
+            req = Embedding::next_request(&mut snapshot_requests) => req.answer(agent.snapshot()),
+            () = Embedding::stopped(&mut stop) => break,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             () = &mut deadline => break,
@@ -520,8 +584,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let held = agent.pipeline.release_received(true);
     agent.emit(held);
     agent.stats(true);
+    let totals = agent.snapshot();
     crate::detach::detach_all(loaded); // all programs at once: a prompt exit
-    agent.out.finish().map_err(Into::into)
+    agent.out.finish()?;
+    Ok(totals)
 }
 
 type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;

@@ -24,6 +24,8 @@ const EXAMPLES: &str = "EXAMPLES:
     rst-trace run --output-file /var/log/rst-trace/events.jsonl --output-max-bytes 100M --output-keep 5
                                            a file for a log shipper, rotated by size;
                                            SIGHUP reopens it (logrotate)
+    rst-trace run --metrics-addr 9464      also serve Prometheus metrics at http://127.0.0.1:9464/metrics
+    rst-trace top --netns blue             a live view: causes ranked by rate, q quits
 
 EXIT STATUS:
     0  clean exit (--duration elapsed, SIGINT or SIGTERM)
@@ -41,6 +43,21 @@ pub enum Command {
     Run(RunArgs),
     /// Show, for every cause, how this kernel lets rst-trace observe it (or why it cannot).
     Doctor(DoctorArgs),
+    /// A live view for a terminal: causes ranked by rate over the last 10 s and 1 min, with
+    /// port, owner, count and advice, redrawn every second. q quits. Without a terminal on
+    /// stdin it runs until stdin ends (or a q, SIGINT, SIGTERM) and prints a summary.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    /// Only this network namespace: a name under /run/netns, a path to a namespace file,
+    /// or a namespace inode number.
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Option<String>,
+    /// Only events whose local or remote port is PORT.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -95,4 +112,13 @@ pub struct RunArgs {
     /// Rotated files of --output-file to keep (PATH.1 newest ... PATH.K oldest); 0 keeps none.
     #[arg(long, value_name = "K", default_value_t = 5, requires = "output_file")]
     pub output_keep: u32,
+    /// Serve Prometheus metrics at http://[HOST:]PORT/metrics (OpenMetrics when the scraper
+    /// asks for it, the Prometheus text format otherwise). A bare PORT binds 127.0.0.1. Off
+    /// unless given.
+    #[arg(long, value_name = "[HOST:]PORT", value_parser = crate::metrics::parse_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Per listener-side cause, how many (port, process) pairs get their own
+    /// rst_trace_listener_events_total series; the rest are summed under port="other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000), requires = "metrics_addr")]
+    pub metrics_top_n: u64,
 }

@@ -4,7 +4,7 @@ use clap::Parser;
 use rst_trace::{
     agent,
     cli::{Cli, Command},
-    doctor,
+    doctor, top,
 };
 
 fn main() -> ExitCode {
@@ -20,6 +20,11 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(agent::run(args))),
         Command::Doctor(args) => doctor::run(args),
+        Command::Top(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(top::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,20 +45,51 @@ impl KernelCounters {
     /// The kernel's ownership tables: what was stored, what did not fit, how often an event
     /// found its socket's owner.
     pub fn owner_tables(&self) -> serde_json::Value {
+        let t = self.owner_table_counts();
+        serde_json::json!({
+            "capacity": t.capacity,
+            "stored": t.stored,
+            "full": t.full,
+            "timewait_capacity": t.timewait_capacity,
+            "timewait_stored": t.timewait_stored,
+            "lookups": {"found": t.lookups_found, "not_found": t.lookups_not_found},
+        })
+    }
+
+    /// The same figures typed, for the metrics endpoint.
+    pub fn owner_table_counts(&self) -> OwnerTables {
         use rst_trace_common::{
             OWNERS_CAPACITY, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS, TABLE_OWNERS_FULL,
             TABLE_OWNERS_STORED, TABLE_TW_STORED, TW_OWNERS_CAPACITY,
         };
         let t = |slot| self.get(CounterFamily::Table, slot);
-        serde_json::json!({
-            "capacity": OWNERS_CAPACITY,
-            "stored": t(TABLE_OWNERS_STORED),
-            "full": t(TABLE_OWNERS_FULL),
-            "timewait_capacity": TW_OWNERS_CAPACITY,
-            "timewait_stored": t(TABLE_TW_STORED),
-            "lookups": {"found": t(TABLE_LOOKUP_HIT), "not_found": t(TABLE_LOOKUP_MISS)},
-        })
+        OwnerTables {
+            capacity: u64::from(OWNERS_CAPACITY),
+            stored: t(TABLE_OWNERS_STORED),
+            full: t(TABLE_OWNERS_FULL),
+            timewait_capacity: u64::from(TW_OWNERS_CAPACITY),
+            timewait_stored: t(TABLE_TW_STORED),
+            lookups_found: t(TABLE_LOOKUP_HIT),
+            lookups_not_found: t(TABLE_LOOKUP_MISS),
+        }
     }
+}
+
+/// The kernel's ownership tables (`sockets.owners` of the stats line). `stored`, `full` and
+/// the lookups count events since the agent loaded; the capacities are fixed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerTables {
+    pub capacity: u64,
+    /// Owners stored in the per-socket table.
+    pub stored: u64,
+    /// Owners that did not fit.
+    pub full: u64,
+    pub timewait_capacity: u64,
+    /// Last owners stored for TIME_WAIT tuples.
+    pub timewait_stored: u64,
+    /// Events that found their socket's owner in the kernel's tables, and those that did not.
+    pub lookups_found: u64,
+    pub lookups_not_found: u64,
 }
 
 /// Counts the agent keeps itself.
@@ -82,12 +113,17 @@ impl AgentCounts {
         if d.direction == Direction::Sent {
             *self.resets_sent.entry(d.cause).or_insert(0) += d.count;
         }
-        let rst_for_an_overflow =
-            d.cause == Cause::AcceptQueueOverflow && d.direction == Direction::Sent;
-        if !rst_for_an_overflow {
+        if is_incident(d) {
             *self.by_cause.entry(d.cause).or_insert(0) += d.count;
         }
     }
+}
+
+/// Whether a diagnosis counts as incidents of its cause: not the RST the kernel sends for an
+/// accept-queue overflow (`tcp_abort_on_overflow=1`), which is the same dropped connection.
+/// Everything that counts per cause (stats, metrics, `top`) goes by this.
+pub fn is_incident(d: &crate::diagnosis::Diagnosis) -> bool {
+    !(d.cause == Cause::AcceptQueueOverflow && d.direction == crate::cause::Direction::Sent)
 }
 
 /// Per-cause totals that the kernel counters alone determine (the reason decides the cause

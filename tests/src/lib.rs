@@ -5,6 +5,8 @@
 //! * [`Peer`]: the `rst-trace-peer` program running inside a netns, killed and reaped on drop.
 //! * [`Agent`]: the `rst-trace` agent under test, its JSON lines collected on a thread.
 //! * [`event`]: accessors for the JSON fields of docs/agent-interface.md.
+//! * [`prometheus`]: Debian's `prometheus` scraping the agent; [`http`]: a minimal GET.
+//! * [`tmux`]: a program in a private tmux server, its screen read and keys sent.
 //!
 //! Scenario tests need root (they create namespaces and load BPF); they call [`require_root`], which
 //! panics rather than skips: a test that cannot run must fail loudly.
@@ -12,9 +14,12 @@
 pub mod agent;
 pub mod deploy;
 pub mod event;
+pub mod http;
 pub mod mib;
 pub mod netns;
 pub mod peer;
+pub mod prometheus;
+pub mod tmux;
 pub mod veth;
 
 pub use agent::{agent_binary, Agent, Stopped};

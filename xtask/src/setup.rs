@@ -17,8 +17,10 @@ use crate::cmd;
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 
 /// Peers and tools the integration tests drive (setpriv is in util-linux). rsyslog is the log
-/// shipper of tests/tests/output.rs, which runs a private rsyslogd of its own; the package may
-/// also enable the system's rsyslog service where systemd runs, which the test never touches.
+/// shipper of tests/tests/output.rs, which runs a private rsyslogd of its own; prometheus (which
+/// ships promtool) scrapes the agent in tests/tests/metrics.rs as a child process of its own;
+/// where systemd runs, these packages may also enable the system's services, which the tests
+/// never touch. tmux is the terminal tests/tests/top.rs drives `rst-trace top` in.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nginx-light",
@@ -28,6 +30,8 @@ const TEST_PACKAGES: &[&str] = &[
     "socat",
     "util-linux",
     "rsyslog",
+    "prometheus",
+    "tmux",
 ];
 
 /// What the deployment tests need: `systemd-analyze verify` for the unit, podman to build
