@@ -552,8 +552,12 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
                 }
             }
             _ = stats_tick.tick(), if args.stats_interval > 0 => agent.stats(false),
-            // A metrics scrape: the totals are read now, not on a timer.
-            req = Embedding::next_request(&mut snapshot_requests) => req.answer(agent.snapshot()),
+            // A metrics scrape: the totals are read now, not on a timer, and after whatever the
+            // kernel has written (it wakes the agent only once records pile up).
+            req = Embedding::next_request(&mut snapshot_requests) => {
+                agent.drain(&mut ring);
+                req.answer(agent.snapshot());
+            }
             () = Embedding::stopped(&mut stop) => break,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

@@ -82,3 +82,24 @@ pub fn poll_until<T>(
         std::thread::sleep(step.min(deadline - now));
     }
 }
+
+/// Packet counter of the one INPUT rule of `tool` (`iptables` or `ip6tables`) in `ns` with
+/// `target` whose `-L -v -x -n` row has the whitespace-separated token `token` (e.g.
+/// "dpt:41204", or a source address).
+pub fn rule_packets(ns: &Netns, tool: &str, target: &str, token: &str) -> u64 {
+    let out = ns.exec(tool, &["-L", "INPUT", "-v", "-x", "-n"]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(2) == Some(&target) && f.contains(&token))
+        .collect();
+    assert_eq!(
+        rows.len(),
+        1,
+        "expected one {target} rule matching {token:?} in {} ({tool}):\n{out}",
+        ns.name()
+    );
+    rows[0][0]
+        .parse()
+        .unwrap_or_else(|_| panic!("bad packet counter in {:?}", rows[0]))
+}

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rst_trace_tests::{event, mib, poll_until, require_root, veth, Agent, Mib, Netns, Peer};
+use rst_trace_tests::{
+    event, mib, poll_until, require_root, rule_packets, veth, Agent, Mib, Netns, Peer,
+};
 use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_rst-trace-peer");
@@ -99,26 +101,6 @@ fn dump(events: &[Value]) -> String {
         .map(|v| v.to_string())
         .collect::<Vec<_>>()
         .join("\n  ")
-}
-
-/// Packet counter of the one INPUT rule with `target` whose `iptables -L -v -x -n` row has the
-/// whitespace-separated token `token` (e.g. "dpt:41204", or a source address).
-fn rule_packets(ns: &Netns, target: &str, token: &str) -> u64 {
-    let out = ns.exec("iptables", &["-L", "INPUT", "-v", "-x", "-n"]);
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.get(2) == Some(&target) && f.contains(&token))
-        .collect();
-    assert_eq!(
-        rows.len(),
-        1,
-        "expected one {target} rule matching {token:?} in {}:\n{out}",
-        ns.name()
-    );
-    rows[0][0]
-        .parse()
-        .unwrap_or_else(|_| panic!("bad packet counter in {:?}", rows[0]))
 }
 
 /// Run a short-lived command to completion within `timeout` (killed and reported otherwise).
@@ -702,7 +684,7 @@ fn firewall_reject_and_drop_reconcile_with_rule_counters() {
         .collect();
     assert_eq!(lports.len() as u64, n_reject, "{:?}", c.lines);
     let m1 = Mib::settled(&ns);
-    let reject_pkts = rule_packets(&ns, "REJECT", &format!("dpt:{rej_port}"));
+    let reject_pkts = rule_packets(&ns, "iptables", "REJECT", &format!("dpt:{rej_port}"));
     wait_total(
         &mut agent,
         |v| event::has_cause(v, "firewall_reject"),
@@ -741,7 +723,7 @@ fn firewall_reject_and_drop_reconcile_with_rule_counters() {
         "dropped connects time out: {d:?}"
     );
     let m2 = Mib::settled(&ns);
-    let drop_pkts = rule_packets(&ns, "DROP", &format!("dpt:{drop_port}"));
+    let drop_pkts = rule_packets(&ns, "iptables", "DROP", &format!("dpt:{drop_port}"));
     assert!(drop_pkts >= 2, "the DROP rule saw the SYNs: {drop_pkts}");
     wait_total(
         &mut agent,
@@ -1247,7 +1229,7 @@ fn keepalive_timeout_names_the_client() {
     let after = Mib::settled(&cns);
     agent.settle(Duration::from_millis(300));
     let stopped = agent.stop();
-    let dropped_by_server = rule_packets(&sns, "DROP", &client_ip);
+    let dropped_by_server = rule_packets(&sns, "iptables", "DROP", &client_ip);
     let changes = Mib::changes(&before, &after);
     eprintln!(
         "keepalive: client MIB changes {changes:?}; the server's namespace dropped {dropped_by_server} packets; client: {:?}",
