@@ -120,32 +120,37 @@ fn prometheus_scrapes_counts_that_reconcile_with_the_kernel() {
     );
 
     // The RSTs the TCP stack sent, and the per-listener series: one per closed port, no owner.
-    let sent = prom
-        .query(r#"rst_trace_resets_sent_total{origin="tcp_stack"}"#)
-        .expect("query resets_sent");
-    assert_eq!(
-        sent.first().map(|s| s.1),
-        Some(out_rsts as f64),
-        "rst_trace_resets_sent_total{{origin=\"tcp_stack\"}} vs Tcp.OutRsts: {sent:?}"
-    );
-    let per_port: BTreeMap<String, (String, f64)> = prom
-        .query(r#"rst_trace_listener_events_total{cause="no_listener"}"#)
-        .expect("query listener events")
-        .into_iter()
-        .map(|(m, v)| {
-            (
-                m["port"].as_str().unwrap_or("").to_owned(),
-                (m["process"].as_str().unwrap_or("").to_owned(), v),
-            )
-        })
-        .collect();
+    // Waited for too: the scrape that first carried the total may have been answered while the
+    // agent was still reading the last records.
     let want_ports: BTreeMap<String, (String, f64)> = PORTS
         .iter()
         .map(|p| (p.to_string(), ("none".to_owned(), f64::from(PER_PORT))))
         .collect();
-    assert_eq!(
-        per_port, want_ports,
-        "rst_trace_listener_events_total per port"
+    let mut sent = Ok(Vec::new());
+    let mut per_port = Ok(BTreeMap::new());
+    let series = poll_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        sent = prom.query(r#"rst_trace_resets_sent_total{origin="tcp_stack"}"#);
+        per_port = prom
+            .query(r#"rst_trace_listener_events_total{cause="no_listener"}"#)
+            .map(|v| {
+                v.into_iter()
+                    .map(|(m, v)| {
+                        (
+                            m["port"].as_str().unwrap_or("").to_owned(),
+                            (m["process"].as_str().unwrap_or("").to_owned(), v),
+                        )
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            });
+        let sent_ok = matches!(&sent, Ok(v) if v.first().map(|s| s.1) == Some(out_rsts as f64));
+        let ports_ok = matches!(&per_port, Ok(p) if *p == want_ports);
+        (sent_ok && ports_ok).then_some(())
+    });
+    assert!(
+        series.is_some(),
+        "want rst_trace_resets_sent_total{{origin=\"tcp_stack\"}} = {out_rsts} (Tcp.OutRsts) and \
+         rst_trace_listener_events_total{{cause=\"no_listener\"}} per port {want_ports:?}; \
+         got {sent:?} and {per_port:?}"
     );
     let up = prom.query(r#"up{job="rst-trace"}"#).expect("query up");
     assert_eq!(up.first().map(|s| s.1), Some(1.0), "up: {up:?}");
@@ -171,15 +176,18 @@ fn a_real_scrape_passes_promtool_and_bad_clients_do_not_hurt() {
 
     refused(&ns, &[PORT], 1);
     let series = r#"rst_trace_causes_total{cause="no_listener"}"#;
+    let listener = format!(
+        r#"rst_trace_listener_events_total{{cause="no_listener",port="{PORT}",process="none"}}"#
+    );
     let mut body = String::new();
     let counted = poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
         let r = http::get(addr, "/metrics", Some(PROMETHEUS_ACCEPT)).ok()?;
         body = r.body;
-        (sample(&body, series) == Some(1.0)).then_some(())
+        (sample(&body, series) == Some(1.0) && sample(&body, &listener) == Some(1.0)).then_some(())
     });
     assert!(
         counted.is_some(),
-        "no {series} 1 in the scrape:\n{body}\nagent stderr:\n{}",
+        "no {series} 1 and {listener} 1 in the scrape:\n{body}\nagent stderr:\n{}",
         agent.stderr_text()
     );
 
@@ -209,17 +217,7 @@ fn a_real_scrape_passes_promtool_and_bad_clients_do_not_hurt() {
     );
     assert!(om.body.contains("# TYPE rst_trace_causes counter\n"));
     assert!(om.body.contains("# TYPE rst_trace_build info\n"));
-    assert_eq!(
-        sample(
-            &om.body,
-            &format!(
-                r#"rst_trace_listener_events_total{{cause="no_listener",port="{PORT}",process="none"}}"#
-            )
-        ),
-        Some(1.0),
-        "{}",
-        om.body
-    );
+    assert_eq!(sample(&om.body, &listener), Some(1.0), "{}", om.body);
 
     // The Prometheus text format, as curl or promtool get it, passes promtool's lint.
     let text = http::get(addr, "/metrics", Some("text/plain;version=0.0.4")).expect("text scrape");
