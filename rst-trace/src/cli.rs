@@ -93,7 +93,9 @@ pub struct RunArgs {
     /// Seconds between statistics lines (0: only the final one).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub stats_interval: u64,
-    /// Milliseconds between polls of listeners' queues and drop counters.
+    /// Milliseconds between reads of a namespace's listeners and drop counters while the kernel
+    /// says one of its listeners needs a look (a queue near its cap, SYN-ACK retransmits, a
+    /// drop); a namespace without such a signal is not read at all.
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=1000))]
     pub poll_interval_ms: u64,
     /// Events per second per cause before events are folded into per-second summaries
