@@ -15,7 +15,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::count,
-    kread::{fill_tuple, member, sk_netns},
+    kread::{current_task, fill_tuple, member, sk_netns},
     layout::lay,
 };
 
@@ -67,14 +67,14 @@ static RST_CLOSE_DEFER: PerCpuArray<CloseDefer> = PerCpuArray::with_max_entries(
 /// The calling task as an owner. Only meaningful in process context.
 #[inline(always)]
 fn current_owner(how: u32, now: u64) -> OwnerInfo {
-    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let t = current_task();
     let task = unsafe { generated::bpf_get_current_task() };
     let leader: u64 = member(task, lay!(st.task_group_leader)).unwrap_or(task);
     OwnerInfo {
-        pid: (id >> 32) as u32,
-        tid: id as u32,
-        cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() },
-        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]),
+        pid: t.pid,
+        tid: t.tid,
+        cgroup_id: t.cgroup_id,
+        comm: t.comm,
         since_ns: now,
         closed_ns: 0,
         start_boottime_ns: member(leader, lay!(st.task_start_boottime)).unwrap_or(0),
