@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::{cause::Cause, diagnosis::Diagnosis};
+use crate::{cause::Cause, diagnosis::Diagnosis, owner::Learned};
 
 pub struct Limiter {
     per_second: u64,
@@ -39,7 +39,7 @@ impl Limiter {
             return out;
         }
         self.suppressed += d.count;
-        let port = d.endpoints.map_or(0, |e| e.local.port);
+        let port = service_port(&d);
         self.folded
             .entry((d.cause, d.netns, port))
             .and_modify(|s| s.count += d.count)
@@ -60,12 +60,32 @@ impl Limiter {
     }
 }
 
+/// TCP state of a socket whose connect() is waiting for the SYN-ACK.
+const TCP_SYN_SENT: u32 = 2;
+
+/// The port a storm is about: the server's. Keyed on the local port, a client-side storm
+/// (connect() refused again and again) would give each ephemeral port its own summary, and
+/// folding would fold nothing.
+fn service_port(d: &Diagnosis) -> u16 {
+    let Some(e) = d.endpoints else { return 0 };
+    let client = d.tcp_state == Some(TCP_SYN_SENT)
+        || d.owner
+            .as_ref()
+            .is_some_and(|o| o.learned == Learned::Connect);
+    if client {
+        e.remote.port
+    } else {
+        e.local.port
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
 
     use super::*;
     use crate::cause::{Direction, Origin};
+    use crate::records::{Endpoint, Endpoints};
 
     fn d() -> Diagnosis {
         Diagnosis::new(
@@ -91,5 +111,32 @@ mod tests {
         assert_eq!(summary[0].count, 7);
         let total: u64 = out.iter().chain(summary.iter()).map(|d| d.count).sum();
         assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn refused_connects_fold_on_the_server_port() {
+        let mut l = Limiter::new(1);
+        let mut out = Vec::new();
+        for i in 0..10u16 {
+            let mut d = d();
+            d.cause = Cause::ConnectionRefused;
+            d.direction = Direction::Received;
+            d.tcp_state = Some(TCP_SYN_SENT);
+            d.endpoints = Some(Endpoints {
+                local: Endpoint {
+                    addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                    port: 40000 + i,
+                },
+                remote: Endpoint {
+                    addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                    port: 9,
+                },
+            });
+            out.extend(l.admit(d, u64::from(i)));
+        }
+        assert_eq!(out.len(), 1);
+        let summary = l.flush();
+        assert_eq!(summary.len(), 1, "one summary for port 9");
+        assert_eq!(summary[0].count, 9);
     }
 }
