@@ -13,6 +13,7 @@ mod hot;
 mod kread;
 mod layout;
 mod listen_hooks;
+mod mem;
 mod owners;
 mod resets;
 mod skbdrop;

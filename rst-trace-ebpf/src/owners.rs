@@ -15,7 +15,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::count,
-    kread::{current_task, fill_tuple, member, sk_netns},
+    kread::{current_task, member, sk_netns, sk_tuple},
     layout::lay,
 };
 
@@ -104,7 +104,7 @@ pub fn learn(sk: u64, how: u32) {
 pub fn owner_into(sk: u64, closing: bool, out: &mut OwnerInfo) -> bool {
     match unsafe { RST_OWNERS.get(&sk) } {
         Some(o) if closing || o.flags & OWNER_CLOSED == 0 => {
-            *out = *o;
+            crate::mem::copy(out, o);
             count(CounterFamily::Table, TABLE_LOOKUP_HIT);
             true
         }
@@ -121,7 +121,7 @@ pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
     let key = tw_key(tw);
     match unsafe { RST_TW_OWNERS.get(&key) } {
         Some(o) => {
-            *out = *o;
+            crate::mem::copy(out, o);
             true
         }
         None => false,
@@ -130,13 +130,12 @@ pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
 
 #[inline(always)]
 fn tw_key(sk: u64) -> TwKey {
-    let mut key = TwKey {
+    // Not `Default::default()` then a fill: zeroing the tuple first is a `memset` call.
+    TwKey {
         netns: sk_netns(sk),
         _pad: 0,
-        tuple: Default::default(),
-    };
-    fill_tuple(sk, &mut key.tuple);
-    key
+        tuple: sk_tuple(sk),
+    }
 }
 
 /// The sockfs inode of a socket that has a file, so the agent can find an owner that

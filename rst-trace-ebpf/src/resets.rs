@@ -56,11 +56,11 @@ pub struct StackReset {
 static RST_STACK_RESET: PerCpuArray<StackReset> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn stack_reset_sent(t: &Tuple) {
+fn stack_reset_sent(t: &Tuple, now: u64) {
     if let Some(slot) = RST_STACK_RESET.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, written only by programs running on this CPU.
         unsafe {
-            (*slot).ktime_ns = generated::bpf_ktime_get_ns();
+            (*slot).ktime_ns = now;
             (*slot).local_port = t.local_port;
             (*slot).remote_port = t.remote_port;
         }
@@ -90,15 +90,14 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 /// The RST's endpoints from the tracepoint itself: `saddr` is always the RST's sender (us),
 /// both for socket-based resets and for the reversed tuple of a socket-less one.
 #[inline(always)]
-fn send_reset_tuple(ctx: &TracePointContext, skaddr: u64) -> Tuple {
-    let mut t = Tuple::default();
+fn send_reset_tuple(ctx: &TracePointContext, skaddr: u64, t: &mut Tuple) {
     let s_off = lay!(tp.rst_saddr_sockaddr);
     if s_off != OFFSET_NONE {
         let s: [u8; 28] = tp(ctx, s_off).unwrap_or([0; 28]);
         let d: [u8; 28] = tp(ctx, lay!(tp.rst_daddr_sockaddr)).unwrap_or([0; 28]);
         t.family = sockaddr(&s, &mut t.local_addr, &mut t.local_port);
         sockaddr(&d, &mut t.remote_addr, &mut t.remote_port);
-        return t;
+        return;
     }
     // Kernels before 5.19 store ports and addresses in separate fields.
     // 5.10 has no family field: the socket still knows it (its port may be cleared by
@@ -117,7 +116,6 @@ fn send_reset_tuple(ctx: &TracePointContext, skaddr: u64) -> Tuple {
         t.local_addr = tp(ctx, lay!(tp.rst_saddr6)).unwrap_or([0; 16]);
         t.remote_addr = tp(ctx, lay!(tp.rst_daddr6)).unwrap_or([0; 16]);
     }
-    t
 }
 
 /// Per-CPU room for the record being built: it, the two sockaddr images and the parsed
@@ -134,8 +132,9 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
     let fullsock = skaddr != 0 && is_fullsock_state(state);
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
-    unsafe { core::ptr::write_bytes(rec as *mut ResetSentRecord, 0, 1) };
-    rec.tuple = send_reset_tuple(ctx, skaddr);
+    crate::mem::zero(rec);
+    // In place: the record was just zeroed, as the tuple's unused bytes must be.
+    send_reset_tuple(ctx, skaddr, &mut rec.tuple);
     if rec.tuple.family == 0 && fullsock {
         // Older layouts leave the tuple empty for some paths; the socket still has it.
         rec.tuple = sk_tuple(skaddr);
@@ -163,7 +162,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
             owners::tw_owner_into(skaddr, &mut rec.owner);
         }
     }
-    stack_reset_sent(&rec.tuple);
+    stack_reset_sent(&rec.tuple, rec.header.ktime_ns);
     if fullsock {
         rec.flags |= RST_FULLSOCK;
         if !owners::owner_into(skaddr, state == TCP_CLOSE, &mut rec.owner) {
@@ -250,7 +249,7 @@ fn function_reset(sk: u64, skb: u64) -> Option<()> {
         return None;
     }
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
-    unsafe { core::ptr::write_bytes(rec as *mut ResetSentRecord, 0, 1) };
+    crate::mem::zero(rec);
     let flags = crate::skbdrop::segment_tuple(skb, &mut rec.tuple)?;
     if flags & 0x04 != 0 {
         return None;
@@ -273,7 +272,7 @@ fn function_reset(sk: u64, skb: u64) -> Option<()> {
             owners::tw_owner_into(sk, &mut rec.owner);
         }
     }
-    stack_reset_sent(&rec.tuple);
+    stack_reset_sent(&rec.tuple, rec.header.ktime_ns);
     count(CounterFamily::ResetSent, SLOT_NO_REASON);
     deliver(RecordKind::ResetSent, &*rec);
     Some(())

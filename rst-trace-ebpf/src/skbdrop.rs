@@ -129,7 +129,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     let rx_sk: u64 = tp(ctx, lay!(tp.kfs_rx_sk)).unwrap_or(0);
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_DROP.get_ptr_mut(0)? };
-    unsafe { core::ptr::write_bytes(rec as *mut SkbDropRecord, 0, 1) };
+    crate::mem::zero(rec);
     rec.skbaddr = skbaddr;
     rec.rx_sk = rx_sk;
     rec.location = tp(ctx, lay!(tp.kfs_location)).unwrap_or(0);

@@ -13,7 +13,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{current_task, member, sk_netns, sk_tuple, tp},
+    kread::{current_task, member, sk_netns, sk_tuple, tp, tp_pair},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -46,8 +46,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
-    let old: i32 = tp(ctx, lay!(tp.ss_oldstate))?;
-    let new: i32 = tp(ctx, lay!(tp.ss_newstate))?;
+    let (old, new) = tp_pair(ctx, lay!(tp.ss_oldstate), lay!(tp.ss_newstate))?;
     // The transitions of an established connection's life need nothing: leave before any
     // other read.
     if new != TCP_CLOSE && new != TCP_LISTEN && old != TCP_LISTEN && new != TCP_SYN_SENT {

@@ -1,0 +1,36 @@
+//! Zeroing and copying records word by word. Where the BPF backend does not inline a `memset`
+//! or `memcpy`, it calls the one compiled into the object, which moves one byte per loop turn:
+//! zeroing a 224-byte record ran ~1,100 instructions, copying a 64-byte owner ~600. Volatile
+//! word accesses are kept as they are written, 8 bytes each.
+use core::mem::{align_of, size_of};
+
+#[inline(always)]
+fn words<T>() -> usize {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    size_of::<T>() / 8
+}
+
+/// `*dst = 0`, 8 bytes at a time.
+#[inline(always)]
+pub fn zero<T>(dst: &mut T) {
+    let p = dst as *mut T as *mut u64;
+    let mut i = 0;
+    while i < words::<T>() {
+        // SAFETY: `i` words of `dst`'s size, which is a multiple of 8, at 8-byte alignment.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+
+/// `*dst = *src`, 8 bytes at a time.
+#[inline(always)]
+pub fn copy<T: Copy>(dst: &mut T, src: &T) {
+    let d = dst as *mut T as *mut u64;
+    let s = src as *const T as *const u64;
+    let mut i = 0;
+    while i < words::<T>() {
+        // SAFETY: as in `zero`, for both; `T: Copy` has no drop to skip.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
+}
