@@ -16,7 +16,8 @@ use rst_trace_common::{
 use crate::{
     emit::{count, deliver},
     kread::{
-        is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple, skb_netns,
+        is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple, sk_tuple_state,
+        skb_netns,
         sockaddr, tcp_snapshot, tp, AF_INET, AF_INET6,
     },
     layout::{lay, wanted},
@@ -202,12 +203,11 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
     if skaddr == 0 {
         return None;
     }
-    let tuple = sk_tuple(skaddr);
+    let (tuple, state) = sk_tuple_state(skaddr);
     let netns = sk_netns(skaddr);
     if !wanted(netns, tuple.local_port, tuple.remote_port) {
         return None;
     }
-    let state: u8 = crate::kread::member(skaddr, lay!(st.skc_state)).unwrap_or(0);
     let mut rec = ResetReceivedRecord {
         header: header(RecordKind::ResetReceived, netns),
         tuple,
