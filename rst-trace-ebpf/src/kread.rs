@@ -22,15 +22,31 @@ pub fn tp<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
     unsafe { ctx.read_at::<T>(off as usize) }.ok()
 }
 
-/// Two 4-byte tracepoint fields, in one read when they sit side by side (a helper call saved
-/// on paths that run for every event).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pair<A, B> {
+    a: A,
+    b: B,
+}
+
+/// Two tracepoint fields, in one read when `b` directly follows `a` (a helper call saved on
+/// paths that run for every event); otherwise one read each, either of which may be missing.
 #[inline(always)]
-pub fn tp_pair(ctx: &TracePointContext, a: u16, b: u16) -> Option<(i32, i32)> {
-    if a != OFFSET_NONE && b == a.wrapping_add(4) {
-        let v: [i32; 2] = tp(ctx, a)?;
-        return Some((v[0], v[1]));
+pub fn tp_pair<A: Copy, B: Copy>(
+    ctx: &TracePointContext,
+    a: u16,
+    b: u16,
+) -> (Option<A>, Option<B>) {
+    let adjacent = a != OFFSET_NONE
+        && usize::from(b) == usize::from(a) + core::mem::size_of::<A>()
+        && core::mem::size_of::<Pair<A, B>>()
+            == core::mem::size_of::<A>() + core::mem::size_of::<B>();
+    if adjacent {
+        if let Some(p) = tp::<Pair<A, B>>(ctx, a) {
+            return (Some(p.a), Some(p.b));
+        }
     }
-    Some((tp(ctx, a)?, tp(ctx, b)?))
+    (tp(ctx, a), tp(ctx, b))
 }
 
 /// Reads `base + off`, or `None` when the member is unknown or the read faults.

@@ -18,7 +18,7 @@ use crate::{
     kread::{
         is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple, sk_tuple_state,
         skb_netns,
-        sockaddr, tcp_snapshot, tp, AF_INET, AF_INET6,
+        sockaddr, tcp_snapshot, tp, tp_pair, AF_INET, AF_INET6,
     },
     layout::{lay, wanted},
     owners,
@@ -94,8 +94,8 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn send_reset_tuple(ctx: &TracePointContext, skaddr: u64, t: &mut Tuple) {
     let s_off = lay!(tp.rst_saddr_sockaddr);
     if s_off != OFFSET_NONE {
-        let s: [u8; 28] = tp(ctx, s_off).unwrap_or([0; 28]);
-        let d: [u8; 28] = tp(ctx, lay!(tp.rst_daddr_sockaddr)).unwrap_or([0; 28]);
+        let (s, d) = tp_pair::<[u8; 28], [u8; 28]>(ctx, s_off, lay!(tp.rst_daddr_sockaddr));
+        let (s, d) = (s.unwrap_or([0; 28]), d.unwrap_or([0; 28]));
         t.family = sockaddr(&s, &mut t.local_addr, &mut t.local_port);
         sockaddr(&d, &mut t.remote_addr, &mut t.remote_port);
         return;
@@ -125,10 +125,10 @@ fn send_reset_tuple(ctx: &TracePointContext, skaddr: u64, t: &mut Tuple) {
 static RST_SCRATCH_RESET: PerCpuArray<ResetSentRecord> = PerCpuArray::with_max_entries(1, 0);
 
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
-    let skaddr: u64 = tp(ctx, lay!(tp.rst_skaddr)).unwrap_or(0);
-    let skbaddr: u64 = tp(ctx, lay!(tp.rst_skbaddr)).unwrap_or(0);
-    let state: i32 = tp(ctx, lay!(tp.rst_state)).unwrap_or(0);
-    let reason: u32 = tp(ctx, lay!(tp.rst_reason)).unwrap_or(REASON_NONE);
+    let (skbaddr, skaddr) = tp_pair::<u64, u64>(ctx, lay!(tp.rst_skbaddr), lay!(tp.rst_skaddr));
+    let (skbaddr, skaddr) = (skbaddr.unwrap_or(0), skaddr.unwrap_or(0));
+    let (state, reason) = tp_pair::<i32, u32>(ctx, lay!(tp.rst_state), lay!(tp.rst_reason));
+    let (state, reason) = (state.unwrap_or(0), reason.unwrap_or(REASON_NONE));
     let state = state as u32;
     let fullsock = skaddr != 0 && is_fullsock_state(state);
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.

@@ -46,7 +46,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
-    let (old, new) = tp_pair(ctx, lay!(tp.ss_oldstate), lay!(tp.ss_newstate))?;
+    let (old, new) = tp_pair::<i32, i32>(ctx, lay!(tp.ss_oldstate), lay!(tp.ss_newstate));
+    let (old, new) = (old?, new?);
     // The transitions of an established connection's life need nothing: leave before any
     // other read.
     if new != TCP_CLOSE && new != TCP_LISTEN && old != TCP_LISTEN && new != TCP_SYN_SENT {
