@@ -69,7 +69,12 @@ static RST_CLOSE_DEFER: PerCpuArray<CloseDefer> = PerCpuArray::with_max_entries(
 fn current_owner(how: u32, now: u64) -> OwnerInfo {
     let t = current_task();
     let task = unsafe { generated::bpf_get_current_task() };
-    let leader: u64 = member(task, lay!(st.task_group_leader)).unwrap_or(task);
+    // A process's main thread is its own group leader: one read fewer for most callers.
+    let leader: u64 = if t.tid == t.pid {
+        task
+    } else {
+        member(task, lay!(st.task_group_leader)).unwrap_or(task)
+    };
     OwnerInfo {
         pid: t.pid,
         tid: t.tid,
