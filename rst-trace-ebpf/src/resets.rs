@@ -17,8 +17,7 @@ use crate::{
     emit::{count, deliver},
     kread::{
         is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple, sk_tuple_state,
-        skb_netns,
-        sockaddr, tcp_snapshot, tp, tp_pair, AF_INET, AF_INET6,
+        skb_netns, sockaddr, tcp_snapshot, tp, tp_pair, AF_INET, AF_INET6,
     },
     layout::{lay, wanted},
     owners,
