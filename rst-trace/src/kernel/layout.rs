@@ -19,10 +19,9 @@ pub struct KernelFacts {
     pub warnings: Vec<String>,
 }
 
-/// The drop reasons the kfree_skb program reports, in counter-slot order.
-/// NO_SOCKET must stay third: the kernel program reports it only for a full listener's
-/// handshake ACK (the SYN-cookie path of an ACK-time overflow).
-pub const WATCHED_DROP_REASONS: [&str; 3] = ["TCP_LISTEN_OVERFLOW", "NETFILTER_DROP", "NO_SOCKET"];
+/// The drop reasons the kfree_skb program reports, in counter-slot order (defined, with the
+/// slot order, in rst-trace-common).
+pub use rst_trace_common::WATCHED_DROP_REASONS;
 
 fn off(fmt: Option<&Format>, name: &str) -> u16 {
     fmt.and_then(|f| f.get(name))
