@@ -425,7 +425,7 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
         loaded
             .hooks
             .iter()
-            .any(|h| h.program == name && !h.attached.is_empty())
+            .any(|h| h.program == name && h.is_attached())
     };
     let ack_per_packet = attached("tcp_syn_recv_sock")
         || (attached("kfree_skb") && facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some());

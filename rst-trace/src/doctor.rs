@@ -7,7 +7,7 @@ use crate::{
     cause::Cause,
     cli::{DoctorArgs, Format},
     kernel::{btf::KernelBtf, layout::KernelFacts, tracefs::Tracefs},
-    loader::{self, Loaded, HOOKS},
+    loader::{self, HookStatus, Loaded, HOOKS},
     preflight,
 };
 
@@ -25,7 +25,7 @@ fn attached(loaded: &Loaded, program: &str) -> bool {
     loaded
         .hooks
         .iter()
-        .any(|h| h.program == program && !h.attached.is_empty())
+        .any(|h| h.program == program && h.is_attached())
 }
 
 /// The ways each cause is observed, best first.
@@ -54,15 +54,15 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
             }
             for h in crate::loader::FUNCTION_HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
                 let status = loaded.hooks.iter().find(|s| s.program == h.name);
-                let works = status.is_some_and(|s| !s.attached.is_empty());
-                let tier = status.and_then(|s| s.attached.first()).map_or_else(
+                let works = status.is_some_and(HookStatus::is_attached);
+                let tier = status.and_then(|s| s.attached().first()).map_or_else(
                     || format!("{}/kprobe {}", h.trampoline_kind(), h.name),
                     |a| a.clone(),
                 );
                 // Where the hook did not attach, its last error says why (not needed, no
                 // kprobes, the verifier's complaint, ...).
                 let why = (!works)
-                    .then(|| status.and_then(|s| s.errors.last()).map(|e| first_line(e)))
+                    .then(|| status.and_then(HookStatus::why_not).map(|e| first_line(&e)))
                     .flatten();
                 ways.push(Way {
                     how: format!("{tier} (per packet)"),
