@@ -10,7 +10,6 @@ mod cmd;
 mod compat;
 mod dist;
 mod ebpf;
-mod elf;
 mod examples;
 mod fuzz;
 mod setup;
