@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSection};
@@ -18,43 +19,9 @@ const TARGET: &str = "bpfel-unknown-none";
 /// returning that path. Prerequisites must already be in place
 /// (`setup::ensure`).
 pub fn build(ws: &Workspace) -> Result<PathBuf> {
-    let crate_dir = ws.ebpf_crate();
-    if !crate_dir.join("Cargo.toml").is_file() {
-        bail!("no eBPF crate at {}", crate_dir.display());
-    }
-    let build_dir = ws.ebpf_build_dir();
-
-    // bpf_target_arch tells aya-ebpf which architecture's pt_regs/syscall
-    // layout to use: the one the agent will run on, i.e. this host.
-    // -Clink-arg=--btf makes bpf-linker emit the .BTF section the loader
-    // relies on; it is easy to lose, hence the check below.
-    // CARGO_ENCODED_RUSTFLAGS (0x1f-separated) overrides any RUSTFLAGS in the
-    // environment, which are meant for host builds.
-    let rustflags = [
-        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
-        "-Cdebuginfo=2".to_owned(),
-        "-Clink-arg=--btf".to_owned(),
-    ]
-    .join("\x1f");
-
-    let mut cargo = cmd::cargo();
-    cargo
-        .current_dir(&crate_dir)
-        // -Z build-std is unstable; this lets the stable toolchain accept it,
-        // as aya-build does, instead of requiring a nightly install.
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(&build_dir);
+    let mut cargo = cargo_for_bpf(ws, "build")?;
     cmd::run(&mut cargo).context("building the eBPF object failed")?;
+    let build_dir = ws.ebpf_build_dir();
 
     let built = build_dir.join(TARGET).join("release").join("rst-trace");
     let data = fs::read(&built)
@@ -76,6 +43,54 @@ pub fn build(ws: &Workspace) -> Result<PathBuf> {
     fs::rename(&tmp, &out)
         .with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))?;
     Ok(out)
+}
+
+/// `cargo SUBCOMMAND` for the eBPF crate, with the target, flags and build directory of
+/// `build` (so `clippy` checks exactly what is built).
+fn cargo_for_bpf(ws: &Workspace, subcommand: &str) -> Result<Command> {
+    let crate_dir = ws.ebpf_crate();
+    if !crate_dir.join("Cargo.toml").is_file() {
+        bail!("no eBPF crate at {}", crate_dir.display());
+    }
+    let build_dir = ws.ebpf_build_dir();
+    // bpf_target_arch tells aya-ebpf which architecture's pt_regs/syscall
+    // layout to use: the one the agent will run on, i.e. this host.
+    // -Clink-arg=--btf makes bpf-linker emit the .BTF section the loader
+    // relies on; it is easy to lose, hence the check below.
+    // CARGO_ENCODED_RUSTFLAGS (0x1f-separated) overrides any RUSTFLAGS in the
+    // environment, which are meant for host builds.
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ]
+    .join("\x1f");
+
+    let mut cargo = cmd::cargo();
+    cargo
+        .current_dir(&crate_dir)
+        // -Z build-std is unstable; this lets the stable toolchain accept it,
+        // as aya-build does, instead of requiring a nightly install.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .args([
+            subcommand,
+            "--release",
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(&build_dir);
+    Ok(cargo)
+}
+
+/// clippy on the eBPF crate, warnings denied.
+pub fn clippy(ws: &Workspace) -> Result<()> {
+    let mut cargo = cargo_for_bpf(ws, "clippy")?;
+    cargo.args(["--", "-D", "warnings"]);
+    cmd::run(&mut cargo).context("clippy found problems in the eBPF crate")
 }
 
 fn verify(data: &[u8]) -> Result<()> {
