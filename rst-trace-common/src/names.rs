@@ -42,3 +42,11 @@ pub mod program {
     pub const TCP_V4_SYN_RECV_SOCK_KPROBE: &str = "tcp_v4_syn_recv_sock_kprobe";
     pub const TCP_V6_SYN_RECV_SOCK_KPROBE: &str = "tcp_v6_syn_recv_sock_kprobe";
 }
+
+/// aya-log's ring buffer of kernel-side log records: opened only when kernel logging is on.
+pub const KERNEL_LOG_MAP: &str = "AYA_LOGS";
+/// aya-log's level global, set at load time: 0 turns every kernel-side log call into dead code
+/// the verifier removes.
+pub const KERNEL_LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
+/// The `log` target of kernel-side records (`RUST_LOG=rst_trace_kernel=debug`).
+pub const KERNEL_LOG_TARGET: &str = "rst_trace_kernel";

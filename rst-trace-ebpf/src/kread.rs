@@ -28,7 +28,14 @@ pub fn member<T>(base: u64, off: u32) -> Option<T> {
     if base == 0 || off == MEMBER_NONE {
         return None;
     }
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+    let addr = base + off as u64;
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(e) => {
+            crate::diag::read_failed(addr, e);
+            None
+        }
+    }
 }
 
 /// Network namespace inode of a socket (any `struct sock_common`, including request and

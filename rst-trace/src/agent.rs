@@ -364,6 +364,9 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
         let names: Vec<&str> = unavailable.iter().map(|c| c.as_str()).collect();
         log::warn!("causes unavailable on this kernel: {}", names.join(", "));
     }
+    if loaded.kernel_log_level > 0 {
+        crate::kernel_log::spawn_reader(&mut loaded.ebpf)?;
+    }
     let maps = KernelMaps::take(&mut loaded)?;
     let mut ring = maps.ring;
     let pipeline = new_pipeline(&facts, maps.acceptors);

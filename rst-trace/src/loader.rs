@@ -4,7 +4,10 @@ use aya::{
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use rst_trace_common::{names::program, KernelLayout, LAYOUT_GLOBAL};
+use rst_trace_common::{
+    names::{program, KERNEL_LOG_LEVEL_GLOBAL},
+    KernelLayout, LAYOUT_GLOBAL,
+};
 use serde_json::{json, Value};
 use thiserror::Error;
 
@@ -191,6 +194,8 @@ impl HookStatus {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    /// The level the kernel programs log at (aya-log's numbering; 0: off).
+    pub kernel_log_level: u8,
 }
 
 impl Loaded {
@@ -486,8 +491,11 @@ fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[(&str, &str)]) -> Vec<HookStat
 /// Loads the object and attaches every hook this kernel allows. `ack_drop_reason`: the
 /// kernel frees an overflowing handshake ACK with reason TCP_LISTEN_OVERFLOW.
 pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, LoadError> {
+    let kernel_log_level = crate::kernel_log::level();
     let mut ebpf = EbpfLoader::new()
         .override_global(LAYOUT_GLOBAL, layout, true)
+        // Always set: the programs' default (0xff) would log everything.
+        .override_global(KERNEL_LOG_LEVEL_GLOBAL, &kernel_log_level, true)
         .load(BPF_OBJECT)
         .map_err(LoadError::Object)?;
     let mut hooks = Vec::new();
@@ -536,7 +544,11 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
     if !hooks.iter().any(HookStatus::is_attached) {
         return Err(LoadError::NothingAttached);
     }
-    Ok(Loaded { ebpf, hooks })
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        kernel_log_level,
+    })
 }
 
 fn attach(
@@ -682,10 +694,17 @@ mod tests {
                 "map {m} is not in the eBPF object: {maps:?}"
             );
         }
+        let log_map = rst_trace_common::names::KERNEL_LOG_MAP;
         assert!(
-            globals.contains(LAYOUT_GLOBAL),
-            "global {LAYOUT_GLOBAL} is not in the eBPF object: {globals:?}"
+            maps.contains(log_map),
+            "map {log_map} is not in the eBPF object: {maps:?}"
         );
+        for g in [LAYOUT_GLOBAL, KERNEL_LOG_LEVEL_GLOBAL] {
+            assert!(
+                globals.contains(g),
+                "global {g} is not in the eBPF object: {globals:?}"
+            );
+        }
     }
 
     #[test]
