@@ -17,7 +17,8 @@ pub fn record_lost(kind: RecordKind) {
     );
 }
 
-/// A kernel read at a known offset faulted.
+/// A kernel read at a known offset faulted (the socket's namespace, the first read of a
+/// socket event: a faulting read there means a stale or wrong pointer).
 #[inline(always)]
 pub fn read_failed(addr: u64, errno: i32) {
     debug!(

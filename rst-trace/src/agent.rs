@@ -9,7 +9,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use rst_trace_common::{
-    AcceptorKey, OwnerInfo, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID,
+    names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP,
+    EVENTS_MAP, STATE_TASK_VALID,
 };
 use serde_json::json;
 use tokio::{
@@ -475,7 +476,10 @@ fn load_kernel_side(
     preflight::raise_memlock();
     let loaded = loader::load(
         &facts.layout,
-        facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some(),
+        facts
+            .drop_reasons
+            .value(WatchedDrop::TcpListenOverflow.kernel_name())
+            .is_some(),
     )?;
     Ok((facts, loaded, btf))
 }
@@ -558,9 +562,11 @@ fn accept_drops_per_packet(loaded: &loader::Loaded, facts: &KernelFacts) -> bool
             .iter()
             .any(|h| h.program == name && h.is_attached())
     };
-    let ack_per_packet = attached("tcp_syn_recv_sock")
-        || (attached("kfree_skb") && facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some());
-    attached("tcp_conn_request") && ack_per_packet
+    let listen_overflow_reason = WatchedDrop::TcpListenOverflow.kernel_name();
+    let ack_per_packet = attached(loader::hook::TCP_SYN_RECV_SOCK)
+        || (attached(program::KFREE_SKB)
+            && facts.drop_reasons.value(listen_overflow_reason).is_some());
+    attached(loader::hook::TCP_CONN_REQUEST) && ack_per_packet
 }
 
 /// SIGTERM and SIGINT, which end the run.

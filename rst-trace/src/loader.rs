@@ -218,6 +218,16 @@ impl Loaded {
     }
 }
 
+/// Report names of the function hooks: their keys in the started line's `hooks` and in
+/// `doctor` (a tracepoint hook is reported under its program's name).
+pub mod hook {
+    pub const INET_CSK_ACCEPT: &str = "inet_csk_accept";
+    pub const TCP_V4_SEND_RESET: &str = "tcp_v4_send_reset";
+    pub const TCP_V6_SEND_RESET: &str = "tcp_v6_send_reset";
+    pub const TCP_CONN_REQUEST: &str = "tcp_conn_request";
+    pub const TCP_SYN_RECV_SOCK: &str = "tcp_syn_recv_sock";
+}
+
 /// A kernel function hook, tried as fentry/fexit first, then as kprobe/kretprobe.
 pub struct FunctionHook {
     /// Name in reports (`doctor`, the started line).
@@ -232,7 +242,7 @@ pub struct FunctionHook {
 
 pub const FUNCTION_HOOKS: &[FunctionHook] = &[
     FunctionHook {
-        name: "inet_csk_accept",
+        name: hook::INET_CSK_ACCEPT,
         // The fexit program is chosen by the function's arity in BTF (see FEXIT_BY_ARITY).
         trampoline: &[("inet_csk_accept_fexit", "inet_csk_accept")],
         probes: &[(program::INET_CSK_ACCEPT_KRETPROBE, "inet_csk_accept", true)],
@@ -240,28 +250,28 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         purpose: "accepted-socket ownership where the kernel creates the socket",
     },
     FunctionHook {
-        name: "tcp_v4_send_reset",
+        name: hook::TCP_V4_SEND_RESET,
         trampoline: &[(program::TCP_V4_SEND_RESET_FENTRY, "tcp_v4_send_reset")],
         probes: &[(program::SEND_RESET_KPROBE, "tcp_v4_send_reset", false)],
         serves: &[Cause::NoListener, Cause::TimewaitSegment],
         purpose: "RSTs without a full socket (no listener, TIME_WAIT) where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
     },
     FunctionHook {
-        name: "tcp_v6_send_reset",
+        name: hook::TCP_V6_SEND_RESET,
         trampoline: &[(program::TCP_V6_SEND_RESET_FENTRY, "tcp_v6_send_reset")],
         probes: &[(program::SEND_RESET_KPROBE, "tcp_v6_send_reset", false)],
         serves: &[Cause::NoListener, Cause::TimewaitSegment],
         purpose: "IPv6 RSTs without a full socket where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
     },
     FunctionHook {
-        name: "tcp_conn_request",
+        name: hook::TCP_CONN_REQUEST,
         trampoline: &[(program::TCP_CONN_REQUEST_FENTRY, "tcp_conn_request")],
         probes: &[(program::TCP_CONN_REQUEST_KPROBE, "tcp_conn_request", false)],
         serves: &[Cause::AcceptQueueOverflow, Cause::SynQueueOverflow],
         purpose: "SYN-time accept/SYN queue overflow per packet, with the queues' state",
     },
     FunctionHook {
-        name: "tcp_syn_recv_sock",
+        name: hook::TCP_SYN_RECV_SOCK,
         trampoline: &[
             ("tcp_v4_syn_recv_sock_fexit", "tcp_v4_syn_recv_sock"),
             ("tcp_v6_syn_recv_sock_fexit", "tcp_v6_syn_recv_sock"),
@@ -514,20 +524,23 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
     let mut skip: Vec<(&str, &str)> = Vec::new();
     if ack_drop_reason {
         skip.push((
-            "tcp_syn_recv_sock",
+            hook::TCP_SYN_RECV_SOCK,
             "skb:kfree_skb reports ACK-time overflow with reason TCP_LISTEN_OVERFLOW",
         ));
     }
     // The tracepoint with a reason field (≥ 6.10) also fires without a full socket.
     if layout.tp.rst_reason != rst_trace_common::OFFSET_NONE {
         let why = "tcp:tcp_send_reset fires for every RST on this kernel (reason field present)";
-        skip.extend([("tcp_v4_send_reset", why), ("tcp_v6_send_reset", why)]);
+        skip.extend([
+            (hook::TCP_V4_SEND_RESET, why),
+            (hook::TCP_V6_SEND_RESET, why),
+        ]);
     }
     hooks.extend(attach_function_hooks(&mut ebpf, &skip));
     // Successful accepts are then reported where the socket is created, not again at exit.
     let accept_hooked = hooks
         .iter()
-        .any(|h| h.program == "inet_csk_accept" && h.is_attached());
+        .any(|h| h.program == hook::INET_CSK_ACCEPT && h.is_attached());
     if accept_hooked {
         let set = ebpf
             .map_mut(rst_trace_common::RUNTIME_MAP)
