@@ -4,7 +4,18 @@
 //! which body follows. All types are `#[repr(C)]` with explicit padding fields, so the kernel
 //! and userspace agree on every byte and no uninitialised padding ever reaches userspace.
 //! Layout assertions at the bottom of this file fail the build if a field is added carelessly.
-#![no_std]
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+pub mod drops;
+pub mod errno;
+#[cfg(any(test, feature = "std"))]
+pub mod mib;
+pub mod names;
+pub mod tcp;
+
+pub use drops::{WatchedDrop, WATCHED_DROP_REASONS};
+pub use errno::Errno;
+pub use tcp::TcpState;
 
 /// Ring buffer carrying records to userspace.
 pub const EVENTS_MAP: &str = "RST_EVENTS";

@@ -53,6 +53,9 @@ pub fn deliver<T: 'static>(kind: RecordKind, record: &T) {
             };
             entry.submit(wake);
         }
-        None => count(CounterFamily::Lost, kind as u32),
+        None => {
+            count(CounterFamily::Lost, kind as u32);
+            crate::diag::record_lost(kind);
+        }
     }
 }

@@ -58,11 +58,28 @@ pub fn member<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
+/// [`member`], logging a faulting read (kernel diagnostics). Only for the first read of an
+/// event's socket: each logging site costs the verifier a log call's paths.
+#[inline(always)]
+fn member_logged<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == MEMBER_NONE {
+        return None;
+    }
+    let addr = base + off as u64;
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(e) => {
+            crate::diag::read_failed(addr, e);
+            None
+        }
+    }
+}
+
 /// Network namespace inode of a socket (any `struct sock_common`, including request and
 /// TIME_WAIT mini sockets).
 #[inline(always)]
 pub fn sk_netns(sk: u64) -> u32 {
-    let net: u64 = member(sk, lay!(st.skc_net)).unwrap_or(0);
+    let net: u64 = member_logged(sk, lay!(st.skc_net)).unwrap_or(0);
     member(net, lay!(st.net_ns_inum)).unwrap_or(0)
 }
 

@@ -8,6 +8,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use rst_trace_common::{
+    tcp::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT, TCP_TIME_WAIT},
     CounterFamily, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
     OFFSET_NONE, REASON_NONE, RECORD_VERSION, RST_FULLSOCK, RST_HAS_SOCK, RST_KEEPALIVE_ON,
     RST_LINGER_ZERO, SLOT_NO_REASON,
@@ -34,11 +35,6 @@ pub fn header(kind: RecordKind, netns: u32) -> RecordHeader {
         _pad: 0,
     }
 }
-
-const TCP_LISTEN: u32 = 10;
-const TCP_TIME_WAIT: u32 = 6;
-const TCP_CLOSE: u32 = 7;
-const TCP_SYN_SENT: u32 = 2;
 
 /// The last RST the TCP stack sent on this CPU. IPv6 sends socket-less RSTs without attaching
 /// its control socket to the packet, so at the device they look like netfilter's; the stack's

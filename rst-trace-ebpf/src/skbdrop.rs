@@ -11,8 +11,8 @@ use network_types::{
     tcp::TcpHdr,
 };
 use rst_trace_common::{
-    CounterFamily, ForeignResetRecord, RecordKind, SkbDropRecord, Tuple, MAX_DROP_REASONS,
-    SKB_OUTBOUND, SKB_TUPLE_VALID,
+    CounterFamily, ForeignResetRecord, RecordKind, SkbDropRecord, TcpState, Tuple, WatchedDrop,
+    MAX_DROP_REASONS, SKB_OUTBOUND, SKB_TUPLE_VALID,
 };
 
 use crate::{
@@ -27,9 +27,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 
-/// Position of NO_SOCKET in the agent's watched drop reasons (see `WATCHED_DROP_REASONS`).
-const SLOT_NO_SOCKET: u32 = 2;
-const TCP_LISTEN: u8 = 10;
+const SLOT_NO_SOCKET: u32 = WatchedDrop::NoSocket.slot();
+const TCP_LISTEN: u8 = TcpState::Listen as u8;
 
 /// A listening socket whose accept queue is over its cap.
 #[inline(always)]

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use rst_trace_common::{
-    ConnectRecord, CounterFamily, RecordKind, SockStateRecord, SyscallArgs, OWNER_CONNECT,
-    OWNER_LISTEN, STASH_LISTEN, STASH_SLOTS, STATE_TASK_VALID,
+    errno::EADDRNOTAVAIL, ConnectRecord, CounterFamily, RecordKind, SockStateRecord, SyscallArgs,
+    TcpState, OWNER_CONNECT, OWNER_LISTEN, STASH_LISTEN, STASH_SLOTS, STATE_TASK_VALID,
 };
 
 use crate::{
@@ -20,14 +20,14 @@ use crate::{
 };
 
 const IPPROTO_TCP: u16 = 6;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_FIN_WAIT1: i32 = 4;
-const TCP_FIN_WAIT2: i32 = 5;
-const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
-const TCP_CLOSING: i32 = 11;
-const EADDRNOTAVAIL: i32 = 99;
+// The states as the tracepoint's `int` fields hold them (values from rst-trace-common).
+const TCP_SYN_SENT: i32 = TcpState::SynSent as i32;
+const TCP_SYN_RECV: i32 = TcpState::SynRecv as i32;
+const TCP_FIN_WAIT1: i32 = TcpState::FinWait1 as i32;
+const TCP_FIN_WAIT2: i32 = TcpState::FinWait2 as i32;
+const TCP_CLOSE: i32 = TcpState::Close as i32;
+const TCP_LISTEN: i32 = TcpState::Listen as i32;
+const TCP_CLOSING: i32 = TcpState::Closing as i32;
 
 /// Per-thread syscall arguments between entry and exit (and listen() → state LISTEN).
 #[map(name = "RST_SYSCALL_ARGS")]

@@ -5,7 +5,10 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TracePointContext,
 };
-use rst_trace_common::{AcceptRecord, CounterFamily, RecordKind, SyscallArgs, Tuple, STASH_LISTEN};
+use rst_trace_common::{
+    errno::{EMFILE, ENFILE},
+    AcceptRecord, CounterFamily, RecordKind, SyscallArgs, Tuple, STASH_LISTEN,
+};
 
 use crate::{
     emit::{count, deliver},
@@ -15,9 +18,6 @@ use crate::{
     resets::header,
     sockstate::stash,
 };
-
-const EMFILE: i32 = 24;
-const ENFILE: i32 = 23;
 
 #[inline(always)]
 fn tid() -> u32 {

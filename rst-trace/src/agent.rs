@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use rst_trace_common::{ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID};
+use rst_trace_common::{
+    names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP,
+    EVENTS_MAP, STATE_TASK_VALID,
+};
 use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
@@ -353,20 +356,7 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
     // Opened before loading anything, so a bad --output-file fails at once.
     let out = Output::open(args.format, &crate::output::Target::from_args(&args))?;
     let netns = args.netns.as_deref().map(Netns::resolve).transpose()?;
-    let tracefs = Tracefs::locate_or_mount()?;
-    let btf = KernelBtf::load()?;
-    let mut facts = KernelFacts::discover(&tracefs, &btf);
-    for w in &facts.warnings {
-        log::warn!("{w}");
-    }
-    facts.layout.filter_netns = netns.as_ref().map_or(0, |n| n.inode);
-    facts.layout.filter_port = args.port.unwrap_or(0);
-    preflight::raise_memlock();
-
-    let mut loaded = loader::load(
-        &facts.layout,
-        facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some(),
-    )?;
+    let (facts, mut loaded, btf) = load_kernel_side(&args, netns.as_ref())?;
     // The same per-cause summary as `rst-trace doctor`, for whoever reads the agent's log.
     let observability = doctor::report(&loaded, &facts);
     eprint!("rst-trace: observing on {}", doctor::text(&observability));
@@ -375,70 +365,22 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
         let names: Vec<&str> = unavailable.iter().map(|c| c.as_str()).collect();
         log::warn!("causes unavailable on this kernel: {}", names.join(", "));
     }
-    let ring = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map(EVENTS_MAP)
-            .context("ring buffer map missing from the eBPF object")?,
-    )
-    .context("opening the ring buffer")?;
-    let counters = PerCpuArray::try_from(
-        loaded
-            .ebpf
-            .take_map(COUNTERS_MAP)
-            .context("counter map missing from the eBPF object")?,
-    )
-    .context("opening the counters")?;
-    // SAFETY: the AsyncFd owns the RingBuf, and with it the map fd, for as long as the
-    // registration lives, so the fd cannot be closed or reused behind tokio's back.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .context("watching the ring buffer")?;
-
-    let hz = kernel_hz().unwrap_or_else(|| {
-        log::warn!("could not measure the kernel tick rate; assuming CONFIG_HZ=250 for idle times");
-        250
-    });
-    let acceptors = aya::maps::HashMap::try_from(
-        loaded
-            .ebpf
-            .take_map(ACCEPTORS_MAP)
-            .context("acceptor map missing from the eBPF object")?,
-    )
-    .context("opening the acceptor map")?;
-    let mut pipeline = Pipeline::new(
-        facts.rst_reasons.clone(),
-        facts.drop_reasons.clone(),
-        ProcHost::with_acceptors(acceptors),
-        Clock::now(),
-        hz,
-    );
-    // Sockets older than the agent: their owners are only in /proc.
-    let (seeds, unseeded) = procowners::all_socket_holders(MAX_SEEDED_SOCKETS);
-    if unseeded > 0 {
-        log::warn!(
-            "{unseeded} sockets older than the agent exceed its table; their owners stay unknown"
-        );
+    if loaded.kernel_log_level > 0 {
+        crate::kernel_log::spawn_reader(&mut loaded.ebpf)?;
     }
-    pipeline.seed(seeds);
-
-    let attached = |name: &str| {
-        loaded
-            .hooks
-            .iter()
-            .any(|h| h.program == name && !h.attached.is_empty())
-    };
-    let ack_per_packet = attached("tcp_syn_recv_sock")
-        || (attached("kfree_skb") && facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some());
-    let accept_per_packet = attached("tcp_conn_request") && ack_per_packet;
+    let maps = KernelMaps::take(&mut loaded)?;
+    let mut ring = maps.ring;
+    let pipeline = new_pipeline(&facts, maps.acceptors);
+    let accept_per_packet = accept_drops_per_packet(&loaded, &facts);
     ext.info = Arc::new(AgentInfo::from_loaded(&loaded));
-    let mut snapshot_requests = ext.snapshots.take();
-    let mut stop = ext.stop.take();
+    let requests = ext.snapshots.take();
+    let stop = ext.stop.take();
     let mut agent = Agent {
         pipeline,
         out,
         limiter: Limiter::new(args.max_events_per_sec),
         counts: AgentCounts::default(),
-        counters,
+        counters: maps.counters,
         facts,
         poller: Poller::start(netns.clone(), accept_per_packet),
         scanned_inodes: HashSet::new(),
@@ -454,21 +396,16 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
     let memory = startup_memory();
 
     // Before anyone is told the agent is up: a supervisor may stop it the moment it is.
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let started = json!({
-        "time": rfc3339_nanos(std::time::SystemTime::now()),
-        "event": {"name": "rst_trace.started", "kind": "state"},
-        "version": env!("CARGO_PKG_VERSION"),
-        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).ok(),
-        "netns": netns.as_ref().map(|n| n.inode),
-        "port": args.port,
-        "hooks": loaded.hooks_json(),
-        "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "tracepoint_formats": agent.facts.formats_found,
-        "memory": memory,
-        "causes": observability["causes"],
-    });
+    let signals = Signals::install()?;
+    let started = started_line(
+        &args,
+        netns.as_ref(),
+        &loaded,
+        &unavailable,
+        &agent.facts,
+        memory,
+        &observability,
+    );
     let netns_text = netns
         .as_ref()
         .map_or_else(|| "all".to_owned(), |n| n.inode.to_string());
@@ -482,116 +419,309 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
     // Ready only once a stop is handled (above): a service manager may send SIGTERM right after.
     crate::service::notify_ready();
 
-    let deadline = async {
-        match args.duration {
-            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let stats_every = Duration::from_secs(args.stats_interval.max(1));
-    let mut stats_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
-    let mut fold_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut hold_tick =
-        tokio::time::interval(Duration::from_nanos(crate::pipeline::RECEIVED_HOLD_NS));
-    hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let poll_every = Duration::from_millis(args.poll_interval_ms);
-    let mut poll_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + poll_every, poll_every);
-    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The kernel wakes the agent only once records pile up (see deliver() in the eBPF crate):
-    // a lone record waits at most this long.
-    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // At most one reading of namespaces in flight, on a blocking thread: the ring buffer is
-    // never left waiting behind setns and sock_diag dumps.
-    let mut reading: Option<tokio::task::JoinHandle<Readings>> = None;
-
-    loop {
-        // A failed write (reader gone, disk full, I/O error) ends the run.
-        if agent.out.failure().is_some() {
-            break;
-        }
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    let bytes: &[u8] = &item;
-                    agent.process(bytes);
-                }
-                guard.clear_ready();
-            }
-            _ = drain_tick.tick() => agent.drain(&mut ring),
-            _ = hold_tick.tick(), if agent.pipeline.holding_received() => {
-                let held = agent.pipeline.release_received(false);
-                agent.emit(held);
-            }
-            _ = fold_tick.tick() => {
-                agent.pipeline.expire();
-                let stale = agent.pipeline.expire_foreign_resets();
-                agent.emit(stale);
-                for d in agent.limiter.flush() {
-                    agent.write(&d);
-                }
-            }
-            _ = poll_tick.tick(), if reading.is_none() => {
-                let due = agent.poller.due();
-                if !due.is_empty() {
-                    reading = Some(tokio::task::spawn_blocking(move || poller::read(due)));
-                }
-            }
-            done = async { reading.as_mut().expect("guarded by the select condition").await }, if reading.is_some() => {
-                reading = None;
-                // Per-packet records first, so polling does not count them again.
-                agent.drain(&mut ring);
-                match done {
-                    Ok(readings) => agent.explain_readings(readings, false),
-                    Err(e) => log::warn!("reading namespaces failed: {e}"),
-                }
-            }
-            _ = stats_tick.tick(), if args.stats_interval > 0 => agent.stats(false),
-            // A metrics scrape: the totals are read now, not on a timer, and after whatever the
-            // kernel has written (it wakes the agent only once records pile up).
-            req = Embedding::next_request(&mut snapshot_requests) => {
-                agent.drain(&mut ring);
-                req.answer(agent.snapshot());
-            }
-            () = Embedding::stopped(&mut stop) => break,
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            () = &mut deadline => break,
-            // SIGHUP reopens --output-file; stdout's reader going away is a failure.
-            a = agent.out.attention() => agent.out.attend(a),
-        }
-    }
+    let reading = agent
+        .serve(&args, &mut ring, signals, requests, stop)
+        .await?;
     // Nowhere to write the final lines: detach and exit 1, main prints the failure.
     if let Some(f) = agent.out.failure().cloned() {
         crate::detach::detach_all(loaded);
         return Err(f.into());
     }
-
-    // Whatever the kernel already wrote is still explained, and every namespace read once
-    // more, before the final totals.
-    if let Some(r) = reading.take() {
-        if let Ok(readings) = r.await {
-            agent.drain(&mut ring);
-            agent.explain_readings(readings, false);
-        }
-    }
-    agent.drain(&mut ring);
-    let last = poller::read(agent.poller.everything());
-    agent.explain_readings(last, true);
-    let stale = agent.pipeline.expire_foreign_resets();
-    agent.emit(stale);
-    let held = agent.pipeline.release_received(true);
-    agent.emit(held);
-    agent.stats(true);
+    agent.finish(&mut ring, reading).await;
     let totals = agent.snapshot();
     crate::detach::detach_all(loaded); // all programs at once: a prompt exit
     agent.out.finish()?;
     Ok(totals)
+}
+
+/// The first line the agent writes: what it watches and how, once every hook is attached.
+fn started_line(
+    args: &RunArgs,
+    netns: Option<&Netns>,
+    loaded: &loader::Loaded,
+    unavailable: &[Cause],
+    facts: &KernelFacts,
+    memory: serde_json::Value,
+    observability: &serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "time": rfc3339_nanos(std::time::SystemTime::now()),
+        "event": {"name": "rst_trace.started", "kind": "state"},
+        "version": env!("CARGO_PKG_VERSION"),
+        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).ok(),
+        "netns": netns.map(|n| n.inode),
+        "port": args.port,
+        "hooks": loaded.hooks_json(),
+        "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "tracepoint_formats": facts.formats_found,
+        "memory": memory,
+        "causes": observability["causes"],
+    })
+}
+
+/// Reads the running kernel's layout (tracefs formats, BTF), applies the filters and loads
+/// and attaches the programs. The BTF is returned to be dropped once start-up is over.
+fn load_kernel_side(
+    args: &RunArgs,
+    netns: Option<&Netns>,
+) -> anyhow::Result<(KernelFacts, loader::Loaded, KernelBtf)> {
+    let tracefs = Tracefs::locate_or_mount()?;
+    let btf = KernelBtf::load()?;
+    let mut facts = KernelFacts::discover(&tracefs, &btf);
+    for w in &facts.warnings {
+        log::warn!("{w}");
+    }
+    facts.layout.filter_netns = netns.map_or(0, |n| n.inode);
+    facts.layout.filter_port = args.port.unwrap_or(0);
+    preflight::raise_memlock();
+    let loaded = loader::load(
+        &facts.layout,
+        facts
+            .drop_reasons
+            .value(WatchedDrop::TcpListenOverflow.kernel_name())
+            .is_some(),
+    )?;
+    Ok((facts, loaded, btf))
+}
+
+/// The maps the agent reads, taken out of the loaded object.
+struct KernelMaps {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    acceptors: aya::maps::HashMap<MapData, AcceptorKey, OwnerInfo>,
+}
+
+impl KernelMaps {
+    fn take(loaded: &mut loader::Loaded) -> anyhow::Result<Self> {
+        let ring = RingBuf::try_from(
+            loaded
+                .ebpf
+                .take_map(EVENTS_MAP)
+                .context("ring buffer map missing from the eBPF object")?,
+        )
+        .context("opening the ring buffer")?;
+        let counters = PerCpuArray::try_from(
+            loaded
+                .ebpf
+                .take_map(COUNTERS_MAP)
+                .context("counter map missing from the eBPF object")?,
+        )
+        .context("opening the counters")?;
+        // SAFETY: the AsyncFd owns the RingBuf, and with it the map fd, for as long as the
+        // registration lives, so the fd cannot be closed or reused behind tokio's back.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .context("watching the ring buffer")?;
+        let acceptors = aya::maps::HashMap::try_from(
+            loaded
+                .ebpf
+                .take_map(ACCEPTORS_MAP)
+                .context("acceptor map missing from the eBPF object")?,
+        )
+        .context("opening the acceptor map")?;
+        Ok(KernelMaps {
+            ring,
+            counters,
+            acceptors,
+        })
+    }
+}
+
+/// The pipeline, seeded with the owners of the sockets older than the agent (only /proc
+/// knows them).
+fn new_pipeline(
+    facts: &KernelFacts,
+    acceptors: aya::maps::HashMap<MapData, AcceptorKey, OwnerInfo>,
+) -> Pipeline<ProcHost> {
+    let hz = kernel_hz().unwrap_or_else(|| {
+        log::warn!("could not measure the kernel tick rate; assuming CONFIG_HZ=250 for idle times");
+        250
+    });
+    let mut pipeline = Pipeline::new(
+        facts.rst_reasons.clone(),
+        facts.drop_reasons.clone(),
+        ProcHost::with_acceptors(acceptors),
+        Clock::now(),
+        hz,
+    );
+    let (seeds, unseeded) = procowners::all_socket_holders(MAX_SEEDED_SOCKETS);
+    if unseeded > 0 {
+        log::warn!(
+            "{unseeded} sockets older than the agent exceed its table; their owners stay unknown"
+        );
+    }
+    pipeline.seed(seeds);
+    pipeline
+}
+
+/// Whether SYN-time and ACK-time accept queue overflows are both seen per packet, so the
+/// poller need not read a namespace's counters for them.
+fn accept_drops_per_packet(loaded: &loader::Loaded, facts: &KernelFacts) -> bool {
+    let attached = |name: &str| {
+        loaded
+            .hooks
+            .iter()
+            .any(|h| h.program == name && h.is_attached())
+    };
+    let listen_overflow_reason = WatchedDrop::TcpListenOverflow.kernel_name();
+    let ack_per_packet = attached(loader::hook::TCP_SYN_RECV_SOCK)
+        || (attached(program::KFREE_SKB)
+            && facts.drop_reasons.value(listen_overflow_reason).is_some());
+    attached(loader::hook::TCP_CONN_REQUEST) && ack_per_packet
+}
+
+/// SIGTERM and SIGINT, which end the run.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+}
+
+/// The loop's timers.
+struct Ticks {
+    stats: tokio::time::Interval,
+    fold: tokio::time::Interval,
+    hold: tokio::time::Interval,
+    poll: tokio::time::Interval,
+    drain: tokio::time::Interval,
+}
+
+impl Ticks {
+    fn new(args: &RunArgs) -> Self {
+        use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
+        let stats_every = Duration::from_secs(args.stats_interval.max(1));
+        let mut hold = interval(Duration::from_nanos(crate::pipeline::RECEIVED_HOLD_NS));
+        hold.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let poll_every = Duration::from_millis(args.poll_interval_ms);
+        let mut poll = interval_at(Instant::now() + poll_every, poll_every);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The kernel wakes the agent only once records pile up (see deliver() in the eBPF
+        // crate): a lone record waits at most this long.
+        let mut drain = interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ticks {
+            stats: interval_at(Instant::now() + stats_every, stats_every),
+            fold: interval(Duration::from_secs(1)),
+            hold,
+            poll,
+            drain,
+        }
+    }
+}
+
+impl Agent {
+    /// The main loop, until a stop (signal, deadline, embedder) or a failed write. Returns the
+    /// reading of namespaces still in flight, which `finish` waits for.
+    async fn serve(
+        &mut self,
+        args: &RunArgs,
+        ring: &mut AsyncFd<RingBuf<MapData>>,
+        mut signals: Signals,
+        mut requests: Option<tokio::sync::mpsc::Receiver<crate::embed::SnapshotRequest>>,
+        mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> anyhow::Result<Option<tokio::task::JoinHandle<Readings>>> {
+        let deadline = async {
+            match args.duration {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut ticks = Ticks::new(args);
+        // At most one reading of namespaces in flight, on a blocking thread: the ring buffer is
+        // never left waiting behind setns and sock_diag dumps.
+        let mut reading: Option<tokio::task::JoinHandle<Readings>> = None;
+
+        loop {
+            // A failed write (reader gone, disk full, I/O error) ends the run.
+            if self.out.failure().is_some() {
+                break;
+            }
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting on the ring buffer")?;
+                    let rb = guard.get_inner_mut();
+                    while let Some(item) = rb.next() {
+                        let bytes: &[u8] = &item;
+                        self.process(bytes);
+                    }
+                    guard.clear_ready();
+                }
+                _ = ticks.drain.tick() => self.drain(ring),
+                _ = ticks.hold.tick(), if self.pipeline.holding_received() => {
+                    let held = self.pipeline.release_received(false);
+                    self.emit(held);
+                }
+                _ = ticks.fold.tick() => {
+                    self.pipeline.expire();
+                    let stale = self.pipeline.expire_foreign_resets();
+                    self.emit(stale);
+                    for d in self.limiter.flush() {
+                        self.write(&d);
+                    }
+                }
+                _ = ticks.poll.tick(), if reading.is_none() => {
+                    let due = self.poller.due();
+                    if !due.is_empty() {
+                        reading = Some(tokio::task::spawn_blocking(move || poller::read(due)));
+                    }
+                }
+                done = async { reading.as_mut().expect("guarded by the select condition").await }, if reading.is_some() => {
+                    reading = None;
+                    // Per-packet records first, so polling does not count them again.
+                    self.drain(ring);
+                    match done {
+                        Ok(readings) => self.explain_readings(readings, false),
+                        Err(e) => log::warn!("reading namespaces failed: {e}"),
+                    }
+                }
+                _ = ticks.stats.tick(), if args.stats_interval > 0 => self.stats(false),
+                // A metrics scrape: the totals are read now, not on a timer, and after whatever
+                // the kernel has written (it wakes the agent only once records pile up).
+                req = Embedding::next_request(&mut requests) => {
+                    self.drain(ring);
+                    req.answer(self.snapshot());
+                }
+                () = Embedding::stopped(&mut stop) => break,
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                () = &mut deadline => break,
+                // SIGHUP reopens --output-file; stdout's reader going away is a failure.
+                a = self.out.attention() => self.out.attend(a),
+            }
+        }
+        Ok(reading)
+    }
+
+    /// Whatever the kernel already wrote is still explained, and every namespace read once
+    /// more, before the final totals.
+    async fn finish(
+        &mut self,
+        ring: &mut AsyncFd<RingBuf<MapData>>,
+        reading: Option<tokio::task::JoinHandle<Readings>>,
+    ) {
+        if let Some(r) = reading {
+            if let Ok(readings) = r.await {
+                self.drain(ring);
+                self.explain_readings(readings, false);
+            }
+        }
+        self.drain(ring);
+        let last = poller::read(self.poller.everything());
+        self.explain_readings(last, true);
+        let stale = self.pipeline.expire_foreign_resets();
+        self.emit(stale);
+        let held = self.pipeline.release_received(true);
+        self.emit(held);
+        self.stats(true);
+    }
 }
 
 type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;

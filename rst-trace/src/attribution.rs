@@ -2,13 +2,9 @@
 //! every rule is unit-tested without a kernel.
 use crate::cause::Cause;
 
-pub const TCP_ESTABLISHED: u32 = 1;
-pub const TCP_SYN_SENT: u32 = 2;
-pub const TCP_CLOSE_WAIT: u32 = 8;
-pub const TCP_TIME_WAIT: u32 = 6;
-pub const TCP_CLOSE: u32 = 7;
-pub const TCP_LISTEN: u32 = 10;
-pub const TCP_NEW_SYN_RECV: u32 = 12;
+use rst_trace_common::tcp::{
+    TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT,
+};
 
 /// What the kernel said about one RST it sent.
 #[derive(Debug, Clone, Default)]
@@ -114,6 +110,7 @@ pub fn classify_drop(reason: &str) -> Option<Cause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rst_trace_common::tcp::TCP_CLOSE;
 
     fn sent(reason: Option<&str>) -> SentReset<'_> {
         SentReset {

@@ -14,7 +14,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// What the agent logs on stderr, as an env_logger filter ("info", "warn,rst_trace=debug").
+    /// The kernel programs' own diagnostics (a full ring buffer, a faulting kernel read) have
+    /// the target rst_trace_kernel and are off unless the filter names a level for them or for
+    /// everything ("debug", "warn,rst_trace_kernel=debug"). Default: warn, kernel off.
+    #[arg(long, global = true, value_name = "FILTER", env = "RUST_LOG")]
+    pub log_level: Option<String>,
 }
+
+/// The log filter without --log-level or RUST_LOG.
+pub const DEFAULT_LOG_FILTER: &str = "warn,rst_trace_kernel=off";
 
 const EXAMPLES: &str = "EXAMPLES:
     rst-trace run                          every namespace, JSON lines on stdout

@@ -5,11 +5,11 @@
 //! `container.id`), with dots written as nesting; rst-trace's own fields sit at the top level.
 use std::{fmt::Write as _, sync::Arc, time::SystemTime};
 
+use rst_trace_common::TcpState;
 use serde_json::{json, Map, Value};
 
 use crate::{
     cause::{Cause, Direction, Origin},
-    kernel::reasons::tcp_state_name,
     owner::Owner,
     records::Endpoints,
 };
@@ -87,7 +87,7 @@ impl Diagnosis {
             "inferred": self.inferred,
             "count": self.count,
             "network": network,
-            "tcp": { "state": self.tcp_state.map(tcp_state_name) },
+            "tcp": { "state": self.tcp_state.map(TcpState::name_of) },
             "owner": self.owner.as_ref().map(|o| o.to_json()),
             "evidence": Value::Object(self.evidence.clone()),
             "advice": self.advice,

@@ -1,13 +1,14 @@
 //! `rst-trace doctor`: for every cause, how this kernel lets rst-trace observe it — or why
 //! it cannot. The programs are really loaded and attached, then detached, so the answer is
 //! what `run` will do, not a guess from the kernel version.
+use rst_trace_common::{names::program, WatchedDrop};
 use serde_json::{json, Map, Value};
 
 use crate::{
     cause::Cause,
     cli::{DoctorArgs, Format},
     kernel::{btf::KernelBtf, layout::KernelFacts, tracefs::Tracefs},
-    loader::{self, Loaded, HOOKS},
+    loader::{self, HookStatus, Loaded, HOOKS},
     preflight,
 };
 
@@ -25,7 +26,7 @@ fn attached(loaded: &Loaded, program: &str) -> bool {
     loaded
         .hooks
         .iter()
-        .any(|h| h.program == program && !h.attached.is_empty())
+        .any(|h| h.program == program && h.is_attached())
 }
 
 /// The ways each cause is observed, best first.
@@ -45,7 +46,7 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
             for h in HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
                 let tps: Vec<String> =
                     h.tracepoints.iter().map(|(c, n)| format!("{c}:{n}")).collect();
-                let inferred = h.program == "tcp_send_reset" && !has_reason;
+                let inferred = h.program == program::TCP_SEND_RESET && !has_reason;
                 ways.push(Way {
                     how: format!("tracepoint {}", tps.join(" + ")),
                     works: attached(loaded, h.program),
@@ -54,15 +55,15 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
             }
             for h in crate::loader::FUNCTION_HOOKS.iter().filter(|h| h.serves.contains(&cause)) {
                 let status = loaded.hooks.iter().find(|s| s.program == h.name);
-                let works = status.is_some_and(|s| !s.attached.is_empty());
-                let tier = status.and_then(|s| s.attached.first()).map_or_else(
+                let works = status.is_some_and(HookStatus::is_attached);
+                let tier = status.and_then(|s| s.attached().first()).map_or_else(
                     || format!("{}/kprobe {}", h.trampoline_kind(), h.name),
                     |a| a.clone(),
                 );
                 // Where the hook did not attach, its last error says why (not needed, no
                 // kprobes, the verifier's complaint, ...).
                 let why = (!works)
-                    .then(|| status.and_then(|s| s.errors.last()).map(|e| first_line(e)))
+                    .then(|| status.and_then(HookStatus::why_not).map(|e| first_line(&e)))
                     .flatten();
                 ways.push(Way {
                     how: format!("{tier} (per packet)"),
@@ -74,12 +75,12 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
                 Cause::AcceptQueueOverflow => {
                     ways.push(Way {
                         how: "tracepoint skb:kfree_skb reason TCP_LISTEN_OVERFLOW (ACK-time, per packet)".into(),
-                        works: attached(loaded, "kfree_skb") && drop_watched("TCP_LISTEN_OVERFLOW"),
+                        works: attached(loaded, program::KFREE_SKB) && drop_watched(WatchedDrop::TcpListenOverflow.kernel_name()),
                         note: None,
                     });
                     ways.push(Way {
                         how: "tracepoint tcp:tcp_send_reset on the listener (tcp_abort_on_overflow=1)".into(),
-                        works: attached(loaded, "tcp_send_reset"),
+                        works: attached(loaded, program::TCP_SEND_RESET),
                         note: None,
                     });
                     ways.push(Way { how: "polling sock_diag drop counters + TcpExt MIB (SYN-time)".into(), works: true, note: None });
@@ -95,7 +96,7 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
                 Cause::FirewallDrop | Cause::FirewallReject => {
                     ways.push(Way {
                         how: "tracepoint skb:kfree_skb reason NETFILTER_DROP".into(),
-                        works: attached(loaded, "kfree_skb") && drop_watched("NETFILTER_DROP"),
+                        works: attached(loaded, program::KFREE_SKB) && drop_watched(WatchedDrop::NetfilterDrop.kernel_name()),
                         note: None,
                     });
                 }
@@ -192,7 +193,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     preflight::raise_memlock();
     let loaded = loader::load(
         &facts.layout,
-        facts.drop_reasons.value("TCP_LISTEN_OVERFLOW").is_some(),
+        facts
+            .drop_reasons
+            .value(WatchedDrop::TcpListenOverflow.kernel_name())
+            .is_some(),
     )?;
     let r = report(&loaded, &facts);
     match args.format {

@@ -42,7 +42,7 @@ impl AgentInfo {
                 .hooks
                 .iter()
                 .fold(BTreeMap::new(), |mut m, h| {
-                    *m.entry(h.program).or_insert(false) |= !h.attached.is_empty();
+                    *m.entry(h.program).or_insert(false) |= h.is_attached();
                     m
                 })
                 .into_iter()

@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod embed;
 pub mod host;
 pub mod kernel;
+pub mod kernel_log;
 pub mod listeners;
 pub mod loader;
 #[cfg(test)]

@@ -124,18 +124,7 @@ impl NetnsAccount {
         synq_per_packet: u64,
         flush: bool,
     ) -> (Vec<Finding>, Vec<Saturation>) {
-        let saturated = snap
-            .listeners
-            .iter()
-            .filter(|l| l.cap > 0 && f64::from(l.queue) >= SATURATION_RATIO * f64::from(l.cap))
-            .map(|l| Saturation {
-                port: l.port,
-                addr: l.addr,
-                inode: l.inode,
-                queue: l.queue,
-                cap: l.cap,
-            })
-            .collect();
+        let saturated = saturated(snap);
         let drops_now: HashMap<u64, u32> =
             snap.listeners.iter().map(|l| (l.inode, l.drops)).collect();
         if !self.baseline {
@@ -145,10 +134,28 @@ impl NetnsAccount {
             return (Vec::new(), saturated);
         }
         let overflows = delta(&snap.mib, &self.mib, "TcpExt.ListenOverflows");
+        let (reqq_drops, cookies) = self.syn_queue_due(snap, overflows, synq_per_packet, flush);
+        let syn_time = self.syn_time_due(overflows, ack_time, flush);
+        let remaining = self.listener_drops(snap, ack_time);
+        self.mib = kept_mib(&snap.mib);
+        self.drops = drops_now;
+        let findings = attribute(snap, remaining, syn_time, reqq_drops, cookies);
+        (findings, saturated)
+    }
+
+    /// SYN-queue overflows to report now, as (drops, cookies sent): this interval's, less what
+    /// was reported per packet, plus what earlier polls held back.
+    fn syn_queue_due(
+        &mut self,
+        snap: &NetnsSnapshot,
+        overflows: u64,
+        synq_per_packet: u64,
+        flush: bool,
+    ) -> (u64, u64) {
         let mut reqq_drops = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDrop");
         // TCPReqQFullDoCookies also counts SYNs that the accept-queue check then drops (those are
         // accept_queue_overflow): only cookies actually sent count here.
-        let mut cookies = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies").min(delta(
+        let cookies = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies").min(delta(
             &snap.mib,
             &self.mib,
             "TcpExt.SyncookiesSent",
@@ -165,23 +172,34 @@ impl NetnsAccount {
         // What is reported now may include counts held from earlier polls, and may be less
         // than this interval's (part reported per packet, or held): split it cookies first.
         self.pending_cookies += cookies;
-        cookies = synq_new.min(self.pending_cookies);
+        let cookies = synq_new.min(self.pending_cookies);
         self.pending_cookies -= cookies;
         self.pending_cookies = self
             .pending_cookies
             .min(u64::try_from(self.synq_carry.max(0)).unwrap_or(0));
-        reqq_drops = synq_new - cookies;
+        (synq_new - cookies, cookies)
+    }
+
+    /// SYN-time accept-queue overflows to report now: ListenOverflows less the ACK-time drops
+    /// reported per packet (nothing when every accept-queue drop has its own record).
+    fn syn_time_due(&mut self, overflows: u64, ack_time: &HashMap<u16, u64>, flush: bool) -> u64 {
         let ack_total: u64 = ack_time.values().sum();
         if self.accept_per_packet {
-            // Every accept-queue drop has its own record: nothing is left for polling.
             self.syn_time_carry = 0;
         } else {
             self.syn_time_carry += i64::try_from(overflows).unwrap_or(i64::MAX)
                 - i64::try_from(ack_total).unwrap_or(i64::MAX);
         }
-        let syn_time = settle(&mut self.syn_time_carry, &mut self.syn_time_settled, flush);
+        settle(&mut self.syn_time_carry, &mut self.syn_time_settled, flush)
+    }
 
-        // Each listener's own drops this interval, less what was already reported per packet.
+    /// Each listener's own drops this interval, less what was already reported per packet, as
+    /// (index in `snap.listeners`, drops), most first.
+    fn listener_drops(
+        &self,
+        snap: &NetnsSnapshot,
+        ack_time: &HashMap<u16, u64>,
+    ) -> Vec<(usize, u64)> {
         let mut remaining: Vec<(usize, u64)> = snap
             .listeners
             .iter()
@@ -196,78 +214,103 @@ impl NetnsAccount {
             })
             .collect();
         remaining.sort_by_key(|r| std::cmp::Reverse(r.1));
-        self.mib = kept_mib(&snap.mib);
-        self.drops = drops_now;
-
-        let mut findings = Vec::new();
-        let mut syn_queue_len: HashMap<u16, usize> = HashMap::new();
-        for r in &snap.requests {
-            *syn_queue_len.entry(r.local_port).or_insert(0) += 1;
-        }
-        let finding = |i: Option<usize>, cause: Cause, count: u64, cookies: u64| {
-            let l = i.and_then(|i| snap.listeners.get(i));
-            let port = l.map_or(0, |l| l.port);
-            Finding {
-                cause,
-                port,
-                addr: l.map(|l| l.addr),
-                inode: l.map(|l| l.inode),
-                count,
-                cookies,
-                queue: l.map(|l| (l.queue, l.cap)),
-                syn_queue: syn_queue_len.get(&port).copied().unwrap_or(0),
-                top_sources: top_sources(snap, port),
-            }
-        };
-        let mut take = |want: u64, cause: Cause, out: &mut Vec<Finding>| {
-            let mut left = want;
-            for (i, r) in remaining.iter_mut() {
-                if left == 0 {
-                    break;
-                }
-                let n = (*r).min(left);
-                if n > 0 {
-                    out.push(finding(Some(*i), cause, n, 0));
-                    *r -= n;
-                    left -= n;
-                }
-            }
-            left
-        };
-        let left = take(syn_time, Cause::AcceptQueueOverflow, &mut findings);
-        if left > 0 {
-            // The dropping listener is gone or its counter did not move: still count it,
-            // on the fullest listener if there is one.
-            let fullest = (0..snap.listeners.len()).max_by_key(|i| snap.listeners[*i].queue);
-            findings.push(finding(fullest, Cause::AcceptQueueOverflow, left, 0));
-        }
-        let left = take(reqq_drops, Cause::SynQueueOverflow, &mut findings);
-        let busiest_syn = (0..snap.listeners.len()).max_by_key(|i| {
-            syn_queue_len
-                .get(&snap.listeners[*i].port)
-                .copied()
-                .unwrap_or(0)
-        });
-        if left > 0 || cookies > 0 {
-            let merged = findings.iter_mut().find(|f| {
-                f.cause == Cause::SynQueueOverflow
-                    && Some(f.port) == busiest_syn.map(|i| snap.listeners[i].port)
-            });
-            match merged {
-                Some(f) => {
-                    f.count += left + cookies;
-                    f.cookies += cookies;
-                }
-                None => findings.push(finding(
-                    busiest_syn,
-                    Cause::SynQueueOverflow,
-                    left + cookies,
-                    cookies,
-                )),
-            }
-        }
-        (findings, saturated)
+        remaining
     }
+}
+
+/// Listeners whose accept queue is at least [`SATURATION_RATIO`] full.
+fn saturated(snap: &NetnsSnapshot) -> Vec<Saturation> {
+    snap.listeners
+        .iter()
+        .filter(|l| l.cap > 0 && f64::from(l.queue) >= SATURATION_RATIO * f64::from(l.cap))
+        .map(|l| Saturation {
+            port: l.port,
+            addr: l.addr,
+            inode: l.inode,
+            queue: l.queue,
+            cap: l.cap,
+        })
+        .collect()
+}
+
+/// Spreads the namespace's overflow counts over the listeners whose own drop counters moved
+/// (`remaining`), most first; what no listener accounts for goes to the fullest listener
+/// (accept queue) or the one with the most half-open connections (SYN queue).
+fn attribute(
+    snap: &NetnsSnapshot,
+    mut remaining: Vec<(usize, u64)>,
+    syn_time: u64,
+    reqq_drops: u64,
+    cookies: u64,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut syn_queue_len: HashMap<u16, usize> = HashMap::new();
+    for r in &snap.requests {
+        *syn_queue_len.entry(r.local_port).or_insert(0) += 1;
+    }
+    let finding = |i: Option<usize>, cause: Cause, count: u64, cookies: u64| {
+        let l = i.and_then(|i| snap.listeners.get(i));
+        let port = l.map_or(0, |l| l.port);
+        Finding {
+            cause,
+            port,
+            addr: l.map(|l| l.addr),
+            inode: l.map(|l| l.inode),
+            count,
+            cookies,
+            queue: l.map(|l| (l.queue, l.cap)),
+            syn_queue: syn_queue_len.get(&port).copied().unwrap_or(0),
+            top_sources: top_sources(snap, port),
+        }
+    };
+    let mut take = |want: u64, cause: Cause, out: &mut Vec<Finding>| {
+        let mut left = want;
+        for (i, r) in remaining.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            let n = (*r).min(left);
+            if n > 0 {
+                out.push(finding(Some(*i), cause, n, 0));
+                *r -= n;
+                left -= n;
+            }
+        }
+        left
+    };
+    let left = take(syn_time, Cause::AcceptQueueOverflow, &mut findings);
+    if left > 0 {
+        // The dropping listener is gone or its counter did not move: still count it,
+        // on the fullest listener if there is one.
+        let fullest = (0..snap.listeners.len()).max_by_key(|i| snap.listeners[*i].queue);
+        findings.push(finding(fullest, Cause::AcceptQueueOverflow, left, 0));
+    }
+    let left = take(reqq_drops, Cause::SynQueueOverflow, &mut findings);
+    let busiest_syn = (0..snap.listeners.len()).max_by_key(|i| {
+        syn_queue_len
+            .get(&snap.listeners[*i].port)
+            .copied()
+            .unwrap_or(0)
+    });
+    if left > 0 || cookies > 0 {
+        let merged = findings.iter_mut().find(|f| {
+            f.cause == Cause::SynQueueOverflow
+                && Some(f.port) == busiest_syn.map(|i| snap.listeners[i].port)
+        });
+        match merged {
+            Some(f) => {
+                f.count += left + cookies;
+                f.cookies += cookies;
+            }
+            None => findings.push(finding(
+                busiest_syn,
+                Cause::SynQueueOverflow,
+                left + cookies,
+                cookies,
+            )),
+        }
+    }
+    findings
 }
 
 fn top_sources(snap: &NetnsSnapshot, port: u16) -> Vec<(IpAddr, usize)> {

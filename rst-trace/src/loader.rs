@@ -4,7 +4,10 @@ use aya::{
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use rst_trace_common::{KernelLayout, LAYOUT_GLOBAL};
+use rst_trace_common::{
+    names::{program, KERNEL_LOG_LEVEL_GLOBAL},
+    KernelLayout, LAYOUT_GLOBAL,
+};
 use serde_json::{json, Value};
 use thiserror::Error;
 
@@ -33,7 +36,7 @@ pub struct Hook {
 
 pub const HOOKS: &[Hook] = &[
     Hook {
-        program: "tcp_send_reset",
+        program: program::TCP_SEND_RESET,
         tracepoints: &[("tcp", "tcp_send_reset")],
         serves: &[
             Cause::NoListener,
@@ -48,13 +51,13 @@ pub const HOOKS: &[Hook] = &[
         purpose: "RSTs sent by the TCP stack",
     },
     Hook {
-        program: "tcp_receive_reset",
+        program: program::TCP_RECEIVE_RESET,
         tracepoints: &[("tcp", "tcp_receive_reset")],
         serves: &[Cause::ResetByPeer, Cause::ConnectionRefused],
         purpose: "RSTs received",
     },
     Hook {
-        program: "inet_sock_set_state",
+        program: program::INET_SOCK_SET_STATE,
         tracepoints: &[("sock", "inet_sock_set_state")],
         // connect() that finds no local port falls back from SYN_SENT to CLOSE with port 0.
         serves: &[Cause::EphemeralPortExhaustion],
@@ -62,32 +65,32 @@ pub const HOOKS: &[Hook] = &[
             "socket ownership in the kernel (listen, connect, close) and connect() EADDRNOTAVAIL",
     },
     Hook {
-        program: "kfree_skb",
+        program: program::KFREE_SKB,
         tracepoints: &[("skb", "kfree_skb")],
         // What it serves depends on the drop reasons this kernel has: listed by `doctor`.
         serves: &[],
         purpose: "segments dropped with a reason (ACK-time accept queue overflow, netfilter)",
     },
     Hook {
-        program: "net_dev_queue",
+        program: program::NET_DEV_QUEUE,
         tracepoints: &[("net", "net_dev_queue")],
         serves: &[Cause::FirewallReject],
         purpose: "RSTs transmitted without a socket (netfilter REJECT)",
     },
     Hook {
-        program: "tcp_retransmit_synack",
+        program: program::TCP_RETRANSMIT_SYNACK,
         tracepoints: &[("tcp", "tcp_retransmit_synack")],
         serves: &[],
         purpose: "half-open connections: when to read a namespace's SYN-queue counters",
     },
     Hook {
-        program: "sys_enter_listen",
+        program: program::SYS_ENTER_LISTEN,
         tracepoints: &[("syscalls", "sys_enter_listen")],
         serves: &[],
         purpose: "the backlog passed to listen()",
     },
     Hook {
-        program: "sys_enter_accept",
+        program: program::SYS_ENTER_ACCEPT,
         tracepoints: &[
             ("syscalls", "sys_enter_accept4"),
             ("syscalls", "sys_enter_accept"),
@@ -96,7 +99,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "accept() arguments",
     },
     Hook {
-        program: "sys_exit_accept",
+        program: program::SYS_EXIT_ACCEPT,
         tracepoints: &[
             ("syscalls", "sys_exit_accept4"),
             ("syscalls", "sys_exit_accept"),
@@ -106,17 +109,93 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
-/// What happened to each hook.
+/// How a hook ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// Attached at `at` ("tcp:tcp_send_reset", "fexit:tcp_v4_syn_recv_sock", ...). `errors`
+    /// are what failed on the way: a tier tried first, or one of several attach points.
+    Attached {
+        at: Vec<String>,
+        errors: Vec<String>,
+    },
+    /// Left out: this kernel reports the same events another way (`why` says which).
+    NotNeeded { why: String },
+    /// Did not attach. `why` is the last failure (the last tier tried); `errors` the ones
+    /// before it.
+    Failed { why: String, errors: Vec<String> },
+}
+
+/// What happened to one hook (a tracepoint program, or a function hook by its report name).
 #[derive(Debug, Clone)]
 pub struct HookStatus {
     pub program: &'static str,
-    pub attached: Vec<String>,
-    pub errors: Vec<String>,
+    pub outcome: HookOutcome,
+}
+
+/// Prefix of a left-out hook's error in the JSON reports, kept for readers of the older
+/// format; the `status` field says the same.
+const NOT_NEEDED_PREFIX: &str = "not needed: ";
+
+impl HookStatus {
+    /// Attach points and errors gathered while trying: attached if any point attached.
+    fn from_attempt(program: &'static str, at: Vec<String>, mut errors: Vec<String>) -> Self {
+        let outcome = if !at.is_empty() {
+            HookOutcome::Attached { at, errors }
+        } else {
+            let why = errors
+                .pop()
+                .unwrap_or_else(|| "no attach point was tried".to_owned());
+            HookOutcome::Failed { why, errors }
+        };
+        HookStatus { program, outcome }
+    }
+
+    pub fn is_attached(&self) -> bool {
+        matches!(self.outcome, HookOutcome::Attached { .. })
+    }
+
+    /// Where it attached (empty unless attached).
+    pub fn attached(&self) -> &[String] {
+        match &self.outcome {
+            HookOutcome::Attached { at, .. } => at,
+            _ => &[],
+        }
+    }
+
+    /// Why it is not attached, for reports: "not needed: " and the reason it was left out,
+    /// or its last failure.
+    pub fn why_not(&self) -> Option<String> {
+        match &self.outcome {
+            HookOutcome::Attached { .. } => None,
+            HookOutcome::NotNeeded { why } => Some(format!("{NOT_NEEDED_PREFIX}{why}")),
+            HookOutcome::Failed { why, .. } => Some(why.clone()),
+        }
+    }
+
+    /// `{"status": "attached"|"not_needed"|"failed", "attached": [...], "errors": [...]}`,
+    /// `errors` only when there are any.
+    pub fn to_json(&self) -> Value {
+        let (status, errors): (&str, Vec<String>) = match &self.outcome {
+            HookOutcome::Attached { errors, .. } => ("attached", errors.clone()),
+            HookOutcome::NotNeeded { .. } => ("not_needed", self.why_not().into_iter().collect()),
+            HookOutcome::Failed { why, errors } => (
+                "failed",
+                errors.iter().chain(std::iter::once(why)).cloned().collect(),
+            ),
+        };
+        let mut v = json!({"status": status, "attached": self.attached()});
+        if !errors.is_empty() {
+            v["errors"] = json!(errors);
+        }
+        v
+    }
 }
 
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    /// The level the kernel programs log at (aya-log's numbering; 0: off).
+    pub kernel_log_level: u8,
 }
 
 impl Loaded {
@@ -124,7 +203,7 @@ impl Loaded {
         HOOKS
             .iter()
             .zip(&self.hooks)
-            .filter(|(_, s)| s.attached.is_empty())
+            .filter(|(_, s)| !s.is_attached())
             .flat_map(|(h, _)| h.serves.iter().copied())
             .collect()
     }
@@ -133,17 +212,20 @@ impl Loaded {
         Value::Object(
             self.hooks
                 .iter()
-                .map(|s| {
-                    let v = if s.errors.is_empty() {
-                        json!({"attached": s.attached})
-                    } else {
-                        json!({"attached": s.attached, "errors": s.errors})
-                    };
-                    (s.program.to_owned(), v)
-                })
+                .map(|s| (s.program.to_owned(), s.to_json()))
                 .collect(),
         )
     }
+}
+
+/// Report names of the function hooks: their keys in the started line's `hooks` and in
+/// `doctor` (a tracepoint hook is reported under its program's name).
+pub mod hook {
+    pub const INET_CSK_ACCEPT: &str = "inet_csk_accept";
+    pub const TCP_V4_SEND_RESET: &str = "tcp_v4_send_reset";
+    pub const TCP_V6_SEND_RESET: &str = "tcp_v6_send_reset";
+    pub const TCP_CONN_REQUEST: &str = "tcp_conn_request";
+    pub const TCP_SYN_RECV_SOCK: &str = "tcp_syn_recv_sock";
 }
 
 /// A kernel function hook, tried as fentry/fexit first, then as kprobe/kretprobe.
@@ -160,45 +242,45 @@ pub struct FunctionHook {
 
 pub const FUNCTION_HOOKS: &[FunctionHook] = &[
     FunctionHook {
-        name: "inet_csk_accept",
-                // The fexit program is chosen by the function's arity in BTF (see FEXIT_BY_ARITY).
+        name: hook::INET_CSK_ACCEPT,
+        // The fexit program is chosen by the function's arity in BTF (see FEXIT_BY_ARITY).
         trampoline: &[("inet_csk_accept_fexit", "inet_csk_accept")],
-        probes: &[("inet_csk_accept_kretprobe", "inet_csk_accept", true)],
+        probes: &[(program::INET_CSK_ACCEPT_KRETPROBE, "inet_csk_accept", true)],
         serves: &[],
         purpose: "accepted-socket ownership where the kernel creates the socket",
     },
     FunctionHook {
-        name: "tcp_v4_send_reset",
-        trampoline: &[("tcp_v4_send_reset_fentry", "tcp_v4_send_reset")],
-        probes: &[("send_reset_kprobe", "tcp_v4_send_reset", false)],
-                serves: &[Cause::NoListener, Cause::TimewaitSegment],
+        name: hook::TCP_V4_SEND_RESET,
+        trampoline: &[(program::TCP_V4_SEND_RESET_FENTRY, "tcp_v4_send_reset")],
+        probes: &[(program::SEND_RESET_KPROBE, "tcp_v4_send_reset", false)],
+        serves: &[Cause::NoListener, Cause::TimewaitSegment],
         purpose: "RSTs without a full socket (no listener, TIME_WAIT) where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
     },
     FunctionHook {
-        name: "tcp_v6_send_reset",
-        trampoline: &[("tcp_v6_send_reset_fentry", "tcp_v6_send_reset")],
-        probes: &[("send_reset_kprobe", "tcp_v6_send_reset", false)],
-                serves: &[Cause::NoListener, Cause::TimewaitSegment],
+        name: hook::TCP_V6_SEND_RESET,
+        trampoline: &[(program::TCP_V6_SEND_RESET_FENTRY, "tcp_v6_send_reset")],
+        probes: &[(program::SEND_RESET_KPROBE, "tcp_v6_send_reset", false)],
+        serves: &[Cause::NoListener, Cause::TimewaitSegment],
         purpose: "IPv6 RSTs without a full socket where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
     },
     FunctionHook {
-        name: "tcp_conn_request",
-        trampoline: &[("tcp_conn_request_fentry", "tcp_conn_request")],
-        probes: &[("tcp_conn_request_kprobe", "tcp_conn_request", false)],
+        name: hook::TCP_CONN_REQUEST,
+        trampoline: &[(program::TCP_CONN_REQUEST_FENTRY, "tcp_conn_request")],
+        probes: &[(program::TCP_CONN_REQUEST_KPROBE, "tcp_conn_request", false)],
         serves: &[Cause::AcceptQueueOverflow, Cause::SynQueueOverflow],
         purpose: "SYN-time accept/SYN queue overflow per packet, with the queues' state",
     },
     FunctionHook {
-        name: "tcp_syn_recv_sock",
+        name: hook::TCP_SYN_RECV_SOCK,
         trampoline: &[
             ("tcp_v4_syn_recv_sock_fexit", "tcp_v4_syn_recv_sock"),
             ("tcp_v6_syn_recv_sock_fexit", "tcp_v6_syn_recv_sock"),
         ],
-                // Entry probes: the function's first test is the accept queue, so no return probe is
+        // Entry probes: the function's first test is the accept queue, so no return probe is
         // needed (x86 trampolines before 6.6 cannot take its seven arguments).
         probes: &[
-            ("tcp_v4_syn_recv_sock_kprobe", "tcp_v4_syn_recv_sock", false),
-            ("tcp_v6_syn_recv_sock_kprobe", "tcp_v6_syn_recv_sock", false),
+            (program::TCP_V4_SYN_RECV_SOCK_KPROBE, "tcp_v4_syn_recv_sock", false),
+            (program::TCP_V6_SYN_RECV_SOCK_KPROBE, "tcp_v6_syn_recv_sock", false),
         ],
         serves: &[Cause::AcceptQueueOverflow],
         purpose: "ACK-time accept queue overflow per packet on kernels without the TCP_LISTEN_OVERFLOW drop reason",
@@ -222,21 +304,24 @@ const FEXIT_BY_ARITY: &[(&str, &[(usize, &str)])] = &[
     // 4 arguments before 6.10 (flags, err, kern), 2 since.
     (
         "inet_csk_accept_fexit",
-        &[(2, "inet_csk_accept_fexit2"), (4, "inet_csk_accept_fexit4")],
+        &[
+            (2, program::INET_CSK_ACCEPT_FEXIT2),
+            (4, program::INET_CSK_ACCEPT_FEXIT4),
+        ],
     ),
     // 7 where opt_child_init exists (6.18; Debian's 6.1 and 6.12 stable kernels), 6 before.
     (
         "tcp_v4_syn_recv_sock_fexit",
         &[
-            (6, "tcp_v4_syn_recv_sock_fexit6"),
-            (7, "tcp_v4_syn_recv_sock_fexit7"),
+            (6, program::TCP_V4_SYN_RECV_SOCK_FEXIT6),
+            (7, program::TCP_V4_SYN_RECV_SOCK_FEXIT7),
         ],
     ),
     (
         "tcp_v6_syn_recv_sock_fexit",
         &[
-            (6, "tcp_v6_syn_recv_sock_fexit6"),
-            (7, "tcp_v6_syn_recv_sock_fexit7"),
+            (6, program::TCP_V6_SYN_RECV_SOCK_FEXIT6),
+            (7, program::TCP_V6_SYN_RECV_SOCK_FEXIT7),
         ],
     ),
 ];
@@ -299,7 +384,7 @@ fn attach_trampolines(
     ebpf: &mut Ebpf,
     btf: &Btf,
     hook: &FunctionHook,
-    status: &mut HookStatus,
+    at: &mut Vec<String>,
     arity: &dyn Fn(&str) -> Option<usize>,
 ) -> Result<(), String> {
     for (program, function) in hook.trampoline {
@@ -313,14 +398,14 @@ fn attach_trampolines(
                     .map_err(|e| format!("fentry {function}: {e}"))?;
                 p.attach()
                     .map_err(|e| attach_error("fentry", function, &e, arity(function)))?;
-                status.attached.push(format!("fentry:{function}"));
+                at.push(format!("fentry:{function}"));
             }
             aya::programs::Program::FExit(p) => {
                 p.load(function, btf)
                     .map_err(|e| format!("fexit {function}: {e}"))?;
                 p.attach()
                     .map_err(|e| attach_error("fexit", function, &e, arity(function)))?;
-                status.attached.push(format!("fexit:{function}"));
+                at.push(format!("fexit:{function}"));
             }
             _ => return Err(format!("{program} is not a trampoline program")),
         }
@@ -328,11 +413,7 @@ fn attach_trampolines(
     Ok(())
 }
 
-fn attach_probes(
-    ebpf: &mut Ebpf,
-    hook: &FunctionHook,
-    status: &mut HookStatus,
-) -> Result<(), String> {
+fn attach_probes(ebpf: &mut Ebpf, hook: &FunctionHook, at: &mut Vec<String>) -> Result<(), String> {
     for (program, function, ret) in hook.probes {
         let p: &mut KProbe = ebpf
             .program_mut(program)
@@ -350,7 +431,7 @@ fn attach_probes(
                 format!("{kind} {function}: kprobes are not available on this kernel (built without CONFIG_KPROBES)")
             }
         })?;
-        status.attached.push(format!("{kind}:{function}"));
+        at.push(format!("{kind}:{function}"));
     }
     Ok(())
 }
@@ -373,27 +454,25 @@ fn unload_tier<'a>(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// Prefix of a hook's error when the kernel reports the same events another way.
-pub const NOT_NEEDED: &str = "not needed: ";
-
 fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[(&str, &str)]) -> Vec<HookStatus> {
     let btf = Btf::from_sys_fs().ok();
     let kbtf = crate::kernel::btf::KernelBtf::load().ok();
     let arity = |f: &str| kbtf.as_ref().and_then(|b| b.func_param_count(f));
     let mut out = Vec::new();
     for hook in FUNCTION_HOOKS {
-        let mut status = HookStatus {
-            program: hook.name,
-            attached: Vec::new(),
-            errors: Vec::new(),
-        };
         if let Some((_, why)) = skip.iter().find(|(name, _)| *name == hook.name) {
-            status.errors.push(format!("{NOT_NEEDED}{why}"));
-            out.push(status);
+            out.push(HookStatus {
+                program: hook.name,
+                outcome: HookOutcome::NotNeeded {
+                    why: (*why).to_owned(),
+                },
+            });
             continue;
         }
+        let mut at = Vec::new();
+        let mut errors = Vec::new();
         let trampoline = match &btf {
-            Some(btf) => attach_trampolines(ebpf, btf, hook, &mut status, &arity),
+            Some(btf) => attach_trampolines(ebpf, btf, hook, &mut at, &arity),
             None => Err("no kernel BTF".into()),
         };
         if let Err(e) = trampoline {
@@ -404,20 +483,16 @@ fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[(&str, &str)]) -> Vec<HookStat
                     .iter()
                     .map(|(p, f)| trampoline_for(p, f, &arity).unwrap_or(p)),
             );
-            status.attached.clear();
-            status.errors.push(e);
-            if let Err(e) = attach_probes(ebpf, hook, &mut status) {
+            at.clear();
+            errors.push(e);
+            if let Err(e) = attach_probes(ebpf, hook, &mut at) {
                 unload_tier(ebpf, hook.probes.iter().map(|(p, _, _)| *p));
-                status.attached.clear();
-                status.errors.push(e);
+                at.clear();
+                errors.push(e);
             }
         }
-        log::info!(
-            "hook {}: attached {:?}, errors {:?}",
-            hook.name,
-            status.attached,
-            status.errors
-        );
+        let status = HookStatus::from_attempt(hook.name, at, errors);
+        log::info!("hook {}: {:?}", hook.name, status.outcome);
         out.push(status);
     }
     out
@@ -426,44 +501,46 @@ fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[(&str, &str)]) -> Vec<HookStat
 /// Loads the object and attaches every hook this kernel allows. `ack_drop_reason`: the
 /// kernel frees an overflowing handshake ACK with reason TCP_LISTEN_OVERFLOW.
 pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, LoadError> {
+    let kernel_log_level = crate::kernel_log::level();
     let mut ebpf = EbpfLoader::new()
         .override_global(LAYOUT_GLOBAL, layout, true)
+        // Always set: the programs' default (0xff) would log everything.
+        .override_global(KERNEL_LOG_LEVEL_GLOBAL, &kernel_log_level, true)
         .load(BPF_OBJECT)
         .map_err(LoadError::Object)?;
     let mut hooks = Vec::new();
     for hook in HOOKS {
-        let mut status = HookStatus {
-            program: hook.program,
-            attached: Vec::new(),
-            errors: Vec::new(),
-        };
-        match attach(&mut ebpf, hook, &mut status) {
-            Ok(()) => {}
-            Err(e) => status.errors.push(e),
+        let mut at = Vec::new();
+        let mut errors = Vec::new();
+        if let Err(e) = attach(&mut ebpf, hook, &mut at, &mut errors) {
+            errors.push(e);
         }
-        for e in &status.errors {
+        for e in &errors {
             log::warn!("hook {}: {e}", hook.program);
         }
-        hooks.push(status);
+        hooks.push(HookStatus::from_attempt(hook.program, at, errors));
     }
     // ≥ 6.15 frees the overflowing ACK with reason TCP_LISTEN_OVERFLOW, seen by kfree_skb.
     let mut skip: Vec<(&str, &str)> = Vec::new();
     if ack_drop_reason {
         skip.push((
-            "tcp_syn_recv_sock",
+            hook::TCP_SYN_RECV_SOCK,
             "skb:kfree_skb reports ACK-time overflow with reason TCP_LISTEN_OVERFLOW",
         ));
     }
     // The tracepoint with a reason field (≥ 6.10) also fires without a full socket.
     if layout.tp.rst_reason != rst_trace_common::OFFSET_NONE {
         let why = "tcp:tcp_send_reset fires for every RST on this kernel (reason field present)";
-        skip.extend([("tcp_v4_send_reset", why), ("tcp_v6_send_reset", why)]);
+        skip.extend([
+            (hook::TCP_V4_SEND_RESET, why),
+            (hook::TCP_V6_SEND_RESET, why),
+        ]);
     }
     hooks.extend(attach_function_hooks(&mut ebpf, &skip));
     // Successful accepts are then reported where the socket is created, not again at exit.
     let accept_hooked = hooks
         .iter()
-        .any(|h| h.program == "inet_csk_accept" && !h.attached.is_empty());
+        .any(|h| h.program == hook::INET_CSK_ACCEPT && h.is_attached());
     if accept_hooked {
         let set = ebpf
             .map_mut(rst_trace_common::RUNTIME_MAP)
@@ -477,13 +554,22 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
             log::warn!("inet_csk_accept is hooked but the flag could not be set ({e}); accepts may be reported twice");
         }
     }
-    if hooks.iter().all(|h| h.attached.is_empty()) {
+    if !hooks.iter().any(HookStatus::is_attached) {
         return Err(LoadError::NothingAttached);
     }
-    Ok(Loaded { ebpf, hooks })
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        kernel_log_level,
+    })
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook, status: &mut HookStatus) -> Result<(), String> {
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    at: &mut Vec<String>,
+    errors: &mut Vec<String>,
+) -> Result<(), String> {
     let program: &mut TracePoint = ebpf
         .program_mut(hook.program)
         .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program))?
@@ -494,10 +580,8 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, status: &mut HookStatus) -> Result<(), S
         .map_err(|e| format!("verifier rejected {}: {e}", hook.program))?;
     for (category, name) in hook.tracepoints {
         match program.attach(category, name) {
-            Ok(_) => status.attached.push(format!("{category}:{name}")),
-            Err(e) => status
-                .errors
-                .push(format!("{category}:{name}: {}", with_sources(&e))),
+            Ok(_) => at.push(format!("{category}:{name}")),
+            Err(e) => errors.push(format!("{category}:{name}: {}", with_sources(&e))),
         }
     }
     Ok(())
@@ -559,6 +643,111 @@ mod tests {
         assert_eq!(
             trampoline_for("tcp_conn_request_fentry", "tcp_conn_request", &none),
             Ok("tcp_conn_request_fentry")
+        );
+    }
+
+    /// Every program and map the loader and the agent open by name is in the embedded object,
+    /// and every program in the object is one the loader attaches: the names cross a crate
+    /// boundary as strings (the kernel crate's macros take only literals).
+    #[test]
+    fn object_has_every_name() {
+        use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+        let obj = object::File::parse(BPF_OBJECT).expect("the embedded eBPF object parses");
+        let section_name = |s: &object::Symbol<'_, '_>| {
+            s.section_index()
+                .and_then(|i| obj.section_by_index(i).ok())
+                .and_then(|sec| sec.name().ok().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let mut programs = std::collections::BTreeSet::new();
+        let mut maps = std::collections::BTreeSet::new();
+        let mut globals = std::collections::BTreeSet::new();
+        for sym in obj.symbols().filter(|s| s.is_global()) {
+            let Ok(name) = sym.name() else { continue };
+            let section = section_name(&sym);
+            match sym.kind() {
+                SymbolKind::Text if section != ".text" => {
+                    programs.insert(name.to_owned());
+                }
+                _ if section == "maps" => {
+                    maps.insert(name.to_owned());
+                }
+                _ if section.starts_with(".rodata") || section.starts_with(".data") => {
+                    globals.insert(name.to_owned());
+                }
+                _ => {}
+            }
+        }
+
+        let mut wanted: Vec<&str> = HOOKS.iter().map(|h| h.program).collect();
+        for hook in FUNCTION_HOOKS {
+            for (family, _) in hook.trampoline {
+                match FEXIT_BY_ARITY.iter().find(|(f, _)| f == family) {
+                    Some((_, variants)) => wanted.extend(variants.iter().map(|(_, p)| *p)),
+                    None => wanted.push(family),
+                }
+            }
+            wanted.extend(hook.probes.iter().map(|(p, _, _)| *p));
+        }
+        for p in &wanted {
+            assert!(
+                programs.contains(*p),
+                "program {p} is not in the eBPF object: {programs:?}"
+            );
+        }
+        for p in &programs {
+            assert!(
+                wanted.contains(&p.as_str()),
+                "the eBPF object has program {p}, which no loader table attaches"
+            );
+        }
+        for m in rst_trace_common::names::MAPS {
+            assert!(
+                maps.contains(m),
+                "map {m} is not in the eBPF object: {maps:?}"
+            );
+        }
+        let log_map = rst_trace_common::names::KERNEL_LOG_MAP;
+        assert!(
+            maps.contains(log_map),
+            "map {log_map} is not in the eBPF object: {maps:?}"
+        );
+        for g in [LAYOUT_GLOBAL, KERNEL_LOG_LEVEL_GLOBAL] {
+            assert!(
+                globals.contains(g),
+                "global {g} is not in the eBPF object: {globals:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hook_outcomes_keep_the_report_shape() {
+        let attached =
+            HookStatus::from_attempt("h", vec!["fexit:f".into()], vec!["fentry f: no BTF".into()]);
+        assert!(attached.is_attached());
+        assert_eq!(
+            attached.to_json(),
+            json!({"status": "attached", "attached": ["fexit:f"], "errors": ["fentry f: no BTF"]})
+        );
+        let failed = HookStatus::from_attempt("h", vec![], vec!["a".into(), "b".into()]);
+        assert_eq!(failed.why_not().as_deref(), Some("b"));
+        assert_eq!(
+            failed.to_json(),
+            json!({"status": "failed", "attached": [], "errors": ["a", "b"]})
+        );
+        let skipped = HookStatus {
+            program: "h",
+            outcome: HookOutcome::NotNeeded { why: "tp".into() },
+        };
+        assert!(!skipped.is_attached());
+        assert_eq!(
+            skipped.to_json(),
+            json!({"status": "not_needed", "attached": [], "errors": ["not needed: tp"]})
+        );
+        let clean = HookStatus::from_attempt("h", vec!["tcp:x".into()], vec![]);
+        assert_eq!(
+            clean.to_json(),
+            json!({"status": "attached", "attached": ["tcp:x"]})
         );
     }
 

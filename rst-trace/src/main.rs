@@ -3,13 +3,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use rst_trace::{
     agent,
-    cli::{Cli, Command},
+    cli::{Cli, Command, DEFAULT_LOG_FILTER},
     doctor, top,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    env_logger::Builder::new()
+        .parse_filters(cli.log_level.as_deref().unwrap_or(DEFAULT_LOG_FILTER))
         .format_timestamp(None)
         .format_target(false)
         .init();

@@ -7,8 +7,10 @@ use std::{
 };
 
 use rst_trace_common::{
-    AcceptRecord, ConnectRecord, ListenDropRecord, OwnerInfo, ResetReceivedRecord, ResetSentRecord,
-    SkbDropRecord, SockStateRecord, TcpSnapshot, LISTEN_DROP_ACK_ACCEPT_FULL,
+    errno::{EADDRNOTAVAIL, EMFILE, ENFILE},
+    tcp::TCP_LISTEN,
+    AcceptRecord, ConnectRecord, Errno, ListenDropRecord, OwnerInfo, ResetReceivedRecord,
+    ResetSentRecord, SkbDropRecord, SockStateRecord, TcpSnapshot, LISTEN_DROP_ACK_ACCEPT_FULL,
     LISTEN_DROP_SYN_ACCEPT_FULL, LISTEN_DROP_SYN_QUEUE_FULL, REASON_NONE, RST_HAS_SOCK,
     RST_KEEPALIVE_ON, RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES,
     STATE_TASK_VALID,
@@ -17,9 +19,7 @@ use serde_json::{json, Value};
 
 use crate::{
     advice::{advice, AdviceFacts},
-    attribution::{
-        classify_drop, classify_received_reset, classify_sent_reset, SentReset, TCP_LISTEN,
-    },
+    attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset},
     cause::{Cause, Direction, Origin},
     diagnosis::Diagnosis,
     host::HostInfo,
@@ -31,9 +31,6 @@ use crate::{
     sockets::{ListenerSock, SocketTable},
 };
 
-const EMFILE: i32 = 24;
-const ENFILE: i32 = 23;
-const EADDRNOTAVAIL: i32 = 99;
 /// An fd_exhaustion incident on a listener explains its overflows for this long.
 const FD_INCIDENT_WINDOW_NS: u64 = 30_000_000_000;
 
@@ -603,7 +600,15 @@ impl<H: HostInfo> Pipeline<H> {
         );
         d.endpoints = listener;
         d.tcp_state = Some(TCP_LISTEN);
-        d.reason = Some(if errno == EMFILE { "EMFILE" } else { "ENFILE" }.into());
+        d.reason = Some(
+            if errno == EMFILE {
+                Errno::Emfile
+            } else {
+                Errno::Enfile
+            }
+            .name()
+            .into(),
+        );
         let facts = self.fd_facts(task.pid);
         let (nofile, open, file_nr) = (facts.nofile, facts.open, facts.file_nr);
         let incident = self
@@ -1416,7 +1421,7 @@ impl<H: HostInfo> Pipeline<H> {
             netns,
         );
         d.endpoints = Endpoints::try_from(&r.tuple).ok();
-        d.reason = Some("EADDRNOTAVAIL".into());
+        d.reason = Some(Errno::Eaddrnotavail.name().into());
         let range = self.host.sysctl(netns, "net.ipv4.ip_local_port_range");
         d.evidence
             .insert("ip_local_port_range".into(), json!(range));
@@ -1508,7 +1513,8 @@ mod tests {
     };
 
     use super::*;
-    use crate::{attribution::TCP_CLOSE, host::Acceptor};
+    use crate::host::Acceptor;
+    use rst_trace_common::tcp::TCP_CLOSE;
 
     /// A host where pid 200 exec'd into "server" and pid 300 is "worker-b"; other pids are gone.
     #[derive(Default)]

@@ -15,9 +15,8 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-use crate::kernel::reasons::tcp_state_name;
+use rst_trace_common::TcpState;
 
-const TCP_LISTEN: u8 = 10;
 /// Bounds a dump: a namespace with more sockets than this is read only in part.
 const MAX_MESSAGES: usize = 1_000_000;
 
@@ -89,7 +88,7 @@ fn dump(family: u8, snap: &mut NetnsSnapshot) -> std::io::Result<()> {
         ExtensionFlags::SKMEMINFO,
         |resp| {
             let h = &resp.header;
-            if h.state == TCP_LISTEN {
+            if TcpState::try_from(h.state) == Ok(TcpState::Listen) {
                 let drops = resp.nlas.iter().find_map(|n| match n {
                     Nla::MemInfo(m) => Some(m.drops),
                     _ => None,
@@ -121,7 +120,7 @@ pub fn states_to_here(dst: IpAddr, port: u16) -> std::io::Result<BTreeMap<&'stat
         let id = &resp.header.socket_id;
         if id.destination_port == port && id.destination_address == dst {
             *by_state
-                .entry(tcp_state_name(u32::from(resp.header.state)))
+                .entry(TcpState::name_of(u32::from(resp.header.state)))
                 .or_insert(0) += 1;
         }
     })?;
@@ -211,20 +210,13 @@ pub fn parse_datagram(
     Ok(Dump::More)
 }
 
-/// Parses /proc/net/netstat or /proc/net/snmp: pairs of "Prefix: names" / "Prefix: values".
+/// Reads /proc/net/netstat or /proc/net/snmp into `out`, keeping the well-formed pairs of
+/// "Prefix: names" / "Prefix: values" lines (the agent uses what it can read). Counters are
+/// unsigned here: the few signed ones (`Tcp.MaxConn` = -1) are not counts the agent uses.
 pub fn parse_mib(text: &str, out: &mut HashMap<String, u64>) {
-    let lines: Vec<&str> = text.lines().collect();
-    for pair in lines.chunks(2) {
-        let [names, values] = pair else { continue };
-        let (Some((prefix, names)), Some((_, values))) =
-            (names.split_once(':'), values.split_once(':'))
-        else {
-            continue;
-        };
-        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
-            if let Ok(v) = v.parse::<u64>() {
-                out.insert(format!("{prefix}.{n}"), v);
-            }
+    for (key, value) in rst_trace_common::mib::parse_lenient(text) {
+        if let Ok(value) = u64::try_from(value) {
+            out.insert(key, value);
         }
     }
 }
@@ -242,7 +234,10 @@ mod tests {
         assert_eq!(m.get("TcpExt.ListenDrops"), Some(&7));
         assert_eq!(m.get("IpExt.InNoRoutes"), Some(&1));
         parse_mib("garbage\n", &mut m);
-        parse_mib("A: x y\nA: 1\n", &mut m);
-        assert_eq!(m.get("A.x"), Some(&1));
+        // A pair whose names and values differ in number is skipped whole: no value in it
+        // can be matched to its name by position.
+        parse_mib("A: x y\nA: 1\nB: z\nB: 2\n", &mut m);
+        assert_eq!(m.get("A.x"), None);
+        assert_eq!(m.get("B.z"), Some(&2));
     }
 }

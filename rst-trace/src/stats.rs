@@ -1,13 +1,13 @@
 //! Totals: exact kernel counters, per-cause counts, and every record that did not make it.
 use std::collections::BTreeMap;
 
-use rst_trace_common::{CounterFamily, RecordKind, COUNTER_SLOTS, SLOT_NO_REASON};
+use rst_trace_common::{CounterFamily, Errno, RecordKind, TcpState, COUNTER_SLOTS, SLOT_NO_REASON};
 use serde_json::{json, Map, Value};
 
 use crate::{
     attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset},
     cause::Cause,
-    kernel::reasons::{tcp_state_name, ReasonNames},
+    kernel::reasons::ReasonNames,
 };
 
 /// Summed per-CPU counters, indexed like the kernel's `RST_COUNTERS`.
@@ -219,12 +219,10 @@ pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]
                 .collect::<Map<_, _>>(),
         )
     };
-    let errno = |e: u32| match e {
-        0 => "OK".to_owned(),
-        23 => "ENFILE".to_owned(),
-        24 => "EMFILE".to_owned(),
-        99 => "EADDRNOTAVAIL".to_owned(),
-        other => format!("ERRNO_{other}"),
+    let errno = |e: u32| match (e, Errno::try_from(e)) {
+        (0, _) => "OK".to_owned(),
+        (_, Ok(known)) => known.name().to_owned(),
+        (other, Err(_)) => format!("ERRNO_{other}"),
     };
     let kind = |k: u32| {
         u16::try_from(k)
@@ -235,7 +233,7 @@ pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]
     json!({
         "resets_sent": fam(CounterFamily::ResetSent, &reason),
         "resets_sent_linger_zero": fam(CounterFamily::ResetSentLingerZero, &reason),
-        "resets_received": fam(CounterFamily::ResetReceived, &|s| tcp_state_name(s).to_owned()),
+        "resets_received": fam(CounterFamily::ResetReceived, &|s| TcpState::name_of(s).to_owned()),
         "drops": fam(CounterFamily::SkbDrop, &|s| watched_drops.get(s as usize).map_or_else(|| format!("SLOT_{s}"), |r| (*r).to_owned())),
         "accept": fam(CounterFamily::Accept, &errno),
         "connect_errors": fam(CounterFamily::Connect, &errno),
@@ -247,6 +245,21 @@ pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]
 #[cfg(test)]
 mod tests {
     use rst_trace_common::{counter_index, COUNTERS_LEN};
+
+    #[test]
+    fn errno_values_are_this_architectures() {
+        use rst_trace_common::Errno;
+        for (e, libc_value) in [
+            (Errno::Enfile, libc::ENFILE),
+            (Errno::Emfile, libc::EMFILE),
+            (Errno::Eaddrnotavail, libc::EADDRNOTAVAIL),
+            (Errno::Econnreset, libc::ECONNRESET),
+            (Errno::Etimedout, libc::ETIMEDOUT),
+            (Errno::Econnrefused, libc::ECONNREFUSED),
+        ] {
+            assert_eq!(e.code(), libc_value, "{}", e.name());
+        }
+    }
 
     use super::*;
 

@@ -55,10 +55,7 @@ fn hook_column(hooks: &Value) -> BTreeMap<String, String> {
                     kinds.push(kind);
                 }
             }
-            let not_needed = h["errors"].as_array().is_some_and(|e| {
-                e.iter()
-                    .any(|e| e.as_str().is_some_and(|e| e.starts_with("not needed")))
-            });
+            let not_needed = h["status"] == "not_needed";
             let cell = if !kinds.is_empty() {
                 kinds.join("+")
             } else if not_needed {
@@ -195,7 +192,7 @@ mod tests {
             "tcp_syn_recv_sock": {"attached": ["kprobe:tcp_v4_syn_recv_sock", "kprobe:tcp_v6_syn_recv_sock"],
                                   "errors": ["fexit tcp_v4_syn_recv_sock: errno 524"]},
             "tcp_send_reset": {"attached": ["tcp:tcp_send_reset"]},
-            "tcp_v4_send_reset": {"attached": [], "errors": ["not needed: tcp:tcp_send_reset fires for every RST"]},
+            "tcp_v4_send_reset": {"status": "not_needed", "attached": [], "errors": ["not needed: tcp:tcp_send_reset fires for every RST"]},
             "tcp_conn_request": {"attached": [], "errors": ["kprobes are not available"]},
         });
         let col = hook_column(&hooks);

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use object::Object;
 
 use crate::cmd;
 use crate::ebpf;
-use crate::elf::Elf;
 use crate::workspace::Workspace;
 
 /// Read by rst-trace's build script to embed the eBPF object.
@@ -75,9 +75,10 @@ fn rustflags() -> String {
 /// Static (no program interpreter, and `ldd` agrees) and carrying the exact eBPF object.
 pub fn verify(binary: &Path, bpf_object: &Path) -> Result<()> {
     let data = fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    let elf = Elf::parse(&data).with_context(|| format!("{} is not ELF", binary.display()))?;
+    let elf =
+        object::File::parse(&*data).with_context(|| format!("{} is not ELF", binary.display()))?;
     // A dynamically linked executable names its loader in .interp; a static(-pie) one has none.
-    if elf.section(".interp").is_some() {
+    if elf.section_by_name(".interp").is_some() {
         bail!(
             "{} has a program interpreter (.interp): it is dynamically linked",
             binary.display()

@@ -5,11 +5,12 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use object::{Object, ObjectSection};
 
 use crate::cmd;
-use crate::elf::{Elf, EM_BPF};
 use crate::workspace::Workspace;
 
 const TARGET: &str = "bpfel-unknown-none";
@@ -18,43 +19,9 @@ const TARGET: &str = "bpfel-unknown-none";
 /// returning that path. Prerequisites must already be in place
 /// (`setup::ensure`).
 pub fn build(ws: &Workspace) -> Result<PathBuf> {
-    let crate_dir = ws.ebpf_crate();
-    if !crate_dir.join("Cargo.toml").is_file() {
-        bail!("no eBPF crate at {}", crate_dir.display());
-    }
-    let build_dir = ws.ebpf_build_dir();
-
-    // bpf_target_arch tells aya-ebpf which architecture's pt_regs/syscall
-    // layout to use: the one the agent will run on, i.e. this host.
-    // -Clink-arg=--btf makes bpf-linker emit the .BTF section the loader
-    // relies on; it is easy to lose, hence the check below.
-    // CARGO_ENCODED_RUSTFLAGS (0x1f-separated) overrides any RUSTFLAGS in the
-    // environment, which are meant for host builds.
-    let rustflags = [
-        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
-        "-Cdebuginfo=2".to_owned(),
-        "-Clink-arg=--btf".to_owned(),
-    ]
-    .join("\x1f");
-
-    let mut cargo = cmd::cargo();
-    cargo
-        .current_dir(&crate_dir)
-        // -Z build-std is unstable; this lets the stable toolchain accept it,
-        // as aya-build does, instead of requiring a nightly install.
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(&build_dir);
+    let mut cargo = cargo_for_bpf(ws, "build")?;
     cmd::run(&mut cargo).context("building the eBPF object failed")?;
+    let build_dir = ws.ebpf_build_dir();
 
     let built = build_dir.join(TARGET).join("release").join("rst-trace");
     let data = fs::read(&built)
@@ -78,14 +45,65 @@ pub fn build(ws: &Workspace) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn verify(data: &[u8]) -> Result<()> {
-    let elf = Elf::parse(data)?;
-    if elf.machine != EM_BPF {
-        bail!("ELF machine is {}, expected {EM_BPF} (eBPF)", elf.machine);
+/// `cargo SUBCOMMAND` for the eBPF crate, with the target, flags and build directory of
+/// `build` (so `clippy` checks exactly what is built).
+fn cargo_for_bpf(ws: &Workspace, subcommand: &str) -> Result<Command> {
+    let crate_dir = ws.ebpf_crate();
+    if !crate_dir.join("Cargo.toml").is_file() {
+        bail!("no eBPF crate at {}", crate_dir.display());
     }
-    match elf.section(".BTF") {
+    let build_dir = ws.ebpf_build_dir();
+    // bpf_target_arch tells aya-ebpf which architecture's pt_regs/syscall
+    // layout to use: the one the agent will run on, i.e. this host.
+    // -Clink-arg=--btf makes bpf-linker emit the .BTF section the loader
+    // relies on; it is easy to lose, hence the check below.
+    // CARGO_ENCODED_RUSTFLAGS (0x1f-separated) overrides any RUSTFLAGS in the
+    // environment, which are meant for host builds.
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ]
+    .join("\x1f");
+
+    let mut cargo = cmd::cargo();
+    cargo
+        .current_dir(&crate_dir)
+        // -Z build-std is unstable; this lets the stable toolchain accept it,
+        // as aya-build does, instead of requiring a nightly install.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .args([
+            subcommand,
+            "--release",
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(&build_dir);
+    Ok(cargo)
+}
+
+/// clippy on the eBPF crate, warnings denied.
+pub fn clippy(ws: &Workspace) -> Result<()> {
+    let mut cargo = cargo_for_bpf(ws, "clippy")?;
+    cargo.args(["--", "-D", "warnings"]);
+    cmd::run(&mut cargo).context("clippy found problems in the eBPF crate")
+}
+
+fn verify(data: &[u8]) -> Result<()> {
+    let elf = object::File::parse(data).context("not an ELF object")?;
+    if elf.architecture() != object::Architecture::Bpf {
+        bail!(
+            "ELF machine is {:?}, expected eBPF (EM_BPF)",
+            elf.architecture()
+        );
+    }
+    match elf.section_by_name(".BTF") {
         None => bail!("no .BTF section (was bpf-linker given --btf?)"),
-        Some(s) if s.size == 0 => bail!("the .BTF section is empty"),
+        Some(s) if s.size() == 0 => bail!("the .BTF section is empty"),
         Some(_) => Ok(()),
     }
 }
@@ -98,11 +116,28 @@ mod tests {
     fn rejects_a_host_executable() {
         let data = std::fs::read("/proc/self/exe").unwrap();
         let err = verify(&data).unwrap_err().to_string();
-        assert!(err.contains("expected 247"), "{err}");
+        assert!(err.contains("expected eBPF"), "{err}");
     }
 
     #[test]
     fn rejects_a_non_elf() {
         assert!(verify(b"not an object").is_err());
+    }
+
+    #[test]
+    fn accepts_the_built_object_and_rejects_its_truncations() {
+        // The object the last build-ebpf wrote, when there is one (xtask's tests do not build
+        // it themselves).
+        let Ok(ws) = Workspace::locate() else { return };
+        let Ok(data) = std::fs::read(ws.bpf_object()) else {
+            return;
+        };
+        verify(&data).unwrap();
+        for len in [0, 16, 63, 64, data.len() / 2] {
+            assert!(
+                verify(&data[..len]).is_err(),
+                "a prefix of {len} bytes passed"
+            );
+        }
     }
 }

@@ -10,9 +10,9 @@ mod cmd;
 mod compat;
 mod dist;
 mod ebpf;
-mod elf;
 mod examples;
 mod fuzz;
+mod lint;
 mod setup;
 mod vm;
 mod workspace;
@@ -92,8 +92,9 @@ enum Task {
         args: Vec<OsString>,
     },
 
-    /// Set up (test peers included), build (release and dist), then run `cargo test --workspace --release`.
+    /// Set up (test peers included), lint, build (release and dist), then run `cargo test --workspace --release`.
     ///
+    /// The lint step (`cargo xtask lint`) runs first and stops the run on a finding.
     /// The tests get RST_TRACE_BPF_OBJECT, RST_TRACE_BIN and RST_TRACE_DIST_BIN (the static
     /// agent of `cargo xtask dist`), as absolute paths.
     /// Arguments after `--` go to cargo test (a test-name filter, or a second
@@ -110,6 +111,10 @@ enum Task {
         )]
         args: Vec<OsString>,
     },
+
+    /// Check formatting and lints: `cargo fmt --check` and `cargo clippy --all-targets -- -D
+    /// warnings` on the workspace, the same on the eBPF crate for its target.
+    Lint,
 
     /// Regenerate the README's kernel × cause table from the QEMU matrix and host doctor.
     ///
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
 fn setup_scope(task: &Task) -> Option<Scope> {
     match task {
         Task::Setup | Task::Test { .. } => Some(Scope::Full),
+        Task::Lint => Some(Scope::Build),
         Task::BuildEbpf | Task::Build { .. } | Task::Dist | Task::Run { .. } => Some(Scope::Build),
         // compat-table and examples only read files; integration-test, bench and fuzz set up
         // their own (bench-load is bench's own helper process).
@@ -238,8 +244,10 @@ fn run(cli: Cli) -> Result<u8> {
             };
             return Err(agent::exec(&built.binary, &args));
         }
+        Task::Lint => lint::run(&Workspace::locate()?)?,
         Task::Test { args } => {
             let ws = Workspace::locate()?;
+            lint::run(&ws)?;
             let built = agent::build(&ws, Profile::Release)?;
             let dist = dist::build(&ws)?;
             return agent::test(&ws, &built, &dist, &args);

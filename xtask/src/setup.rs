@@ -84,7 +84,7 @@ pub fn packages(scope: Scope) -> Vec<&'static str> {
 pub fn ensure(scope: Scope) -> Result<()> {
     // Order matters: bpf-linker is compiled against llvm-22-dev.
     ensure_apt_packages(&packages(scope))?;
-    ensure_rust_src()?;
+    ensure_components()?;
     ensure_bpf_linker()?;
     Ok(())
 }
@@ -165,28 +165,45 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// `-Z build-std=core` compiles core from source for bpfel-unknown-none.
-fn ensure_rust_src() -> Result<()> {
+/// rust-src: `-Z build-std=core` compiles core from source for bpfel-unknown-none. clippy and
+/// rustfmt: `cargo xtask lint`, which `cargo xtask test` runs first.
+const COMPONENTS: [&str; 3] = ["rust-src", "clippy", "rustfmt"];
+
+fn ensure_components() -> Result<()> {
     let out = cmd::probe(Command::new("rustup").args(["component", "list", "--installed"]))?
-        .context("rustup not found: it is needed to install the rust-src component")?;
+        .context(
+            "rustup not found: it is needed to install the rust-src, clippy and rustfmt components",
+        )?;
     if !out.status.success() {
         bail!(
             "`rustup component list --installed` failed ({})",
             out.status
         );
     }
-    let present = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some("rust-src"));
-    if present {
-        eprintln!("ok rust-src (present)");
-        return Ok(());
+    let installed = String::from_utf8_lossy(&out.stdout);
+    // Listed as "rust-src", "clippy-x86_64-unknown-linux-gnu", ...
+    let present = |component: &str| {
+        installed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .any(|name| {
+                name == component
+                    || name
+                        .strip_prefix(component)
+                        .is_some_and(|rest| rest.starts_with('-'))
+            })
+    };
+    for component in COMPONENTS {
+        if present(component) {
+            eprintln!("ok {component} (present)");
+            continue;
+        }
+        eprintln!("installing {component}");
+        // rustup's proxy exported RUSTUP_TOOLCHAIN to us, so this targets the
+        // toolchain the build will actually use.
+        cmd::run(Command::new("rustup").args(["component", "add", component]))?;
+        eprintln!("ok {component} (installed)");
     }
-    eprintln!("installing rust-src");
-    // rustup's proxy exported RUSTUP_TOOLCHAIN to us, so this targets the
-    // toolchain the build will actually use.
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src"]))?;
-    eprintln!("ok rust-src (installed)");
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Builds the `KernelLayout` handed to the eBPF programs, and records which hooks the
 //! running kernel can serve.
-use rst_trace_common::{KernelLayout, MAX_DROP_REASONS, MEMBER_NONE, OFFSET_NONE};
+use rst_trace_common::{
+    KernelLayout, StructOffsets, TracepointOffsets, MAX_DROP_REASONS, MEMBER_NONE, OFFSET_NONE,
+};
 
 use super::{
     btf::KernelBtf,
@@ -19,10 +21,9 @@ pub struct KernelFacts {
     pub warnings: Vec<String>,
 }
 
-/// The drop reasons the kfree_skb program reports, in counter-slot order.
-/// NO_SOCKET must stay third: the kernel program reports it only for a full listener's
-/// handshake ACK (the SYN-cookie path of an ACK-time overflow).
-pub const WATCHED_DROP_REASONS: [&str; 3] = ["TCP_LISTEN_OVERFLOW", "NETFILTER_DROP", "NO_SOCKET"];
+/// The drop reasons the kfree_skb program reports, in counter-slot order (defined, with the
+/// slot order, in rst-trace-common).
+pub use rst_trace_common::WATCHED_DROP_REASONS;
 
 fn off(fmt: Option<&Format>, name: &str) -> u16 {
     fmt.and_then(|f| f.get(name))
@@ -36,150 +37,13 @@ fn member(btf: &KernelBtf, s: &str, path: &[&str]) -> u32 {
 impl KernelFacts {
     pub fn discover(tracefs: &Tracefs, btf: &KernelBtf) -> Self {
         let mut warnings = Vec::new();
-        let mut found = Vec::new();
-        let mut fmt = |cat: &str, name: &str| match tracefs.format(cat, name) {
-            Ok(f) => {
-                found.push(format!("{cat}:{name}"));
-                Some(f)
-            }
-            Err(e) => {
-                warnings.push(e.to_string());
-                None
-            }
-        };
-        let send_reset = fmt("tcp", "tcp_send_reset");
-        let recv_reset = fmt("tcp", "tcp_receive_reset");
-        let set_state = fmt("sock", "inet_sock_set_state");
-        let kfree = fmt("skb", "kfree_skb");
-        let enter_listen = fmt("syscalls", "sys_enter_listen");
-        let exit_accept = fmt("syscalls", "sys_exit_accept4");
-        let dev_queue = fmt("net", "net_dev_queue");
-        let synack = fmt("tcp", "tcp_retransmit_synack");
-
         let mut layout = KernelLayout::UNKNOWN;
-        let t = &mut layout.tp;
-        let sr = send_reset.as_ref();
-        t.rst_skbaddr = off(sr, "skbaddr");
-        t.rst_skaddr = off(sr, "skaddr");
-        t.rst_state = off(sr, "state");
-        t.rst_reason = off(sr, "reason");
-        // ≥ 5.19 stores sockaddr images (28 bytes); older kernels split the fields.
-        if sr
-            .and_then(|f| f.get("saddr"))
-            .is_some_and(|f| f.size == 28)
-        {
-            t.rst_saddr_sockaddr = off(sr, "saddr");
-            t.rst_daddr_sockaddr = off(sr, "daddr");
-        } else {
-            t.rst_sport = off(sr, "sport");
-            t.rst_dport = off(sr, "dport");
-            t.rst_family = off(sr, "family");
-            t.rst_saddr4 = off(sr, "saddr");
-            t.rst_daddr4 = off(sr, "daddr");
-            t.rst_saddr6 = off(sr, "saddr_v6");
-            t.rst_daddr6 = off(sr, "daddr_v6");
-        }
-        let rr = recv_reset.as_ref();
-        t.rr_skaddr = off(rr, "skaddr");
-        t.rr_sock_cookie = off(rr, "sock_cookie");
-        let ss = set_state.as_ref();
-        t.ss_skaddr = off(ss, "skaddr");
-        t.ss_oldstate = off(ss, "oldstate");
-        t.ss_newstate = off(ss, "newstate");
-        t.ss_protocol = off(ss, "protocol");
-        let kf = kfree.as_ref();
-        t.kfs_skbaddr = off(kf, "skbaddr");
-        t.kfs_location = off(kf, "location");
-        t.kfs_protocol = off(kf, "protocol");
-        t.kfs_reason = off(kf, "reason");
-        t.kfs_rx_sk = off(kf, "rx_sk");
-        t.sys_enter_fd = off(enter_listen.as_ref(), "fd");
-        t.sys_enter_listen_backlog = off(enter_listen.as_ref(), "backlog");
-        t.sys_exit_ret = off(exit_accept.as_ref(), "ret");
-        t.ndq_skbaddr = off(dev_queue.as_ref(), "skbaddr");
-        t.rsa_skaddr = off(synack.as_ref(), "skaddr");
-        t.rsa_sport = off(synack.as_ref(), "sport");
-
-        let s = &mut layout.st;
-        s.skc_family = member(btf, "sock", &["__sk_common", "skc_family"]);
-        s.skc_state = member(btf, "sock", &["__sk_common", "skc_state"]);
-        s.skc_num = member(btf, "sock", &["__sk_common", "skc_num"]);
-        s.skc_dport = member(btf, "sock", &["__sk_common", "skc_dport"]);
-        s.skc_rcv_saddr = member(btf, "sock", &["__sk_common", "skc_rcv_saddr"]);
-        s.skc_daddr = member(btf, "sock", &["__sk_common", "skc_daddr"]);
-        s.skc_v6_rcv_saddr = member(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"]);
-        s.skc_v6_daddr = member(btf, "sock", &["__sk_common", "skc_v6_daddr"]);
-        s.skc_net = member(btf, "sock", &["__sk_common", "skc_net", "net"]);
-        // `sk_flags` is a macro for `__sk_common.skc_flags` on recent kernels, a member on old ones.
-        s.sk_flags = btf
-            .offset("sock", &["__sk_common", "skc_flags"])
-            .or_else(|| btf.offset("sock", &["sk_flags"]))
-            .unwrap_or(MEMBER_NONE);
-        s.sk_lingertime = member(btf, "sock", &["sk_lingertime"]);
-        s.sk_ack_backlog = member(btf, "sock", &["sk_ack_backlog"]);
-        s.sk_max_ack_backlog = member(btf, "sock", &["sk_max_ack_backlog"]);
-        s.tcp_rcv_nxt = member(btf, "tcp_sock", &["rcv_nxt"]);
-        s.tcp_copied_seq = member(btf, "tcp_sock", &["copied_seq"]);
-        s.tcp_snd_una = member(btf, "tcp_sock", &["snd_una"]);
-        s.tcp_snd_nxt = member(btf, "tcp_sock", &["snd_nxt"]);
-        s.tcp_lsndtime = member(btf, "tcp_sock", &["lsndtime"]);
-        s.tcp_rcv_tstamp = member(btf, "tcp_sock", &["rcv_tstamp"]);
-        s.icsk_syn_qlen = member(btf, "inet_connection_sock", &["icsk_accept_queue", "qlen"]);
-        s.net_ns_inum = member(btf, "net", &["ns", "inum"]);
-        s.skb_dev = member(btf, "sk_buff", &["dev"]);
-        s.skb_sk = member(btf, "sk_buff", &["sk"]);
-        s.skb_head = member(btf, "sk_buff", &["head"]);
-        s.skb_network_header = member(btf, "sk_buff", &["network_header"]);
-        s.netdev_nd_net = member(btf, "net_device", &["nd_net", "net"]);
-        s.task_files = member(btf, "task_struct", &["files"]);
-        s.files_fdt = member(btf, "files_struct", &["fdt"]);
-        s.fdtable_fd = member(btf, "fdtable", &["fd"]);
-        s.fdtable_max_fds = member(btf, "fdtable", &["max_fds"]);
-        s.file_private_data = member(btf, "file", &["private_data"]);
-        s.socket_sk = member(btf, "socket", &["sk"]);
-        s.sk_socket = member(btf, "sock", &["sk_socket"]);
-        s.socket_ino = match (
-            btf.offset("socket_alloc", &["socket"]),
-            btf.offset("socket_alloc", &["vfs_inode"]),
-            btf.offset("inode", &["i_ino"]),
-        ) {
-            (Some(sock), Some(inode), Some(ino)) if inode >= sock => inode - sock + ino,
-            _ => MEMBER_NONE,
-        };
-        s.task_start_boottime = btf
-            .offset("task_struct", &["start_boottime"])
-            .or_else(|| btf.offset("task_struct", &["real_start_time"]))
-            .unwrap_or(MEMBER_NONE);
-        s.task_group_leader = member(btf, "task_struct", &["group_leader"]);
-        s.inet_sport = member(btf, "inet_sock", &["inet_sport"]);
-        let sock_flags = btf.enum_values("sock_flags");
-        let bit = |name: &str| {
-            sock_flags
-                .get(name)
-                .and_then(|v| u32::try_from(*v).ok())
-                .unwrap_or(MEMBER_NONE)
-        };
-        s.sock_linger_bit = bit("SOCK_LINGER");
-        s.sock_keepopen_bit = bit("SOCK_KEEPOPEN");
-        s.sock_dead_bit = bit("SOCK_DEAD");
-
+        let (tp, found) = tracepoint_offsets(tracefs, &mut warnings);
+        layout.tp = tp;
+        layout.st = struct_offsets(btf);
         let rst_reasons = ReasonNames::from_btf(btf, "sk_rst_reason", "SK_RST_REASON_");
         let drop_reasons = ReasonNames::from_btf(btf, "skb_drop_reason", "SKB_DROP_REASON_");
-        // Slots keep their position even when a reason is missing: the kernel program and the
-        // counters address them by index.
-        for (slot, name) in WATCHED_DROP_REASONS
-            .iter()
-            .enumerate()
-            .take(MAX_DROP_REASONS)
-        {
-            match drop_reasons.value(name).and_then(|v| u32::try_from(v).ok()) {
-                Some(v) => layout.drop_reasons[slot] = v,
-                None => warnings.push(format!("this kernel has no drop reason {name}")),
-            }
-        }
-        layout.drop_reason_count =
-            u32::try_from(WATCHED_DROP_REASONS.len().min(MAX_DROP_REASONS)).unwrap_or(0);
-
+        watch_drop_reasons(&drop_reasons, &mut layout, &mut warnings);
         for (what, v) in [
             ("sock.skc_net", layout.st.skc_net),
             ("net.ns.inum", layout.st.net_ns_inum),
@@ -210,4 +74,168 @@ impl KernelFacts {
             .take(n)
             .position(|v| *v == value && *v != rst_trace_common::REASON_NONE)
     }
+}
+
+/// The offsets of the tracepoint fields the programs read, from tracefs `format` files; also
+/// the tracepoints whose format was found.
+fn tracepoint_offsets(
+    tracefs: &Tracefs,
+    warnings: &mut Vec<String>,
+) -> (TracepointOffsets, Vec<String>) {
+    let mut found = Vec::new();
+    let mut fmt = |cat: &str, name: &str| match tracefs.format(cat, name) {
+        Ok(f) => {
+            found.push(format!("{cat}:{name}"));
+            Some(f)
+        }
+        Err(e) => {
+            warnings.push(e.to_string());
+            None
+        }
+    };
+    let send_reset = fmt("tcp", "tcp_send_reset");
+    let recv_reset = fmt("tcp", "tcp_receive_reset");
+    let set_state = fmt("sock", "inet_sock_set_state");
+    let kfree = fmt("skb", "kfree_skb");
+    let enter_listen = fmt("syscalls", "sys_enter_listen");
+    let exit_accept = fmt("syscalls", "sys_exit_accept4");
+    let dev_queue = fmt("net", "net_dev_queue");
+    let synack = fmt("tcp", "tcp_retransmit_synack");
+
+    let mut tp = KernelLayout::UNKNOWN.tp;
+    let t = &mut tp;
+    let sr = send_reset.as_ref();
+    t.rst_skbaddr = off(sr, "skbaddr");
+    t.rst_skaddr = off(sr, "skaddr");
+    t.rst_state = off(sr, "state");
+    t.rst_reason = off(sr, "reason");
+    // ≥ 5.19 stores sockaddr images (28 bytes); older kernels split the fields.
+    if sr
+        .and_then(|f| f.get("saddr"))
+        .is_some_and(|f| f.size == 28)
+    {
+        t.rst_saddr_sockaddr = off(sr, "saddr");
+        t.rst_daddr_sockaddr = off(sr, "daddr");
+    } else {
+        t.rst_sport = off(sr, "sport");
+        t.rst_dport = off(sr, "dport");
+        t.rst_family = off(sr, "family");
+        t.rst_saddr4 = off(sr, "saddr");
+        t.rst_daddr4 = off(sr, "daddr");
+        t.rst_saddr6 = off(sr, "saddr_v6");
+        t.rst_daddr6 = off(sr, "daddr_v6");
+    }
+    let rr = recv_reset.as_ref();
+    t.rr_skaddr = off(rr, "skaddr");
+    t.rr_sock_cookie = off(rr, "sock_cookie");
+    let ss = set_state.as_ref();
+    t.ss_skaddr = off(ss, "skaddr");
+    t.ss_oldstate = off(ss, "oldstate");
+    t.ss_newstate = off(ss, "newstate");
+    t.ss_protocol = off(ss, "protocol");
+    let kf = kfree.as_ref();
+    t.kfs_skbaddr = off(kf, "skbaddr");
+    t.kfs_location = off(kf, "location");
+    t.kfs_protocol = off(kf, "protocol");
+    t.kfs_reason = off(kf, "reason");
+    t.kfs_rx_sk = off(kf, "rx_sk");
+    t.sys_enter_fd = off(enter_listen.as_ref(), "fd");
+    t.sys_enter_listen_backlog = off(enter_listen.as_ref(), "backlog");
+    t.sys_exit_ret = off(exit_accept.as_ref(), "ret");
+    t.ndq_skbaddr = off(dev_queue.as_ref(), "skbaddr");
+    t.rsa_skaddr = off(synack.as_ref(), "skaddr");
+    t.rsa_sport = off(synack.as_ref(), "sport");
+
+    (tp, found)
+}
+
+/// The offsets of the kernel struct members the programs read, from the kernel's BTF.
+fn struct_offsets(btf: &KernelBtf) -> StructOffsets {
+    let mut st = KernelLayout::UNKNOWN.st;
+    let s = &mut st;
+    s.skc_family = member(btf, "sock", &["__sk_common", "skc_family"]);
+    s.skc_state = member(btf, "sock", &["__sk_common", "skc_state"]);
+    s.skc_num = member(btf, "sock", &["__sk_common", "skc_num"]);
+    s.skc_dport = member(btf, "sock", &["__sk_common", "skc_dport"]);
+    s.skc_rcv_saddr = member(btf, "sock", &["__sk_common", "skc_rcv_saddr"]);
+    s.skc_daddr = member(btf, "sock", &["__sk_common", "skc_daddr"]);
+    s.skc_v6_rcv_saddr = member(btf, "sock", &["__sk_common", "skc_v6_rcv_saddr"]);
+    s.skc_v6_daddr = member(btf, "sock", &["__sk_common", "skc_v6_daddr"]);
+    s.skc_net = member(btf, "sock", &["__sk_common", "skc_net", "net"]);
+    // `sk_flags` is a macro for `__sk_common.skc_flags` on recent kernels, a member on old ones.
+    s.sk_flags = btf
+        .offset("sock", &["__sk_common", "skc_flags"])
+        .or_else(|| btf.offset("sock", &["sk_flags"]))
+        .unwrap_or(MEMBER_NONE);
+    s.sk_lingertime = member(btf, "sock", &["sk_lingertime"]);
+    s.sk_ack_backlog = member(btf, "sock", &["sk_ack_backlog"]);
+    s.sk_max_ack_backlog = member(btf, "sock", &["sk_max_ack_backlog"]);
+    s.tcp_rcv_nxt = member(btf, "tcp_sock", &["rcv_nxt"]);
+    s.tcp_copied_seq = member(btf, "tcp_sock", &["copied_seq"]);
+    s.tcp_snd_una = member(btf, "tcp_sock", &["snd_una"]);
+    s.tcp_snd_nxt = member(btf, "tcp_sock", &["snd_nxt"]);
+    s.tcp_lsndtime = member(btf, "tcp_sock", &["lsndtime"]);
+    s.tcp_rcv_tstamp = member(btf, "tcp_sock", &["rcv_tstamp"]);
+    s.icsk_syn_qlen = member(btf, "inet_connection_sock", &["icsk_accept_queue", "qlen"]);
+    s.net_ns_inum = member(btf, "net", &["ns", "inum"]);
+    s.skb_dev = member(btf, "sk_buff", &["dev"]);
+    s.skb_sk = member(btf, "sk_buff", &["sk"]);
+    s.skb_head = member(btf, "sk_buff", &["head"]);
+    s.skb_network_header = member(btf, "sk_buff", &["network_header"]);
+    s.netdev_nd_net = member(btf, "net_device", &["nd_net", "net"]);
+    s.task_files = member(btf, "task_struct", &["files"]);
+    s.files_fdt = member(btf, "files_struct", &["fdt"]);
+    s.fdtable_fd = member(btf, "fdtable", &["fd"]);
+    s.fdtable_max_fds = member(btf, "fdtable", &["max_fds"]);
+    s.file_private_data = member(btf, "file", &["private_data"]);
+    s.socket_sk = member(btf, "socket", &["sk"]);
+    s.sk_socket = member(btf, "sock", &["sk_socket"]);
+    s.socket_ino = match (
+        btf.offset("socket_alloc", &["socket"]),
+        btf.offset("socket_alloc", &["vfs_inode"]),
+        btf.offset("inode", &["i_ino"]),
+    ) {
+        (Some(sock), Some(inode), Some(ino)) if inode >= sock => inode - sock + ino,
+        _ => MEMBER_NONE,
+    };
+    s.task_start_boottime = btf
+        .offset("task_struct", &["start_boottime"])
+        .or_else(|| btf.offset("task_struct", &["real_start_time"]))
+        .unwrap_or(MEMBER_NONE);
+    s.task_group_leader = member(btf, "task_struct", &["group_leader"]);
+    s.inet_sport = member(btf, "inet_sock", &["inet_sport"]);
+    let sock_flags = btf.enum_values("sock_flags");
+    let bit = |name: &str| {
+        sock_flags
+            .get(name)
+            .and_then(|v| u32::try_from(*v).ok())
+            .unwrap_or(MEMBER_NONE)
+    };
+    s.sock_linger_bit = bit("SOCK_LINGER");
+    s.sock_keepopen_bit = bit("SOCK_KEEPOPEN");
+    s.sock_dead_bit = bit("SOCK_DEAD");
+
+    st
+}
+
+/// Puts the watched drop reasons' values on this kernel into their slots. Slots keep their
+/// position even when a reason is missing: the kernel program and the counters address them by
+/// index.
+fn watch_drop_reasons(
+    drop_reasons: &ReasonNames,
+    layout: &mut KernelLayout,
+    warnings: &mut Vec<String>,
+) {
+    for (slot, name) in WATCHED_DROP_REASONS
+        .iter()
+        .enumerate()
+        .take(MAX_DROP_REASONS)
+    {
+        match drop_reasons.value(name).and_then(|v| u32::try_from(v).ok()) {
+            Some(v) => layout.drop_reasons[slot] = v,
+            None => warnings.push(format!("this kernel has no drop reason {name}")),
+        }
+    }
+    layout.drop_reason_count =
+        u32::try_from(WATCHED_DROP_REASONS.len().min(MAX_DROP_REASONS)).unwrap_or(0);
 }

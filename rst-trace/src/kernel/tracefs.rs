@@ -239,4 +239,74 @@ format:
             .fields
             .is_empty());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// A field as the kernel prints it: a C type, the name (maybe an array), its place.
+        fn field() -> impl Strategy<Value = (String, String, u16, u16, bool)> {
+            let ty = prop::sample::select(vec![
+                "int",
+                "const void *",
+                "__u8",
+                "__u16",
+                "enum sk_rst_reason",
+                "unsigned long",
+                "const char *",
+                "__data_loc char[]",
+            ]);
+            let array = prop::option::of(1u16..64);
+            (
+                ty,
+                "[a-z_][a-z0-9_]{0,20}",
+                array,
+                any::<u16>(),
+                any::<u16>(),
+                any::<bool>(),
+            )
+                .prop_map(|(ty, name, array, offset, size, signed)| {
+                    let decl = match array {
+                        Some(n) => format!("{ty} {name}[{n}]"),
+                        None => format!("{ty} {name}"),
+                    };
+                    (decl, name, offset, size, signed)
+                })
+        }
+
+        proptest! {
+            /// Every field of a well-formed format file reads back with its offset and size,
+            /// whatever the header and print-format lines around it (the last of a repeated
+            /// name wins).
+            #[test]
+            fn well_formed_fields_read_back(fields in prop::collection::vec(field(), 0..24)) {
+                let mut text = String::from("name: t\nID: 1\nformat:\n");
+                let mut want = HashMap::new();
+                for (decl, name, offset, size, signed) in &fields {
+                    text.push_str(&format!(
+                        "\tfield:{decl};\toffset:{offset};\tsize:{size};\tsigned:{};\n",
+                        u8::from(*signed)
+                    ));
+                    want.insert(name.clone(), Field { offset: *offset, size: *size });
+                }
+                text.push_str("\nprint fmt: \"x=%p\", REC->x\n");
+                let f = Format::parse(&text, Path::new("t")).expect("well-formed format");
+                prop_assert_eq!(f.fields, want);
+            }
+
+            /// A field line without an offset or size is an error, never a guess.
+            #[test]
+            fn a_field_without_its_place_is_an_error(
+                (decl, _, offset, size, _) in field(),
+                drop_offset in any::<bool>(),
+            ) {
+                let line = if drop_offset {
+                    format!("\tfield:{decl};\tsize:{size};\n")
+                } else {
+                    format!("\tfield:{decl};\toffset:{offset};\n")
+                };
+                prop_assert!(Format::parse(&line, Path::new("t")).is_err());
+            }
+        }
+    }
 }

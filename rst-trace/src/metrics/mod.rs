@@ -186,10 +186,31 @@ fn to_i64(v: u64) -> i64 {
 
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        self.encode_causes(&mut enc)?;
+        self.encode_records(&mut enc)?;
+        self.encode_owner_tables(&mut enc)?;
+        let s = &self.snap;
+        let m = enc.encode_descriptor(
+            "rst_trace_build",
+            "The agent's version and the kernel it runs on.",
+            None,
+            MetricType::Info,
+        )?;
+        Info::new(vec![
+            ("version", s.info.version.to_owned()),
+            ("kernel", s.info.kernel.clone()),
+        ])
+        .encode(m)
+    }
+}
+
+impl Scrape {
+    /// Per-cause totals, listener events and RSTs sent.
+    fn encode_causes(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let s = &self.snap;
         // Every cause, zero included: an alert on increase() works from the first event.
         counters(
-            &mut enc,
+            enc,
             "rst_trace_causes",
             "TCP resets and drops per cause; the per-cause totals of the rst_trace.stats line (kernel counters where they decide the cause).",
             Cause::ALL.iter().map(|c| {
@@ -200,7 +221,7 @@ impl Collector for Scrape {
             }),
         )?;
         counters(
-            &mut enc,
+            enc,
             "rst_trace_listener_events",
             "Listener-side events per cause, listening port and owning process: the top N pairs per cause by count, the rest under port=\"other\", process=\"other\".",
             self.listeners.iter().map(|l| {
@@ -215,7 +236,7 @@ impl Collector for Scrape {
             }),
         )?;
         counters(
-            &mut enc,
+            enc,
             "rst_trace_resets_sent",
             "RSTs this host sent, by origin: tcp_stack reconciles with the kernel's Tcp.OutRsts, netfilter is what REJECT rules sent (TCP does not count those).",
             [
@@ -223,32 +244,38 @@ impl Collector for Scrape {
                 (vec![("origin", "netfilter".to_owned())], s.resets_sent_netfilter),
             ],
         )?;
+        Ok(())
+    }
+
+    /// The agent's own record counts and which hooks are attached.
+    fn encode_records(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = &self.snap;
         counter(
-            &mut enc,
+            enc,
             "rst_trace_records_delivered",
             "Records read from the kernel's ring buffer.",
             s.delivered,
         )?;
         counter(
-            &mut enc,
+            enc,
             "rst_trace_records_lost",
             "Records the ring buffer could not take (the per-cause totals still count them where kernel counters decide the cause).",
             s.lost,
         )?;
         counter(
-            &mut enc,
+            enc,
             "rst_trace_records_undecodable",
             "Records that could not be decoded.",
             s.undecodable,
         )?;
         counter(
-            &mut enc,
+            enc,
             "rst_trace_events_folded",
             "Events folded into per-second storm summaries instead of being written one by one.",
             s.folded,
         )?;
         gauges(
-            &mut enc,
+            enc,
             "rst_trace_hook_attached",
             "1 when the kernel hook is attached, 0 when it is not (rst-trace doctor says why).",
             s.info
@@ -256,9 +283,15 @@ impl Collector for Scrape {
                 .iter()
                 .map(|(h, on)| (vec![("hook", (*h).to_owned())], i64::from(*on))),
         )?;
+        Ok(())
+    }
+
+    /// The kernel's socket ownership tables.
+    fn encode_owner_tables(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = &self.snap;
         let o = &s.owners;
         gauges(
-            &mut enc,
+            enc,
             "rst_trace_owner_table_capacity",
             "Entries the kernel's socket ownership tables can hold.",
             [
@@ -270,7 +303,7 @@ impl Collector for Scrape {
             ],
         )?;
         counters(
-            &mut enc,
+            enc,
             "rst_trace_owner_table_stored",
             "Owners stored in the kernel's ownership tables.",
             [
@@ -279,13 +312,13 @@ impl Collector for Scrape {
             ],
         )?;
         counters(
-            &mut enc,
+            enc,
             "rst_trace_owner_table_full",
             "Owners that did not fit in the kernel's ownership table.",
             [(vec![("table", "sockets".to_owned())], o.full)],
         )?;
         counters(
-            &mut enc,
+            enc,
             "rst_trace_owner_lookups",
             "Events that looked up their socket's owner in the kernel's tables, by result.",
             [
@@ -296,17 +329,7 @@ impl Collector for Scrape {
                 ),
             ],
         )?;
-        let m = enc.encode_descriptor(
-            "rst_trace_build",
-            "The agent's version and the kernel it runs on.",
-            None,
-            MetricType::Info,
-        )?;
-        Info::new(vec![
-            ("version", s.info.version.to_owned()),
-            ("kernel", s.info.kernel.clone()),
-        ])
-        .encode(m)
+        Ok(())
     }
 }
 

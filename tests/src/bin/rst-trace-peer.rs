@@ -40,6 +40,7 @@
 //!
 //! Exit status: 0 on success, 1 on a setup failure (message on stderr), 2 on bad usage.
 
+use rst_trace_common::TcpState;
 use std::collections::HashMap;
 use std::io::Write;
 use std::mem;
@@ -1163,9 +1164,8 @@ fn cmd_late_send(a: &Args) {
         exit(1);
     }
     out(&format!("late_sent {late}"));
-    const TCP_CLOSE: u8 = 7;
     loop {
-        if tcp_state_of(fd) == Some(TCP_CLOSE) {
+        if tcp_state_of(fd).and_then(|s| TcpState::try_from(s).ok()) == Some(TcpState::Close) {
             out(&format!("closed so_error={}", errno_name(so_error(fd))));
             break;
         }

@@ -131,23 +131,7 @@ fn mib() -> Mib {
     let mut m = Mib::new();
     for path in ["/proc/net/snmp", "/proc/net/netstat"] {
         let text = fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.chunks(2) {
-            let [names, values] = pair else { continue };
-            let (Some((p1, names)), Some((p2, values))) =
-                (names.split_once(':'), values.split_once(':'))
-            else {
-                continue;
-            };
-            if p1 != p2 {
-                continue;
-            }
-            for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
-                if let Ok(v) = v.parse::<i64>() {
-                    m.insert(format!("{p1}.{n}"), v);
-                }
-            }
-        }
+        m.extend(rst_trace_common::mib::parse_lenient(&text));
     }
     m
 }

@@ -285,15 +285,9 @@ fn raise_nofile(needed: u64) -> Result<()> {
 /// `Tcp: OutRsts` of the namespace this process is in.
 fn out_rsts() -> Result<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        bail!("/proc/net/snmp has no Tcp lines");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "OutRsts")
-        .and_then(|(_, v)| v.parse().ok())
+    let mib = rst_trace_common::mib::parse(&snmp).context("parsing /proc/net/snmp")?;
+    mib.get("Tcp.OutRsts")
+        .and_then(|v| u64::try_from(*v).ok())
         .context("/proc/net/snmp has no Tcp OutRsts")
 }
 

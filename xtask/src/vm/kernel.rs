@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use object::{Object, ObjectSection};
 
 use crate::cmd;
-use crate::elf::Elf;
 
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -427,16 +427,14 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
 
 /// `depends=` of the module's .modinfo section.
 fn depends(data: &[u8]) -> Result<Vec<String>> {
-    let elf = Elf::parse(data)?;
-    let Some(sec) = elf.section(".modinfo") else {
+    let elf = object::File::parse(data).context("not an ELF object")?;
+    let Some(sec) = elf.section_by_name(".modinfo") else {
         return Ok(Vec::new());
     };
-    let start = usize::try_from(sec.offset)?;
-    let end = start
-        .checked_add(usize::try_from(sec.size)?)
-        .filter(|&e| e <= data.len())
+    let modinfo = sec
+        .data()
         .context(".modinfo extends past the end of the file")?;
-    for field in data[start..end].split(|&b| b == 0) {
+    for field in modinfo.split(|&b| b == 0) {
         if let Some(list) = field.strip_prefix(b"depends=") {
             return Ok(String::from_utf8_lossy(list)
                 .split(',')

@@ -157,7 +157,7 @@ impl KernelResult {
 
     /// (attached hooks, hooks wanted on this kernel, hooks attached nowhere, hooks attached
     /// after an error). A hook the agent left out because the kernel reports the same events
-    /// another way (its error starts "not needed: ") is not wanted.
+    /// another way (`"status": "not_needed"`) is not wanted.
     fn hooks(&self) -> Option<(usize, usize, Vec<String>, Vec<String>)> {
         let hooks = self.started.as_ref()?.get("hooks")?.as_object()?;
         let attached = hooks
@@ -173,12 +173,7 @@ impl KernelResult {
                 .and_then(Value::as_array)
                 .is_some_and(|a| !a.is_empty())
         };
-        let not_needed = |h: &Value| {
-            h.get("errors").and_then(Value::as_array).is_some_and(|e| {
-                e.iter()
-                    .any(|e| e.as_str().is_some_and(|e| e.starts_with("not needed: ")))
-            })
-        };
+        let not_needed = |h: &Value| h.get("status").and_then(Value::as_str) == Some("not_needed");
         let failed = hooks
             .iter()
             .filter(|(_, h)| !is_attached(h) && !not_needed(h))
@@ -490,7 +485,7 @@ mod tests {
         assert!(!missing.passed());
         let mut not_needed = KernelResult::default();
         not_needed.read_console(
-            &lines(r#"{"tcp_v4_send_reset":{"attached":[],"errors":["not needed: tp"]},"tcp_send_reset":{"attached":["tcp:tcp_send_reset"]}}"#),
+            &lines(r#"{"tcp_v4_send_reset":{"status":"not_needed","attached":[],"errors":["not needed: tp"]},"tcp_send_reset":{"attached":["tcp:tcp_send_reset"]}}"#),
             &["no_listener"],
         );
         assert!(not_needed.passed());
