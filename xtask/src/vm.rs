@@ -30,10 +30,18 @@ use crate::workspace::{Profile, Workspace};
 use report::KernelResult;
 
 /// Kernel modules Debian builds as modules that the guest needs: sock_diag for TCP sockets
-/// (listener queues and drop counters, for the agent), and legacy iptables' filter table, tcp
-/// match and REJECT target (for the firewall and keepalive scenarios; present as modules in all
-/// three series, unlike the nf_tables pieces). Dependencies are added from .modinfo.
-const GUEST_MODULES: &[&str] = &["tcp_diag", "iptable_filter", "xt_tcpudp", "ipt_REJECT"];
+/// (listener queues and drop counters, for the agent), and legacy iptables' and ip6tables'
+/// filter tables, tcp match and REJECT targets (for the firewall and keepalive scenarios of
+/// both families; present as modules in all three series, unlike the nf_tables pieces).
+/// Dependencies are added from .modinfo.
+const GUEST_MODULES: &[&str] = &[
+    "tcp_diag",
+    "iptable_filter",
+    "ip6table_filter",
+    "xt_tcpudp",
+    "ipt_REJECT",
+    "ip6t_REJECT",
+];
 
 #[derive(Subcommand)]
 pub enum Suite {
