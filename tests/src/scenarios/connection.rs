@@ -130,6 +130,11 @@ pub fn reset_after_idle(r: &mut Run) {
     let s = server.wait_exit(r.bound(Duration::from_secs(90)));
     r.info("client", json!(c.lines));
     r.info("server", json!(s.lines));
+    r.check(
+        "the peers exited 0 (client, server)",
+        json!([true, true]),
+        json!([c.status.success(), s.status.success()]),
+    );
     let lport = lport_of(&c.lines, "connected ");
     let idle_real = s
         .lines
@@ -294,10 +299,24 @@ pub fn timewait_segment(r: &mut Run) {
     std::fs::write(&go, b"go").unwrap_or_else(|e| panic!("write {go}: {e}"));
     let rest = client.wait_exit(r.bound(Duration::from_secs(90)));
     r.info("client_after_go", json!(rest.lines));
+    r.check(
+        "the client exited 0, wrote again after the server's FIN, and its socket was reset",
+        json!([true, true, true]),
+        json!([
+            rest.status.success(),
+            rest.lines.iter().any(|l| l == "late_sent 10"),
+            rest.lines.iter().any(|l| l.starts_with("closed so_error="))
+        ]),
+    );
     r.wait(mark, |v| event::has_cause(v, "timewait_segment"), 1);
     r.wait(mark, |v| event::has_cause(v, "reset_by_peer"), 1);
     let after = r.env.settled_mib();
-    let _ = server.stop(r.bound(Duration::from_secs(20)));
+    let srv_exit = server.stop(r.bound(Duration::from_secs(20)));
+    r.check_true(
+        "the server closed first (no RST from it): conn_done",
+        srv_exit.lines.iter().any(|l| l.starts_with("conn_done")),
+        json!(srv_exit.lines),
+    );
     let (lines, stats) = r.finish(mark);
     let tw = with_cause(&lines, "timewait_segment");
     r.check("timewait_segment events", json!(1), json!(tw.len()));

@@ -24,6 +24,12 @@ impl HostEnv {
         crate::require_root();
         let ns = Netns::new();
         let agent = Agent::start(&ns, None);
+        assert_eq!(
+            crate::event::u64_at(agent.started(), "netns"),
+            Some(ns.inode()),
+            "started line names another netns: {}",
+            agent.started()
+        );
         let workdir = std::env::temp_dir().join(format!("rst-scenario-{}", ns.name()));
         std::fs::create_dir_all(&workdir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", workdir.display()));
