@@ -985,8 +985,9 @@ fn keepalive_timeout_names_the_client(family: Family) {
     // The claim check: the client's namespace saw nothing but the keepalive timeout.
     let all = stopped.causes(|_| true);
     assert!(
-        all.iter().all(|v| event::has_cause(v, "keepalive_timeout")
-            && event::owner_pid(v) == Some(client_pid)),
+        all.iter()
+            .all(|v| event::has_cause(v, "keepalive_timeout")
+                && event::owner_pid(v) == Some(client_pid)),
         "phantom causes or owners:\n  {}",
         dump(&all)
     );

@@ -65,7 +65,7 @@ pub struct VmArgs {
     kernel: String,
 
     /// Hard limit per kernel for the VM, in seconds (QEMU is killed after it).
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    #[arg(long, default_value_t = 480, value_name = "SECS")]
     timeout: u64,
 
     /// Only these scenarios (comma-separated), e.g. no_listener,abort_on_close.

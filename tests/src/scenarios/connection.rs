@@ -320,17 +320,11 @@ pub fn timewait_segment(r: &mut Run) {
     let (lines, stats) = r.finish(mark);
     let tw = with_cause(&lines, "timewait_segment");
     r.check("timewait_segment events", json!(1), json!(tw.len()));
+    let tw_reason = r.reset_reason("TCP_TIMEWAIT_SOCKET");
     if let Some(v) = tw.first() {
         r.check(
             "(reason, direction, origin, tcp.state, local port, peer port)",
-            json!([
-                "TCP_TIMEWAIT_SOCKET",
-                "sent",
-                "tcp_stack",
-                "TIME_WAIT",
-                port,
-                lport
-            ]),
+            json!([tw_reason, "sent", "tcp_stack", "TIME_WAIT", port, lport]),
             json!([
                 event::reason(v),
                 event::direction(v),
@@ -419,7 +413,8 @@ pub fn keepalive_timeout(r: &mut Run) {
     let first = r.lines(&mut client, 1, Duration::from_secs(30));
     let lport = lport_of(&first, "").unwrap_or_else(|| panic!("client did not connect: {first:?}"));
     // The server goes silent: everything the client sends to it is dropped.
-    r.rule(&["-p", "tcp", "--dport", &port_s, "-j", "DROP"]);
+    let silence = ["-p", "tcp", "--dport", port_s.as_str(), "-j", "DROP"];
+    r.rule(&silence);
     let rest = client.wait_exit(r.bound(Duration::from_secs(90)));
     r.info("client", json!(rest.lines));
     r.check_true(
@@ -428,9 +423,13 @@ pub fn keepalive_timeout(r: &mut Run) {
         json!(rest.lines.last()),
     );
     r.wait(mark, |v| event::has_cause(v, "keepalive_timeout"), 1);
+    // The server closes once the rule is gone: its FIN meets the client's closed port (an RST
+    // of the scenario's own, counted on both sides), and nothing is left retransmitting into
+    // the next scenario.
+    r.delete_rule(&silence);
+    let _ = server.stop(r.bound(Duration::from_secs(20)));
     let after = r.env.settled_mib();
     let (lines, stats) = r.finish(mark);
-    let _ = server.stop(r.bound(Duration::from_secs(20)));
     let ka = with_cause(&lines, "keepalive_timeout");
     r.check(
         "keepalive_timeout total == TcpExt.TCPAbortOnTimeout delta",
@@ -438,11 +437,12 @@ pub fn keepalive_timeout(r: &mut Run) {
         json!(total(&ka)),
     );
     r.check("keepalive_timeout events", json!(1), json!(ka.len()));
+    let ka_reason = r.reset_reason("TCP_KEEPALIVE_TIMEOUT");
     if let Some(v) = ka.first() {
         r.check(
             "(reason, direction, origin, owner pid, local port, peer port, peer address)",
             json!([
-                "TCP_KEEPALIVE_TIMEOUT",
+                ka_reason,
                 "sent",
                 "tcp_stack",
                 client_pid,
@@ -485,8 +485,17 @@ pub fn keepalive_timeout(r: &mut Run) {
     );
     r.info("causes_seen", causes_seen(&lines));
     r.info("mib_changes", json!(Mib::changes(&before, &after)));
-    // The DROP rule's drops are reported per packet where the kernel gives a drop reason.
-    r.claims(&lines, &["keepalive_timeout", "firewall_drop"]);
+    // The DROP rule's drops are reported per packet where the kernel gives a drop reason; the
+    // server's late FIN is answered from the client's closed port.
+    r.claims(
+        &lines,
+        &[
+            "keepalive_timeout",
+            "firewall_drop",
+            "no_listener",
+            "reset_by_peer",
+        ],
+    );
 }
 
 /// Thousands of refused connects as fast as the machine runs: more events per second than the
@@ -601,10 +610,10 @@ fn connection_abort(r: &mut Run, mode: &str, base_port: u16, want_cause: &str, m
         json!(1),
         json!(evs.len()),
     );
-    let (reason, evidence): (&str, Value) = if mode == "abort-close" {
-        ("TCP_ABORT_ON_CLOSE", json!(1000))
+    let (reason, evidence) = if mode == "abort-close" {
+        (r.reset_reason("TCP_ABORT_ON_CLOSE"), json!(1000))
     } else {
-        ("TCP_STATE", json!(true))
+        (r.reset_reason("TCP_STATE"), json!(true))
     };
     if let Some(v) = evs.first() {
         let got_evidence = if mode == "abort-close" {

@@ -394,6 +394,21 @@ impl<'a> Run<'a> {
         ));
     }
 
+    /// Deletes a rule [`Run::rule`] added, before the run ends.
+    pub fn delete_rule(&mut self, spec: &[&str]) {
+        let tool = self.family.iptables();
+        let del: Vec<String> = [&["-w", "-D", "INPUT"][..], spec]
+            .concat()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let args: Vec<&str> = del.iter().map(String::as_str).collect();
+        self.tool(tool, &args)
+            .unwrap_or_else(|e| panic!("deleting a rule: {e}"));
+        self.undo
+            .retain(|u| !matches!(u, Undo::Command(t, a) if t == tool && *a == del));
+    }
+
     /// Packets matched so far by the family's one INPUT rule with `target` and `token`.
     pub fn rule_packets(&self, target: &str, token: &str) -> u64 {
         let tool = self.family.iptables();
@@ -457,6 +472,16 @@ impl<'a> Run<'a> {
     /// giving late or wrong extra events a moment to show up.
     pub fn finish(&mut self, mark: usize) -> (Vec<Value>, Option<Value>) {
         self.env.finish(mark)
+    }
+
+    /// `reason` where the kernel's reset tracepoint carries reasons, None where the agent's
+    /// started line says it has none (5.10: causes are inferred from socket state).
+    pub fn reset_reason(&mut self, reason: &'static str) -> Option<&'static str> {
+        let note = self.env.agent().started()["causes"]["no_listener"]["note"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        (!note.contains("no reason field")).then_some(reason)
     }
 
     // -- checks ------------------------------------------------------------------------------
