@@ -51,7 +51,7 @@ pub enum Suite {
     /// <target>/vm-cache/), builds the release agent, rst-trace-peer and
     /// rst-trace-vmcheck, packs them with busybox into an initramfs, boots it
     /// (qemu-system-x86_64 -accel tcg) and runs the cause scenarios of
-    /// rst-trace-vmcheck in the guest. Prints a kernel × scenario table on stderr and the path of a JSON
+    /// rst-trace-vmcheck in the guest. Prints a scenario × kernel table on stderr and the path of a JSON
     /// summary on stdout; exits 1 if any scenario failed or a VM never finished.
     ///
     /// Example: cargo xtask integration-test vm --kernel all

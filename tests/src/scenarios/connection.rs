@@ -548,10 +548,13 @@ pub fn rst_storm(r: &mut Run) {
         .iter()
         .filter(|v| event::has_cause(v, "no_listener") && event::count(v).is_some_and(|c| c > 1))
         .count();
+    // The agent prints 200 events per second and cause by default: a storm faster than that
+    // must be folded into summaries (an emulated guest may connect more slowly).
+    let rate = f64::from(CONNECTS) / secs;
     r.check_true(
-        "the agent folded events into summaries (the storm outran its print rate)",
-        folded > 0,
-        json!(folded),
+        "the agent folded events into summaries where the storm outran its print rate (200/s)",
+        folded > 0 || rate < 200.0,
+        json!({"folded": folded, "connects_per_second": rate.round()}),
     );
     if let Some(s) = stats {
         r.check(
