@@ -68,7 +68,7 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 480, value_name = "SECS")]
     timeout: u64,
 
-    /// Only these scenarios (comma-separated), e.g. no_listener,abort_on_close.
+    /// Only these scenarios (comma-separated), e.g. no_listener_v4,abort_on_close_v6.
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     scenario: Vec<String>,
 
@@ -339,13 +339,13 @@ mod tests {
             "--kernel",
             "all",
             "--scenario",
-            "no_listener,abort_on_close",
+            "no_listener_v4,abort_on_close_v6",
         ])
         .unwrap();
         let Suite::Vm(args) = cli.suite;
         assert_eq!(args.kernel, "all");
-        assert_eq!(args.scenario, ["no_listener", "abort_on_close"]);
-        assert_eq!(args.timeout, 300);
+        assert_eq!(args.scenario, ["no_listener_v4", "abort_on_close_v6"]);
+        assert_eq!(args.timeout, 480);
         assert!(Cli::try_parse_from(["x", "vm", "--kernel", "4.19"]).is_err());
     }
 

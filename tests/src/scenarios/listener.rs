@@ -152,7 +152,7 @@ pub fn no_listener(r: &mut Run) {
     r.claims(&lines, &["no_listener", "connection_refused"]);
 }
 
-fn dropped_overflows<'v>(lines: &'v [Value], port: u16) -> Vec<&'v Value> {
+fn dropped_overflows(lines: &[Value], port: u16) -> Vec<&Value> {
     lines
         .iter()
         .filter(|v| event::has_cause(v, "accept_queue_overflow"))

@@ -299,6 +299,9 @@ fn how(s: &Scenario) -> Value {
     }
 }
 
+/// One column's text for a kernel.
+type Cell = dyn Fn(&KernelResult) -> String;
+
 /// The human summary (stderr): scenario × kernel (a row per scenario: with both address
 /// families the list is long), the passes per family, hooks, times, and why each failure failed.
 pub fn table(results: &[KernelResult], wanted: &[&str]) -> String {
@@ -347,8 +350,10 @@ pub fn table(results: &[KernelResult], wanted: &[&str]) -> String {
             .collect();
         row(&mut out, label, cells);
     }
-    let secs = |x: Option<f64>| x.map_or("-".to_owned(), |b| format!("{b:.0}s"));
-    let lines: [(&str, &dyn Fn(&KernelResult) -> String); 4] = [
+    fn secs(x: Option<f64>) -> String {
+        x.map_or("-".to_owned(), |b| format!("{b:.0}s"))
+    }
+    let lines: [(&str, &Cell); 4] = [
         ("hooks", &|r| {
             r.hooks()
                 .map_or("-".to_owned(), |(a, n, _, _)| format!("{a}/{n}"))
