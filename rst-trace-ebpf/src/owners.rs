@@ -102,6 +102,13 @@ pub fn learn(sk: u64, how: u32) {
     }
 }
 
+/// `sk` is a new socket that no task owns yet: whatever entry is at its address was left by an
+/// earlier socket there (sockets are SLAB_TYPESAFE_BY_RCU).
+#[inline(always)]
+pub fn forget(sk: u64) {
+    let _ = RST_OWNERS.remove(&sk);
+}
+
 /// Copies the owner of full socket `sk` into `out`; counts the hit or miss. `closing`: the
 /// socket is in CLOSE (close() sends its abort RST after the state change), so an entry marked
 /// closed is its own; otherwise such an entry was left by an earlier socket at this address.

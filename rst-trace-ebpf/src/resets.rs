@@ -63,18 +63,31 @@ fn stack_reset_sent(t: &Tuple, now: u64) {
     }
 }
 
-/// Whether an RST with these ports leaving now is the one the TCP stack just sent here.
+/// How long after the stack's RST its transmit may come. Natively microseconds; a guest under
+/// emulation (QEMU TCG) took over a millisecond for some (IPv6 closed ports on 5.10 were
+/// reported as firewall_reject besides no_listener). A match is consumed, so a longer window
+/// cannot pair one stack RST with a later netfilter RST on the same ports.
+const STACK_RESET_WINDOW_NS: u64 = 100_000_000;
+
+/// Whether an RST with these ports leaving now is the one the TCP stack just sent here; the
+/// slot is cleared when it is.
 #[inline(always)]
 pub fn sent_by_stack(local_port: u16, remote_port: u16) -> bool {
-    let Some(slot) = RST_STACK_RESET.get_ptr(0) else {
+    let Some(slot) = RST_STACK_RESET.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: as above.
     let s = unsafe { *slot };
     let now = unsafe { generated::bpf_ktime_get_ns() };
-    s.local_port == local_port
+    let hit = s.ktime_ns != 0
+        && s.local_port == local_port
         && s.remote_port == remote_port
-        && now.wrapping_sub(s.ktime_ns) < 1_000_000
+        && now.wrapping_sub(s.ktime_ns) < STACK_RESET_WINDOW_NS;
+    if hit {
+        // SAFETY: as above.
+        unsafe { (*slot).ktime_ns = 0 };
+    }
+    hit
 }
 
 #[tracepoint]

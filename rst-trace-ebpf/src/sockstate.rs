@@ -65,8 +65,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             listener_record(skaddr, old, new, true)
         }
         // A child socket is born as a clone of its listener (inet_csk_clone_lock). An entry a
-        // closed socket at the same address left behind is marked closed: readers skip it.
-        (TCP_LISTEN, TCP_SYN_RECV) => crate::hot::child_born(skaddr),
+        // closed socket at the same address left behind belongs to that earlier socket: it
+        // goes, or a child aborted before any accept() (the listener closing with it in its
+        // queue) would be blamed on the earlier socket's process, since the abort's reader
+        // takes a closed entry as the closing socket's own.
+        (TCP_LISTEN, TCP_SYN_RECV) => {
+            owners::forget(skaddr);
+            crate::hot::child_born(skaddr)
+        }
         (TCP_LISTEN, _) => {
             let r = listener_record(skaddr, old, new, false);
             owners::closed(skaddr, false);

@@ -111,7 +111,13 @@ impl Agent {
     /// Start the agent from a prepared command (another binary, a wrapper such as `setpriv`,
     /// extra environment), waiting like [`Agent::start_args`]. Its arguments must make the
     /// agent print JSON.
-    pub fn start_command(mut cmd: Command) -> Agent {
+    pub fn start_command(cmd: Command) -> Agent {
+        Agent::start_command_within(cmd, START_TIMEOUT)
+    }
+
+    /// [`Agent::start_command`] with another bound on the start-up (a guest under emulation
+    /// needs minutes for BTF and the verifier).
+    pub fn start_command_within(mut cmd: Command, start_timeout: Duration) -> Agent {
         let bin = PathBuf::from(cmd.get_program());
         let args: Vec<String> = cmd
             .get_args()
@@ -168,7 +174,7 @@ impl Agent {
             reaped: None,
         };
         // From here on a panic drops `agent`, which kills and reaps it.
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + start_timeout;
         loop {
             if let Some(v) = agent.history.iter().find(|v| event::is_started(v)) {
                 agent.started = v.clone();
@@ -188,7 +194,7 @@ impl Agent {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "agent {} {:?} did not print rst_trace.started within {START_TIMEOUT:?}\n\
+                    "agent {} {:?} did not print rst_trace.started within {start_timeout:?}\n\
                      stdout: {:?}\nstderr:\n{}",
                     bin.display(),
                     agent.args,
@@ -278,6 +284,54 @@ impl Agent {
                     event::summarize(&m),
                     self.stderr_text()
                 );
+            }
+            self.pump_until(deadline.min(Instant::now() + Duration::from_millis(100)));
+        }
+    }
+
+    /// Where the lines of a scenario begin: the number of lines received so far.
+    pub fn mark(&mut self) -> usize {
+        self.pump_until(Instant::now());
+        self.history.len()
+    }
+
+    /// Every line received since `mark` (see [`Agent::mark`]).
+    pub fn since(&mut self, mark: usize) -> Vec<Value> {
+        self.pump_until(Instant::now());
+        self.history.get(mark..).unwrap_or_default().to_vec()
+    }
+
+    /// Whether the agent still runs (its stdout open, not exited).
+    pub fn alive(&mut self) -> bool {
+        self.pump_until(Instant::now());
+        !self.stdout_eof && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Whether the agent's stdout is still open (no new lines read: see [`Agent::alive`]).
+    pub fn is_running(&self) -> bool {
+        !self.stdout_eof
+    }
+
+    /// Wait (bounded) until `n` lines since `mark` match `pred`, or the agent ends, or `timeout`
+    /// passes; returns how many matched. Never panics: the caller's checks say what is missing.
+    pub fn wait_since(
+        &mut self,
+        mark: usize,
+        pred: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self
+                .history
+                .get(mark..)
+                .unwrap_or_default()
+                .iter()
+                .filter(|v| pred(v))
+                .count();
+            if got >= n || Instant::now() >= deadline || self.stdout_eof {
+                return got;
             }
             self.pump_until(deadline.min(Instant::now() + Duration::from_millis(100)));
         }

@@ -7,6 +7,8 @@
 //! * [`event`]: accessors for the JSON fields of docs/agent-interface.md.
 //! * [`prometheus`]: Debian's `prometheus` scraping the agent; [`http`]: a minimal GET.
 //! * [`tmux`]: a program in a private tmux server, its screen read and keys sent.
+//! * [`scenarios`]: the cause scenarios, written once and run by the host tests
+//!   (tests/scenarios.rs, each in its own netns) and by the QEMU guest runner (rst-trace-vmcheck).
 //!
 //! Scenario tests need root (they create namespaces and load BPF); they call [`require_root`], which
 //! panics rather than skips: a test that cannot run must fail loudly.
@@ -19,6 +21,7 @@ pub mod mib;
 pub mod netns;
 pub mod peer;
 pub mod prometheus;
+pub mod scenarios;
 pub mod tmux;
 pub mod veth;
 
@@ -88,18 +91,24 @@ pub fn poll_until<T>(
 /// "dpt:41204", or a source address).
 pub fn rule_packets(ns: &Netns, tool: &str, target: &str, token: &str) -> u64 {
     let out = ns.exec(tool, &["-L", "INPUT", "-v", "-x", "-n"]);
-    let rows: Vec<Vec<&str>> = out
+    rule_packets_in(&out, target, token)
+        .unwrap_or_else(|e| panic!("{e} in {} ({tool}):\n{out}", ns.name()))
+}
+
+/// [`rule_packets`] on a listing already read (`iptables -L INPUT -v -x -n`).
+pub fn rule_packets_in(listing: &str, target: &str, token: &str) -> Result<u64, String> {
+    let rows: Vec<Vec<&str>> = listing
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|f| f.get(2) == Some(&target) && f.contains(&token))
         .collect();
-    assert_eq!(
-        rows.len(),
-        1,
-        "expected one {target} rule matching {token:?} in {} ({tool}):\n{out}",
-        ns.name()
-    );
+    if rows.len() != 1 {
+        return Err(format!(
+            "expected one {target} rule matching {token:?}, found {}",
+            rows.len()
+        ));
+    }
     rows[0][0]
         .parse()
-        .unwrap_or_else(|_| panic!("bad packet counter in {:?}", rows[0]))
+        .map_err(|_| format!("bad packet counter in {:?}", rows[0]))
 }

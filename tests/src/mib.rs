@@ -6,12 +6,40 @@
 //! TcpExt: 0 0 ...
 //! ```
 //! A snapshot maps "TcpExt.ListenDrops", "Tcp.OutRsts", … to values.
+//!
+//! /proc/net/snmp6 has one `Ip6InReceives  42` pair per line; its counters are kept as
+//! "Ip6.InReceives", "Icmp6.OutMsgs", … The kernel keeps one TCP MIB per namespace for both
+//! families: Tcp.* and TcpExt.* count IPv4 and IPv6 alike (there is no Tcp6 line), so TCP
+//! reconciliation reads the same keys on both; only the IP and ICMP layers are split.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
 
 use crate::Netns;
+
+/// The MIB files of a namespace, in the order they are read.
+pub const MIB_FILES: [&str; 3] = ["/proc/net/netstat", "/proc/net/snmp", "/proc/net/snmp6"];
+
+/// A /proc/net/snmp6 line (`Ip6InReceives 42`, no colon) as ("Ip6.InReceives", value); None for
+/// a line of the header/value format. The prefix ends at the first '6' (Ip6, Icmp6, Udp6,
+/// UdpLite6).
+fn snmp6_pair(line: &str) -> Option<(String, Result<i64>)> {
+    let mut it = line.split_whitespace();
+    let (name, value) = (it.next()?, it.next()?);
+    if name.contains(':') || it.next().is_some() {
+        return None;
+    }
+    let at = name.find('6')? + 1;
+    let (prefix, rest) = name.split_at(at);
+    if rest.is_empty() || !prefix.chars().next()?.is_ascii_uppercase() {
+        return None;
+    }
+    let v = value
+        .parse::<i64>()
+        .with_context(|| format!("{name}: not an integer: {value:?}"));
+    Some((format!("{prefix}.{rest}"), v))
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mib {
@@ -22,39 +50,85 @@ impl Mib {
     /// Parse the concatenated contents of /proc/net/netstat and /proc/net/snmp (strictly: a
     /// format change must fail the tests, not go unread).
     pub fn parse(text: &str) -> Result<Mib> {
-        let values = rst_trace_common::mib::parse(text).context("parsing the MIB")?;
+        // /proc/net/snmp6 is one "Name value" pair a line; the rest is header/value table pairs,
+        // read by the parser the agent and xtask share.
+        let mut values = BTreeMap::new();
+        let mut tables = String::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match snmp6_pair(line) {
+                Some((key, v)) => {
+                    values.insert(key, v?);
+                }
+                None => {
+                    tables.push_str(line);
+                    tables.push('\n');
+                }
+            }
+        }
+        if !tables.is_empty() {
+            values.extend(rst_trace_common::mib::parse(&tables).context("parsing the MIB")?);
+        }
+        if values.is_empty() {
+            anyhow::bail!("no counters found");
+        }
         Ok(Mib { values })
     }
 
     /// Waits (bounded: 10 s) until the namespace's counters stop moving — peers gone, no
     /// retransmissions left — and returns them. Panics if traffic does not stop.
     pub fn settled(ns: &Netns) -> Mib {
-        let mut last = Mib::snapshot(ns);
-        for _ in 0..40 {
-            std::thread::sleep(std::time::Duration::from_millis(250));
-            let now = Mib::snapshot(ns);
-            if Mib::changes(&last, &now).is_empty() {
-                return now;
+        Mib::settle(|| Mib::snapshot(ns), Duration::from_millis(250), 40).unwrap_or_else(|_| {
+            panic!(
+                "the MIB of {} kept changing for 10 s; traffic did not stop",
+                ns.name()
+            )
+        })
+    }
+
+    /// Reads `read` every `step` until two readings agree on every counter but the IPv6 ones
+    /// (neighbour discovery on a fresh link keeps Icmp6 moving with no TCP traffic left), at
+    /// most `tries` times. Err carries the last reading when the counters never settled.
+    pub fn settle(read: impl Fn() -> Mib, step: Duration, tries: u32) -> Result<Mib, Mib> {
+        let mut last = read();
+        for _ in 0..tries {
+            std::thread::sleep(step);
+            let now = read();
+            if Mib::changes(&last, &now)
+                .keys()
+                .all(|k| k.split('.').next().is_some_and(|p| p.ends_with('6')))
+            {
+                return Ok(now);
             }
             last = now;
         }
-        panic!(
-            "the MIB of {} kept changing for 10 s; traffic did not stop",
-            ns.name()
-        );
+        Err(last)
     }
 
-    /// Snapshot the counters of a namespace (`ip netns exec NS cat /proc/net/netstat /proc/net/snmp`).
+    /// Snapshot the counters of a namespace (/proc/net/netstat, /proc/net/snmp and
+    /// /proc/net/snmp6 read by `cat` inside it).
     pub fn snapshot(ns: &Netns) -> Mib {
-        let text = ns.exec("cat", &["/proc/net/netstat", "/proc/net/snmp"]);
-        let m = Mib::parse(&text)
-            .unwrap_or_else(|e| panic!("cannot parse MIB of {}: {e:#}", ns.name()));
+        let text = ns.exec("cat", &MIB_FILES);
+        Mib::checked(&text, ns.name())
+    }
+
+    /// Snapshot the counters of this process's own namespace (a guest, where every scenario
+    /// runs in the root namespace).
+    pub fn local() -> Mib {
+        let text: String = MIB_FILES
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect();
+        Mib::checked(&text, "this namespace")
+    }
+
+    fn checked(text: &str, whose: &str) -> Mib {
+        let m = Mib::parse(text).unwrap_or_else(|e| panic!("cannot parse MIB of {whose}: {e:#}"));
         for k in [
             "Tcp.OutRsts",
             "TcpExt.ListenDrops",
             "TcpExt.ListenOverflows",
         ] {
-            assert!(m.values.contains_key(k), "MIB of {} lacks {k}", ns.name());
+            assert!(m.values.contains_key(k), "MIB of {whose} lacks {k}");
         }
         m
     }
@@ -131,6 +205,21 @@ Udp: 0 0
     }
 
     #[test]
+    fn parses_snmp6_pairs_after_the_header_value_files() {
+        let text = format!(
+            "{}Ip6InReceives                   \t12\nIcmp6OutMsgs 3\nIcmp6OutType133 1\nUdpLite6InErrors 0\n",
+            both()
+        );
+        let m = Mib::parse(&text).unwrap();
+        assert_eq!(m.get("Ip6.InReceives"), 12);
+        assert_eq!(m.get("Icmp6.OutMsgs"), 3);
+        assert_eq!(m.get("Icmp6.OutType133"), 1);
+        assert_eq!(m.get("UdpLite6.InErrors"), 0);
+        assert_eq!(m.get("Tcp.OutRsts"), 7, "the TCP MIB serves both families");
+        assert!(Mib::parse("Ip6InReceives x\n").is_err());
+    }
+
+    #[test]
     fn tolerates_blank_lines_and_trailing_spaces() {
         let text = "Tcp: A B \nTcp: 1 2 \n\n\nTcpExt: C\nTcpExt: 3\n";
         let m = Mib::parse(text).unwrap();
@@ -182,9 +271,12 @@ Udp: 0 0
     #[test]
     fn parses_this_machines_own_counters() {
         // Readable without root: the test process's own netns. Guards against format drift.
-        let mut text = std::fs::read_to_string("/proc/net/netstat").unwrap();
-        text.push_str(&std::fs::read_to_string("/proc/net/snmp").unwrap());
+        let text: String = MIB_FILES
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
         let m = Mib::parse(&text).unwrap();
+        assert!(m.values.contains_key("Ip6.InReceives"), "snmp6 read too");
         for k in [
             "Tcp.OutRsts",
             "Tcp.AttemptFails",

@@ -77,7 +77,12 @@ impl Peer {
             "peer binary {} does not exist (cargo builds it with the tests)",
             bin.display()
         );
-        let mut cmd = ns.command(bin, args);
+        Peer::spawn_command(ns.command(bin, args), args)
+    }
+
+    /// Start a prepared peer command (`args` are its arguments, for messages) and wait like
+    /// [`Peer::spawn`]. The spawned process must be the peer itself (no wrapper that forks).
+    pub fn spawn_command(mut cmd: std::process::Command, args: &[&str]) -> Peer {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -152,7 +157,7 @@ impl Peer {
         // `ip netns exec` execs the program: the pid we spawned must be the peer's own pid.
         assert_eq!(
             reported, child_pid,
-            "peer pid {reported} differs from the spawned pid {child_pid}: `ip netns exec` forked?"
+            "peer pid {reported} differs from the spawned pid {child_pid}: a wrapper forked?"
         );
         peer
     }

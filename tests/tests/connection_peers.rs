@@ -1,6 +1,9 @@
 //! Connection-side and middlebox causes against real peers on the real kernel: a segment that
-//! hits a TIME_WAIT socket, a reset after an idle period, a firewall's REJECT and DROP, ephemeral
-//! port exhaustion behind a real nginx reverse proxy, and a keepalive timeout across a veth pair.
+//! hits a full TIME_WAIT socket (hping3), a firewall's REJECT and DROP, ephemeral port
+//! exhaustion behind a real nginx reverse proxy, and a keepalive timeout across a veth pair on
+//! both families. (The segment to a timewait socket in its FIN_WAIT2 sub-state and the reset
+//! after an idle period are shared scenarios, run on the host and in the VM:
+//! tests/tests/scenarios.rs.)
 //!
 //! Every scenario runs in its own namespace(s); servers and clients are separate processes (and
 //! neither is the agent), so an agent that blames the task on the CPU fails. Per-cause counts are
@@ -31,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use rst_trace_tests::scenarios::Family;
 use rst_trace_tests::{
     event, mib, poll_until, require_root, rule_packets, veth, Agent, Mib, Netns, Peer,
 };
@@ -144,184 +148,9 @@ fn run_bounded(mut cmd: Command, timeout: Duration) -> (ExitStatus, String, Stri
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. TIME_WAIT
-
-/// The server closes first; its orphaned socket becomes a timewait socket (FIN_WAIT2 sub-state).
-/// The client, which has not closed, writes more data: the kernel answers from the timewait
-/// socket with an RST (TCP_TIMEWAIT_SOCKET). Nobody owns a TIME_WAIT socket: the owner is null
-/// and the server that closed it is named as the last owner — not the client, which is the task
-/// on the CPU when the RST is sent.
-#[test]
-fn segment_to_timewait_socket_names_last_owner() {
-    let _shared = shared();
-    require_root();
-    let ns = Netns::new();
-    let port = 41201u16;
-    // tcp_fin_timeout > 60 s: the orphaned FIN_WAIT2 socket always becomes a timewait socket 3 s
-    // after the client's ACK, for 3 s (see the module comment).
-    ns.sysctl("net.ipv4.tcp_fin_timeout", "63");
-    let before = Mib::snapshot(&ns);
-    let mut agent = Agent::start(&ns, None);
-    let port_s = port.to_string();
-    let mut srv = Peer::spawn(
-        &ns,
-        PEER,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--accept",
-            "--hold-ms",
-            "300",
-        ],
-    );
-    let server_pid = srv.pid();
-    let go = std::env::temp_dir().join(format!(
-        "rsttest-go-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let go_s = go.to_string_lossy().into_owned();
-    let mut cli = Peer::spawn(
-        &ns,
-        PEER,
-        &[
-            "late-send",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--bytes",
-            "10",
-            "--late-bytes",
-            "10",
-            "--go-file",
-            &go_s,
-            "--timeout-ms",
-            "20000",
-        ],
-    );
-    let client_pid = cli.pid();
-    let connected = cli
-        .wait_line(Duration::from_secs(10), |l| l.starts_with("connected "))
-        .unwrap_or_else(|| panic!("client did not connect: {}", cli.stderr_text()));
-    let lport: u16 = field(&connected, "lport")
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    cli.wait_line(Duration::from_secs(10), |l| l == "eof")
-        .unwrap_or_else(|| panic!("the server did not close first: {}", cli.stderr_text()));
-    // Wait until the server's orphaned socket has become a timewait socket (FIN_WAIT2 sub-state,
-    // timer "timewait"); writing earlier would hit the full socket (TCP_ABORT_ON_DATA).
-    let local = format!("127.0.0.1:{port}");
-    let remote = format!("127.0.0.1:{lport}");
-    let twsock = poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
-        let ss = ns.exec("ss", &["-Htano", "state", "fin-wait-2"]);
-        ss.lines()
-            .find(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.contains(&local.as_str())
-                    && f.contains(&remote.as_str())
-                    && l.contains("timer:(timewait")
-            })
-            .map(str::to_owned)
-    });
-    let twsock = twsock.unwrap_or_else(|| {
-        panic!(
-            "the server's socket {local} -> {remote} did not become a timewait socket: {}",
-            ns.exec("ss", &["-tano"])
-        )
-    });
-    eprintln!("server's socket before the late write: {twsock}");
-    File::create(&go).unwrap_or_else(|e| panic!("create {}: {e}", go.display()));
-    let c = cli.wait_exit(Duration::from_secs(25));
-    let _ = std::fs::remove_file(&go);
-    assert!(c.status.success(), "client: {c:?}");
-    assert!(
-        c.lines.iter().any(|l| l == "late_sent 10"),
-        "the client wrote again after the server's FIN: {:?}",
-        c.lines
-    );
-    assert!(
-        c.lines.iter().any(|l| l.starts_with("closed so_error=")),
-        "the client's socket was reset (CLOSE) after its late write: {:?}",
-        c.lines
-    );
-    let tw = agent.wait_for(
-        |v| event::has_cause(v, "timewait_segment"),
-        1,
-        Duration::from_secs(20),
-    );
-    let received = agent.wait_for(
-        |v| event::direction(v) == Some("received") && event::local_port(v) == Some(lport),
-        1,
-        Duration::from_secs(20),
-    );
-    let after = Mib::settled(&ns);
-    let stopped = agent.stop();
-    let srv_exit = srv.stop(Duration::from_secs(5));
-    let changes = Mib::changes(&before, &after);
-    eprintln!("timewait_segment: MIB changes {changes:?}");
-    eprintln!("agent events:\n  {}", dump(&stopped.causes(|_| true)));
-
-    assert!(
-        srv_exit.lines.iter().any(|l| l.starts_with("conn_done")),
-        "the server closed first (no RST from it): {srv_exit:?}"
-    );
-    assert_eq!(tw.len(), 1, "one timewait_segment: {}", dump(agent.lines()));
-    let v = &tw[0];
-    assert_eq!(event::reason(v), Some("TCP_TIMEWAIT_SOCKET"), "{v}");
-    assert_eq!(event::direction(v), Some("sent"), "{v}");
-    assert_eq!(event::origin(v), Some("tcp_stack"), "{v}");
-    assert_eq!(event::str_at(v, "tcp.state"), Some("TIME_WAIT"), "{v}");
-    assert_eq!(event::netns(v), Some(ns.inode()), "{v}");
-    assert_eq!(event::local_port(v), Some(port), "{v}");
-    assert_eq!(event::peer_port(v), Some(lport), "{v}");
-    assert!(
-        is_null_owner(v),
-        "a TIME_WAIT socket has no owner (client {client_pid} was on the CPU): {v}"
-    );
-    assert_eq!(
-        event::u64_at(v, "evidence.last_owner.process.pid"),
-        Some(u64::from(server_pid)),
-        "the server that closed the socket is its last owner: {v}"
-    );
-
-    // Kernel ground truth: the one RST TCP sent is this one.
-    let sent = stopped.causes(tcp_sent);
-    assert_eq!(
-        total(&sent) as i64,
-        mib::delta(&before, &after, "Tcp.OutRsts"),
-        "sent RSTs vs Tcp.OutRsts ({changes:?}):\n  {}",
-        dump(&sent)
-    );
-    assert_eq!(
-        event::stats_cause(&stopped.final_stats, "timewait_segment"),
-        1,
-        "final stats: {}",
-        stopped.final_stats
-    );
-
-    // The client receives that RST (in CLOSE_WAIT): its owner is the client, and it is linked
-    // to the cause on the sending side.
-    assert_eq!(received.len(), 1, "{}", dump(&received));
-    let r = &received[0];
-    assert_eq!(event::owner_pid(r), Some(client_pid), "{r}");
-    assert_eq!(
-        mib::delta(&before, &after, "Tcp.EstabResets"),
-        1,
-        "the client's CLOSE_WAIT -> CLOSE on the RST is the only EstabReset ({changes:?})"
-    );
-    assert_eq!(
-        related_cause(r),
-        Some("timewait_segment"),
-        "the received RST is the one this host sent from the TIME_WAIT socket: {r}"
-    );
-}
+// 1. TIME_WAIT (the RST from a timewait socket in its FIN_WAIT2 sub-state is the shared scenario
+//    `timewait_segment`, tests/tests/scenarios.rs; the reset after an idle period is
+//    `reset_after_idle`)
 
 /// The brief's recipe, checked against the kernel: both sides closed (the server first), so the
 /// server's socket is in the full TIME_WAIT state; hping3 then sends an ACK on that 4-tuple. A
@@ -451,153 +280,6 @@ fn segment_to_full_time_wait_is_acked_not_reset() {
     assert_eq!(event::reason(v), Some("NO_SOCKET"), "{v}");
     assert_eq!(event::peer_port(v), Some(port), "{v}");
     assert!(is_null_owner(v), "{v}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// 2. reset after an idle period
-
-/// A server answers one request, stays idle for 3 s, then aborts with SO_LINGER {1, 0}. The
-/// client (another process) gets the RST: reset_by_peer, owned by the client, with the idle time
-/// before the RST; the server's own RST is abort_by_application, owned by the server.
-#[test]
-fn reset_after_idle_reports_idle_time_and_links_both_ends() {
-    let _shared = shared();
-    require_root();
-    let ns = Netns::new();
-    let port = 41203u16;
-    let port_s = port.to_string();
-    let before = Mib::snapshot(&ns);
-    let mut agent = Agent::start(&ns, None);
-    let mut srv = Peer::spawn(
-        &ns,
-        PEER,
-        &["idle-linger0", "--port", &port_s, "--idle-ms", "3000"],
-    );
-    let server_pid = srv.pid();
-    let mut cli = Peer::spawn(
-        &ns,
-        PEER,
-        &[
-            "send",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-            "--bytes",
-            "5",
-            "--wait-close",
-            "--timeout-ms",
-            "20000",
-        ],
-    );
-    let client_pid = cli.pid();
-    let c = cli.wait_exit(Duration::from_secs(25));
-    let s = srv.wait_exit(Duration::from_secs(25));
-    assert!(
-        c.status.success() && s.status.success(),
-        "client {c:?} server {s:?}"
-    );
-    assert!(c.lines.iter().any(|l| l == "reset"), "client: {c:?}");
-    let lport = connected_lport(&c.lines);
-    let idle_real = s
-        .lines
-        .iter()
-        .find(|l| l.starts_with("closed linger=0"))
-        .and_then(|l| field(l, "idle_ms"))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|ms| ms / 1000.0)
-        .unwrap_or_else(|| panic!("server: {s:?}"));
-
-    let abort = agent.wait_for(
-        |v| event::has_cause(v, "abort_by_application"),
-        1,
-        Duration::from_secs(20),
-    );
-    let rbp = agent.wait_for(
-        |v| event::has_cause(v, "reset_by_peer"),
-        1,
-        Duration::from_secs(20),
-    );
-    let after = Mib::settled(&ns);
-    let stopped = agent.stop();
-    let changes = Mib::changes(&before, &after);
-    eprintln!("reset after idle ({idle_real:.3} s): MIB changes {changes:?}");
-    eprintln!("agent events:\n  {}", dump(&stopped.causes(|_| true)));
-
-    assert_eq!(abort.len(), 1, "{}", dump(&abort));
-    let a = &abort[0];
-    assert_eq!(event::direction(a), Some("sent"), "{a}");
-    assert_eq!(event::origin(a), Some("tcp_stack"), "{a}");
-    assert_eq!(event::local_port(a), Some(port), "{a}");
-    assert_eq!(event::peer_port(a), Some(lport), "{a}");
-    assert_eq!(
-        event::owner_pid(a),
-        Some(server_pid),
-        "the server closed with linger 0 (client {client_pid} was on the CPU): {a}"
-    );
-
-    assert_eq!(rbp.len(), 1, "{}", dump(&rbp));
-    let r = &rbp[0];
-    assert_eq!(event::direction(r), Some("received"), "{r}");
-    assert_eq!(event::origin(r), Some("peer"), "{r}");
-    assert_eq!(event::local_port(r), Some(lport), "{r}");
-    assert_eq!(event::peer_port(r), Some(port), "{r}");
-    assert_eq!(
-        event::owner_pid(r),
-        Some(client_pid),
-        "the client owns the socket that received the RST: {r}"
-    );
-    let idle = event::get(r, "evidence.idle_seconds")
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("no evidence.idle_seconds: {r}"));
-    assert!(
-        (idle - idle_real).abs() <= 0.1 * idle_real,
-        "evidence.idle_seconds {idle} vs the real idle time {idle_real:.3} s (10 %): {r}"
-    );
-    let age = event::get(r, "evidence.connection_age_seconds")
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("no evidence.connection_age_seconds: {r}"));
-    assert!(
-        age >= 0.9 * idle_real && age <= idle_real + 5.0,
-        "connection_age_seconds {age} vs idle {idle_real:.3} s: {r}"
-    );
-
-    // Kernel ground truth.
-    let sent = stopped.causes(tcp_sent);
-    assert_eq!(
-        mib::delta(&before, &after, "Tcp.OutRsts"),
-        1,
-        "one RST on the wire ({changes:?})"
-    );
-    assert_eq!(
-        total(&sent) as i64,
-        mib::delta(&before, &after, "Tcp.OutRsts"),
-        "sent RSTs vs Tcp.OutRsts:\n  {}",
-        dump(&sent)
-    );
-    assert_eq!(
-        mib::delta(&before, &after, "Tcp.EstabResets"),
-        2,
-        "the server's abort and the client's reset both leave ESTABLISHED ({changes:?})"
-    );
-    assert_eq!(
-        event::stats_cause(&stopped.final_stats, "reset_by_peer"),
-        1,
-        "final stats: {}",
-        stopped.final_stats
-    );
-    assert_eq!(
-        event::stats_cause(&stopped.final_stats, "abort_by_application"),
-        1,
-        "final stats: {}",
-        stopped.final_stats
-    );
-    // The received RST is the one this host sent: linked to its cause on the sending side.
-    assert_eq!(
-        related_cause(r),
-        Some("abort_by_application"),
-        "reset_by_peer should carry related.cause of the RST the server sent: {r}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1180,16 +862,15 @@ http {{
 /// namespace over a veth pair. Once established, the server's namespace drops everything from the
 /// client (the peer "goes silent"): the probes go unanswered and the client's kernel aborts with
 /// an RST (TCP_KEEPALIVE_TIMEOUT) from a timer, in no process's context.
-#[test]
-fn keepalive_timeout_names_the_client() {
+fn keepalive_timeout_names_the_client(family: Family) {
     let _shared = shared();
     require_root();
     let cns = Netns::new();
     let sns = Netns::new();
     let link = veth::link(&cns, &sns);
-    let port = 41206u16;
+    let port = family.port(41206);
     let port_s = port.to_string();
-    let server_ip = link.b.to_string();
+    let server_ip = link.addr_b(family);
     let mut agent = Agent::start(&cns, None);
     let mut srv = Peer::spawn(
         &sns,
@@ -1228,9 +909,9 @@ fn keepalive_timeout_names_the_client() {
     srv.wait_line(Duration::from_secs(5), |l| l.starts_with("accepted "))
         .expect("server accepted");
     // The server goes silent: its namespace drops everything the client sends.
-    let client_ip = link.a.to_string();
+    let client_ip = link.addr_a(family);
     sns.exec(
-        "iptables",
+        family.iptables(),
         &["-A", "INPUT", "-s", &client_ip, "-p", "tcp", "-j", "DROP"],
     );
     let c = cli.wait_exit(Duration::from_secs(25));
@@ -1246,7 +927,7 @@ fn keepalive_timeout_names_the_client() {
     let after = Mib::settled(&cns);
     agent.settle(Duration::from_millis(300));
     let stopped = agent.stop();
-    let dropped_by_server = rule_packets(&sns, "iptables", "DROP", &client_ip);
+    let dropped_by_server = rule_packets(&sns, family.iptables(), "DROP", &client_ip);
     let changes = Mib::changes(&before, &after);
     eprintln!(
         "keepalive: client MIB changes {changes:?}; the server's namespace dropped {dropped_by_server} packets; client: {:?}",
@@ -1263,6 +944,11 @@ fn keepalive_timeout_names_the_client() {
     assert_eq!(event::local_port(v), Some(lport), "{v}");
     assert_eq!(event::peer_port(v), Some(port), "{v}");
     assert_eq!(event::peer_address(v), Some(server_ip.as_str()), "{v}");
+    assert_eq!(
+        event::str_at(v, "network.type"),
+        Some(family.network_type()),
+        "{v}"
+    );
     assert_eq!(
         event::owner_pid(v),
         Some(client_pid),
@@ -1296,4 +982,23 @@ fn keepalive_timeout_names_the_client() {
         mib::delta(&before, &after, "TcpExt.TCPKeepAlive") >= 2,
         "at least keepcnt probes were sent ({changes:?})"
     );
+    // The claim check: the client's namespace saw nothing but the keepalive timeout.
+    let all = stopped.causes(|_| true);
+    assert!(
+        all.iter()
+            .all(|v| event::has_cause(v, "keepalive_timeout")
+                && event::owner_pid(v) == Some(client_pid)),
+        "phantom causes or owners:\n  {}",
+        dump(&all)
+    );
+}
+
+#[test]
+fn keepalive_timeout_names_the_client_v4() {
+    keepalive_timeout_names_the_client(Family::V4);
+}
+
+#[test]
+fn keepalive_timeout_names_the_client_v6() {
+    keepalive_timeout_names_the_client(Family::V6);
 }

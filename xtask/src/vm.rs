@@ -30,10 +30,18 @@ use crate::workspace::{Profile, Workspace};
 use report::KernelResult;
 
 /// Kernel modules Debian builds as modules that the guest needs: sock_diag for TCP sockets
-/// (listener queues and drop counters, for the agent), and legacy iptables' filter table, tcp
-/// match and REJECT target (for the firewall and keepalive scenarios; present as modules in all
-/// three series, unlike the nf_tables pieces). Dependencies are added from .modinfo.
-const GUEST_MODULES: &[&str] = &["tcp_diag", "iptable_filter", "xt_tcpudp", "ipt_REJECT"];
+/// (listener queues and drop counters, for the agent), and legacy iptables' and ip6tables'
+/// filter tables, tcp match and REJECT targets (for the firewall and keepalive scenarios of
+/// both families; present as modules in all three series, unlike the nf_tables pieces).
+/// Dependencies are added from .modinfo.
+const GUEST_MODULES: &[&str] = &[
+    "tcp_diag",
+    "iptable_filter",
+    "ip6table_filter",
+    "xt_tcpudp",
+    "ipt_REJECT",
+    "ip6t_REJECT",
+];
 
 #[derive(Subcommand)]
 pub enum Suite {
@@ -43,7 +51,7 @@ pub enum Suite {
     /// <target>/vm-cache/), builds the release agent, rst-trace-peer and
     /// rst-trace-vmcheck, packs them with busybox into an initramfs, boots it
     /// (qemu-system-x86_64 -accel tcg) and runs the cause scenarios of
-    /// rst-trace-vmcheck in the guest. Prints a kernel × scenario table on stderr and the path of a JSON
+    /// rst-trace-vmcheck in the guest. Prints a scenario × kernel table on stderr and the path of a JSON
     /// summary on stdout; exits 1 if any scenario failed or a VM never finished.
     ///
     /// Example: cargo xtask integration-test vm --kernel all
@@ -57,10 +65,10 @@ pub struct VmArgs {
     kernel: String,
 
     /// Hard limit per kernel for the VM, in seconds (QEMU is killed after it).
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    #[arg(long, default_value_t = 480, value_name = "SECS")]
     timeout: u64,
 
-    /// Only these scenarios (comma-separated), e.g. no_listener,abort_on_close.
+    /// Only these scenarios (comma-separated), e.g. no_listener_v4,abort_on_close_v6.
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     scenario: Vec<String>,
 
@@ -331,13 +339,13 @@ mod tests {
             "--kernel",
             "all",
             "--scenario",
-            "no_listener,abort_on_close",
+            "no_listener_v4,abort_on_close_v6",
         ])
         .unwrap();
         let Suite::Vm(args) = cli.suite;
         assert_eq!(args.kernel, "all");
-        assert_eq!(args.scenario, ["no_listener", "abort_on_close"]);
-        assert_eq!(args.timeout, 300);
+        assert_eq!(args.scenario, ["no_listener_v4", "abort_on_close_v6"]);
+        assert_eq!(args.timeout, 480);
         assert!(Cli::try_parse_from(["x", "vm", "--kernel", "4.19"]).is_err());
     }
 

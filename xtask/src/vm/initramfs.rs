@@ -15,11 +15,17 @@ use crate::vm::kernel::Module;
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Legacy iptables (the nf_tables flavour needs modules some series build in and others do
-/// not), installed in the guest as `iptables`. Its extensions are loaded with dlopen from
-/// XTABLES_LIBDIR, so ldd does not list them: the ones the scenarios use are named here.
+/// not), installed in the guest as `iptables` and `ip6tables`. Its extensions are loaded with
+/// dlopen from XTABLES_LIBDIR, so ldd does not list them: the ones the scenarios use are named
+/// here.
 const IPTABLES: &str = "/usr/sbin/xtables-legacy-multi";
 const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
-const XTABLES_EXTENSIONS: &[&str] = &["libxt_standard.so", "libxt_tcp.so", "libipt_REJECT.so"];
+const XTABLES_EXTENSIONS: &[&str] = &[
+    "libxt_standard.so",
+    "libxt_tcp.so",
+    "libipt_REJECT.so",
+    "libip6t_REJECT.so",
+];
 
 /// The host files that go into every guest.
 pub struct Payload {
@@ -103,6 +109,7 @@ pub fn build(dir: &Path, payload: &Payload, modules: &[Module]) -> Result<PathBu
     }
     cpio.file("/bin/xtables-legacy-multi", 0o755, &read(iptables)?);
     cpio.symlink("/bin/iptables", "xtables-legacy-multi");
+    cpio.symlink("/bin/ip6tables", "xtables-legacy-multi");
     libs.extend(shared_libraries(iptables)?);
     for ext in XTABLES_EXTENSIONS {
         let host = Path::new(XTABLES_DIR).join(ext);

@@ -261,17 +261,14 @@ fn round1(x: f64) -> f64 {
 /// A short note for the table: the kernel reason the cause came from, or "inferred".
 fn how(s: &Scenario) -> Value {
     let info = &s.detail["info"];
-    match s.name.as_str() {
-        "abort_on_close" | "abort_by_application" => {
-            if info["inferred"] == json!(true) {
-                json!("inferred")
-            } else if let Some(r) = info["reason"].as_str() {
-                json!(format!("reason {r}"))
-            } else {
-                Value::Null
-            }
-        }
-        "no_listener" | "timewait_segment" => {
+    // The scenario's name without its address family.
+    let base = s
+        .name
+        .strip_suffix("_v4")
+        .or_else(|| s.name.strip_suffix("_v6"))
+        .unwrap_or(&s.name);
+    match base {
+        "abort_on_close" | "abort_by_application" | "no_listener" | "timewait_segment" => {
             match info["events"].as_array().and_then(|e| e.first()) {
                 Some(e) if e["inferred"] == json!(true) => json!("inferred"),
                 Some(e) => e["reason"]
@@ -297,46 +294,71 @@ fn how(s: &Scenario) -> Value {
     }
 }
 
-/// The human summary (stderr): kernel × scenario, hooks, times, and why each failure failed.
+/// One column's text for a kernel.
+type Cell = dyn Fn(&KernelResult) -> String;
+
+/// The human summary (stderr): scenario × kernel (a row per scenario: with both address
+/// families the list is long), the passes per family, hooks, times, and why each failure failed.
 pub fn table(results: &[KernelResult], wanted: &[&str]) -> String {
     let mut out = String::new();
-    let kw = results
-        .iter()
-        .map(|r| r.release.len().max(6))
-        .max()
-        .unwrap_or(6);
-    let cw: Vec<usize> = wanted.iter().map(|n| n.len().max(16)).collect();
-    out.push_str(&format!("{:<kw$}", "kernel"));
-    for (n, w) in wanted.iter().zip(&cw) {
-        out.push_str(&format!("  {n:<w$}"));
-    }
-    out.push_str("  hooks      boot  agent  total\n");
-    for r in results {
-        out.push_str(&format!("{:<kw$}", r.release));
-        for (n, w) in wanted.iter().zip(&cw) {
-            let cell = match r.scenario(n) {
+    let nw = wanted.iter().map(|n| n.len()).max().unwrap_or(8).max(8);
+    let kw: Vec<usize> = results.iter().map(|r| r.release.len().max(16)).collect();
+    let row = |out: &mut String, label: &str, cells: Vec<String>| {
+        out.push_str(&format!("{label:<nw$}"));
+        for (c, w) in cells.iter().zip(&kw) {
+            out.push_str(&format!("  {c:<w$}"));
+        }
+        out.push('\n');
+    };
+    row(
+        &mut out,
+        "scenario",
+        results.iter().map(|r| r.release.clone()).collect(),
+    );
+    for n in wanted {
+        let cells = results
+            .iter()
+            .map(|r| match r.scenario(n) {
                 Some(s) => {
-                    let how = how(s);
                     let v = if s.pass { "PASS" } else { "FAIL" };
-                    match how.as_str() {
+                    match how(s).as_str() {
                         Some("inferred") => format!("{v} (inferred)"),
                         _ => v.to_owned(),
                     }
                 }
                 None => "-".to_owned(),
-            };
-            out.push_str(&format!("  {cell:<w$}"));
-        }
-        let hooks = r
-            .hooks()
-            .map_or("-".to_owned(), |(a, n, _, _)| format!("{a}/{n}"));
-        let secs = |x: Option<f64>| x.map_or("-".to_owned(), |b| format!("{b:.0}s"));
-        out.push_str(&format!(
-            "  {hooks:<9}  {:>4}  {:>5}  {:>4.0}s\n",
-            secs(r.boot_secs),
-            secs(r.agent_ready_secs),
-            r.total_secs
-        ));
+            })
+            .collect();
+        row(&mut out, n, cells);
+    }
+    for (label, suffix) in [("passed v4", "_v4"), ("passed v6", "_v6")] {
+        let cells = results
+            .iter()
+            .map(|r| {
+                let of: Vec<&Scenario> = r
+                    .scenarios
+                    .iter()
+                    .filter(|s| s.name.ends_with(suffix))
+                    .collect();
+                format!("{}/{}", of.iter().filter(|s| s.pass).count(), of.len())
+            })
+            .collect();
+        row(&mut out, label, cells);
+    }
+    fn secs(x: Option<f64>) -> String {
+        x.map_or("-".to_owned(), |b| format!("{b:.0}s"))
+    }
+    let lines: [(&str, &Cell); 4] = [
+        ("hooks", &|r| {
+            r.hooks()
+                .map_or("-".to_owned(), |(a, n, _, _)| format!("{a}/{n}"))
+        }),
+        ("boot", &|r| secs(r.boot_secs)),
+        ("agent start", &|r| secs(r.agent_ready_secs)),
+        ("total", &|r| format!("{:.0}s", r.total_secs)),
+    ];
+    for (label, f) in lines {
+        row(&mut out, label, results.iter().map(f).collect());
     }
     for r in results {
         let mut lines = Vec::new();

@@ -1,0 +1,126 @@
+//! The host's [`Env`]: each scenario in a fresh namespace with its own agent
+//! (`rst-trace run --netns NS`), stopped at the end so its final stats line is checked too.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Env, Run};
+use crate::{Agent, Mib, Netns};
+
+pub struct HostEnv {
+    // Field order is drop order: the agent goes before the namespace.
+    agent: Agent,
+    ns: Netns,
+    peer: PathBuf,
+    workdir: PathBuf,
+}
+
+impl HostEnv {
+    /// A fresh namespace and an agent watching it; `peer` is the rst-trace-peer binary.
+    pub fn new(peer: impl Into<PathBuf>) -> HostEnv {
+        crate::require_root();
+        let ns = Netns::new();
+        let agent = Agent::start(&ns, None);
+        assert_eq!(
+            crate::event::u64_at(agent.started(), "netns"),
+            Some(ns.inode()),
+            "started line names another netns: {}",
+            agent.started()
+        );
+        let workdir = std::env::temp_dir().join(format!("rst-scenario-{}", ns.name()));
+        std::fs::create_dir_all(&workdir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", workdir.display()));
+        HostEnv {
+            agent,
+            ns,
+            peer: peer.into(),
+            workdir,
+        }
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+}
+
+impl Drop for HostEnv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}
+
+impl Env for HostEnv {
+    fn isolated(&self) -> bool {
+        true
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        self.ns.command(program, args)
+    }
+
+    fn peer_program(&self) -> PathBuf {
+        self.peer.clone()
+    }
+
+    fn mib(&self) -> Mib {
+        Mib::snapshot(&self.ns)
+    }
+
+    fn settled_mib(&self) -> Mib {
+        Mib::settled(&self.ns)
+    }
+
+    fn read(&self, path: &str) -> String {
+        self.ns.exec("cat", &[path])
+    }
+
+    fn sysctl_get(&self, key: &str) -> String {
+        self.ns.sysctl_get(key)
+    }
+
+    fn sysctl_set(&self, key: &str, value: &str) {
+        self.ns.sysctl(key, value)
+    }
+
+    fn agent(&mut self) -> &mut Agent {
+        &mut self.agent
+    }
+
+    fn netns_inode(&self) -> u64 {
+        self.ns.inode()
+    }
+
+    fn workdir(&self) -> PathBuf {
+        self.workdir.clone()
+    }
+
+    fn finish(&mut self, mark: usize) -> (Vec<Value>, Option<Value>) {
+        // A late duplicate or wrong event would come within the agent's pairing window (1 s).
+        self.agent.settle(Duration::from_millis(1500));
+        let stopped = self.agent.stop();
+        let lines = stopped.lines.get(mark..).unwrap_or_default().to_vec();
+        (lines, Some(stopped.final_stats))
+    }
+
+    fn slowness(&self) -> u32 {
+        1
+    }
+}
+
+/// Runs the scenario `name` (as listed by [`super::all`]) on the host; panics with every failed
+/// check and the scenario's record when one does not hold.
+pub fn run(name: &str, peer: &str) {
+    let (family, body) = super::find(name).unwrap_or_else(|| panic!("no scenario called {name}"));
+    let mut env = HostEnv::new(peer);
+    let mut run = Run::new(&mut env, family);
+    body(&mut run);
+    let (passed, failures, detail) = (run.passed(), run.failures(), run.detail());
+    drop(run);
+    assert!(
+        passed,
+        "scenario {name} ({family:?}) failed:\n  {failures}\nrecord: {detail:#}"
+    );
+}
