@@ -6,7 +6,7 @@ use core::mem::{align_of, size_of};
 
 #[inline(always)]
 fn words<T>() -> usize {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
     size_of::<T>() / 8
 }
 
