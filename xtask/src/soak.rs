@@ -99,6 +99,8 @@ struct Seen {
     bad_lines: u64,
 }
 
+// One straight sequence (set up, load and sample, tear down, judge, write): split up, its
+// pieces would only pass the agent, the namespace and the samples back and forth.
 pub fn run(args: SoakArgs) -> Result<u8> {
     if args.minutes == 0 {
         bail!("--minutes must be at least 1");
@@ -192,16 +194,20 @@ pub fn run(args: SoakArgs) -> Result<u8> {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let seen = seen
-        .lock()
-        .map_err(|_| anyhow::anyhow!("agent reader panicked"))?;
+    let seen_arc = seen;
+    let seen = seen_lock(&seen_arc)?;
     let Some(fin) = seen.final_stats.clone() else {
         bail!("the agent (exit {status:?}) printed no final stats line");
     };
 
+    drop(seen);
+    // Bad inputs, once the agent is measured: the fuzz target's body on stable, nice'd.
+    let fuzz_seconds = (args.minutes * 4).clamp(20, 120);
+    let fuzzed = fuzz(&ws, &built.bpf_object, fuzz_seconds)?;
+    let seen = seen_lock(&seen_arc)?;
     let growth = growth(&samples);
     let checks = reconcile(&fin, &seen, &mib_before, &mib_after);
-    let report = markdown(&args, &load, &samples, &growth, &checks, &fin, &ws);
+    let report = markdown(&args, &load, &samples, &growth, &checks, &fin, &ws, &fuzzed);
     let out = if args.minutes >= 30 {
         ws.root.join("docs/reliability.md")
     } else {
@@ -642,6 +648,48 @@ fn property_cases(ws: &Workspace) -> u64 {
     total
 }
 
+/// Locks the reader's state; a reader thread that panicked is a harness failure.
+fn seen_lock(seen: &Arc<Mutex<Seen>>) -> Result<std::sync::MutexGuard<'_, Seen>> {
+    seen.lock()
+        .map_err(|_| anyhow::anyhow!("agent reader panicked"))
+}
+
+/// What the fuzz run tried: `(seconds, inputs)`.
+#[derive(Debug)]
+struct Fuzzed {
+    seconds: u64,
+    inputs: u64,
+}
+
+/// Runs the record decoder's fuzz body (rst-trace/src/malformed.rs) for `seconds` on stable;
+/// returns how many inputs it tried. A panic fails the soak.
+fn fuzz(ws: &Workspace, bpf_object: &Path, seconds: u64) -> Result<Fuzzed> {
+    let mut test = Command::new("nice");
+    test.arg(cmd::cargo().get_program())
+        .current_dir(&ws.root)
+        .env("RST_TRACE_BPF_OBJECT", bpf_object)
+        .env("RST_TRACE_FUZZ_SECONDS", seconds.to_string())
+        .args(["test", "--release", "-p", "rst-trace", "--lib"])
+        .args(["malformed::fuzz_record_decoder_stable", "--"])
+        .args(["--ignored", "--exact", "--nocapture"]);
+    eprintln!("xtask: soak: $ {}", cmd::display(&test));
+    let out = test.output().context("running the fuzz body")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!(
+            "the record decoder's fuzz body failed ({}):\n{text}",
+            out.status
+        );
+    }
+    let inputs = text
+        .lines()
+        .find_map(|l| l.strip_suffix(" inputs, no panic"))
+        .and_then(|n| n.trim().parse().ok())
+        .context("the fuzz body did not say how many inputs it tried")?;
+    Ok(Fuzzed { seconds, inputs })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn markdown(
     args: &SoakArgs,
     load: &Load,
@@ -650,6 +698,7 @@ fn markdown(
     checks: &[Check],
     fin: &Value,
     ws: &Workspace,
+    fuzzed: &Fuzzed,
 ) -> String {
     let mut s = String::new();
     let kernel = procfs::kernel_release().unwrap_or_default();
@@ -696,7 +745,12 @@ fn markdown(
     let _ = writeln!(s, "Listener killed with connections queued ({} times), accept queue overflowed ({} clients), RST storms folded into summaries ({} RSTs), namespaces vanishing under the agent ({}).\n", load.listener_restarts, load.overflow_clients, load.storm_syns, load.namespaces);
     let _ = writeln!(s, "## Bad inputs tried\n");
     let _ = writeln!(s, "- Property tests (rst-trace/src/malformed.rs, every `cargo xtask test`): {} generated inputs per run", property_cases(ws));
-    let _ = writeln!(s, "- Fuzzing: `cargo xtask fuzz --seconds N` (the record decoder; libFuzzer where nightly is available)\n");
+    let _ = writeln!(
+        s,
+        "- Fuzzing the record decoder (its fuzz target's body on stable, after the workload): \
+         {} inputs in {} s, no panic; `cargo xtask fuzz --seconds N` runs it under libFuzzer\n",
+        fuzzed.inputs, fuzzed.seconds
+    );
     let _ = writeln!(
         s,
         "## Growth (second half: slope × duration, against the tolerance)\n"
