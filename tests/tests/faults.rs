@@ -367,12 +367,52 @@ fn table_entries(lines: &[Value], table: &str) -> Option<u64> {
 }
 
 const CHURN_NAMESPACES: usize = 2000;
+const CHURN_PORT: u16 = 41410;
 const CHURN_WORKERS: usize = 4;
 
 /// One namespace's life: a listener, an RST from a connect to a closed port (another
-/// process), the listener's owner gone, the namespace gone. Returns its inode and the RSTs
-/// its kernel counted.
-fn one_namespace(port: u16) -> (u64, i64) {
+/// process), the listener's owner gone, the namespace gone.
+#[derive(Debug, Clone, Copy)]
+struct Life {
+    inode: u64,
+    /// RSTs its kernel counted.
+    rsts: i64,
+    /// The refused client's port: with the inode, what names this namespace's RST.
+    lport: u16,
+}
+
+/// Runs of the agent's programs the kernel skipped because another eBPF program was running
+/// on that CPU (`recursion_misses`, from bpftool): the one loss the agent cannot count itself.
+fn recursion_misses(pid: u32) -> u64 {
+    let ids: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("prog_id:"))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!ids.is_empty(), "no eBPF programs among the agent's fds");
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("bpftool: {e} (cargo xtask setup installs it)"));
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool -j prog show");
+    progs
+        .as_array()
+        .expect("a list of programs")
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|p| p["recursion_misses"].as_u64())
+        .sum()
+}
+
+fn one_namespace(port: u16) -> Life {
     let ns = Netns::new();
     let inode = ns.inode();
     let before = Mib::snapshot(&ns);
@@ -387,7 +427,11 @@ fn one_namespace(port: u16) -> (u64, i64) {
     // The owner exits while the agent may still be reading about it; then the namespace goes.
     let _ = listener.stop(Duration::from_secs(5));
     drop(ns);
-    (inode, mib::delta(&before, &after, "Tcp.OutRsts"))
+    Life {
+        inode,
+        rsts: mib::delta(&before, &after, "Tcp.OutRsts"),
+        lport: res[0].lport,
+    }
 }
 
 #[test]
@@ -403,7 +447,7 @@ fn namespace_churn_leaves_nothing_behind() {
     let pid = agent.pid();
     // Warm-up: the first namespaces bring the agent's caches and threads to their working set.
     // Their RSTs count too: a later namespace may reuse one of their inodes.
-    let warm_up: Vec<(u64, i64)> = (0..20).map(|_| one_namespace(41410)).collect();
+    let warm_up: Vec<Life> = (0..20).map(|_| one_namespace(CHURN_PORT)).collect();
     agent.settle(Duration::from_secs(6));
     let base = usage(pid);
     let base_accounts = table_entries(agent.lines(), "netns_accounts").expect("netns_accounts");
@@ -420,7 +464,7 @@ fn namespace_churn_leaves_nothing_behind() {
                 if i >= CHURN_NAMESPACES {
                     break;
                 }
-                let r = one_namespace(41410);
+                let r = one_namespace(CHURN_PORT);
                 results.lock().expect("results").push(r);
             });
         }
@@ -435,7 +479,7 @@ fn namespace_churn_leaves_nothing_behind() {
     let results = results.into_inner().expect("results");
     assert_eq!(results.len(), CHURN_NAMESPACES);
     assert!(
-        results.iter().all(|(_, r)| *r == 1),
+        results.iter().all(|l| l.rsts == 1),
         "each namespace's kernel counts one RST"
     );
     // Back to baseline, as a condition (bounded): namespaces are forgotten on the agent's sweep.
@@ -451,6 +495,7 @@ fn namespace_churn_leaves_nothing_behind() {
             .then_some((u, accounts, listeners))
     });
     let now = usage(pid);
+    let skipped = recursion_misses(pid);
     let stopped = agent.stop();
     peaks.take(&stopped.lines);
     eprintln!(
@@ -478,32 +523,79 @@ fn namespace_churn_leaves_nothing_behind() {
     );
     eprintln!("back to baseline: {u:?}, netns_accounts {accounts}, listeners {listeners}");
 
-    // Every namespace's RST, reported in that namespace (an inode may be reused by a later
-    // namespace: counted per inode).
-    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
-    for (inode, _) in results.iter().chain(&warm_up) {
-        *expected.entry(*inode).or_insert(0) += 1;
-    }
-    let ours: HashSet<u64> = expected.keys().copied().collect();
-    let mut got: BTreeMap<u64, u64> = BTreeMap::new();
+    // Every namespace's RST, reported in that namespace while it lived (its inode may be
+    // reused by a later namespace, ours or anyone's).
+    let lives: Vec<Life> = results.iter().chain(&warm_up).copied().collect();
+    let ours: HashSet<u64> = lives.iter().map(|l| l.inode).collect();
+    let mut got = vec![0u64; lives.len()];
+    let mut unmatched = 0u64;
     for v in stopped.causes(|v| {
-        event::has_cause(v, "no_listener") && event::netns(v).is_some_and(|n| ours.contains(&n))
+        event::has_cause(v, "no_listener")
+            && event::netns(v).is_some_and(|n| ours.contains(&n))
+            && event::local_port(v) == Some(CHURN_PORT + 1)
     }) {
-        *got.entry(event::netns(&v).unwrap_or(0)).or_insert(0) += event::count(&v).unwrap_or(1);
+        // Each event goes to a namespace with its inode not yet accounted for, the one whose
+        // client port it names (a storm summary, when other traffic folded ours, names none).
+        // Event times are not used: they are converted from the kernel's clock.
+        let n = event::netns(&v);
+        if event::get(&v, "evidence.sampled").is_some() {
+            // A summary of several: one each for that many namespaces of its inode.
+            let mut left = event::count(&v).unwrap_or(1);
+            for (i, l) in lives.iter().enumerate() {
+                if left > 0 && Some(l.inode) == n && got[i] == 0 {
+                    got[i] = 1;
+                    left -= 1;
+                }
+            }
+            unmatched += left;
+            continue;
+        }
+        let candidates = |strict: bool| {
+            lives.iter().enumerate().position(|(i, l)| {
+                Some(l.inode) == n
+                    && event::peer_port(&v) == Some(l.lport)
+                    && (!strict || got[i] == 0)
+            })
+        };
+        match candidates(true).or_else(|| candidates(false)) {
+            Some(i) => got[i] += 1,
+            None => unmatched += 1,
+        }
     }
     let lost = event::stats_lost(&stopped.final_stats).expect("records.lost");
-    let missing: u64 = expected
+    let missing = got.iter().filter(|g| **g == 0).count() as u64;
+    let unreported: Vec<(&Life, Vec<String>)> = lives
         .iter()
-        .map(|(n, e)| e.saturating_sub(got.get(n).copied().unwrap_or(0)))
-        .sum();
+        .zip(&got)
+        .filter(|(_, g)| **g == 0)
+        .take(5)
+        .map(|(l, _)| {
+            let near = stopped
+                .lines
+                .iter()
+                .filter(|v| {
+                    event::netns(v) == Some(l.inode)
+                        && event::str_at(v, "network.peer.address").is_some()
+                        && event::local_port(v) == Some(CHURN_PORT + 1)
+                })
+                .map(|v| v.to_string())
+                .collect();
+            (l, near)
+        })
+        .collect();
+    // Every namespace's RST is reported, or its loss counted: records lost (the agent's count)
+    // or program runs the kernel skipped (its count, for every namespace: an upper bound).
     assert!(
-        missing <= lost,
-        "{missing} namespaces' RSTs not reported, {lost} records counted lost"
+        missing <= lost + skipped,
+        "{missing} namespaces' RSTs not reported, {lost} records counted lost, {skipped} \
+         program runs skipped: {unreported:#?}"
     );
-    let extra: u64 = got
-        .iter()
-        .map(|(n, g)| g.saturating_sub(expected.get(n).copied().unwrap_or(0)))
-        .sum();
+    let extra: u64 = got.iter().map(|g| g.saturating_sub(1)).sum();
+    eprintln!(
+        "RSTs: {} namespaces, {missing} unreported ({lost} records lost, {skipped} program runs \
+         skipped), {unmatched} events not matched to one",
+        lives.len()
+    );
     assert_eq!(extra, 0, "RSTs reported twice in churned namespaces");
 }
 
