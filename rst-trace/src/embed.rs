@@ -66,6 +66,8 @@ pub struct Snapshot {
     pub resets_sent_tcp_stack: u64,
     pub resets_sent_netfilter: u64,
     pub owners: OwnerTables,
+    /// Every bounded table's occupancy (the stats line's `tables`).
+    pub tables: Vec<crate::occupancy::TableFigure>,
     pub info: Arc<AgentInfo>,
 }
 

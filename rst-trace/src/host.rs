@@ -199,11 +199,21 @@ impl HostInfo for ProcHost {
         }
         let value = Netns::find_by_inode(netns).and_then(|ns| sysctl_in(&ns, name));
         if let Ok(mut cache) = self.sysctl_cache.lock() {
+            // Namespaces come and go by the thousand: expired entries go first, then all.
+            if cache.len() >= MAX_CACHED_SYSCTLS {
+                cache.retain(|_, (at, _)| at.elapsed().as_secs() < SYSCTL_TTL_SECS);
+                if cache.len() >= MAX_CACHED_SYSCTLS {
+                    cache.clear();
+                }
+            }
             cache.insert(key, (Instant::now(), value.clone()));
         }
         value
     }
 }
+
+/// Sysctl values cached at most (a few per namespace with a listener problem).
+const MAX_CACHED_SYSCTLS: usize = 4096;
 
 fn parse_limit(v: &str) -> Option<u64> {
     if v == "unlimited" {

@@ -19,6 +19,7 @@ pub mod loader;
 mod malformed;
 pub mod metrics;
 pub mod netns;
+pub mod occupancy;
 pub mod output;
 pub mod owner;
 pub mod pipeline;

@@ -141,6 +141,8 @@ struct CachedProcess {
 
 const PROCESS_CACHE_NS: u64 = 1_000_000_000;
 const MAX_CACHED_PROCESSES: usize = 65_536;
+const MAX_CACHED_OWNERS: usize = 65_536;
+const MAX_PORT_CENSUS: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct SentRst {
@@ -326,7 +328,7 @@ impl<H: HostInfo> Pipeline<H> {
                 return o.clone();
             }
         }
-        if self.owners.len() > 65_536 {
+        if self.owners.len() >= MAX_CACHED_OWNERS {
             self.owners.clear();
         }
         let o = Arc::new(Owner::from_task(
@@ -577,6 +579,25 @@ impl<H: HostInfo> Pipeline<H> {
     /// Periodic upkeep (once a second): forget closed listeners past their retention.
     pub fn expire(&mut self) {
         self.table.expire(monotonic_ns());
+    }
+
+    /// Occupancy of the pipeline's caches, for the stats line (each is cleared at its bound).
+    pub fn figures(&self) -> Vec<crate::occupancy::TableFigure> {
+        use crate::occupancy::TableFigure;
+        let mut v = Vec::from(self.table.figures());
+        v.extend([
+            TableFigure::new("processes", self.processes.len(), MAX_CACHED_PROCESSES),
+            TableFigure::new("fd_facts", self.fd_facts.len(), MAX_CACHED_PROCESSES),
+            TableFigure::new("owners", self.owners.len(), MAX_CACHED_OWNERS),
+            TableFigure::new("recent_sent", self.recent_sent.len(), MAX_RECENT_SENT),
+            TableFigure::new(
+                "held_received",
+                self.pending_received.len(),
+                MAX_RECENT_SENT,
+            ),
+            TableFigure::new("port_census", self.port_census.len(), MAX_PORT_CENSUS),
+        ]);
+        v
     }
 
     fn on_accept(&mut self, r: &AcceptRecord) -> Vec<Diagnosis> {
@@ -1433,7 +1454,7 @@ impl<H: HostInfo> Pipeline<H> {
                 .get(&key)
                 .is_some_and(|(t, _)| now.saturating_sub(*t) < 1_000_000_000);
             if !fresh {
-                if self.port_census.len() > 4096 {
+                if self.port_census.len() >= MAX_PORT_CENSUS {
                     self.port_census.clear();
                 }
                 let census = self.host.sockets_to(netns, dst.addr, dst.port);

@@ -20,6 +20,12 @@ use crate::{
 pub const HOT_FOR: Duration = Duration::from_secs(3);
 /// Namespaces read in one poll at most; the rest wait for the next tick.
 const MAX_PER_POLL: usize = 64;
+/// How often namespaces no longer under watch are checked for having gone away: one that
+/// was never read again after it cooled down would otherwise keep its account forever.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Namespaces with an account at most: beyond it (thousands of live namespaces each with a
+/// listener signalling), a new namespace gets no listen-drop polling, and that is counted.
+pub const MAX_ACCOUNTS: usize = 16_384;
 
 pub struct Poller {
     only: Option<Netns>,
@@ -32,6 +38,14 @@ pub struct Poller {
     paths: HashMap<u32, PathBuf>,
     hot_until: HashMap<u32, Instant>,
     last_poll: HashMap<u32, Instant>,
+    swept_at: Instant,
+    /// Namespaces turned away because [`MAX_ACCOUNTS`] were watched already.
+    pub refused: u64,
+    /// Namespaces forgotten because they went away.
+    pub forgotten: u64,
+    /// Those not yet handed to the agent ([`Poller::take_gone`]), so it can drop what it keeps
+    /// about them; bounded like the accounts.
+    gone: Vec<u32>,
 }
 
 /// One namespace's counters and listeners, read off the agent's event loop.
@@ -60,6 +74,56 @@ impl Poller {
                 .collect(),
             hot_until: HashMap::new(),
             last_poll: HashMap::new(),
+            swept_at: Instant::now(),
+            refused: 0,
+            forgotten: 0,
+            gone: Vec::new(),
+        }
+    }
+
+    /// Namespaces found gone since the last call.
+    pub fn take_gone(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.gone)
+    }
+
+    /// Namespaces known to the poller (their baselines and handles), for the stats line.
+    pub fn figures(&self) -> crate::occupancy::TableFigure {
+        let mut f = crate::occupancy::TableFigure::new(
+            "netns_accounts",
+            self.accounts.len().max(self.paths.len()),
+            MAX_ACCOUNTS,
+        );
+        f.refused = Some(self.refused);
+        f.evicted = Some(self.forgotten);
+        f
+    }
+
+    /// Forgets namespaces that are gone and no longer under watch (those under watch are
+    /// checked when they are read).
+    fn sweep(&mut self, now: Instant) {
+        if now.duration_since(self.swept_at) < SWEEP_EVERY {
+            return;
+        }
+        self.swept_at = now;
+        let cold: Vec<u32> = self
+            .paths
+            .keys()
+            .chain(self.accounts.keys())
+            .chain(self.last_poll.keys())
+            .filter(|n| !self.hot_until.contains_key(n))
+            .copied()
+            .collect::<HashSet<u32>>()
+            .into_iter()
+            .collect();
+        for netns in cold {
+            let alive = self
+                .paths
+                .get(&netns)
+                .is_some_and(|p| inode_of(p).ok() == Some(netns));
+            if !alive {
+                // Another way in (a process still living there) keeps the account.
+                let _ = self.handle(netns);
+            }
         }
     }
 
@@ -72,6 +136,12 @@ impl Poller {
     /// A signal from the kernel about `netns`; `pid` is a process known to live in it.
     pub fn heat(&mut self, netns: u32, pid: Option<u32>) {
         if netns == 0 || self.only.as_ref().is_some_and(|o| o.inode != netns) {
+            return;
+        }
+        if !self.paths.contains_key(&netns)
+            && self.paths.len().max(self.accounts.len()) >= MAX_ACCOUNTS
+        {
+            self.refused += 1;
             return;
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.paths.entry(netns) {
@@ -89,6 +159,7 @@ impl Poller {
     pub fn due(&mut self) -> Vec<Netns> {
         let now = Instant::now();
         self.hot_until.retain(|_, until| *until >= now);
+        self.sweep(now);
         // Never read yet first (None sorts first), then the longest unread.
         let mut hot: Vec<(u32, Option<Instant>)> = self
             .hot_until
@@ -130,6 +201,12 @@ impl Poller {
 
     /// The namespace is gone.
     fn forget(&mut self, netns: u32) {
+        if self.accounts.contains_key(&netns) || self.paths.contains_key(&netns) {
+            self.forgotten += 1;
+            if self.gone.len() < MAX_ACCOUNTS {
+                self.gone.push(netns);
+            }
+        }
         self.paths.remove(&netns);
         self.hot_until.remove(&netns);
         self.accounts.remove(&netns);

@@ -8,6 +8,46 @@ pub struct Holder {
     pub comm: String,
 }
 
+/// Why /proc cannot show the agent every process, if it cannot: mounted with `hidepid` and
+/// the agent lacks CAP_SYS_PTRACE (which sees through it). Owners that only /proc can tell
+/// (sockets older than the agent, forked holders) are then unknown, and events say so.
+pub fn hidden_processes() -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    hidden_processes_from(&mountinfo, &status)
+}
+
+const CAP_SYS_PTRACE: u32 = 19;
+
+fn hidden_processes_from(mountinfo: &str, status: &str) -> Option<String> {
+    // mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL…] - FSTYPE SOURCE SUPEROPTS";
+    // the last /proc mount is the one in effect.
+    let hidepid = mountinfo
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("/proc"))
+        .filter_map(|l| l.split_once(" - "))
+        .filter(|(_, rest)| rest.split_whitespace().next() == Some("proc"))
+        .filter_map(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_owned))
+        .next_back()?
+        .split(',')
+        .find_map(|o| o.strip_prefix("hidepid=").map(str::to_owned))?;
+    if matches!(hidepid.as_str(), "0" | "off") {
+        return None;
+    }
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if cap_eff & (1 << CAP_SYS_PTRACE) != 0 {
+        return None;
+    }
+    Some(format!(
+        "/proc is mounted hidepid={hidepid} and the agent lacks CAP_SYS_PTRACE: owners that only \
+         /proc can tell (sockets older than the agent) are hidden from it"
+    ))
+}
+
 /// Maps each wanted socket inode to the processes that hold it.
 pub fn holders_of(wanted: &HashSet<u64>) -> HashMap<u64, Vec<Holder>> {
     let mut out: HashMap<u64, Vec<Holder>> = HashMap::new();
@@ -110,5 +150,33 @@ mod tests {
         assert_eq!(socket_inode("socket:[12345]"), Some(12345));
         assert_eq!(socket_inode("pipe:[1]"), None);
         assert_eq!(socket_inode("socket:[x]"), None);
+    }
+}
+
+#[cfg(test)]
+mod hidden_tests {
+    use super::hidden_processes_from;
+
+    const MOUNTS: &str = "22 1 0:5 / /proc rw,nosuid - proc proc rw\n\
+        30 22 0:40 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw\n";
+
+    #[test]
+    fn hidepid_without_ptrace_hides_owners() {
+        let hidden = MOUNTS.replace("proc proc rw", "proc proc rw,hidepid=invisible");
+        let no_ptrace = "CapEff:\t000001fffff7ffff\n";
+        let ptrace = "CapEff:\t000001ffffffffff\n";
+        let why = hidden_processes_from(&hidden, no_ptrace).expect("hidden");
+        assert!(why.contains("hidepid=invisible"), "{why}");
+        assert_eq!(hidden_processes_from(&hidden, ptrace), None);
+        assert_eq!(hidden_processes_from(MOUNTS, no_ptrace), None);
+        let off = MOUNTS.replace("proc proc rw", "proc proc rw,hidepid=0");
+        assert_eq!(hidden_processes_from(&off, no_ptrace), None);
+    }
+
+    #[test]
+    fn the_last_proc_mount_wins() {
+        let two = format!("{MOUNTS}40 22 0:50 / /proc rw - proc proc rw,hidepid=2\n");
+        assert!(hidden_processes_from(&two, "CapEff:\t0\n").is_some());
+        assert_eq!(hidden_processes_from("garbage\n", "CapEff:\t0\n"), None);
     }
 }

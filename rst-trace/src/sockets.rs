@@ -136,6 +136,14 @@ impl SocketTable {
         }
     }
 
+    /// The namespace is gone: its listeners with it. Their close may never have been seen (a
+    /// record lost in a storm), and no later event can come from there.
+    pub fn forget_netns(&mut self, netns: u32) {
+        self.listeners.retain(|(n, _), _| *n != netns);
+        self.listener_by_sk.retain(|_, (n, _)| *n != netns);
+        self.closed_listeners.retain(|(n, _), _| *n != netns);
+    }
+
     /// Forgets closed listeners older than the retention. Walks them all, so it is for a
     /// periodic tick, not for every event.
     pub fn expire(&mut self, now: u64) {
@@ -168,6 +176,15 @@ impl SocketTable {
     /// Ports (per namespace) with at least one listener.
     pub fn listener_ports(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// Occupancy of the listener tables, for the stats line; `refused` counts both.
+    pub fn figures(&self) -> [crate::occupancy::TableFigure; 2] {
+        use crate::occupancy::TableFigure;
+        let mut open = TableFigure::new("listeners", self.listeners.len(), MAX_LISTENERS);
+        open.refused = Some(self.overflow);
+        let closed = TableFigure::new("closed_listeners", self.closed_listeners.len(), MAX_CLOSED);
+        [open, closed]
     }
 
     /// Namespaces with at least one listener.

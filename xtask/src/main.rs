@@ -14,6 +14,7 @@ mod examples;
 mod fuzz;
 mod lint;
 mod setup;
+mod soak;
 mod vm;
 mod workspace;
 
@@ -147,6 +148,15 @@ enum Task {
     #[command(hide = true, subcommand)]
     BenchLoad(bench::Load),
 
+    /// Run the agent under a mixed workload for N minutes and fail on unbounded growth.
+    ///
+    /// Healthy churn through a listener restarted every cycle, RST storms, accept-queue
+    /// overflows and namespace churn; RSS, fds, threads, CPU and every table's occupancy are
+    /// sampled every 10 s. Fails when a series grows over the second half beyond its stated
+    /// tolerance, a table passes its bound, or a total drifts from the kernel's counters.
+    /// Writes docs/reliability.md when N >= 30, else target/soak/reliability.md. Needs root.
+    Soak(soak::SoakArgs),
+
     /// Fuzz the ring buffer record decoder for N seconds.
     ///
     /// cargo-fuzz (libFuzzer + AddressSanitizer) on the nightly toolchain, both installed when
@@ -191,6 +201,8 @@ fn setup_scope(task: &Task) -> Option<Scope> {
         | Task::Bench(_)
         | Task::BenchLoad(_)
         | Task::Fuzz { .. } => None,
+        // The same peers and tools as the tests (hping3, iproute2).
+        Task::Soak(_) => Some(Scope::Full),
     }
 }
 
@@ -261,6 +273,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Task::IntegrationTest { suite } => return vm::run(suite),
         Task::Bench(args) => return bench::run(args),
+        Task::Soak(args) => return soak::run(args),
         Task::BenchLoad(load) => return bench::run_load(load),
     }
     Ok(0)

@@ -32,6 +32,7 @@ const TEST_PACKAGES: &[&str] = &[
     "rsyslog",
     "prometheus",
     "tmux",
+    "bpftool",
 ];
 
 /// What the deployment tests need: `systemd-analyze verify` for the unit, podman to build

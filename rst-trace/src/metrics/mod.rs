@@ -180,6 +180,42 @@ fn gauges(
     Ok(())
 }
 
+/// Occupancy of every bounded table, and what did not fit (refused or evicted).
+fn table_metrics(
+    enc: &mut DescriptorEncoder,
+    tables: &[crate::occupancy::TableFigure],
+) -> fmt::Result {
+    let label = |t: &crate::occupancy::TableFigure| vec![("table", t.name.to_owned())];
+    gauges(
+        enc,
+        "rst_trace_table_entries",
+        "Entries in each of the agent's bounded tables (kernel maps RST_*, userspace caches).",
+        tables.iter().map(|t| (label(t), to_i64(t.entries))),
+    )?;
+    gauges(
+        enc,
+        "rst_trace_table_capacity",
+        "Entries each bounded table can hold.",
+        tables.iter().map(|t| (label(t), to_i64(t.capacity))),
+    )?;
+    counters(
+        enc,
+        "rst_trace_table_refused",
+        "Inserts a full table turned away.",
+        tables
+            .iter()
+            .filter_map(|t| t.refused.map(|r| (label(t), r))),
+    )?;
+    counters(
+        enc,
+        "rst_trace_table_evicted",
+        "Entries a table forgot to make room (LRU maps; namespaces that went away).",
+        tables
+            .iter()
+            .filter_map(|t| t.evicted.map(|r| (label(t), r))),
+    )
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -190,6 +226,7 @@ impl Collector for Scrape {
         self.encode_records(&mut enc)?;
         self.encode_owner_tables(&mut enc)?;
         let s = &self.snap;
+        table_metrics(&mut enc, &s.tables)?;
         let m = enc.encode_descriptor(
             "rst_trace_build",
             "The agent's version and the kernel it runs on.",
@@ -358,6 +395,13 @@ mod tests {
                 lookups_found: 4,
                 lookups_not_found: 1,
             },
+            tables: vec![crate::occupancy::TableFigure {
+                name: "RST_TW_OWNERS",
+                entries: 3,
+                capacity: 65_536,
+                refused: None,
+                evicted: Some(2),
+            }],
             info: Arc::new(AgentInfo {
                 version: "0.1.0",
                 kernel: "6.18.0".into(),

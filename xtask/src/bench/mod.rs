@@ -9,12 +9,12 @@
 
 mod agent;
 mod bpfstats;
-mod child;
+pub(crate) mod child;
 mod figures;
 mod interrupt;
 mod load;
-mod netns;
-mod procfs;
+pub(crate) mod netns;
+pub(crate) mod procfs;
 mod report;
 mod tracer;
 mod workload;

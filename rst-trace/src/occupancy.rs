@@ -1,0 +1,217 @@
+//! How full every table is, kernel maps and the agent's own, for the stats line and the
+//! metrics endpoint: a flood or namespace churn that pushes a table to its bound shows up as
+//! entries at capacity plus counted refusals or evictions, never as silent loss or growth.
+use aya::{
+    maps::{HashMap, Map, MapData},
+    Ebpf, Pod,
+};
+use rst_trace_common::{
+    AcceptorKey, OwnerInfo, TwKey, ACCEPTORS_CAPACITY, ACCEPTORS_MAP, OWNERS_CAPACITY, OWNERS_MAP,
+    TW_OWNERS_CAPACITY, TW_OWNERS_MAP,
+};
+use serde_json::{json, Map as JsonMap, Value};
+
+/// The kernel's signal table (see hot.rs in the eBPF crate), an LRU.
+const HOT_MAP: &str = "RST_HOT_SENT";
+const HOT_CAPACITY: u32 = 4096;
+
+/// One table's figures. `refused`: inserts a full table turned away; `evicted`: entries an
+/// LRU forgot to make room (an upper bound where the kernel counts overwrites as stores too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableFigure {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+    pub refused: Option<u64>,
+    pub evicted: Option<u64>,
+}
+
+impl TableFigure {
+    pub fn new(name: &'static str, entries: usize, capacity: usize) -> Self {
+        Self {
+            name,
+            entries: u64::try_from(entries).unwrap_or(u64::MAX),
+            capacity: u64::try_from(capacity).unwrap_or(u64::MAX),
+            ..Default::default()
+        }
+    }
+}
+
+/// Counts the entries of one kernel hash map (a walk of its keys: one syscall per entry, so
+/// it runs per stats line or scrape, never per event).
+type Counter = Box<dyn Fn() -> Option<u64> + Send>;
+
+struct KernelTable {
+    name: &'static str,
+    capacity: u32,
+    count: Counter,
+}
+
+/// Second handles on the kernel's hash maps, opened by id so the maps stay where the loader
+/// and the pipeline keep them.
+#[derive(Default)]
+pub struct KernelTables {
+    tables: Vec<KernelTable>,
+}
+
+fn open<K: Pod + Send>(ebpf: &Ebpf, name: &str) -> Option<Counter> {
+    let id = match ebpf.map(name)? {
+        Map::HashMap(m) | Map::LruHashMap(m) => m.info().ok()?.id(),
+        _ => return None,
+    };
+    let map = Map::from_map_data(MapData::from_id(id).ok()?).ok()?;
+    // Every owner table holds OwnerInfo values; the walk only reads keys.
+    let typed: HashMap<MapData, K, OwnerInfo> = match HashMap::try_from(map) {
+        Ok(t) => t,
+        Err(e) => {
+            log::debug!("map {name}: {e}");
+            return None;
+        }
+    };
+    Some(Box::new(move || {
+        let mut n = 0u64;
+        for k in typed.keys() {
+            // A key deleted under the walk restarts it in the kernel; the bound keeps a map
+            // that churns faster than it is read from holding the loop.
+            k.ok()?;
+            n += 1;
+            if n > u64::from(OWNERS_CAPACITY) * 2 {
+                break;
+            }
+        }
+        Some(n)
+    }))
+}
+
+fn open_hot(ebpf: &Ebpf) -> Option<Counter> {
+    let id = match ebpf.map(HOT_MAP)? {
+        Map::LruHashMap(m) => m.info().ok()?.id(),
+        _ => return None,
+    };
+    let map = Map::from_map_data(MapData::from_id(id).ok()?).ok()?;
+    let typed: HashMap<MapData, u64, u64> = HashMap::try_from(map).ok()?;
+    Some(Box::new(move || {
+        let n = typed
+            .keys()
+            .take(2 * HOT_CAPACITY as usize)
+            .filter(Result::is_ok)
+            .count();
+        u64::try_from(n).ok()
+    }))
+}
+
+impl KernelTables {
+    /// Handles on every bounded kernel map; one that cannot be opened is left out (and said
+    /// once), the stats line then lacks its figure rather than the agent failing.
+    pub fn open(ebpf: &Ebpf) -> Self {
+        let mut tables = Vec::new();
+        let mut add = |name: &'static str, capacity: u32, c: Option<Counter>| match c {
+            Some(count) => tables.push(KernelTable {
+                name,
+                capacity,
+                count,
+            }),
+            None => log::warn!("cannot read the occupancy of kernel map {name}"),
+        };
+        add(OWNERS_MAP, OWNERS_CAPACITY, open::<u64>(ebpf, OWNERS_MAP));
+        add(
+            TW_OWNERS_MAP,
+            TW_OWNERS_CAPACITY,
+            open::<TwKey>(ebpf, TW_OWNERS_MAP),
+        );
+        add(
+            ACCEPTORS_MAP,
+            ACCEPTORS_CAPACITY,
+            open::<AcceptorKey>(ebpf, ACCEPTORS_MAP),
+        );
+        add(HOT_MAP, HOT_CAPACITY, open_hot(ebpf));
+        Self { tables }
+    }
+
+    /// Entries now, per map. `owners`: the kernel's store counters, which give the refusals of
+    /// the owner table and the evictions of the TIME_WAIT LRU.
+    pub fn figures(&self, owners: &crate::stats::OwnerTables) -> Vec<TableFigure> {
+        self.tables
+            .iter()
+            .filter_map(|t| {
+                let entries = (t.count)()?;
+                let mut f = TableFigure {
+                    name: t.name,
+                    entries,
+                    capacity: u64::from(t.capacity),
+                    refused: None,
+                    evicted: None,
+                };
+                match t.name {
+                    OWNERS_MAP => f.refused = Some(owners.full),
+                    // Never deleted, only forgotten: what was stored and is gone was evicted.
+                    TW_OWNERS_MAP => {
+                        f.evicted = Some(owners.timewait_stored.saturating_sub(entries))
+                    }
+                    _ => {}
+                }
+                Some(f)
+            })
+            .collect()
+    }
+}
+
+/// The `tables` object of the stats line.
+pub fn json(figures: &[TableFigure]) -> Value {
+    let m: JsonMap<String, Value> = figures
+        .iter()
+        .map(|f| {
+            let mut v = json!({"entries": f.entries, "capacity": f.capacity});
+            if let Some(r) = f.refused {
+                v["refused"] = json!(r);
+            }
+            if let Some(e) = f.evicted {
+                v["evicted"] = json!(e);
+            }
+            (f.name.to_owned(), v)
+        })
+        .collect();
+    Value::Object(m)
+}
+
+/// The agent process's own resources: resident memory, open fds, threads.
+pub fn process_json() -> Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
+    json!({"rss_kib": field("VmRSS:"), "threads": field("Threads:"), "fds": fds})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_as_json() {
+        let mut f = TableFigure::new("listeners", 3, 10);
+        f.refused = Some(2);
+        let mut g = TableFigure::new("RST_TW_OWNERS", 7, 8);
+        g.evicted = Some(1);
+        let v = json(&[f, g]);
+        assert_eq!(
+            v["listeners"],
+            json!({"entries": 3, "capacity": 10, "refused": 2})
+        );
+        assert_eq!(v["RST_TW_OWNERS"]["evicted"], 1);
+        assert!(v["RST_TW_OWNERS"].get("refused").is_none());
+    }
+
+    #[test]
+    fn own_process_figures() {
+        let v = process_json();
+        assert!(v["rss_kib"].as_u64().is_some_and(|r| r > 0));
+        assert!(v["threads"].as_u64().is_some_and(|t| t >= 1));
+        assert!(v["fds"].as_u64().is_some_and(|n| n >= 1));
+    }
+}
