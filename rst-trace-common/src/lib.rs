@@ -6,6 +6,8 @@
 //! Layout assertions at the bottom of this file fail the build if a field is added carelessly.
 #![no_std]
 
+pub mod cause;
+
 /// Ring buffer carrying records to userspace.
 pub const EVENTS_MAP: &str = "RST_EVENTS";
 /// Per-CPU exact counters, indexed by [`counter_index`].
