@@ -18,6 +18,7 @@ use tokio::{
 use crate::{
     cause::Cause,
     cli::RunArgs,
+    clock::{monotonic_ns, WallClock},
     diagnosis::rfc3339_nanos,
     doctor,
     embed::{AgentInfo, Embedding, Snapshot},
@@ -31,7 +32,7 @@ use crate::{
     netns::Netns,
     output::Output,
     owner::{Learned, Owner},
-    pipeline::{monotonic_ns, Clock, Pipeline},
+    pipeline::Pipeline,
     poller::{self, Poller},
     preflight, procowners,
     records::Record,
@@ -409,7 +410,7 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
         facts.rst_reasons.clone(),
         facts.drop_reasons.clone(),
         ProcHost::with_acceptors(acceptors),
-        Clock::now(),
+        WallClock::now(),
         hz,
     );
     // Sockets older than the agent: their owners are only in /proc.
@@ -494,7 +495,7 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
         tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
     let mut fold_tick = tokio::time::interval(Duration::from_secs(1));
     let mut hold_tick =
-        tokio::time::interval(Duration::from_nanos(crate::pipeline::RECEIVED_HOLD_NS));
+        tokio::time::interval(Duration::from_nanos(crate::correlate::RECEIVED_HOLD_NS));
     hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let poll_every = Duration::from_millis(args.poll_interval_ms);
     let mut poll_tick =

@@ -1,10 +1,6 @@
 //! From kernel records to diagnoses: keeps the socket table current and explains each
 //! reset, drop and failed syscall with its owner, evidence and advice.
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use rst_trace_common::{
     AcceptRecord, ConnectRecord, ListenDropRecord, OwnerInfo, ResetReceivedRecord, ResetSentRecord,
@@ -21,6 +17,7 @@ use crate::{
         classify_drop, classify_received_reset, classify_sent_reset, SentReset, TCP_LISTEN,
     },
     cause::{Cause, Direction, Origin},
+    correlate::{FdIncidents, ListenDropLedger, RejectPairing, RstLink, SentRst, TtlCache},
     diagnosis::Diagnosis,
     host::HostInfo,
     kernel::reasons::ReasonNames,
@@ -34,42 +31,8 @@ use crate::{
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
 const EADDRNOTAVAIL: i32 = 99;
-/// An fd_exhaustion incident on a listener explains its overflows for this long.
-const FD_INCIDENT_WINDOW_NS: u64 = 30_000_000_000;
 
-/// Turns kernel monotonic timestamps into wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    /// Wall-clock time at monotonic zero.
-    boot: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = monotonic_ns();
-        Self {
-            boot: SystemTime::now() - Duration::from_nanos(mono),
-        }
-    }
-
-    pub fn fixed(boot: SystemTime) -> Self {
-        Self { boot }
-    }
-
-    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
-        self.boot + Duration::from_nanos(ktime_ns)
-    }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
+use crate::clock::WallClock as Clock;
 
 /// Socket counts to one destination, by TCP state name.
 type SocketsByState = std::collections::BTreeMap<&'static str, u64>;
@@ -78,21 +41,9 @@ type SocketsByState = std::collections::BTreeMap<&'static str, u64>;
 /// with EMFILE in a tight loop, and each reading walks /proc/<pid>/fd.
 #[derive(Debug, Clone, Copy)]
 struct FdFacts {
-    read_ns: u64,
     nofile: Option<(u64, u64)>,
     open: Option<u64>,
     file_nr: Option<[u64; 3]>,
-}
-
-/// An ongoing fd exhaustion on one listener.
-#[derive(Debug, Clone)]
-pub struct FdIncident {
-    pub id: String,
-    pub pid: u32,
-    pub comm: String,
-    pub first_ns: u64,
-    pub last_ns: u64,
-    pub failures: u64,
 }
 
 pub struct Pipeline<H: HostInfo> {
@@ -105,39 +56,26 @@ pub struct Pipeline<H: HostInfo> {
     host: H,
     clock: Clock,
     hz: u64,
-    fd_incidents: HashMap<(u32, u16), FdIncident>,
+    fd_incidents: FdIncidents,
     owners: HashMap<(u32, u32), Arc<Owner>>,
-    /// ACK-time overflow drops reported per packet since the last poll, per (netns, port).
-    ack_time_drops: HashMap<(u32, u16), u64>,
-    /// RSTs built outside TCP, waiting for the netfilter drop of the segment they answer.
-    foreign_resets: HashMap<(u32, Endpoints), (u64, u64)>,
-    /// RSTs this host sent recently, so an RST received over loopback or between two local
-    /// namespaces can be linked to its cause on the sending side.
-    recent_sent: HashMap<Endpoints, SentRst>,
-    recent_sent_order: VecDeque<(u64, Endpoints)>,
-    /// Received RSTs held back briefly for the local RST that caused them: for active resets
-    /// the kernel traces the sending side only after transmitting, so on loopback the
-    /// receiving side's record comes first.
-    pending_received: VecDeque<(u64, Diagnosis)>,
-    /// How many held RSTs each 4-tuple has: a sent RST looks here before scanning the queue,
-    /// so storms of unrelated RSTs do not pay for the held ones.
-    pending_by_tuple: HashMap<Endpoints, u32>,
-    /// SYN-queue overflows reported per packet since the last poll, per (netns, port).
-    synq_per_packet: HashMap<(u32, u16), u64>,
+    listen_drops: ListenDropLedger,
+    rejects: RejectPairing,
+    rst_link: RstLink<Diagnosis>,
     /// Sockets to a destination by state, sampled at most once a second per destination.
-    port_census: HashMap<(u32, Endpoint), (u64, Option<SocketsByState>)>,
+    port_census: TtlCache<(u32, Endpoint), Option<SocketsByState>>,
     /// File-descriptor facts per process, see [`FdFacts`].
-    fd_facts: HashMap<u32, FdFacts>,
+    fd_facts: TtlCache<u32, FdFacts>,
     /// Sockets that predate the agent: sockfs inode → processes holding it (from /proc).
     seeds: HashMap<u64, Vec<u32>>,
     /// Current name and cgroup per (pid, start time), read at most once a second: names
     /// change with exec(), and a storm must not read /proc per event.
-    processes: HashMap<(u32, u64), CachedProcess>,
+    processes: TtlCache<(u32, u64), CachedProcess>,
+    /// Monotonic time for the correlators' windows (a fake one in tests).
+    mono: Box<dyn crate::clock::Clock>,
 }
 
 #[derive(Debug, Clone)]
 struct CachedProcess {
-    read_ns: u64,
     name: Option<String>,
     cgroup: Option<String>,
 }
@@ -145,37 +83,19 @@ struct CachedProcess {
 const PROCESS_CACHE_NS: u64 = 1_000_000_000;
 const MAX_CACHED_PROCESSES: usize = 65_536;
 
-#[derive(Debug, Clone)]
-struct SentRst {
-    cause: Cause,
-    origin: Origin,
-    netns: u32,
-    at_ns: u64,
-    owner_pid: Option<u32>,
+/// The `related` section of a received RST that this host sent.
+fn sent_related(s: &SentRst) -> Value {
+    json!({
+        "cause": s.cause.as_str(),
+        "direction": "sent",
+        "origin": s.origin,
+        "netns": s.netns,
+        "owner_pid": s.owner_pid,
+        "note": "this RST was sent by this host; its cause on the sending side is above",
+    })
 }
 
-impl SentRst {
-    /// The `related` section of the received RST this one is.
-    fn related(&self) -> Value {
-        json!({
-            "cause": self.cause.as_str(),
-            "direction": "sent",
-            "origin": self.origin,
-            "netns": self.netns,
-            "owner_pid": self.owner_pid,
-            "note": "this RST was sent by this host; its cause on the sending side is above",
-        })
-    }
-}
-
-/// How long a received RST waits for the local RST that caused it.
-pub const RECEIVED_HOLD_NS: u64 = 50_000_000;
 const FIREWALL_REFUSAL: &str = "A local netfilter rule (REJECT --reject-with tcp-reset) refused the connection, not a missing listener: see the firewall_reject event and the rule.";
-/// How long a sent RST waits to be matched by the peer's receipt of it.
-const RST_LINK_WINDOW_NS: u64 = 2_000_000_000;
-const MAX_RECENT_SENT: usize = 16_384;
-/// An RST from netfilter is matched with the drop of the segment it answers this fast.
-const FOREIGN_RST_WINDOW_NS: u64 = 1_000_000_000;
 
 /// A socket closed this recently still names its owner for the RST its closing caused.
 const JUST_CLOSED_NS: u64 = 2_000_000_000;
@@ -202,40 +122,37 @@ impl<H: HostInfo> Pipeline<H> {
             host,
             clock,
             hz: hz.max(1),
-            fd_incidents: HashMap::new(),
+            fd_incidents: FdIncidents::default(),
             owners: HashMap::new(),
-            ack_time_drops: HashMap::new(),
-            foreign_resets: HashMap::new(),
-            recent_sent: HashMap::new(),
-            recent_sent_order: VecDeque::new(),
-            port_census: HashMap::new(),
-            synq_per_packet: HashMap::new(),
-            pending_received: VecDeque::new(),
-            pending_by_tuple: HashMap::new(),
+            listen_drops: ListenDropLedger::default(),
+            rejects: RejectPairing::default(),
+            rst_link: RstLink::default(),
+            port_census: TtlCache::new(1_000_000_000, 4096),
             seeds: HashMap::new(),
-            processes: HashMap::new(),
-            fd_facts: HashMap::new(),
+            processes: TtlCache::new(PROCESS_CACHE_NS, MAX_CACHED_PROCESSES),
+            fd_facts: TtlCache::new(PROCESS_CACHE_NS, MAX_CACHED_PROCESSES),
+            mono: Box::new(crate::clock::Monotonic),
         }
     }
 
+    /// Drives the correlators' windows from `clock` instead of CLOCK_MONOTONIC (tests).
+    pub fn with_clock(mut self, clock: impl crate::clock::Clock + 'static) -> Self {
+        self.mono = Box::new(clock);
+        self
+    }
+
+    fn now(&self) -> u64 {
+        self.mono.now_ns()
+    }
+
     fn fd_facts(&mut self, pid: u32) -> FdFacts {
-        let now = monotonic_ns();
-        if let Some(f) = self.fd_facts.get(&pid) {
-            if now.saturating_sub(f.read_ns) < PROCESS_CACHE_NS {
-                return *f;
-            }
-        }
-        if self.fd_facts.len() >= MAX_CACHED_PROCESSES {
-            self.fd_facts.clear();
-        }
-        let f = FdFacts {
-            read_ns: now,
-            nofile: self.host.nofile_limit(pid),
-            open: self.host.open_fds(pid),
-            file_nr: self.host.file_nr(),
-        };
-        self.fd_facts.insert(pid, f);
-        f
+        let now = self.now();
+        let host = &self.host;
+        self.fd_facts.get_or_read(now, pid, || FdFacts {
+            nofile: host.nofile_limit(pid),
+            open: host.open_fds(pid),
+            file_nr: host.file_nr(),
+        })
     }
 
     /// Owners of the sockets that existed when the agent started (sockfs inode → pids).
@@ -246,25 +163,14 @@ impl<H: HostInfo> Pipeline<H> {
     /// The current name (`None`: the process is gone or its pid was reused) and cgroup of a
     /// process.
     fn process(&mut self, pid: u32, start_boottime_ns: u64) -> CachedProcess {
-        let now = monotonic_ns();
-        let key = (pid, start_boottime_ns);
-        if let Some(c) = self.processes.get(&key) {
-            if now.saturating_sub(c.read_ns) < PROCESS_CACHE_NS {
-                return c.clone();
-            }
-        }
-        if self.processes.len() >= MAX_CACHED_PROCESSES {
-            self.processes.clear();
-        }
-        let name = self.host.process_name(pid, start_boottime_ns);
-        let cgroup = name.as_ref().and_then(|_| self.host.cgroup_of(pid));
-        let c = CachedProcess {
-            read_ns: now,
-            name,
-            cgroup,
-        };
-        self.processes.insert(key, c.clone());
-        c
+        let now = self.now();
+        let host = &self.host;
+        self.processes
+            .get_or_read(now, (pid, start_boottime_ns), || {
+                let name = host.process_name(pid, start_boottime_ns);
+                let cgroup = name.as_ref().and_then(|_| host.cgroup_of(pid));
+                CachedProcess { name, cgroup }
+            })
     }
 
     /// An owner the kernel programs recorded, named as the process is called now.
@@ -368,13 +274,13 @@ impl<H: HostInfo> Pipeline<H> {
                         .insert("dropped_segment_observable".into(), json!(false));
                     vec![d]
                 }
+                Ok(e) if self.rejects.reset(r.header.netns, e, r.header.ktime_ns) => Vec::new(),
                 Ok(e) => {
-                    let entry = self
-                        .foreign_resets
-                        .entry((r.header.netns, e))
-                        .or_insert((r.header.ktime_ns, 0));
-                    entry.1 += 1;
-                    Vec::new()
+                    // Too many RSTs waiting for their drop: reported at once, unpaired.
+                    let mut d = self.firewall_reject(r.header.netns, e, r.header.ktime_ns);
+                    d.evidence
+                        .insert("dropped_segment_seen".into(), json!(false));
+                    vec![d]
                 }
                 Err(_) => Vec::new(),
             },
@@ -390,18 +296,7 @@ impl<H: HostInfo> Pipeline<H> {
             return;
         }
         let Some(e) = d.endpoints else { return };
-        let now = monotonic_ns();
-        while self.recent_sent_order.len() >= MAX_RECENT_SENT
-            || self
-                .recent_sent_order
-                .front()
-                .is_some_and(|(t, _)| now.saturating_sub(*t) > RST_LINK_WINDOW_NS)
-        {
-            let Some((_, k)) = self.recent_sent_order.pop_front() else {
-                break;
-            };
-            self.recent_sent.remove(&k);
-        }
+        let now = self.now();
         let sent = SentRst {
             cause: d.cause,
             origin: d.origin,
@@ -409,86 +304,42 @@ impl<H: HostInfo> Pipeline<H> {
             at_ns: now,
             owner_pid: d.owner.as_ref().map(|o| o.pid),
         };
-        let sent_key = Endpoints {
-            local: e.remote,
-            remote: e.local,
-        };
-        if self.pending_by_tuple.contains_key(&sent_key) {
-            for (_, pending) in self.pending_received.iter_mut() {
-                if pending.related.is_none() && pending.endpoints == Some(sent_key) {
-                    pending.related = Some(sent.related());
-                    if d.cause == Cause::FirewallReject && pending.cause == Cause::ConnectionRefused
-                    {
-                        pending.advice = FIREWALL_REFUSAL.to_owned();
-                    }
-                }
+        self.rst_link.sent(now, e, sent, |pending, s| {
+            pending.related = Some(sent_related(s));
+            if s.cause == Cause::FirewallReject && pending.cause == Cause::ConnectionRefused {
+                pending.advice = FIREWALL_REFUSAL.to_owned();
             }
-        }
-        self.recent_sent.insert(e, sent);
-        self.recent_sent_order.push_back((now, e));
-    }
-
-    /// The RST this host sent that a received one is, if any (loopback, or two namespaces).
-    fn sent_counterpart(&self, received: &Endpoints) -> Option<Value> {
-        let key = Endpoints {
-            local: received.remote,
-            remote: received.local,
-        };
-        let s = self.recent_sent.get(&key)?;
-        let age = monotonic_ns().saturating_sub(s.at_ns);
-        (age <= RST_LINK_WINDOW_NS).then(|| s.related())
+        });
     }
 
     /// Whether received RSTs are waiting for their local counterpart (the agent's hold timer
     /// runs only then).
     pub fn holding_received(&self) -> bool {
-        !self.pending_received.is_empty()
+        self.rst_link.holding()
     }
 
     /// Received RSTs whose hold is over (all of them when `force`), in arrival order.
     pub fn release_received(&mut self, force: bool) -> Vec<Diagnosis> {
-        let now = monotonic_ns();
-        let mut out = Vec::new();
-        while let Some((t, _)) = self.pending_received.front() {
-            if !force && now.saturating_sub(*t) < RECEIVED_HOLD_NS {
-                break;
-            }
-            if let Some((_, d)) = self.pending_received.pop_front() {
-                if let Some(e) = d.endpoints {
-                    if let Some(n) = self.pending_by_tuple.get_mut(&e) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.pending_by_tuple.remove(&e);
-                        }
-                    }
-                }
-                out.push(d);
-            }
-        }
-        out
+        let now = self.now();
+        self.rst_link.release(now, force)
     }
 
     /// Netfilter RSTs whose dropped segment was never seen (e.g. REJECT outside INPUT):
     /// reported on their own once the window has passed.
     pub fn expire_foreign_resets(&mut self) -> Vec<Diagnosis> {
-        let now = monotonic_ns();
-        let stale: Vec<(u32, Endpoints)> = self
-            .foreign_resets
-            .iter()
-            .filter(|(_, (t, _))| now.saturating_sub(*t) > FOREIGN_RST_WINDOW_NS)
-            .map(|(k, _)| *k)
+        let now = self.now();
+        let out: Vec<Diagnosis> = self
+            .rejects
+            .expire(now)
+            .into_iter()
+            .map(|u| {
+                let mut d = self.firewall_reject(u.netns, u.endpoints, u.first_ns);
+                d.count = u.count;
+                d.evidence
+                    .insert("dropped_segment_seen".into(), json!(false));
+                d
+            })
             .collect();
-        let mut out = Vec::new();
-        for k in stale {
-            let Some((t, n)) = self.foreign_resets.remove(&k) else {
-                continue;
-            };
-            let mut d = self.firewall_reject(k.0, k.1, t);
-            d.count = n;
-            d.evidence
-                .insert("dropped_segment_seen".into(), json!(false));
-            out.push(d);
-        }
         for d in &out {
             self.remember_sent(d);
         }
@@ -504,14 +355,7 @@ impl<H: HostInfo> Pipeline<H> {
         r: &SkbDropRecord,
         reason: &str,
     ) -> Option<Diagnosis> {
-        let (t, n) = self.foreign_resets.remove(&(netns, e))?;
-        if now.saturating_sub(t) > FOREIGN_RST_WINDOW_NS {
-            return None;
-        }
-        if n > 1 {
-            // More RSTs than drops so far for this tuple: the rest keep waiting.
-            self.foreign_resets.insert((netns, e), (t, n - 1));
-        }
+        let t = self.rejects.drop_seen(now, netns, e)?;
         let mut d = self.firewall_reject(netns, e, t);
         d.reason = Some(reason.to_owned());
         d.evidence.insert(
@@ -579,7 +423,9 @@ impl<H: HostInfo> Pipeline<H> {
 
     /// Periodic upkeep (once a second): forget closed listeners past their retention.
     pub fn expire(&mut self) {
-        self.table.expire(monotonic_ns());
+        let now = self.now();
+        self.table.expire(now);
+        self.fd_incidents.expire(now);
     }
 
     fn on_accept(&mut self, r: &AcceptRecord) -> Vec<Diagnosis> {
@@ -608,22 +454,8 @@ impl<H: HostInfo> Pipeline<H> {
         let (nofile, open, file_nr) = (facts.nofile, facts.open, facts.file_nr);
         let incident = self
             .fd_incidents
-            .entry((netns, port))
-            .or_insert_with(|| FdIncident {
-                id: format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid),
-                pid: task.pid,
-                comm: task.comm.clone(),
-                first_ns: now,
-                last_ns: now,
-                failures: 0,
-            });
-        if now.saturating_sub(incident.last_ns) > FD_INCIDENT_WINDOW_NS {
-            incident.id = format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid);
-            incident.first_ns = now;
-            incident.failures = 0;
-        }
-        incident.last_ns = now;
-        incident.failures += 1;
+            .failure(now, netns, port, task.pid, &task.comm)
+            .clone();
         let ev = &mut d.evidence;
         ev.insert("errno".into(), json!(d.reason));
         ev.insert("listen_fd".into(), json!(r.listen_fd));
@@ -660,16 +492,14 @@ impl<H: HostInfo> Pipeline<H> {
 
     /// The live fd_exhaustion incident on a listener, if any, as a `related` object.
     pub fn related_fd_incident(&self, netns: u32, port: u16, now: u64) -> Option<Value> {
-        let i = self.fd_incidents.get(&(netns, port))?;
-        (now.saturating_sub(i.last_ns) <= FD_INCIDENT_WINDOW_NS).then(|| {
-            json!({
-                "cause": "fd_exhaustion",
-                "incident": i.id,
-                "process": {"pid": i.pid, "executable": {"name": i.comm}},
-                "accept_failures": i.failures,
-                "note": "the owner cannot accept() for lack of file descriptors, so its accept queue fills: one incident, root cause fd_exhaustion",
-            })
-        })
+        let i = self.fd_incidents.live(now, netns, port)?;
+        Some(json!({
+            "cause": "fd_exhaustion",
+            "incident": i.id,
+            "process": {"pid": i.pid, "executable": {"name": i.comm}},
+            "accept_failures": i.failures,
+            "note": "the owner cannot accept() for lack of file descriptors, so its accept queue fills: one incident, root cause fd_exhaustion",
+        }))
     }
 
     fn listener_owner(
@@ -810,7 +640,7 @@ impl<H: HostInfo> Pipeline<H> {
     /// SO_REUSEPORT group each member has its own queue: only the processes holding this
     /// member count.
     fn attach_listener(&mut self, d: &mut Diagnosis, l: &ListenerSock, af: &mut AdviceFacts) {
-        let now = monotonic_ns();
+        let now = self.now();
         let port = d.endpoints.map_or(0, |e| e.local.port);
         let shared_port = self.table.listeners(d.netns, port).len() > 1;
         let holders: Vec<u32> = l.owners.iter().map(|o| o.pid).collect();
@@ -1028,7 +858,7 @@ impl<H: HostInfo> Pipeline<H> {
         };
         d.advice = advice(cause, &af);
         if let Some(e) = endpoints {
-            d.related = self.sent_counterpart(&e);
+            d.related = self.rst_link.counterpart(self.now(), e).map(sent_related);
         }
         let refused_by_firewall = d.related.as_ref().and_then(|r| r["cause"].as_str())
             == Some(Cause::FirewallReject.as_str());
@@ -1036,11 +866,8 @@ impl<H: HostInfo> Pipeline<H> {
             d.advice = FIREWALL_REFUSAL.to_owned();
         }
         if let (None, Some(e)) = (&d.related, endpoints) {
-            if self.pending_received.len() < MAX_RECENT_SENT {
-                *self.pending_by_tuple.entry(e).or_insert(0) += 1;
-                self.pending_received.push_back((monotonic_ns(), d));
-                return Vec::new();
-            }
+            let now = self.now();
+            return self.rst_link.hold(now, e, d).into_iter().collect();
         }
         vec![d]
     }
@@ -1099,10 +926,7 @@ impl<H: HostInfo> Pipeline<H> {
         if let Some(e) = endpoints {
             match cause {
                 Cause::AcceptQueueOverflow => {
-                    *self
-                        .ack_time_drops
-                        .entry((netns, e.local.port))
-                        .or_insert(0) += 1;
+                    self.listen_drops.ack_time_drop(netns, e.local.port);
                     d.tcp_state = Some(TCP_LISTEN);
                     d.evidence.insert("stage".into(), json!("ack"));
                     if reason == "NO_SOCKET" {
@@ -1155,11 +979,10 @@ impl<H: HostInfo> Pipeline<H> {
             LISTEN_DROP_SYN_QUEUE_FULL => (Cause::SynQueueOverflow, "syn", "tcp_conn_request"),
             _ => return Vec::new(),
         };
-        let key = (netns, e.local.port);
         if cause == Cause::SynQueueOverflow {
-            *self.synq_per_packet.entry(key).or_insert(0) += 1;
+            self.listen_drops.syn_queue_drop(netns, e.local.port);
         } else {
-            *self.ack_time_drops.entry(key).or_insert(0) += 1;
+            self.listen_drops.ack_time_drop(netns, e.local.port);
         }
         let mut d = Diagnosis::new(
             self.clock.wall(now),
@@ -1216,28 +1039,12 @@ impl<H: HostInfo> Pipeline<H> {
 
     /// SYN-queue overflows reported per packet in `netns` since the last call.
     pub fn take_synq_per_packet(&mut self, netns: u32) -> u64 {
-        let keys: Vec<(u32, u16)> = self
-            .synq_per_packet
-            .keys()
-            .filter(|(n, _)| *n == netns)
-            .copied()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.synq_per_packet.remove(&k))
-            .sum()
+        self.listen_drops.take_syn_queue(netns)
     }
 
     /// ACK-time drops reported per packet in `netns` since the last call, by port.
     pub fn take_ack_time_drops(&mut self, netns: u32) -> HashMap<u16, u64> {
-        let keys: Vec<(u32, u16)> = self
-            .ack_time_drops
-            .keys()
-            .filter(|(n, _)| *n == netns)
-            .copied()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.ack_time_drops.remove(&k).map(|v| (k.1, v)))
-            .collect()
+        self.listen_drops.take_ack_time(netns)
     }
 
     /// Explains drops found by polling a namespace's listeners and counters.
@@ -1248,7 +1055,7 @@ impl<H: HostInfo> Pipeline<H> {
         snap: &NetnsSnapshot,
         interval_s: f64,
     ) -> Diagnosis {
-        let now = monotonic_ns();
+        let now = self.now();
         let event = if f.cause == Cause::SynQueueOverflow {
             "rst_trace.syn_queue_overflow"
         } else {
@@ -1352,7 +1159,7 @@ impl<H: HostInfo> Pipeline<H> {
 
     /// A listener whose accept queue is at least 80 % full: a warning before drops start.
     pub fn explain_saturation(&mut self, netns: u32, s: &Saturation) -> Diagnosis {
-        let now = monotonic_ns();
+        let now = self.now();
         let mut d = Diagnosis::new(
             self.clock.wall(now),
             "rst_trace.listener_saturated",
@@ -1422,19 +1229,11 @@ impl<H: HostInfo> Pipeline<H> {
             .insert("ip_local_port_range".into(), json!(range));
         if let Some(dst) = d.endpoints.map(|e| e.remote) {
             // Rate-limited: under exhaustion connect() fails in a tight loop.
-            let key = (netns, dst);
-            let fresh = self
-                .port_census
-                .get(&key)
-                .is_some_and(|(t, _)| now.saturating_sub(*t) < 1_000_000_000);
-            if !fresh {
-                if self.port_census.len() > 4096 {
-                    self.port_census.clear();
-                }
-                let census = self.host.sockets_to(netns, dst.addr, dst.port);
-                self.port_census.insert(key, (now, census));
-            }
-            if let Some((_, Some(census))) = self.port_census.get(&key) {
+            let host = &self.host;
+            let census = self.port_census.get_or_read(now, (netns, dst), || {
+                host.sockets_to(netns, dst.addr, dst.port)
+            });
+            if let Some(census) = census {
                 d.evidence
                     .insert("sockets_to_destination".into(), json!(census));
             }
@@ -1508,7 +1307,11 @@ mod tests {
     };
 
     use super::*;
-    use crate::{attribution::TCP_CLOSE, host::Acceptor};
+    use crate::{
+        attribution::TCP_CLOSE, clock::FakeClock, correlate::fd_incidents::FD_INCIDENT_WINDOW_NS,
+        host::Acceptor,
+    };
+    use std::time::SystemTime;
 
     /// A host where pid 200 exec'd into "server" and pid 300 is "worker-b"; other pids are gone.
     #[derive(Default)]
@@ -1575,7 +1378,11 @@ mod tests {
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
         )
+        .with_clock(FakeClock::at(NOW))
     }
+
+    /// Monotonic time the fake clock starts at.
+    const NOW: u64 = 1_000_000_000;
 
     fn header(kind: RecordKind, t: u64) -> rst_trace_common::RecordHeader {
         rst_trace_common::RecordHeader {
@@ -1793,13 +1600,14 @@ mod tests {
                     Acceptor {
                         pid: 300,
                         comm: "worker-b".into(),
-                        last_ns: monotonic_ns(),
+                        last_ns: NOW,
                     },
                 )],
             },
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
-        );
+        )
+        .with_clock(FakeClock::at(NOW));
         listen(&mut p, 0xa, 80, 100, 0);
         listen(&mut p, 0xb, 80, 300, 0);
         let d = p.handle(&Record::SkbDrop(SkbDropRecord {
@@ -1823,7 +1631,8 @@ mod tests {
 
     #[test]
     fn a_received_rst_is_linked_to_the_local_rst_even_when_it_arrives_first() {
-        let mut p = pipeline();
+        let clock = FakeClock::at(NOW);
+        let mut p = pipeline().with_clock(clock.clone());
         let recv = ResetReceivedRecord {
             header: header(RecordKind::ResetReceived, 5),
             tuple: tuple(50000, 80),
@@ -1844,7 +1653,9 @@ mod tests {
             flags: rst_trace_common::RST_HAS_SOCK,
             ..Default::default()
         }));
-        let released = p.release_received(true);
+        assert!(p.release_received(false).is_empty(), "the hold is not over");
+        clock.set(NOW + crate::correlate::RECEIVED_HOLD_NS);
+        let released = p.release_received(false);
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].cause, Cause::ResetByPeer);
         assert_eq!(
@@ -1897,9 +1708,8 @@ mod tests {
         assert_eq!(out[0].cause, Cause::FirewallReject);
         assert_eq!(out[0].owner.as_ref().map(|o| o.pid), Some(4242));
         // The client's refusal arriving right after links to it.
-        assert!(p
-            .sent_counterpart(&Endpoints::try_from(&tuple(50000, 8443)).unwrap())
-            .is_some());
+        let client = Endpoints::try_from(&tuple(50000, 8443)).expect("tuple");
+        assert!(p.rst_link.counterpart(NOW, client).is_some());
     }
 
     #[test]
@@ -1910,7 +1720,8 @@ mod tests {
             FakeHost::default(),
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
-        );
+        )
+        .with_clock(FakeClock::at(NOW));
         assert!(p.handle(&foreign_rst(8443, 50000, 2)).is_empty());
     }
 }
