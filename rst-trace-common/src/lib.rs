@@ -6,7 +6,13 @@
 //! Layout assertions at the bottom of this file fail the build if a field is added carelessly.
 #![no_std]
 
+// The event types (serde, JSON) are for userspace only and use std.
+#[cfg(feature = "serde")]
+extern crate std;
+
 pub mod cause;
+#[cfg(feature = "serde")]
+pub mod event;
 
 /// Ring buffer carrying records to userspace.
 pub const EVENTS_MAP: &str = "RST_EVENTS";

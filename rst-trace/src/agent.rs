@@ -208,14 +208,8 @@ impl Agent {
                 addr: l.addr,
                 port: l.port,
             };
-            self.pipeline.table.discovered_listener(
-                netns,
-                local,
-                l.inode,
-                owners,
-                Some(l.cap),
-                now,
-            );
+            self.pipeline
+                .discovered_listener(netns, local, l.inode, owners, Some(l.cap), now);
         }
     }
 
@@ -277,7 +271,7 @@ impl Agent {
             .iter()
             .map(|(c, n)| (c.as_str().to_owned(), json!(n)))
             .collect();
-        let listeners = self.pipeline.table.listener_ports();
+        let listeners = self.pipeline.table().listener_ports();
         let v = json!({
             "time": rfc3339_nanos(std::time::SystemTime::now()),
             "event": {"name": "rst_trace.stats", "kind": "metric"},
@@ -299,7 +293,7 @@ impl Agent {
             "kernel": kernel_json(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
             "sockets": {
                 "listener_ports": listeners,
-                "table_overflow": self.pipeline.table.overflow,
+                "table_overflow": self.pipeline.table().overflow,
                 "owners": k.owner_tables(),
             },
         });

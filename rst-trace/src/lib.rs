@@ -1,8 +1,8 @@
 //! rst-trace: why TCP connections are reset or dropped, with the owning process and port.
-pub mod advice;
 pub mod agent;
 pub mod attribution;
 pub mod cause;
+pub mod causes;
 pub mod cli;
 pub mod clock;
 pub mod community_id;
@@ -12,6 +12,7 @@ pub mod detach;
 pub mod diagnosis;
 pub mod doctor;
 pub mod embed;
+pub mod enrich;
 pub mod host;
 pub mod kernel;
 pub mod listeners;
