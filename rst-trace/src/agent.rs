@@ -8,8 +8,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use rst_trace_common::{ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID};
-use serde_json::json;
+use rst_trace_common::{
+    event, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID,
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -38,7 +39,7 @@ use crate::{
     records::Record,
     records::{Endpoint, Task},
     sockdiag::{self, NetnsSnapshot},
-    stats::{exact_cause_counts, kernel_json, merged_causes, AgentCounts, KernelCounters},
+    stats::{exact_cause_counts, kernel_counts, merged_causes, AgentCounts, KernelCounters},
     storm::Limiter,
 };
 
@@ -267,36 +268,38 @@ impl Agent {
             self.write(&d);
         }
         let (k, causes) = self.totals();
-        let causes_json: serde_json::Map<String, serde_json::Value> = causes
-            .iter()
-            .map(|(c, n)| (c.as_str().to_owned(), json!(n)))
-            .collect();
-        let listeners = self.pipeline.table().listener_ports();
-        let v = json!({
-            "time": rfc3339_nanos(std::time::SystemTime::now()),
-            "event": {"name": "rst_trace.stats", "kind": "metric"},
-            "final": last,
-            "causes": causes_json,
+        let v = event::Stats {
+            time: rfc3339_nanos(std::time::SystemTime::now()),
+            event: event::EventId {
+                name: "rst_trace.stats".into(),
+                kind: event::EventKind::Metric,
+            },
+            last,
+            causes: causes.clone(),
             // The RSTs this host sent, apart from the incidents above: `tcp_stack` reconciles
             // with Tcp.OutRsts, `netfilter` is what REJECT rules sent (TCP does not count those).
-            "resets_sent": {
-                "tcp_stack": k.resets_sent(),
-                "netfilter": k.get(rst_trace_common::CounterFamily::ForeignReset, 0),
-                "by_cause": self.counts.resets_sent.iter().map(|(c, n)| (c.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            resets_sent: event::ResetsSent {
+                tcp_stack: k.resets_sent(),
+                netfilter: k.get(rst_trace_common::CounterFamily::ForeignReset, 0),
+                by_cause: self.counts.resets_sent.clone(),
             },
-            "records": {
-                "delivered": self.counts.delivered,
-                "lost": k.lost(),
-                "undecodable": self.counts.undecodable,
-                "suppressed": self.counts.suppressed,
+            records: event::RecordCounts {
+                delivered: self.counts.delivered,
+                lost: k.lost(),
+                undecodable: self.counts.undecodable,
+                suppressed: self.counts.suppressed,
             },
-            "kernel": kernel_json(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
-            "sockets": {
-                "listener_ports": listeners,
-                "table_overflow": self.pipeline.table().overflow,
-                "owners": k.owner_tables(),
+            kernel: kernel_counts(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
+            sockets: event::SocketCounts {
+                listener_ports: self.pipeline.table().listener_ports() as u64,
+                table_overflow: self.pipeline.table().overflow,
+                owners: k.owner_tables(),
             },
-        });
+            output: None,
+            host: crate::schema::host(),
+            rst_trace: crate::schema::line_meta(),
+        };
+        let v = serde_json::to_value(&v).unwrap_or_default();
         let counts = self.counts.clone();
         self.write_record(&v, || stats_text(&causes, &k, &counts));
         // With JSON on stdout, a person at the terminal still gets the totals; text output
@@ -451,19 +454,25 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
     // Before anyone is told the agent is up: a supervisor may stop it the moment it is.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let started = json!({
-        "time": rfc3339_nanos(std::time::SystemTime::now()),
-        "event": {"name": "rst_trace.started", "kind": "state"},
-        "version": env!("CARGO_PKG_VERSION"),
-        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).ok(),
-        "netns": netns.as_ref().map(|n| n.inode),
-        "port": args.port,
-        "hooks": loaded.hooks_json(),
-        "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "tracepoint_formats": agent.facts.formats_found,
-        "memory": memory,
-        "causes": observability["causes"],
-    });
+    let started = event::Started {
+        time: rfc3339_nanos(std::time::SystemTime::now()),
+        event: event::EventId {
+            name: "rst_trace.started".into(),
+            kind: event::EventKind::State,
+        },
+        version: env!("CARGO_PKG_VERSION").into(),
+        kernel: observability.kernel.clone(),
+        netns: netns.as_ref().map(|n| n.inode),
+        port: args.port,
+        hooks: loaded.hook_statuses(),
+        unavailable: unavailable.clone(),
+        tracepoint_formats: agent.facts.formats_found.clone(),
+        memory,
+        causes: observability.causes.clone(),
+        host: crate::schema::host(),
+        rst_trace: crate::schema::line_meta(),
+    };
+    let started = serde_json::to_value(&started).unwrap_or_default();
     let netns_text = netns
         .as_ref()
         .map_or_else(|| "all".to_owned(), |n| n.inode.to_string());
@@ -594,7 +603,7 @@ type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;
 /// The start-up peak (parsing the kernel's BTF) and the resident size once it is over. The peak
 /// is then reset, so the process's peak figure (VmHWM) from here on is what running costs; the
 /// start-up peak stays on record in the started line.
-fn startup_memory() -> serde_json::Value {
+fn startup_memory() -> event::StartupMemory {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -608,7 +617,10 @@ fn startup_memory() -> serde_json::Value {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         log::debug!("resetting the peak RSS: {e}");
     }
-    json!({"startup_peak_kib": peak, "rss_after_start_kib": rss})
+    event::StartupMemory {
+        startup_peak_kib: peak,
+        rss_after_start_kib: rss,
+    }
 }
 
 /// Returns freed heap to the kernel: parsing the kernel's BTF at start-up leaves tens of MiB

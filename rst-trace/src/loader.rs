@@ -1,11 +1,13 @@
 //! Loads the embedded eBPF object with the running kernel's layout and attaches each
 //! program on its own: a hook this kernel lacks degrades the causes it serves, never the agent.
+use std::collections::BTreeMap;
+
 use aya::{
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
+use rst_trace_common::event;
 use rst_trace_common::{KernelLayout, LAYOUT_GLOBAL};
-use serde_json::{json, Value};
 use thiserror::Error;
 
 use crate::cause::Cause;
@@ -129,20 +131,20 @@ impl Loaded {
             .collect()
     }
 
-    pub fn hooks_json(&self) -> Value {
-        Value::Object(
-            self.hooks
-                .iter()
-                .map(|s| {
-                    let v = if s.errors.is_empty() {
-                        json!({"attached": s.attached})
-                    } else {
-                        json!({"attached": s.attached, "errors": s.errors})
-                    };
-                    (s.program.to_owned(), v)
-                })
-                .collect(),
-        )
+    /// Every program, by name: where it attached, and why not (the started line, doctor).
+    pub fn hook_statuses(&self) -> BTreeMap<String, event::HookStatus> {
+        self.hooks
+            .iter()
+            .map(|s| {
+                (
+                    s.program.to_owned(),
+                    event::HookStatus {
+                        attached: s.attached.clone(),
+                        errors: s.errors.clone(),
+                    },
+                )
+            })
+            .collect()
     }
 }
 

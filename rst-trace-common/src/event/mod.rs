@@ -14,6 +14,8 @@ use crate::cause::{Cause, Direction, Origin};
 
 mod evidence;
 mod lines;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 pub use evidence::*;
 pub use lines::*;
