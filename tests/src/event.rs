@@ -229,8 +229,10 @@ mod tests {
         let unknown = cause_line(json!({"no_such_key": 1}));
         assert!(check(&unknown).is_err());
         // A key of another family's evidence (the listen queues') on a no_listener event: the
-        // schema allows any family, the types do not.
+        // schema binds each cause to its family's evidence type.
         let wrong_family = cause_line(json!({"syncookie_handshake": true}));
+        let schema = validator().expect("schema");
+        assert!(!schema.is_valid(&wrong_family), "the schema alone rejects it");
         assert!(check(&wrong_family).is_err());
         let mut missing = ok.clone();
         missing.as_object_mut().map(|o| o.remove("advice"));

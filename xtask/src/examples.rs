@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::{Context as _, Result};
-use rst_trace_common::cause::Cause;
+use rst_trace_common::{cause::Cause, event::CauseEvent};
 use serde_json::Value;
 
 pub fn write(logs: &Path, out: &Path) -> Result<usize> {
@@ -32,16 +32,17 @@ pub fn write(logs: &Path, out: &Path) -> Result<usize> {
             if v["event"]["kind"] != "cause" {
                 continue;
             }
-            let (Some(cause), Some(name)) = (v["cause"].as_str(), v["event"]["name"].as_str())
-            else {
-                continue;
-            };
+            // Read through the agent's own types: an example that no longer matches them
+            // must not reach the documentation.
+            let ev = CauseEvent::from_value(v.clone()).map_err(|e| {
+                anyhow::anyhow!("{}: a cause event the types reject: {e}", file.display())
+            })?;
             // Catalogue order, for a stable document.
             let rank = Cause::ALL
                 .iter()
-                .position(|c| c.as_str() == cause)
+                .position(|c| *c == ev.cause)
                 .unwrap_or(Cause::ALL.len());
-            let key = (rank, name.to_owned());
+            let key = (rank, ev.event.name.clone());
             // Prefer an example that names an owner and has evidence to show.
             let richer = |old: &Value| v["owner"].is_object() && !old["owner"].is_object();
             match picked.get(&key) {

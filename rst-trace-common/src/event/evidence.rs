@@ -32,6 +32,18 @@ pub enum Family {
 }
 
 impl Family {
+    /// The name of the family's evidence type (its name in the JSON Schema).
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Family::NoListener => "NoListenerEvidence",
+            Family::ListenQueue => "ListenQueueEvidence",
+            Family::FdExhaustion => "FdExhaustionEvidence",
+            Family::EphemeralPorts => "EphemeralPortEvidence",
+            Family::Connection => "ConnectionEvidence",
+            Family::Firewall => "FirewallEvidence",
+        }
+    }
+
     pub fn of(cause: Cause) -> Family {
         match cause {
             Cause::NoListener => Family::NoListener,

@@ -124,7 +124,7 @@ impl<E> CauseEventOf<E> {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "CauseEvent"))]
+#[cfg_attr(feature = "schema", schemars(rename = "CauseEvent", transform = schema::evidence_by_cause))]
 #[serde(deny_unknown_fields)]
 pub struct CauseEventOf<E> {
     /// UTC RFC 3339 with nanoseconds.

@@ -1,7 +1,28 @@
 //! The JSON Schema of every line, generated from the types (docs/events.schema.json) and of
 //! the doctor report (docs/doctor.schema.json). A test fails when a committed file is stale;
 //! `RST_TRACE_BLESS=1 cargo test -p rst-trace-common --features schema` rewrites them.
-use super::{Doctor, Line};
+use std::{format, vec::Vec};
+
+use serde_json::json;
+
+use super::{Doctor, Family, Line};
+use crate::cause::Cause;
+
+/// Binds each cause to its family's evidence type: `if cause is X then evidence is XEvidence`.
+pub(crate) fn evidence_by_cause(schema: &mut schemars::Schema) {
+    let rules: Vec<serde_json::Value> = Cause::ALL
+        .iter()
+        .map(|c| {
+            json!({
+                "if": {"properties": {"cause": {"const": c.as_str()}}},
+                "then": {"properties": {"evidence": {
+                    "$ref": format!("#/$defs/{}", Family::of(*c).type_name())
+                }}},
+            })
+        })
+        .collect();
+    schema.insert("allOf".into(), rules.into());
+}
 
 /// Schema of one line of the agent's output.
 pub fn events() -> serde_json::Value {
