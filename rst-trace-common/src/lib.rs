@@ -17,6 +17,14 @@ pub use drops::{WatchedDrop, WATCHED_DROP_REASONS};
 pub use errno::Errno;
 pub use tcp::TcpState;
 
+// The event types (serde, JSON) are for userspace only and use std.
+#[cfg(feature = "serde")]
+extern crate std;
+
+pub mod cause;
+#[cfg(feature = "serde")]
+pub mod event;
+
 /// Ring buffer carrying records to userspace.
 pub const EVENTS_MAP: &str = "RST_EVENTS";
 /// Per-CPU exact counters, indexed by [`counter_index`].

@@ -9,10 +9,9 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use rst_trace_common::{
-    names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP,
+    event, names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP,
     EVENTS_MAP, STATE_TASK_VALID,
 };
-use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -21,6 +20,7 @@ use tokio::{
 use crate::{
     cause::Cause,
     cli::RunArgs,
+    clock::{monotonic_ns, WallClock},
     diagnosis::rfc3339_nanos,
     doctor,
     embed::{AgentInfo, Embedding, Snapshot},
@@ -34,13 +34,13 @@ use crate::{
     netns::Netns,
     output::Output,
     owner::{Learned, Owner},
-    pipeline::{monotonic_ns, Clock, Pipeline},
+    pipeline::Pipeline,
     poller::{self, Poller},
     preflight, procowners,
     records::Record,
     records::{Endpoint, Task},
     sockdiag::{self, NetnsSnapshot},
-    stats::{exact_cause_counts, kernel_json, merged_causes, AgentCounts, KernelCounters},
+    stats::{exact_cause_counts, kernel_counts, merged_causes, AgentCounts, KernelCounters},
     storm::Limiter,
 };
 
@@ -80,7 +80,7 @@ impl Agent {
             // An event with no owner where one could exist: degraded evidence, said as such.
             if let Some(why) = &self.proc_hidden {
                 if d.owner.is_none() && d.cause != Cause::NoListener {
-                    d.evidence.insert("owner_unavailable".into(), json!(why));
+                    d.evidence.set_owner_unavailable(why);
                 }
             }
             self.counts.tally(&d);
@@ -236,14 +236,8 @@ impl Agent {
                 addr: l.addr,
                 port: l.port,
             };
-            self.pipeline.table.discovered_listener(
-                netns,
-                local,
-                l.inode,
-                owners,
-                Some(l.cap),
-                now,
-            );
+            self.pipeline
+                .discovered_listener(netns, local, l.inode, owners, Some(l.cap), now);
         }
     }
 
@@ -321,38 +315,40 @@ impl Agent {
             self.write(&d);
         }
         let (k, causes) = self.totals();
-        let causes_json: serde_json::Map<String, serde_json::Value> = causes
-            .iter()
-            .map(|(c, n)| (c.as_str().to_owned(), json!(n)))
-            .collect();
-        let listeners = self.pipeline.table.listener_ports();
-        let v = json!({
-            "time": rfc3339_nanos(std::time::SystemTime::now()),
-            "event": {"name": "rst_trace.stats", "kind": "metric"},
-            "final": last,
-            "causes": causes_json,
+        let v = event::Stats {
+            time: rfc3339_nanos(std::time::SystemTime::now()),
+            event: event::EventId {
+                name: "rst_trace.stats".into(),
+                kind: event::EventKind::Metric,
+            },
+            last,
+            causes: causes.clone(),
             // The RSTs this host sent, apart from the incidents above: `tcp_stack` reconciles
             // with Tcp.OutRsts, `netfilter` is what REJECT rules sent (TCP does not count those).
-            "resets_sent": {
-                "tcp_stack": k.resets_sent(),
-                "netfilter": k.get(rst_trace_common::CounterFamily::ForeignReset, 0),
-                "by_cause": self.counts.resets_sent.iter().map(|(c, n)| (c.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            resets_sent: event::ResetsSent {
+                tcp_stack: k.resets_sent(),
+                netfilter: k.get(rst_trace_common::CounterFamily::ForeignReset, 0),
+                by_cause: self.counts.resets_sent.clone(),
             },
-            "records": {
-                "delivered": self.counts.delivered,
-                "lost": k.lost(),
-                "undecodable": self.counts.undecodable,
-                "suppressed": self.counts.suppressed,
+            records: event::RecordCounts {
+                delivered: self.counts.delivered,
+                lost: k.lost(),
+                undecodable: self.counts.undecodable,
+                suppressed: self.counts.suppressed,
             },
-            "kernel": kernel_json(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
-            "sockets": {
-                "listener_ports": listeners,
-                "table_overflow": self.pipeline.table.overflow,
-                "owners": k.owner_tables(),
+            kernel: kernel_counts(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
+            sockets: event::SocketCounts {
+                listener_ports: self.pipeline.table().listener_ports() as u64,
+                table_overflow: self.pipeline.table().overflow,
+                owners: k.owner_tables(),
             },
-            "tables": crate::occupancy::json(&self.table_figures(&k)),
-            "process": crate::occupancy::process_json(),
-        });
+            tables: crate::occupancy::occupancy(&self.table_figures(&k)),
+            process: crate::occupancy::process(),
+            output: None,
+            host: crate::schema::host(),
+            rst_trace: crate::schema::line_meta(),
+        };
+        let v = serde_json::to_value(&v).unwrap_or_default();
         let counts = self.counts.clone();
         self.write_record(&v, || stats_text(&causes, &k, &counts));
         // With JSON on stdout, a person at the terminal still gets the totals; text output
@@ -497,22 +493,29 @@ fn started_line(
     loaded: &loader::Loaded,
     unavailable: &[Cause],
     facts: &KernelFacts,
-    memory: serde_json::Value,
-    observability: &serde_json::Value,
+    memory: event::StartupMemory,
+    observability: &event::Doctor,
 ) -> serde_json::Value {
-    json!({
-        "time": rfc3339_nanos(std::time::SystemTime::now()),
-        "event": {"name": "rst_trace.started", "kind": "state"},
-        "version": env!("CARGO_PKG_VERSION"),
-        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).ok(),
-        "netns": netns.map(|n| n.inode),
-        "port": args.port,
-        "hooks": loaded.hooks_json(),
-        "unavailable": unavailable.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "tracepoint_formats": facts.formats_found,
-        "memory": memory,
-        "causes": observability["causes"],
-    })
+    let started = event::Started {
+        time: rfc3339_nanos(std::time::SystemTime::now()),
+        event: event::EventId {
+            name: "rst_trace.started".into(),
+            kind: event::EventKind::State,
+        },
+        version: env!("CARGO_PKG_VERSION").into(),
+        kernel: observability.kernel.clone(),
+        netns: netns.map(|n| n.inode),
+        port: args.port,
+        hooks: loaded.hook_statuses(),
+        unavailable: unavailable.to_vec(),
+        tracepoint_formats: facts.formats_found.clone(),
+        memory,
+        causes: observability.causes.clone(),
+        host: crate::schema::host(),
+        rst_trace: crate::schema::line_meta(),
+    };
+    // Plain data: serializing it cannot fail.
+    serde_json::to_value(&started).unwrap_or_default()
 }
 
 /// Reads the running kernel's layout (tracefs formats, BTF), applies the filters and loads
@@ -596,7 +599,7 @@ fn new_pipeline(
         facts.rst_reasons.clone(),
         facts.drop_reasons.clone(),
         ProcHost::with_acceptors(acceptors),
-        Clock::now(),
+        WallClock::now(),
         hz,
     );
     let (seeds, unseeded) = procowners::all_socket_holders(MAX_SEEDED_SOCKETS);
@@ -653,7 +656,7 @@ impl Ticks {
     fn new(args: &RunArgs) -> Self {
         use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
         let stats_every = Duration::from_secs(args.stats_interval.max(1));
-        let mut hold = interval(Duration::from_nanos(crate::pipeline::RECEIVED_HOLD_NS));
+        let mut hold = interval(Duration::from_nanos(crate::correlate::RECEIVED_HOLD_NS));
         hold.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let poll_every = Duration::from_millis(args.poll_interval_ms);
         let mut poll = interval_at(Instant::now() + poll_every, poll_every);
@@ -726,7 +729,7 @@ impl Agent {
                 _ = ticks.poll.tick(), if reading.is_none() => {
                     let due = self.poller.due();
                     for netns in self.poller.take_gone() {
-                        self.pipeline.table.forget_netns(netns);
+                        self.pipeline.forget_netns(netns);
                     }
                     if !due.is_empty() {
                         reading = Some(tokio::task::spawn_blocking(move || poller::read(due)));
@@ -788,7 +791,7 @@ type Readings = Vec<(u32, Result<NetnsSnapshot, String>)>;
 /// The start-up peak (parsing the kernel's BTF) and the resident size once it is over. The peak
 /// is then reset, so the process's peak figure (VmHWM) from here on is what running costs; the
 /// start-up peak stays on record in the started line.
-fn startup_memory() -> serde_json::Value {
+fn startup_memory() -> event::StartupMemory {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -802,7 +805,10 @@ fn startup_memory() -> serde_json::Value {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         log::debug!("resetting the peak RSS: {e}");
     }
-    json!({"startup_peak_kib": peak, "rss_after_start_kib": rss})
+    event::StartupMemory {
+        startup_peak_kib: peak,
+        rss_after_start_kib: rss,
+    }
 }
 
 /// One malloc arena for the whole agent. Every namespace is read from a short-lived thread

@@ -6,7 +6,10 @@
 use std::{fmt::Write as _, sync::Arc, time::SystemTime};
 
 use rst_trace_common::TcpState;
-use serde_json::{json, Map, Value};
+use rst_trace_common::event::{
+    CauseEvent, EventId, EventKind, Evidence, Host, LineMeta, Network, Related, SocketAddress, Tcp,
+};
+use serde_json::Value;
 
 use crate::{
     cause::{Cause, Direction, Origin},
@@ -34,9 +37,10 @@ pub struct Diagnosis {
     pub owner: Option<Arc<Owner>>,
     /// Further owners of the same socket (forked workers, SO_REUSEPORT groups).
     pub other_owners: Vec<Arc<Owner>>,
-    pub evidence: Map<String, Value>,
+    /// The evidence type of the cause's family (rst_trace_common::event).
+    pub evidence: Evidence,
     pub advice: String,
-    pub related: Option<Value>,
+    pub related: Option<Related>,
 }
 
 impl Diagnosis {
@@ -62,47 +66,65 @@ impl Diagnosis {
             tcp_state: None,
             owner: None,
             other_owners: Vec::new(),
-            evidence: Map::new(),
+            evidence: Evidence::empty(cause),
             advice: String::new(),
             related: None,
         }
     }
 
-    pub fn to_json(&self) -> Value {
-        let network = json!({
-            "transport": "tcp",
-            "type": self.endpoints.map(|e| if e.local.addr.is_ipv4() { "ipv4" } else { "ipv6" }),
-            "netns": self.netns,
-            "local": self.endpoints.map(|e| json!({"address": e.local.addr.to_string(), "port": e.local.port})),
-            "peer": self.endpoints.map(|e| json!({"address": e.remote.addr.to_string(), "port": e.remote.port})),
-            "community_id": self.community_id(),
-        });
-        let mut v = json!({
-            "time": rfc3339_nanos(self.time),
-            "event": { "name": self.event, "kind": "cause" },
-            "cause": self.cause.as_str(),
-            "direction": self.direction,
-            "origin": self.origin,
-            "reason": self.reason,
-            "inferred": self.inferred,
-            "count": self.count,
-            "network": network,
-            "tcp": { "state": self.tcp_state.map(TcpState::name_of) },
-            "owner": self.owner.as_ref().map(|o| o.to_json()),
-            "evidence": Value::Object(self.evidence.clone()),
-            "advice": self.advice,
-            "related": self.related,
-        });
-        if !self.other_owners.is_empty() {
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert(
-                    "other_owners".into(),
-                    self.other_owners.iter().map(|o| o.to_json()).collect(),
-                );
-            }
+    /// The line as its type: what `to_json` writes and what readers parse.
+    pub fn to_event(&self) -> CauseEvent {
+        let addr = |e: &crate::records::Endpoint| SocketAddress {
+            address: e.addr.to_string(),
+            port: e.port,
+        };
+        CauseEvent {
+            time: rfc3339_nanos(self.time),
+            event: EventId {
+                name: self.event.into(),
+                kind: EventKind::Cause,
+            },
+            cause: self.cause,
+            direction: self.direction,
+            origin: self.origin,
+            reason: self.reason.clone(),
+            inferred: self.inferred,
+            count: self.count,
+            network: Network {
+                transport: "tcp".into(),
+                family: self.endpoints.map(|e| {
+                    if e.local.addr.is_ipv4() {
+                        "ipv4"
+                    } else {
+                        "ipv6"
+                    }
+                    .into()
+                }),
+                netns: self.netns,
+                local: self.endpoints.map(|e| addr(&e.local)),
+                peer: self.endpoints.map(|e| addr(&e.remote)),
+                community_id: self.community_id(),
+            },
+            tcp: Tcp {
+                state: self.tcp_state.map(|s| TcpState::name_of(s).into()),
+            },
+            owner: self.owner.as_ref().map(|o| o.to_event()),
+            other_owners: self.other_owners.iter().map(|o| o.to_event()).collect(),
+            evidence: self.evidence.clone(),
+            advice: self.advice.clone(),
+            related: self.related.clone(),
+            host: Host {
+                name: crate::schema::host_name().into(),
+            },
+            rst_trace: LineMeta {
+                schema_version: crate::schema::SCHEMA_VERSION.into(),
+            },
         }
-        crate::schema::stamp(&mut v);
-        v
+    }
+
+    pub fn to_json(&self) -> Value {
+        // Plain data: serializing it cannot fail.
+        serde_json::to_value(self.to_event()).unwrap_or(Value::Null)
     }
 
     /// The Community ID of the connection this event is about, so it joins the same flow in

@@ -2,7 +2,7 @@
 //! it cannot. The programs are really loaded and attached, then detached, so the answer is
 //! what `run` will do, not a guess from the kernel version.
 use rst_trace_common::{names::program, WatchedDrop};
-use serde_json::{json, Map, Value};
+use rst_trace_common::event::{self, Doctor, Observability};
 
 use crate::{
     cause::Cause,
@@ -117,69 +117,67 @@ fn first_line(e: &str) -> String {
     }
 }
 
-pub fn report(loaded: &Loaded, facts: &KernelFacts) -> Value {
-    let causes: Map<String, Value> = ways(loaded, facts)
+pub fn report(loaded: &Loaded, facts: &KernelFacts) -> Doctor {
+    let causes = ways(loaded, facts)
         .into_iter()
-        .map(|(cause, ways)| {
-            let working: Vec<&Way> = ways.iter().filter(|w| w.works).collect();
-            let via = (!working.is_empty()).then(|| {
-                working
-                    .iter()
-                    .map(|w| w.how.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
-            // The cause's note comes from a way that serves it; only when none does, from the
-            // ways that failed (why it cannot be observed).
-            let note = working.iter().find_map(|w| w.note.clone()).or_else(|| {
-                if working.is_empty() {
-                    ways.iter().find_map(|w| w.note.clone())
-                } else {
-                    None
-                }
-            });
-            let v = json!({
-                "observable": !working.is_empty(),
-                "via": via,
-                "note": note,
-                "ways": ways
-                    .iter()
-                    .map(|w| {
-                        let mut way = json!({"how": w.how, "works": w.works});
-                        if let (false, Some(why)) = (w.works, &w.note) {
-                            way["why_not"] = json!(why);
-                        }
-                        way
-                    })
-                    .collect::<Vec<_>>(),
-            });
-            (cause.as_str().to_owned(), v)
-        })
+        .map(|(cause, ways)| (cause, observability(&ways)))
         .collect();
-    json!({
-        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).ok(),
-        "causes": causes,
-        "hooks": loaded.hooks_json(),
-        "warnings": facts.warnings,
-    })
+    Doctor {
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .ok(),
+        causes,
+        hooks: loaded.hook_statuses(),
+        warnings: facts.warnings.clone(),
+    }
 }
 
-pub fn text(report: &Value) -> String {
-    let mut s = format!("kernel {}\n", report["kernel"].as_str().unwrap_or("?"));
-    if let Some(causes) = report["causes"].as_object() {
-        for (cause, v) in causes {
-            let via = v["via"].as_str().unwrap_or("NOT OBSERVABLE on this kernel");
-            s.push_str(&format!("  {cause:<26} {via}"));
-            if let Some(note) = v["note"].as_str() {
-                s.push_str(&format!(" ({note})"));
-            }
-            s.push('\n');
+/// How one cause is observed: the ways that work, else why none does.
+fn observability(ways: &[Way]) -> Observability {
+    let working: Vec<&Way> = ways.iter().filter(|w| w.works).collect();
+    let via = (!working.is_empty()).then(|| {
+        working
+            .iter()
+            .map(|w| w.how.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    // The cause's note comes from a way that serves it; only when none does, from the ways
+    // that failed (why it cannot be observed).
+    let note = working.iter().find_map(|w| w.note.clone()).or_else(|| {
+        if working.is_empty() {
+            ways.iter().find_map(|w| w.note.clone())
+        } else {
+            None
         }
+    });
+    Observability {
+        observable: !working.is_empty(),
+        via,
+        note,
+        ways: ways
+            .iter()
+            .map(|w| event::Way {
+                how: w.how.clone(),
+                works: w.works,
+                why_not: if w.works { None } else { w.note.clone() },
+            })
+            .collect(),
     }
-    if let Some(w) = report["warnings"].as_array() {
-        for w in w {
-            s.push_str(&format!("  warning: {}\n", w.as_str().unwrap_or("")));
+}
+
+pub fn text(report: &Doctor) -> String {
+    let mut s = format!("kernel {}\n", report.kernel.as_deref().unwrap_or("?"));
+    for (cause, v) in &report.causes {
+        let via = v.via.as_deref().unwrap_or("NOT OBSERVABLE on this kernel");
+        s.push_str(&format!("  {:<26} {via}", cause.as_str()));
+        if let Some(note) = &v.note {
+            s.push_str(&format!(" ({note})"));
         }
+        s.push('\n');
+    }
+    for w in &report.warnings {
+        s.push_str(&format!("  warning: {w}\n"));
     }
     s
 }
@@ -200,7 +198,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     )?;
     let r = report(&loaded, &facts);
     match args.format {
-        Format::Json => println!("{r}"),
+        Format::Json => println!("{}", serde_json::to_string(&r)?),
         Format::Text => print!("{}", text(&r)),
     }
     Ok(())

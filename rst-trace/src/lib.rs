@@ -1,15 +1,18 @@
 //! rst-trace: why TCP connections are reset or dropped, with the owning process and port.
-pub mod advice;
 pub mod agent;
 pub mod attribution;
 pub mod cause;
+pub mod causes;
 pub mod cli;
+pub mod clock;
 pub mod community_id;
 pub mod container;
+pub mod correlate;
 pub mod detach;
 pub mod diagnosis;
 pub mod doctor;
 pub mod embed;
+pub mod enrich;
 pub mod host;
 pub mod kernel;
 pub mod kernel_log;

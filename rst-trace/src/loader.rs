@@ -1,5 +1,7 @@
 //! Loads the embedded eBPF object with the running kernel's layout and attaches each
 //! program on its own: a hook this kernel lacks degrades the causes it serves, never the agent.
+use std::collections::BTreeMap;
+
 use aya::{
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
@@ -8,7 +10,8 @@ use rst_trace_common::{
     names::{program, KERNEL_LOG_LEVEL_GLOBAL},
     KernelLayout, LAYOUT_GLOBAL,
 };
-use serde_json::{json, Value};
+use rst_trace_common::event;
+use serde_json::Value;
 use thiserror::Error;
 
 use crate::cause::Cause;
@@ -172,22 +175,30 @@ impl HookStatus {
         }
     }
 
-    /// `{"status": "attached"|"not_needed"|"failed", "attached": [...], "errors": [...]}`,
-    /// `errors` only when there are any.
-    pub fn to_json(&self) -> Value {
-        let (status, errors): (&str, Vec<String>) = match &self.outcome {
-            HookOutcome::Attached { errors, .. } => ("attached", errors.clone()),
-            HookOutcome::NotNeeded { .. } => ("not_needed", self.why_not().into_iter().collect()),
+    /// The status as the started line and `doctor` report it: `status`, where it attached,
+    /// and `errors` only when there are any.
+    pub fn to_event(&self) -> event::HookStatus {
+        let (status, errors) = match &self.outcome {
+            HookOutcome::Attached { errors, .. } => (event::HookState::Attached, errors.clone()),
+            HookOutcome::NotNeeded { .. } => (
+                event::HookState::NotNeeded,
+                self.why_not().into_iter().collect(),
+            ),
             HookOutcome::Failed { why, errors } => (
-                "failed",
+                event::HookState::Failed,
                 errors.iter().chain(std::iter::once(why)).cloned().collect(),
             ),
         };
-        let mut v = json!({"status": status, "attached": self.attached()});
-        if !errors.is_empty() {
-            v["errors"] = json!(errors);
+        event::HookStatus {
+            status,
+            attached: self.attached().to_vec(),
+            errors,
         }
-        v
+    }
+
+    /// The same, as JSON.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.to_event()).unwrap_or(Value::Null)
     }
 }
 
@@ -208,13 +219,12 @@ impl Loaded {
             .collect()
     }
 
-    pub fn hooks_json(&self) -> Value {
-        Value::Object(
-            self.hooks
-                .iter()
-                .map(|s| (s.program.to_owned(), s.to_json()))
-                .collect(),
-        )
+    /// Every program, by name: where it attached, and why not (the started line, doctor).
+    pub fn hook_statuses(&self) -> BTreeMap<String, event::HookStatus> {
+        self.hooks
+            .iter()
+            .map(|s| (s.program.to_owned(), s.to_event()))
+            .collect()
     }
 }
 
@@ -590,6 +600,7 @@ fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn arity_of(table: &'static [(&'static str, usize)]) -> impl Fn(&str) -> Option<usize> {
         move |f: &str| table.iter().find(|(n, _)| *n == f).map(|(_, a)| *a)

@@ -9,7 +9,10 @@ use rst_trace_common::{
     AcceptorKey, OwnerInfo, TwKey, ACCEPTORS_CAPACITY, ACCEPTORS_MAP, OWNERS_CAPACITY, OWNERS_MAP,
     TW_OWNERS_CAPACITY, TW_OWNERS_MAP,
 };
-use serde_json::{json, Map as JsonMap, Value};
+use std::collections::BTreeMap;
+
+use rst_trace_common::event::{ProcessResources, TableOccupancy};
+use serde_json::Value;
 
 /// The kernel's signal table (see hot.rs in the eBPF crate), an LRU.
 const HOT_MAP: &str = "RST_HOT_SENT";
@@ -157,25 +160,31 @@ impl KernelTables {
 }
 
 /// The `tables` object of the stats line.
-pub fn json(figures: &[TableFigure]) -> Value {
-    let m: JsonMap<String, Value> = figures
+/// The figures as the stats line's `tables` object.
+pub fn occupancy(figures: &[TableFigure]) -> BTreeMap<String, TableOccupancy> {
+    figures
         .iter()
         .map(|f| {
-            let mut v = json!({"entries": f.entries, "capacity": f.capacity});
-            if let Some(r) = f.refused {
-                v["refused"] = json!(r);
-            }
-            if let Some(e) = f.evicted {
-                v["evicted"] = json!(e);
-            }
-            (f.name.to_owned(), v)
+            (
+                f.name.to_owned(),
+                TableOccupancy {
+                    entries: f.entries,
+                    capacity: f.capacity,
+                    refused: f.refused,
+                    evicted: f.evicted,
+                },
+            )
         })
-        .collect();
-    Value::Object(m)
+        .collect()
+}
+
+/// The same, as JSON.
+pub fn json(figures: &[TableFigure]) -> Value {
+    serde_json::to_value(occupancy(figures)).unwrap_or(Value::Null)
 }
 
 /// The agent process's own resources: resident memory, open fds, threads.
-pub fn process_json() -> Value {
+pub fn process() -> ProcessResources {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |key: &str| {
         status
@@ -184,8 +193,14 @@ pub fn process_json() -> Value {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
-    json!({"rss_kib": field("VmRSS:"), "threads": field("Threads:"), "fds": fds})
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .and_then(|d| u64::try_from(d.count()).ok());
+    ProcessResources {
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:"),
+        fds,
+    }
 }
 
 #[cfg(test)]
@@ -201,7 +216,7 @@ mod tests {
         let v = json(&[f, g]);
         assert_eq!(
             v["listeners"],
-            json!({"entries": 3, "capacity": 10, "refused": 2})
+            serde_json::json!({"entries": 3, "capacity": 10, "refused": 2})
         );
         assert_eq!(v["RST_TW_OWNERS"]["evicted"], 1);
         assert!(v["RST_TW_OWNERS"].get("refused").is_none());
@@ -209,9 +224,9 @@ mod tests {
 
     #[test]
     fn own_process_figures() {
-        let v = process_json();
-        assert!(v["rss_kib"].as_u64().is_some_and(|r| r > 0));
-        assert!(v["threads"].as_u64().is_some_and(|t| t >= 1));
-        assert!(v["fds"].as_u64().is_some_and(|n| n >= 1));
+        let p = process();
+        assert!(p.rss_kib.is_some_and(|r| r > 0));
+        assert!(p.threads.is_some_and(|t| t >= 1));
+        assert!(p.fds.is_some_and(|n| n >= 1));
     }
 }

@@ -26,7 +26,7 @@ use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags, PollTimeout},
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     sync::oneshot,
@@ -202,7 +202,13 @@ impl Output {
             Sink::File(f) => (Some(f.path.display().to_string()), f.rotations, f.reopens),
             Sink::Stream { .. } => (None, 0, 0),
         };
-        json!({"lines": self.lines, "file": file, "rotations": rotations, "reopens": reopens})
+        serde_json::to_value(rst_trace_common::event::OutputCounts {
+            lines: self.lines,
+            file,
+            rotations,
+            reopens,
+        })
+        .unwrap_or_default()
     }
 
     /// Lines written so far.
@@ -541,6 +547,7 @@ mod tests {
     use std::{io::Read as _, os::unix::fs::PermissionsExt as _};
 
     use super::*;
+    use serde_json::json;
 
     fn line_of(n: usize) -> Value {
         json!({"event": {"name": "rst_trace.test"}, "n": n})

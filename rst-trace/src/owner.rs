@@ -2,7 +2,10 @@
 //! learnt in process context, never from the task that happens to run a softirq.
 use std::time::SystemTime;
 
-use rst_trace_common::{OwnerInfo, OWNER_ACCEPT, OWNER_CONNECT, OWNER_LISTEN};
+use rst_trace_common::{
+    event::{Container, Executable, K8s, Linux, OwnerJson, OwnerProcess, Pod, Thread},
+    OwnerInfo, OWNER_ACCEPT, OWNER_CONNECT, OWNER_LISTEN,
+};
 use serde::Serialize;
 
 use crate::{container, diagnosis::rfc3339_nanos, records::Task};
@@ -24,6 +27,16 @@ pub enum Learned {
 }
 
 impl Learned {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listen => "listen",
+            Self::Accept => "accept",
+            Self::Connect => "connect",
+            Self::Syscall => "syscall",
+            Self::Procfs => "procfs",
+        }
+    }
+
     /// How the kernel programs learnt an owner (`OwnerInfo::how`).
     pub fn from_kernel(how: u32) -> Option<Self> {
         match how {
@@ -103,24 +116,32 @@ impl Owner {
             .and_then(container::pod_uid_from_cgroup)
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "process": {
-                "pid": self.pid,
-                "executable": { "name": self.comm },
-                "linux": { "cgroup": self.cgroup },
+    pub fn to_event(&self) -> OwnerJson {
+        OwnerJson {
+            process: OwnerProcess {
+                pid: self.pid,
+                executable: Executable {
+                    name: self.comm.clone(),
+                },
+                linux: Linux {
+                    cgroup: self.cgroup.clone(),
+                },
             },
-            "thread": { "id": self.tid },
-            "container": self.container_id.as_ref().map(|id| serde_json::json!({ "id": id })),
-            "learned_from": self.learned,
-            "learned_at": self.learned_at.map(rfc3339_nanos),
-        });
-        // Present only for pods, like `container` is null outside containers: absent keeps
-        // the documented owner shape unchanged on hosts without Kubernetes.
-        if let (Some(uid), Some(obj)) = (self.pod_uid(), v.as_object_mut()) {
-            obj.insert("k8s".into(), serde_json::json!({ "pod": { "uid": uid } }));
+            thread: Thread { id: self.tid },
+            container: self
+                .container_id
+                .as_ref()
+                .map(|id| Container { id: id.clone() }),
+            learned_from: self.learned.as_str().into(),
+            learned_at: self.learned_at.map(rfc3339_nanos),
+            // Present only for pods, like `container` is null outside containers: absent keeps
+            // the documented owner shape unchanged on hosts without Kubernetes.
+            k8s: self.pod_uid().map(|uid| K8s { pod: Pod { uid } }),
         }
-        v
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.to_event()).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -1,406 +1,155 @@
-//! From kernel records to diagnoses: keeps the socket table current and explains each
-//! reset, drop and failed syscall with its owner, evidence and advice.
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+//! The dispatcher: each kernel record (from the sensor, [`crate::records`]) goes to the
+//! cause family that explains it ([`crate::causes`]), with the enrichment it needs
+//! ([`crate::enrich`]) and the correlators that join it to other records
+//! ([`crate::correlate`]). The output side ([`crate::output`], metrics) gets typed events.
+use std::collections::HashMap;
 
 use rst_trace_common::{
-    errno::{EADDRNOTAVAIL, EMFILE, ENFILE},
     tcp::TCP_LISTEN,
-    AcceptRecord, ConnectRecord, Errno, ListenDropRecord, OwnerInfo, ResetReceivedRecord,
-    ResetSentRecord, SkbDropRecord, SockStateRecord, TcpSnapshot, LISTEN_DROP_ACK_ACCEPT_FULL,
-    LISTEN_DROP_SYN_ACCEPT_FULL, LISTEN_DROP_SYN_QUEUE_FULL, REASON_NONE, RST_HAS_SOCK,
-    RST_KEEPALIVE_ON, RST_LINGER_ZERO, SKB_OUTBOUND, SNAP_BACKLOG, SNAP_SEQ, SNAP_TIMES,
-    STATE_TASK_VALID,
+    ResetSentRecord, SkbDropRecord, SockStateRecord, REASON_NONE, RST_HAS_SOCK, RST_KEEPALIVE_ON,
+    RST_LINGER_ZERO, SNAP_BACKLOG, SNAP_SEQ, STATE_TASK_VALID,
 };
-use serde_json::{json, Value};
 
 use crate::{
-    advice::{advice, AdviceFacts},
-    attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset},
+    attribution::{classify_drop, classify_sent_reset, SentReset},
     cause::{Cause, Direction, Origin},
+    causes::{connection, ephemeral_ports, fd_exhaustion, firewall, listen_queue, no_listener},
+    clock::{Clock, WallClock},
+    correlate::{FdIncidents, ListenDropLedger, RejectPairing, RstLink, SentRst},
     diagnosis::Diagnosis,
+    enrich::Enricher,
     host::HostInfo,
     kernel::reasons::ReasonNames,
     listeners::{Finding, Saturation},
-    owner::{KernelOwner, Learned, Owner},
+    owner::{Learned, Owner},
     records::{Endpoint, Endpoints, Record, Task},
     sockdiag::NetnsSnapshot,
     sockets::{ListenerSock, SocketTable},
 };
 
-/// An fd_exhaustion incident on a listener explains its overflows for this long.
-const FD_INCIDENT_WINDOW_NS: u64 = 30_000_000_000;
-
-/// Turns kernel monotonic timestamps into wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    /// Wall-clock time at monotonic zero.
-    boot: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = monotonic_ns();
-        Self {
-            boot: SystemTime::now() - Duration::from_nanos(mono),
-        }
-    }
-
-    pub fn fixed(boot: SystemTime) -> Self {
-        Self { boot }
-    }
-
-    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
-        self.boot + Duration::from_nanos(ktime_ns)
-    }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
-/// Socket counts to one destination, by TCP state name.
-type SocketsByState = std::collections::BTreeMap<&'static str, u64>;
-
-/// A process's file-descriptor facts, read at most once a second per process: accept() fails
-/// with EMFILE in a tight loop, and each reading walks /proc/<pid>/fd.
-#[derive(Debug, Clone, Copy)]
-struct FdFacts {
-    read_ns: u64,
-    nofile: Option<(u64, u64)>,
-    open: Option<u64>,
-    file_nr: Option<[u64; 3]>,
-}
-
-/// An ongoing fd exhaustion on one listener.
-#[derive(Debug, Clone)]
-pub struct FdIncident {
-    pub id: String,
-    pub pid: u32,
-    pub comm: String,
-    pub first_ns: u64,
-    pub last_ns: u64,
-    pub failures: u64,
-}
-
 pub struct Pipeline<H: HostInfo> {
-    pub table: SocketTable,
+    ctx: Enricher<H>,
     rst_reasons: ReasonNames,
     drop_reasons: ReasonNames,
     /// The kernel frees packets with reason NETFILTER_DROP (5.17+): a REJECT's dropped
     /// segment can be seen and paired with its RST.
     netfilter_drops_seen: bool,
-    host: H,
-    clock: Clock,
-    hz: u64,
-    fd_incidents: HashMap<(u32, u16), FdIncident>,
-    owners: HashMap<(u32, u32), Arc<Owner>>,
-    /// ACK-time overflow drops reported per packet since the last poll, per (netns, port).
-    ack_time_drops: HashMap<(u32, u16), u64>,
-    /// RSTs built outside TCP, waiting for the netfilter drop of the segment they answer.
-    foreign_resets: HashMap<(u32, Endpoints), (u64, u64)>,
-    /// RSTs this host sent recently, so an RST received over loopback or between two local
-    /// namespaces can be linked to its cause on the sending side.
-    recent_sent: HashMap<Endpoints, SentRst>,
-    recent_sent_order: VecDeque<(u64, Endpoints)>,
-    /// Received RSTs held back briefly for the local RST that caused them: for active resets
-    /// the kernel traces the sending side only after transmitting, so on loopback the
-    /// receiving side's record comes first.
-    pending_received: VecDeque<(u64, Diagnosis)>,
-    /// How many held RSTs each 4-tuple has: a sent RST looks here before scanning the queue,
-    /// so storms of unrelated RSTs do not pay for the held ones.
-    pending_by_tuple: HashMap<Endpoints, u32>,
-    /// SYN-queue overflows reported per packet since the last poll, per (netns, port).
-    synq_per_packet: HashMap<(u32, u16), u64>,
-    /// Sockets to a destination by state, sampled at most once a second per destination.
-    port_census: HashMap<(u32, Endpoint), (u64, Option<SocketsByState>)>,
-    /// File-descriptor facts per process, see [`FdFacts`].
-    fd_facts: HashMap<u32, FdFacts>,
-    /// Sockets that predate the agent: sockfs inode → processes holding it (from /proc).
-    seeds: HashMap<u64, Vec<u32>>,
-    /// Current name and cgroup per (pid, start time), read at most once a second: names
-    /// change with exec(), and a storm must not read /proc per event.
-    processes: HashMap<(u32, u64), CachedProcess>,
-}
-
-#[derive(Debug, Clone)]
-struct CachedProcess {
-    read_ns: u64,
-    name: Option<String>,
-    cgroup: Option<String>,
-}
-
-const PROCESS_CACHE_NS: u64 = 1_000_000_000;
-const MAX_CACHED_PROCESSES: usize = 65_536;
-const MAX_CACHED_OWNERS: usize = 65_536;
-const MAX_PORT_CENSUS: usize = 4096;
-
-#[derive(Debug, Clone)]
-struct SentRst {
-    cause: Cause,
-    origin: Origin,
-    netns: u32,
-    at_ns: u64,
-    owner_pid: Option<u32>,
-}
-
-impl SentRst {
-    /// The `related` section of the received RST this one is.
-    fn related(&self) -> Value {
-        json!({
-            "cause": self.cause.as_str(),
-            "direction": "sent",
-            "origin": self.origin,
-            "netns": self.netns,
-            "owner_pid": self.owner_pid,
-            "note": "this RST was sent by this host; its cause on the sending side is above",
-        })
-    }
-}
-
-/// How long a received RST waits for the local RST that caused it.
-pub const RECEIVED_HOLD_NS: u64 = 50_000_000;
-const FIREWALL_REFUSAL: &str = "A local netfilter rule (REJECT --reject-with tcp-reset) refused the connection, not a missing listener: see the firewall_reject event and the rule.";
-/// How long a sent RST waits to be matched by the peer's receipt of it.
-const RST_LINK_WINDOW_NS: u64 = 2_000_000_000;
-const MAX_RECENT_SENT: usize = 16_384;
-/// An RST from netfilter is matched with the drop of the segment it answers this fast.
-const FOREIGN_RST_WINDOW_NS: u64 = 1_000_000_000;
-
-/// A socket closed this recently still names its owner for the RST its closing caused.
-const JUST_CLOSED_NS: u64 = 2_000_000_000;
-/// accept() callers this recent are "the process serving the queue".
-const ACCEPTER_WINDOW_NS: u64 = 60_000_000_000;
-
-fn wrapping_gap(a: u32, b: u32) -> u32 {
-    a.wrapping_sub(b)
+    fd_incidents: FdIncidents,
+    listen_drops: ListenDropLedger,
+    rejects: RejectPairing,
+    rst_link: RstLink<Diagnosis>,
 }
 
 impl<H: HostInfo> Pipeline<H> {
+    /// How full every table of the pipeline is, for the stats line and the metrics.
+    pub fn figures(&self) -> Vec<crate::occupancy::TableFigure> {
+        let mut v = self.ctx.figures();
+        v.extend(self.rst_link.figures());
+        v.push(self.rejects.figure());
+        v.extend(self.listen_drops.figures());
+        v.push(self.fd_incidents.figure());
+        v
+    }
+
+    /// The namespace is gone: its listeners with it (their close may have been a lost record).
+    pub fn forget_netns(&mut self, netns: u32) {
+        self.ctx.table.forget_netns(netns);
+    }
+
     pub fn new(
         rst_reasons: ReasonNames,
         drop_reasons: ReasonNames,
         host: H,
-        clock: Clock,
+        clock: WallClock,
         hz: u64,
     ) -> Self {
         Self {
-            table: SocketTable::default(),
+            ctx: Enricher::new(host, clock, hz),
             rst_reasons,
             netfilter_drops_seen: drop_reasons.value("NETFILTER_DROP").is_some(),
             drop_reasons,
-            host,
-            clock,
-            hz: hz.max(1),
-            fd_incidents: HashMap::new(),
-            owners: HashMap::new(),
-            ack_time_drops: HashMap::new(),
-            foreign_resets: HashMap::new(),
-            recent_sent: HashMap::new(),
-            recent_sent_order: VecDeque::new(),
-            port_census: HashMap::new(),
-            synq_per_packet: HashMap::new(),
-            pending_received: VecDeque::new(),
-            pending_by_tuple: HashMap::new(),
-            seeds: HashMap::new(),
-            processes: HashMap::new(),
-            fd_facts: HashMap::new(),
+            fd_incidents: FdIncidents::default(),
+            listen_drops: ListenDropLedger::default(),
+            rejects: RejectPairing::default(),
+            rst_link: RstLink::default(),
         }
     }
 
-    fn fd_facts(&mut self, pid: u32) -> FdFacts {
-        let now = monotonic_ns();
-        if let Some(f) = self.fd_facts.get(&pid) {
-            if now.saturating_sub(f.read_ns) < PROCESS_CACHE_NS {
-                return *f;
-            }
-        }
-        if self.fd_facts.len() >= MAX_CACHED_PROCESSES {
-            self.fd_facts.clear();
-        }
-        let f = FdFacts {
-            read_ns: now,
-            nofile: self.host.nofile_limit(pid),
-            open: self.host.open_fds(pid),
-            file_nr: self.host.file_nr(),
-        };
-        self.fd_facts.insert(pid, f);
-        f
+    /// Drives the correlators' windows from `clock` instead of CLOCK_MONOTONIC (tests).
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.ctx.set_clock(Box::new(clock));
+        self
     }
 
     /// Owners of the sockets that existed when the agent started (sockfs inode → pids).
     pub fn seed(&mut self, seeds: HashMap<u64, Vec<u32>>) {
-        self.seeds = seeds;
-    }
-
-    /// The current name (`None`: the process is gone or its pid was reused) and cgroup of a
-    /// process.
-    fn process(&mut self, pid: u32, start_boottime_ns: u64) -> CachedProcess {
-        let now = monotonic_ns();
-        let key = (pid, start_boottime_ns);
-        if let Some(c) = self.processes.get(&key) {
-            if now.saturating_sub(c.read_ns) < PROCESS_CACHE_NS {
-                return c.clone();
-            }
-        }
-        if self.processes.len() >= MAX_CACHED_PROCESSES {
-            self.processes.clear();
-        }
-        let name = self.host.process_name(pid, start_boottime_ns);
-        let cgroup = name.as_ref().and_then(|_| self.host.cgroup_of(pid));
-        let c = CachedProcess {
-            read_ns: now,
-            name,
-            cgroup,
-        };
-        self.processes.insert(key, c.clone());
-        c
-    }
-
-    /// An owner the kernel programs recorded, named as the process is called now.
-    fn kernel_owner(&mut self, info: &OwnerInfo) -> Option<Arc<Owner>> {
-        let k = KernelOwner::from_info(info)?;
-        let p = self.process(k.pid, k.start_boottime_ns);
-        let task = Task {
-            pid: k.pid,
-            tid: k.tid,
-            comm: p.name.unwrap_or(k.comm),
-            cgroup_id: info.cgroup_id,
-        };
-        let mut o = Owner::from_task(&task, k.learned, p.cgroup);
-        o.learned_at = Some(self.clock.wall(k.since_ns));
-        Some(Arc::new(o))
-    }
-
-    /// `o` as the process is called now: listeners are often handed on by exec() (socket
-    /// activation, init shims, shell wrappers) after listen() recorded the launcher's name.
-    fn named_now(&mut self, o: &Arc<Owner>) -> Arc<Owner> {
-        let p = self.process(o.pid, 0);
-        match p.name {
-            Some(name) if name != o.comm => {
-                let mut renamed = Owner::clone(o);
-                renamed.comm = name;
-                Arc::new(renamed)
-            }
-            _ => o.clone(),
-        }
-    }
-
-    /// The processes holding a socket that predates the agent.
-    fn seeded_owners(&mut self, inode: u64) -> Vec<Arc<Owner>> {
-        let pids = self.seeds.get(&inode).cloned().unwrap_or_default();
-        pids.into_iter()
-            .filter_map(|pid| {
-                let p = self.process(pid, 0);
-                let task = Task {
-                    pid,
-                    tid: pid,
-                    comm: p.name?,
-                    cgroup_id: 0,
-                };
-                Some(Arc::new(Owner::from_task(&task, Learned::Procfs, p.cgroup)))
-            })
-            .collect()
+        self.ctx.seed(seeds);
     }
 
     pub fn host(&self) -> &H {
-        &self.host
+        self.ctx.host()
     }
 
-    pub fn clock(&self) -> Clock {
-        self.clock
+    pub fn clock(&self) -> WallClock {
+        self.ctx.wall_clock()
     }
 
-    /// One `Owner` per (pid, thread, how learnt): connections of one process share it.
-    fn owner(&mut self, task: &Task, learned: Learned) -> Arc<Owner> {
-        let key = (task.tid, learned as u32);
-        if let Some(o) = self.owners.get(&key) {
-            if o.pid == task.pid && o.comm == task.comm {
-                return o.clone();
-            }
-        }
-        if self.owners.len() >= MAX_CACHED_OWNERS {
-            self.owners.clear();
-        }
-        let o = Arc::new(Owner::from_task(
-            task,
-            learned,
-            self.host.cgroup_of(task.pid),
-        ));
-        self.owners.insert(key, o.clone());
-        o
+    pub fn table(&self) -> &SocketTable {
+        &self.ctx.table
+    }
+
+    /// A listener found by polling (sock_diag) that no record announced.
+    pub fn discovered_listener(
+        &mut self,
+        netns: u32,
+        local: Endpoint,
+        inode: u64,
+        owners: Vec<std::sync::Arc<Owner>>,
+        max: Option<u32>,
+        now: u64,
+    ) {
+        self.ctx
+            .table
+            .discovered_listener(netns, local, inode, owners, max, now);
     }
 
     pub fn handle(&mut self, rec: &Record) -> Vec<Diagnosis> {
-        let out = match rec {
+        let (ctx, incidents) = (&mut self.ctx, &mut self.fd_incidents);
+        let out: Vec<Diagnosis> = match rec {
             Record::SockState(r) => {
                 self.on_sock_state(r);
-                Vec::new()
+                None
             }
-            Record::Accept(r) => self.on_accept(r),
-            Record::ResetSent(r) => self.on_reset_sent(r),
-            Record::ResetReceived(r) => self.on_reset_received(r),
+            Record::Accept(r) => fd_exhaustion::on_accept(ctx, incidents, r),
+            Record::Connect(r) => ephemeral_ports::on_connect(ctx, r),
+            Record::ResetSent(r) => Some(self.on_reset_sent(r)),
+            Record::ResetReceived(r) => connection::on_reset_received(ctx, &mut self.rst_link, r),
             Record::SkbDrop(r) => self.on_skb_drop(r),
-            Record::Connect(r) => self.on_connect(r),
-            Record::ListenDrop(r) => self.on_listen_drop(r),
+            Record::ListenDrop(r) => {
+                listen_queue::on_listen_drop(ctx, &mut self.listen_drops, incidents, r)
+            }
             // A signal for the poller, not an event.
-            Record::ListenerHot(_) => Vec::new(),
-            Record::ForeignReset(r) => match Endpoints::try_from(&r.tuple) {
-                // Without the NETFILTER_DROP drop reason (before 5.17) the dropped segment is
-                // never seen: waiting for it would only delay the report past the moment the
-                // peer's receipt of this RST looks for it.
-                Ok(e) if !self.netfilter_drops_seen => {
-                    let mut d = self.firewall_reject(r.header.netns, e, r.header.ktime_ns);
-                    d.evidence
-                        .insert("dropped_segment_seen".into(), json!(false));
-                    // This kernel frees packets without a reason: the drop cannot be seen.
-                    d.evidence
-                        .insert("dropped_segment_observable".into(), json!(false));
-                    vec![d]
-                }
-                Ok(e) => {
-                    let entry = self
-                        .foreign_resets
-                        .entry((r.header.netns, e))
-                        .or_insert((r.header.ktime_ns, 0));
-                    entry.1 += 1;
-                    Vec::new()
-                }
-                Err(_) => Vec::new(),
-            },
-        };
+            Record::ListenerHot(_) => None,
+            Record::ForeignReset(r) => {
+                firewall::on_foreign_reset(ctx, &mut self.rejects, self.netfilter_drops_seen, r)
+            }
+        }
+        .into_iter()
+        .collect();
         for d in &out {
             self.remember_sent(d);
         }
         out
     }
 
+    /// RSTs this host sent are remembered, so the receiving side (loopback, or another local
+    /// namespace) is linked to their cause.
     fn remember_sent(&mut self, d: &Diagnosis) {
         if d.direction != Direction::Sent {
             return;
         }
         let Some(e) = d.endpoints else { return };
-        let now = monotonic_ns();
-        while self.recent_sent_order.len() >= MAX_RECENT_SENT
-            || self
-                .recent_sent_order
-                .front()
-                .is_some_and(|(t, _)| now.saturating_sub(*t) > RST_LINK_WINDOW_NS)
-        {
-            let Some((_, k)) = self.recent_sent_order.pop_front() else {
-                break;
-            };
-            self.recent_sent.remove(&k);
-        }
+        let now = self.ctx.now();
         let sent = SentRst {
             cause: d.cause,
             origin: d.origin,
@@ -408,144 +157,36 @@ impl<H: HostInfo> Pipeline<H> {
             at_ns: now,
             owner_pid: d.owner.as_ref().map(|o| o.pid),
         };
-        let sent_key = Endpoints {
-            local: e.remote,
-            remote: e.local,
-        };
-        if self.pending_by_tuple.contains_key(&sent_key) {
-            for (_, pending) in self.pending_received.iter_mut() {
-                if pending.related.is_none() && pending.endpoints == Some(sent_key) {
-                    pending.related = Some(sent.related());
-                    if d.cause == Cause::FirewallReject && pending.cause == Cause::ConnectionRefused
-                    {
-                        pending.advice = FIREWALL_REFUSAL.to_owned();
-                    }
-                }
-            }
-        }
-        self.recent_sent.insert(e, sent);
-        self.recent_sent_order.push_back((now, e));
-    }
-
-    /// The RST this host sent that a received one is, if any (loopback, or two namespaces).
-    fn sent_counterpart(&self, received: &Endpoints) -> Option<Value> {
-        let key = Endpoints {
-            local: received.remote,
-            remote: received.local,
-        };
-        let s = self.recent_sent.get(&key)?;
-        let age = monotonic_ns().saturating_sub(s.at_ns);
-        (age <= RST_LINK_WINDOW_NS).then(|| s.related())
+        self.rst_link.sent(now, e, sent, connection::link);
     }
 
     /// Whether received RSTs are waiting for their local counterpart (the agent's hold timer
     /// runs only then).
     pub fn holding_received(&self) -> bool {
-        !self.pending_received.is_empty()
+        self.rst_link.holding()
     }
 
     /// Received RSTs whose hold is over (all of them when `force`), in arrival order.
     pub fn release_received(&mut self, force: bool) -> Vec<Diagnosis> {
-        let now = monotonic_ns();
-        let mut out = Vec::new();
-        while let Some((t, _)) = self.pending_received.front() {
-            if !force && now.saturating_sub(*t) < RECEIVED_HOLD_NS {
-                break;
-            }
-            if let Some((_, d)) = self.pending_received.pop_front() {
-                if let Some(e) = d.endpoints {
-                    if let Some(n) = self.pending_by_tuple.get_mut(&e) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.pending_by_tuple.remove(&e);
-                        }
-                    }
-                }
-                out.push(d);
-            }
-        }
-        out
+        self.rst_link.release(self.ctx.now(), force)
     }
 
-    /// Netfilter RSTs whose dropped segment was never seen (e.g. REJECT outside INPUT):
-    /// reported on their own once the window has passed.
+    /// Netfilter RSTs whose dropped segment was never seen: reported on their own once the
+    /// window has passed.
     pub fn expire_foreign_resets(&mut self) -> Vec<Diagnosis> {
-        let now = monotonic_ns();
-        let stale: Vec<(u32, Endpoints)> = self
-            .foreign_resets
-            .iter()
-            .filter(|(_, (t, _))| now.saturating_sub(*t) > FOREIGN_RST_WINDOW_NS)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut out = Vec::new();
-        for k in stale {
-            let Some((t, n)) = self.foreign_resets.remove(&k) else {
-                continue;
-            };
-            let mut d = self.firewall_reject(k.0, k.1, t);
-            d.count = n;
-            d.evidence
-                .insert("dropped_segment_seen".into(), json!(false));
-            out.push(d);
-        }
+        let now = self.ctx.now();
+        let out = firewall::expire(&self.ctx, &mut self.rejects, now);
         for d in &out {
             self.remember_sent(d);
         }
         out
     }
 
-    /// A netfilter drop answered by an RST that netfilter built: that is a REJECT.
-    fn match_foreign_reset(
-        &mut self,
-        netns: u32,
-        e: Endpoints,
-        now: u64,
-        r: &SkbDropRecord,
-        reason: &str,
-    ) -> Option<Diagnosis> {
-        let (t, n) = self.foreign_resets.remove(&(netns, e))?;
-        if now.saturating_sub(t) > FOREIGN_RST_WINDOW_NS {
-            return None;
-        }
-        if n > 1 {
-            // More RSTs than drops so far for this tuple: the rest keep waiting.
-            self.foreign_resets.insert((netns, e), (t, n - 1));
-        }
-        let mut d = self.firewall_reject(netns, e, t);
-        d.reason = Some(reason.to_owned());
-        d.evidence.insert(
-            "dropped_segment_flags".into(),
-            json!(tcp_flags(r.tcp_flags)),
-        );
-        d.evidence.insert("kernel_reason".into(), json!(reason));
-        Some(d)
-    }
-
-    fn firewall_reject(&self, netns: u32, e: Endpoints, at: u64) -> Diagnosis {
-        let mut d = Diagnosis::new(
-            self.clock.wall(at),
-            "rst_trace.reset_sent",
-            Cause::FirewallReject,
-            Direction::Sent,
-            Origin::Netfilter,
-            netns,
-        );
-        d.endpoints = Some(e);
-        let listeners = self.table.listeners(netns, e.local.port).to_vec();
-        let (owner, others, _) = self.listener_owner(&listeners, &e.local);
-        d.owner = owner;
-        d.other_owners = others;
-        d.evidence.insert("note".into(), json!("the RST was built by netfilter (REJECT --reject-with tcp-reset), not by TCP: Tcp.OutRsts does not count it"));
-        d.evidence
-            .insert("intended_listener".into(), json!(!listeners.is_empty()));
-        d.advice = advice(
-            Cause::FirewallReject,
-            &AdviceFacts {
-                port: Some(e.local.port),
-                ..Default::default()
-            },
-        );
-        d
+    /// Periodic upkeep (once a second): forget closed listeners and incidents past their time.
+    pub fn expire(&mut self) {
+        let now = self.ctx.now();
+        self.ctx.table.expire(now);
+        self.fd_incidents.expire(now);
     }
 
     fn on_sock_state(&mut self, r: &SockStateRecord) {
@@ -556,8 +197,8 @@ impl<H: HostInfo> Pipeline<H> {
         match (r.old_state, r.new_state, task) {
             (_, TCP_LISTEN, Some(task)) => {
                 let Some(e) = endpoints else { return };
-                let owner = self.owner(&task, Learned::Listen);
-                self.table.listen(
+                let owner = self.ctx.owner(&task, Learned::Listen);
+                self.ctx.table.listen(
                     netns,
                     e.local.port,
                     ListenerSock {
@@ -571,161 +212,14 @@ impl<H: HostInfo> Pipeline<H> {
                     },
                 );
             }
-            (TCP_LISTEN, _, _) => self.table.close(r.skaddr, now),
+            (TCP_LISTEN, _, _) => self.ctx.table.close(r.skaddr, now),
             _ => {}
         }
     }
 
-    /// Periodic upkeep (once a second): forget closed listeners past their retention.
-    pub fn expire(&mut self) {
-        self.table.expire(monotonic_ns());
-    }
-
-    /// Occupancy of the pipeline's caches, for the stats line (each is cleared at its bound).
-    pub fn figures(&self) -> Vec<crate::occupancy::TableFigure> {
-        use crate::occupancy::TableFigure;
-        let mut v = Vec::from(self.table.figures());
-        v.extend([
-            TableFigure::new("processes", self.processes.len(), MAX_CACHED_PROCESSES),
-            TableFigure::new("fd_facts", self.fd_facts.len(), MAX_CACHED_PROCESSES),
-            TableFigure::new("owners", self.owners.len(), MAX_CACHED_OWNERS),
-            TableFigure::new("recent_sent", self.recent_sent.len(), MAX_RECENT_SENT),
-            TableFigure::new(
-                "held_received",
-                self.pending_received.len(),
-                MAX_RECENT_SENT,
-            ),
-            TableFigure::new("port_census", self.port_census.len(), MAX_PORT_CENSUS),
-        ]);
-        v
-    }
-
-    fn on_accept(&mut self, r: &AcceptRecord) -> Vec<Diagnosis> {
-        let now = r.header.ktime_ns;
-        let netns = r.header.netns;
-        let task = Task::from(&r.task);
-        let errno = -r.ret;
-        if errno != EMFILE && errno != ENFILE {
-            return Vec::new();
-        }
-        let owner = self.owner(&task, Learned::Syscall);
-        let listener = Endpoints::try_from(&r.listener).ok();
-        let port = listener.map(|e| e.local.port).unwrap_or(0);
-        let mut d = Diagnosis::new(
-            self.clock.wall(now),
-            "rst_trace.accept_failed",
-            Cause::FdExhaustion,
-            Direction::None,
-            Origin::Syscall,
-            netns,
-        );
-        d.endpoints = listener;
-        d.tcp_state = Some(TCP_LISTEN);
-        d.reason = Some(
-            if errno == EMFILE {
-                Errno::Emfile
-            } else {
-                Errno::Enfile
-            }
-            .name()
-            .into(),
-        );
-        let facts = self.fd_facts(task.pid);
-        let (nofile, open, file_nr) = (facts.nofile, facts.open, facts.file_nr);
-        let incident = self
-            .fd_incidents
-            .entry((netns, port))
-            .or_insert_with(|| FdIncident {
-                id: format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid),
-                pid: task.pid,
-                comm: task.comm.clone(),
-                first_ns: now,
-                last_ns: now,
-                failures: 0,
-            });
-        if now.saturating_sub(incident.last_ns) > FD_INCIDENT_WINDOW_NS {
-            incident.id = format!("fd_exhaustion:{netns}:{port}:{}:{now}", task.pid);
-            incident.first_ns = now;
-            incident.failures = 0;
-        }
-        incident.last_ns = now;
-        incident.failures += 1;
-        let ev = &mut d.evidence;
-        ev.insert("errno".into(), json!(d.reason));
-        ev.insert("listen_fd".into(), json!(r.listen_fd));
-        ev.insert("listening_port".into(), json!(port));
-        ev.insert(
-            "rlimit_nofile".into(),
-            json!(nofile.map(|(s, h)| json!({"soft": limit_json(s), "hard": limit_json(h)}))),
-        );
-        ev.insert("open_fds".into(), json!(open));
-        ev.insert(
-            "file_nr".into(),
-            json!(file_nr.map(|[a, f, m]| json!({"allocated": a, "free": f, "max": m}))),
-        );
-        ev.insert(
-            "accept_queue".into(),
-            json!({"length": r.listener_ack_backlog, "cap": r.listener_max_ack_backlog}),
-        );
-        ev.insert(
-            "incident".into(),
-            json!({"id": incident.id, "failures": incident.failures}),
-        );
-        d.advice = advice(
-            Cause::FdExhaustion,
-            &AdviceFacts {
-                port: Some(port),
-                nofile,
-                open_fds: open,
-                ..Default::default()
-            },
-        );
-        d.owner = Some(owner);
-        vec![d]
-    }
-
-    /// The live fd_exhaustion incident on a listener, if any, as a `related` object.
-    pub fn related_fd_incident(&self, netns: u32, port: u16, now: u64) -> Option<Value> {
-        let i = self.fd_incidents.get(&(netns, port))?;
-        (now.saturating_sub(i.last_ns) <= FD_INCIDENT_WINDOW_NS).then(|| {
-            json!({
-                "cause": "fd_exhaustion",
-                "incident": i.id,
-                "process": {"pid": i.pid, "executable": {"name": i.comm}},
-                "accept_failures": i.failures,
-                "note": "the owner cannot accept() for lack of file descriptors, so its accept queue fills: one incident, root cause fd_exhaustion",
-            })
-        })
-    }
-
-    fn listener_owner(
-        &self,
-        listeners: &[ListenerSock],
-        addr: &Endpoint,
-    ) -> (Option<Arc<Owner>>, Vec<Arc<Owner>>, Option<ListenerSock>) {
-        let exact = listeners
-            .iter()
-            .find(|l| l.addr == addr.addr)
-            .or_else(|| listeners.iter().find(|l| l.addr.is_unspecified()))
-            .or_else(|| listeners.first());
-        match exact {
-            Some(l) => {
-                let mut owners = l.owners.clone();
-                let first = if owners.is_empty() {
-                    None
-                } else {
-                    Some(owners.remove(0))
-                };
-                (first, owners, Some(l.clone()))
-            }
-            None => (None, Vec::new(), None),
-        }
-    }
-
-    fn on_reset_sent(&mut self, r: &ResetSentRecord) -> Vec<Diagnosis> {
-        let now = r.header.ktime_ns;
-        let netns = r.header.netns;
-        let endpoints = Endpoints::try_from(&r.tuple).ok();
+    /// An RST the TCP stack sent: classified from the kernel's reason, or inferred from the
+    /// socket's state where the kernel gives none, then explained by its family.
+    fn on_reset_sent(&mut self, r: &ResetSentRecord) -> Diagnosis {
         let reason = (r.reason != REASON_NONE).then(|| {
             self.rst_reasons
                 .name(u64::from(r.reason))
@@ -734,536 +228,90 @@ impl<H: HostInfo> Pipeline<H> {
         });
         let snap = &r.snap;
         let unread =
-            (snap.valid & SNAP_SEQ != 0).then(|| wrapping_gap(snap.rcv_nxt, snap.copied_seq));
-        let listener_full =
-            snap.valid & SNAP_BACKLOG != 0 && snap.sk_ack_backlog > snap.sk_max_ack_backlog;
+            (snap.valid & SNAP_SEQ != 0).then(|| snap.rcv_nxt.wrapping_sub(snap.copied_seq));
         let facts = SentReset {
             reason: reason.as_deref(),
             state: r.state,
             has_sock: r.flags & RST_HAS_SOCK != 0,
             linger_zero: r.flags & RST_LINGER_ZERO != 0,
-            listener_full,
+            listener_full: snap.valid & SNAP_BACKLOG != 0
+                && snap.sk_ack_backlog > snap.sk_max_ack_backlog,
             unread_bytes: unread,
             keepalive_on: r.flags & RST_KEEPALIVE_ON != 0,
-            idle_seconds: self.idle_seconds(snap),
+            idle_seconds: self.ctx.idle_seconds(snap),
         };
         let (cause, inferred) = classify_sent_reset(&facts);
         let mut d = Diagnosis::new(
-            self.clock.wall(now),
+            self.ctx.wall(r.header.ktime_ns),
             "rst_trace.reset_sent",
             cause,
             Direction::Sent,
             Origin::TcpStack,
-            netns,
+            r.header.netns,
         );
         d.reason = reason.clone();
         d.inferred = inferred;
-        d.endpoints = endpoints;
+        d.endpoints = Endpoints::try_from(&r.tuple).ok();
         // A socket-less RST has no TCP state (the tracepoint reports 0).
         d.tcp_state = (r.flags & RST_HAS_SOCK != 0).then_some(r.state);
-        let mut af = AdviceFacts {
-            port: endpoints.map(|e| e.local.port),
-            reason: reason.clone(),
-            unread_bytes: unread,
-            ..Default::default()
-        };
-
+        let reason = reason.as_deref();
         match cause {
-            Cause::NoListener => {
-                if let Some(e) = endpoints {
-                    if let Some(c) = self.table.closed_listener(netns, e.local.port) {
-                        let ago = now.saturating_sub(c.closed_ns) as f64 / 1e9;
-                        if let Some(o) = c.owners.first() {
-                            af.last_owner = Some((o.comm.clone(), o.pid, ago));
-                            d.evidence.insert(
-                                "last_listener".into(),
-                                json!({
-                                    "process": {"pid": o.pid, "executable": {"name": o.comm}},
-                                    "address": c.addr.to_string(),
-                                    "closed_seconds_ago": (ago * 1000.0).round() / 1000.0,
-                                }),
-                            );
-                        }
-                    }
-                    let elsewhere: Vec<String> = self
-                        .table
-                        .listeners(netns, e.local.port)
-                        .iter()
-                        .map(|l| format!("{}:{}", l.addr, e.local.port))
-                        .collect();
-                    if !elsewhere.is_empty() {
-                        d.evidence
-                            .insert("listening_elsewhere".into(), json!(elsewhere));
-                        af.listening_elsewhere = elsewhere;
-                    }
-                }
-            }
+            Cause::NoListener => no_listener::explain(&self.ctx, &mut d, reason, r.header.ktime_ns),
             Cause::AcceptQueueOverflow => {
-                d.evidence.insert("stage".into(), json!("ack"));
-                d.evidence.insert(
-                    "accept_queue".into(),
-                    json!({"length": snap.sk_ack_backlog, "cap": snap.sk_max_ack_backlog}),
-                );
-                d.evidence.insert("tcp_abort_on_overflow".into(), json!(1));
-                af.queue = Some((snap.sk_ack_backlog, snap.sk_max_ack_backlog));
-                if let Some(l) = self.table.listener_by_sk(r.skaddr).cloned() {
-                    self.attach_listener(&mut d, &l, &mut af);
-                } else if let Some(o) = self.kernel_owner(&r.owner) {
-                    d.owner = Some(o);
-                }
-                if let Some(e) = endpoints {
-                    d.related = self.related_fd_incident(netns, e.local.port, now);
-                    af.fd_exhaustion_related = d.related.is_some();
-                }
+                listen_queue::on_reset_sent(&mut self.ctx, &self.fd_incidents, &mut d, r, reason)
             }
-            _ => {
-                self.attach_conn_owner(&mut d, &r.owner, r.sock_inode, endpoints, now);
-                self.conn_evidence(&mut d, cause, snap, r.flags);
-                if let Some(idle) = self.idle_seconds(snap) {
-                    af.idle_s = Some(idle);
-                }
-            }
+            _ => connection::on_reset_sent(&mut self.ctx, &mut d, r, reason, unread),
         }
-        if let Some(reason) = &reason {
-            d.evidence.insert("kernel_reason".into(), json!(reason));
-        }
-        d.advice = advice(cause, &af);
-        vec![d]
+        d
     }
 
-    /// The listener's owner is the process serving its queue (the latest accept() caller),
-    /// else the one that called listen(); every other holder is listed too. In an
-    /// SO_REUSEPORT group each member has its own queue: only the processes holding this
-    /// member count.
-    fn attach_listener(&mut self, d: &mut Diagnosis, l: &ListenerSock, af: &mut AdviceFacts) {
-        let now = monotonic_ns();
-        let port = d.endpoints.map_or(0, |e| e.local.port);
-        let shared_port = self.table.listeners(d.netns, port).len() > 1;
-        let holders: Vec<u32> = l.owners.iter().map(|o| o.pid).collect();
-        let accepting: Vec<Arc<Owner>> = self
-            .host
-            .acceptors(d.netns, port)
-            .into_iter()
-            .filter(|a| now.saturating_sub(a.last_ns) <= ACCEPTER_WINDOW_NS)
-            .filter(|a| !shared_port || holders.contains(&a.pid))
-            .map(|a| {
-                let p = self.process(a.pid, 0);
-                let task = Task {
-                    pid: a.pid,
-                    tid: a.pid,
-                    comm: p.name.unwrap_or(a.comm),
-                    cgroup_id: 0,
-                };
-                Arc::new(Owner::from_task(&task, Learned::Accept, p.cgroup))
-            })
-            .collect();
-        let mut owners: Vec<Arc<Owner>> = accepting.iter().take(1).cloned().collect();
-        for o in &l.owners {
-            if !owners.iter().any(|e| e.pid == o.pid) {
-                owners.push(self.named_now(o));
-            }
-        }
-        if !owners.is_empty() {
-            d.owner = Some(owners.remove(0));
-            d.other_owners = owners;
-        }
-        d.evidence.insert(
-            "accepting_processes".into(),
-            json!(accepting
-                .iter()
-                .map(|o| json!({"pid": o.pid, "executable": {"name": o.comm}}))
-                .collect::<Vec<_>>()),
-        );
-        if let Some(inode) = l.inode {
-            d.evidence.insert("listener_inode".into(), json!(inode));
-        }
-        if shared_port {
-            d.evidence.insert(
-                "listener_group".into(),
-                json!({"sockets_on_port": self.table.listeners(d.netns, port).len(), "note": "SO_REUSEPORT: each socket has its own accept queue; this event is about the one above"}),
-            );
-        }
-        af.requested_backlog = l.requested_backlog;
-        d.evidence.insert(
-            "listen_backlog_requested".into(),
-            json!(l.requested_backlog),
-        );
-        d.evidence
-            .insert("listener_address".into(), json!(l.addr.to_string()));
-        if let Some(somaxconn) = self
-            .host
-            .sysctl(d.netns, "net.core.somaxconn")
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            af.somaxconn = Some(somaxconn);
-            d.evidence.insert("somaxconn".into(), json!(somaxconn));
-        }
-    }
-
-    /// The connection's owner as the kernel recorded it. A socket closed a moment ago (close()
-    /// moves it to CLOSE just before the abort RST) still names it; a TIME_WAIT socket or one
-    /// closed longer ago only has a last owner. Sockets older than the agent are found by inode.
-    fn attach_conn_owner(
-        &mut self,
-        d: &mut Diagnosis,
-        info: &OwnerInfo,
-        sock_inode: u64,
-        endpoints: Option<Endpoints>,
-        now: u64,
-    ) {
-        if let Some(owner) = self.kernel_owner(info) {
-            let closed = (info.closed_ns != 0).then_some(info.closed_ns);
-            let just_closed = closed.is_some_and(|c| now.saturating_sub(c) <= JUST_CLOSED_NS);
-            if closed.is_none() || (just_closed && d.cause != Cause::TimewaitSegment) {
-                d.evidence.insert(
-                    "connection_age_seconds".into(),
-                    json!(secs(closed.unwrap_or(now).saturating_sub(info.since_ns))),
-                );
-                d.owner = Some(owner);
-            } else {
-                d.evidence.insert(
-                    "last_owner".into(),
-                    json!({
-                        "process": {"pid": owner.pid, "executable": {"name": owner.comm}},
-                        "closed_seconds_ago": secs(now.saturating_sub(closed.unwrap_or(now))),
-                    }),
-                );
-            }
-            return;
-        }
-        if sock_inode != 0 {
-            let mut holders = self.seeded_owners(sock_inode);
-            if !holders.is_empty() {
-                d.owner = Some(holders.remove(0));
-                d.other_owners = holders;
-                d.evidence.insert(
-                    "owner_found_by".into(),
-                    json!("the socket predates the agent: /proc/<pid>/fd at start-up"),
-                );
-                return;
-            }
-        }
-        // A connection nobody accepted yet, reset because its listener went away.
-        if let Some(e) = endpoints {
-            if let Some(l) = self.table.closed_listener(d.netns, e.local.port) {
-                if now.saturating_sub(l.closed_ns) <= JUST_CLOSED_NS {
-                    d.owner = l.owners.first().cloned();
-                    d.evidence.insert("trigger".into(), json!("the listener closed with this connection still in its accept queue (never accepted)"));
-                }
-            }
-        }
-    }
-
-    fn idle_seconds(&self, snap: &TcpSnapshot) -> Option<f64> {
-        // A socket that never sent or received data has no activity stamps yet.
-        if snap.valid & SNAP_TIMES == 0 || (snap.lsndtime == 0 && snap.rcv_tstamp == 0) {
-            return None;
-        }
-        let now = snap.now_jiffies as u32;
-        let last = if wrapping_gap(snap.lsndtime, snap.rcv_tstamp) < u32::MAX / 2 {
-            snap.lsndtime
-        } else {
-            snap.rcv_tstamp
-        };
-        Some(f64::from(wrapping_gap(now, last)) / self.hz as f64)
-    }
-
-    fn conn_evidence(&self, d: &mut Diagnosis, cause: Cause, snap: &TcpSnapshot, flags: u32) {
-        if snap.valid & SNAP_SEQ != 0 {
-            d.evidence.insert(
-                "unread_bytes".into(),
-                json!(wrapping_gap(snap.rcv_nxt, snap.copied_seq)),
-            );
-            d.evidence.insert(
-                "bytes_in_flight".into(),
-                json!(wrapping_gap(snap.snd_nxt, snap.snd_una)),
-            );
-        }
-        if let Some(idle) = self.idle_seconds(snap) {
-            d.evidence.insert(
-                "idle_seconds".into(),
-                json!((idle * 1000.0).round() / 1000.0),
-            );
-        }
-        if cause == Cause::KeepaliveTimeout {
-            // Namespace defaults; a socket may override them with TCP_KEEPIDLE/INTVL/CNT.
-            let mut ka = serde_json::Map::new();
-            for (key, sysctl) in [
-                ("time_seconds", "net.ipv4.tcp_keepalive_time"),
-                ("interval_seconds", "net.ipv4.tcp_keepalive_intvl"),
-                ("probes", "net.ipv4.tcp_keepalive_probes"),
-            ] {
-                ka.insert(
-                    key.into(),
-                    json!(self
-                        .host
-                        .sysctl(d.netns, sysctl)
-                        .and_then(|v| v.parse::<u64>().ok())),
-                );
-            }
-            d.evidence
-                .insert("keepalive_defaults".into(), Value::Object(ka));
-        }
-        if cause == Cause::AbortByApplication {
-            d.evidence.insert(
-                "linger".into(),
-                json!(if flags & RST_LINGER_ZERO != 0 {
-                    "on, 0 s (close aborts)"
-                } else {
-                    "off"
-                }),
-            );
-            if !d.evidence.contains_key("trigger") {
-                d.evidence.insert(
-                    "trigger".into(),
-                    json!(if flags & RST_LINGER_ZERO != 0 {
-                        "close() with SO_LINGER {1, 0}"
-                    } else {
-                        "disconnect or shutdown by the application"
-                    }),
-                );
-            }
-        }
-    }
-
-    fn on_reset_received(&mut self, r: &ResetReceivedRecord) -> Vec<Diagnosis> {
-        let now = r.header.ktime_ns;
-        let netns = r.header.netns;
-        let endpoints = Endpoints::try_from(&r.tuple).ok();
-        let cause = classify_received_reset(r.state);
-        let mut d = Diagnosis::new(
-            self.clock.wall(now),
-            "rst_trace.reset_received",
-            cause,
-            Direction::Received,
-            Origin::Peer,
-            netns,
-        );
-        d.endpoints = endpoints;
-        d.tcp_state = Some(r.state);
-        self.attach_conn_owner(&mut d, &r.owner, r.sock_inode, endpoints, now);
-        if cause == Cause::ResetByPeer {
-            self.conn_evidence(&mut d, cause, &r.snap, 0);
-        }
-        d.evidence
-            .insert("sock_cookie".into(), json!(r.sock_cookie));
-        let af = AdviceFacts {
-            port: endpoints.map(|e| e.remote.port),
-            idle_s: self.idle_seconds(&r.snap),
-            ..Default::default()
-        };
-        d.advice = advice(cause, &af);
-        if let Some(e) = endpoints {
-            d.related = self.sent_counterpart(&e);
-        }
-        let refused_by_firewall = d.related.as_ref().and_then(|r| r["cause"].as_str())
-            == Some(Cause::FirewallReject.as_str());
-        if cause == Cause::ConnectionRefused && refused_by_firewall {
-            d.advice = FIREWALL_REFUSAL.to_owned();
-        }
-        if let (None, Some(e)) = (&d.related, endpoints) {
-            if self.pending_received.len() < MAX_RECENT_SENT {
-                *self.pending_by_tuple.entry(e).or_insert(0) += 1;
-                self.pending_received.push_back((monotonic_ns(), d));
-                return Vec::new();
-            }
-        }
-        vec![d]
-    }
-
-    fn on_skb_drop(&mut self, r: &SkbDropRecord) -> Vec<Diagnosis> {
-        let now = r.header.ktime_ns;
-        let netns = r.header.netns;
-        let Some(reason) = self
-            .drop_reasons
-            .name(u64::from(r.reason))
-            .map(str::to_owned)
-        else {
-            return Vec::new();
-        };
-        let Some(cause) = classify_drop(&reason) else {
-            return Vec::new();
-        };
-        let endpoints = Endpoints::try_from(&r.tuple).ok();
-        if cause == Cause::FirewallDrop {
-            if let Some(d) =
-                endpoints.and_then(|e| self.match_foreign_reset(netns, e, now, r, &reason))
-            {
-                return vec![d];
-            }
-        }
+    /// A segment freed with one of the watched drop reasons.
+    fn on_skb_drop(&mut self, r: &SkbDropRecord) -> Option<Diagnosis> {
+        let reason = self.drop_reasons.name(u64::from(r.reason))?.to_owned();
+        let cause = classify_drop(&reason)?;
         let origin = if cause == Cause::FirewallDrop {
             Origin::Netfilter
         } else {
             Origin::TcpStack
         };
         let mut d = Diagnosis::new(
-            self.clock.wall(now),
+            self.ctx.wall(r.header.ktime_ns),
             "rst_trace.segment_dropped",
             cause,
             Direction::Dropped,
             origin,
-            netns,
+            r.header.netns,
         );
         d.reason = Some(reason.clone());
-        d.endpoints = endpoints;
-        d.evidence.insert("kernel_reason".into(), json!(reason));
-        d.evidence
-            .insert("tcp_flags".into(), json!(tcp_flags(r.tcp_flags)));
-        d.evidence.insert(
-            "segment_direction".into(),
-            json!(if r.flags & SKB_OUTBOUND != 0 {
-                "outbound"
-            } else {
-                "inbound"
-            }),
+        d.endpoints = Endpoints::try_from(&r.tuple).ok();
+        if cause == Cause::FirewallDrop {
+            return Some(firewall::on_skb_drop(
+                &mut self.ctx,
+                &mut self.rejects,
+                d,
+                r,
+                &reason,
+            ));
+        }
+        listen_queue::on_skb_drop(
+            &mut self.ctx,
+            &mut self.listen_drops,
+            &self.fd_incidents,
+            &mut d,
+            r,
+            &reason,
         );
-        let mut af = AdviceFacts {
-            port: endpoints.map(|e| e.local.port),
-            ..Default::default()
-        };
-        if let Some(e) = endpoints {
-            match cause {
-                Cause::AcceptQueueOverflow => {
-                    *self
-                        .ack_time_drops
-                        .entry((netns, e.local.port))
-                        .or_insert(0) += 1;
-                    d.tcp_state = Some(TCP_LISTEN);
-                    d.evidence.insert("stage".into(), json!("ack"));
-                    if reason == "NO_SOCKET" {
-                        d.evidence.insert("syncookie_handshake".into(), json!(true));
-                    }
-                    // The receiving socket is the listener itself: in an SO_REUSEPORT group it
-                    // says which member overflowed.
-                    let l = self.table.listener_by_sk(r.rx_sk).cloned().or_else(|| {
-                        let listeners = self.table.listeners(netns, e.local.port).to_vec();
-                        self.listener_owner(&listeners, &e.local).2
-                    });
-                    if let Some(l) = l {
-                        self.attach_listener(&mut d, &l, &mut af);
-                    }
-                    if let Some(v) = self.host.sysctl(netns, "net.ipv4.tcp_abort_on_overflow") {
-                        d.evidence
-                            .insert("tcp_abort_on_overflow".into(), json!(v.parse::<u32>().ok()));
-                    }
-                    d.related = self.related_fd_incident(netns, e.local.port, now);
-                    af.fd_exhaustion_related = d.related.is_some();
-                }
-                _ => {
-                    if let Some(o) = self.kernel_owner(&r.owner) {
-                        d.owner = Some(o);
-                    } else {
-                        let listeners = self.table.listeners(netns, e.local.port).to_vec();
-                        let (owner, others, _) = self.listener_owner(&listeners, &e.local);
-                        d.owner = owner;
-                        d.other_owners = others;
-                    }
-                }
-            }
-        }
-        d.advice = advice(cause, &af);
-        vec![d]
-    }
-
-    /// A listener drop seen on the drop path itself (fentry/kprobe tiers).
-    fn on_listen_drop(&mut self, r: &ListenDropRecord) -> Vec<Diagnosis> {
-        let now = r.header.ktime_ns;
-        let netns = r.header.netns;
-        let Ok(e) = Endpoints::try_from(&r.tuple) else {
-            return Vec::new();
-        };
-        let (cause, stage, via) = match r.stage {
-            LISTEN_DROP_SYN_ACCEPT_FULL => (Cause::AcceptQueueOverflow, "syn", "tcp_conn_request"),
-            LISTEN_DROP_ACK_ACCEPT_FULL => {
-                (Cause::AcceptQueueOverflow, "ack", "tcp_v*_syn_recv_sock")
-            }
-            LISTEN_DROP_SYN_QUEUE_FULL => (Cause::SynQueueOverflow, "syn", "tcp_conn_request"),
-            _ => return Vec::new(),
-        };
-        let key = (netns, e.local.port);
-        if cause == Cause::SynQueueOverflow {
-            *self.synq_per_packet.entry(key).or_insert(0) += 1;
-        } else {
-            *self.ack_time_drops.entry(key).or_insert(0) += 1;
-        }
-        let mut d = Diagnosis::new(
-            self.clock.wall(now),
-            "rst_trace.listen_drop",
-            cause,
-            Direction::Dropped,
-            Origin::TcpStack,
-            netns,
-        );
-        d.endpoints = Some(e);
-        d.tcp_state = Some(TCP_LISTEN);
-        let mut af = AdviceFacts {
-            port: Some(e.local.port),
-            queue: Some((r.ack_backlog, r.max_ack_backlog)),
-            ..Default::default()
-        };
-        let l = self.table.listener_by_sk(r.skaddr).cloned().or_else(|| {
-            let listeners = self.table.listeners(netns, e.local.port).to_vec();
-            self.listener_owner(&listeners, &e.local).2
-        });
-        if let Some(l) = l {
-            self.attach_listener(&mut d, &l, &mut af);
-        }
-        d.evidence.insert("stage".into(), json!(stage));
-        d.evidence
-            .insert("observed_by".into(), json!(format!("per packet at {via}")));
-        d.evidence.insert(
-            "accept_queue".into(),
-            json!({"length": r.ack_backlog, "cap": r.max_ack_backlog}),
-        );
-        d.evidence
-            .insert("syn_queue_length".into(), json!(r.syn_qlen));
-        if cause == Cause::SynQueueOverflow {
-            let cookies = self
-                .host
-                .sysctl(netns, "net.ipv4.tcp_syncookies")
-                .and_then(|v| v.parse::<u32>().ok());
-            d.evidence.insert("tcp_syncookies".into(), json!(cookies));
-            d.evidence.insert(
-                "outcome".into(),
-                json!(if cookies.unwrap_or(1) == 0 {
-                    "dropped"
-                } else {
-                    "syn cookie sent"
-                }),
-            );
-        } else {
-            d.related = self.related_fd_incident(netns, e.local.port, now);
-            af.fd_exhaustion_related = d.related.is_some();
-        }
-        d.advice = advice(cause, &af);
-        vec![d]
+        Some(d)
     }
 
     /// SYN-queue overflows reported per packet in `netns` since the last call.
     pub fn take_synq_per_packet(&mut self, netns: u32) -> u64 {
-        let keys: Vec<(u32, u16)> = self
-            .synq_per_packet
-            .keys()
-            .filter(|(n, _)| *n == netns)
-            .copied()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.synq_per_packet.remove(&k))
-            .sum()
+        self.listen_drops.take_syn_queue(netns)
     }
 
     /// ACK-time drops reported per packet in `netns` since the last call, by port.
     pub fn take_ack_time_drops(&mut self, netns: u32) -> HashMap<u16, u64> {
-        let keys: Vec<(u32, u16)> = self
-            .ack_time_drops
-            .keys()
-            .filter(|(n, _)| *n == netns)
-            .copied()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.ack_time_drops.remove(&k).map(|v| (k.1, v)))
-            .collect()
+        self.listen_drops.take_ack_time(netns)
     }
 
     /// Explains drops found by polling a namespace's listeners and counters.
@@ -1274,254 +322,20 @@ impl<H: HostInfo> Pipeline<H> {
         snap: &NetnsSnapshot,
         interval_s: f64,
     ) -> Diagnosis {
-        let now = monotonic_ns();
-        let event = if f.cause == Cause::SynQueueOverflow {
-            "rst_trace.syn_queue_overflow"
-        } else {
-            "rst_trace.listen_drops"
-        };
-        let mut d = Diagnosis::new(
-            self.clock.wall(now),
-            event,
-            f.cause,
-            Direction::Dropped,
-            Origin::TcpStack,
+        listen_queue::explain_finding(
+            &mut self.ctx,
+            &self.fd_incidents,
             netns,
-        );
-        d.count = f.count;
-        d.tcp_state = Some(TCP_LISTEN);
-        if let Some(addr) = f.addr {
-            d.endpoints = Some(Endpoints {
-                local: Endpoint { addr, port: f.port },
-                remote: Endpoint {
-                    addr: unspecified(addr),
-                    port: 0,
-                },
-            });
-        }
-        let sysctl = |n: &str| snap.sysctls.get(n).cloned();
-        let num = |n: &str| sysctl(n).and_then(|v| v.parse::<u32>().ok());
-        let mut af = AdviceFacts {
-            port: Some(f.port),
-            dropped: Some(f.count),
-            interval_s: Some(interval_s),
-            queue: f.queue,
-            ..Default::default()
-        };
-        let listeners = self.table.listeners(netns, f.port).to_vec();
-        let known = listeners
-            .iter()
-            .find(|l| f.inode.is_some() && l.inode == f.inode)
-            .or_else(|| listeners.iter().find(|l| Some(l.addr) == f.addr))
-            .or_else(|| listeners.first())
-            .cloned();
-        if let Some(l) = &known {
-            self.attach_listener(&mut d, l, &mut af);
-        }
-        af.somaxconn = num("net.core.somaxconn");
-        let ev = &mut d.evidence;
-        ev.insert(
-            "interval_seconds".into(),
-            json!((interval_s * 1000.0).round() / 1000.0),
-        );
-        ev.insert("observed_by".into(), json!("polling: sock_diag drop counters and TcpExt MIB (no per-packet hook for this drop on this kernel)"));
-        ev.insert(
-            "accept_queue".into(),
-            json!(f.queue.map(|(q, c)| json!({"length": q, "cap": c}))),
-        );
-        ev.insert("somaxconn".into(), json!(af.somaxconn));
-        match f.cause {
-            Cause::SynQueueOverflow => {
-                ev.insert("syn_queue_length".into(), json!(f.syn_queue));
-                ev.insert("syn_cookies_sent".into(), json!(f.cookies));
-                ev.insert("syns_dropped".into(), json!(f.count - f.cookies));
-                ev.insert(
-                    "tcp_max_syn_backlog".into(),
-                    json!(num("net.ipv4.tcp_max_syn_backlog")),
-                );
-                ev.insert(
-                    "tcp_syncookies".into(),
-                    json!(num("net.ipv4.tcp_syncookies")),
-                );
-                ev.insert(
-                    "top_sources".into(),
-                    json!(f
-                        .top_sources
-                        .iter()
-                        .map(|(a, n)| json!({"address": a.to_string(), "syn_recv": n}))
-                        .collect::<Vec<_>>()),
-                );
-                let total: usize = f.top_sources.iter().map(|(_, n)| n).sum();
-                let top = f.top_sources.first().map_or(0, |(_, n)| *n);
-                let shape = if total == 0 {
-                    "unknown"
-                } else if top * 2 >= total {
-                    "flood from few sources"
-                } else {
-                    "burst from many sources"
-                };
-                ev.insert("pattern".into(), json!(shape));
-            }
-            _ => {
-                ev.insert("stage".into(), json!("syn"));
-                ev.insert(
-                    "tcp_abort_on_overflow".into(),
-                    json!(num("net.ipv4.tcp_abort_on_overflow")),
-                );
-                d.related = self.related_fd_incident(netns, f.port, now);
-                af.fd_exhaustion_related = d.related.is_some();
-            }
-        }
-        d.advice = advice(f.cause, &af);
-        d
+            f,
+            snap,
+            interval_s,
+        )
     }
 
     /// A listener whose accept queue is at least 80 % full: a warning before drops start.
     pub fn explain_saturation(&mut self, netns: u32, s: &Saturation) -> Diagnosis {
-        let now = monotonic_ns();
-        let mut d = Diagnosis::new(
-            self.clock.wall(now),
-            "rst_trace.listener_saturated",
-            Cause::AcceptQueueOverflow,
-            Direction::None,
-            Origin::TcpStack,
-            netns,
-        );
-        d.count = 0;
-        d.endpoints = Some(Endpoints {
-            local: Endpoint {
-                addr: s.addr,
-                port: s.port,
-            },
-            remote: Endpoint {
-                addr: unspecified(s.addr),
-                port: 0,
-            },
-        });
-        d.tcp_state = Some(TCP_LISTEN);
-        let mut af = AdviceFacts {
-            port: Some(s.port),
-            queue: Some((s.queue, s.cap)),
-            ..Default::default()
-        };
-        if let Some(l) = self.table.listeners(netns, s.port).first().cloned() {
-            self.attach_listener(&mut d, &l, &mut af);
-        }
-        d.evidence.insert(
-            "accept_queue".into(),
-            json!({"length": s.queue, "cap": s.cap}),
-        );
-        d.evidence.insert(
-            "warning".into(),
-            json!("accept queue at or above 80% of its cap: drops are imminent"),
-        );
-        d.advice = format!(
-            "The accept queue of :{} is {}/{} full. {}",
-            s.port,
-            s.queue,
-            s.cap,
-            advice(Cause::AcceptQueueOverflow, &af)
-        );
-        d
+        listen_queue::explain_saturation(&mut self.ctx, netns, s)
     }
-
-    fn on_connect(&mut self, r: &ConnectRecord) -> Vec<Diagnosis> {
-        if -r.ret != EADDRNOTAVAIL {
-            return Vec::new();
-        }
-        let now = r.header.ktime_ns;
-        let netns = r.header.netns;
-        let task = Task::from(&r.task);
-        let owner = self.owner(&task, Learned::Syscall);
-        let mut d = Diagnosis::new(
-            self.clock.wall(now),
-            "rst_trace.connect_failed",
-            Cause::EphemeralPortExhaustion,
-            Direction::None,
-            Origin::Syscall,
-            netns,
-        );
-        d.endpoints = Endpoints::try_from(&r.tuple).ok();
-        d.reason = Some(Errno::Eaddrnotavail.name().into());
-        let range = self.host.sysctl(netns, "net.ipv4.ip_local_port_range");
-        d.evidence
-            .insert("ip_local_port_range".into(), json!(range));
-        if let Some(dst) = d.endpoints.map(|e| e.remote) {
-            // Rate-limited: under exhaustion connect() fails in a tight loop.
-            let key = (netns, dst);
-            let fresh = self
-                .port_census
-                .get(&key)
-                .is_some_and(|(t, _)| now.saturating_sub(*t) < 1_000_000_000);
-            if !fresh {
-                if self.port_census.len() >= MAX_PORT_CENSUS {
-                    self.port_census.clear();
-                }
-                let census = self.host.sockets_to(netns, dst.addr, dst.port);
-                self.port_census.insert(key, (now, census));
-            }
-            if let Some((_, Some(census))) = self.port_census.get(&key) {
-                d.evidence
-                    .insert("sockets_to_destination".into(), json!(census));
-            }
-        }
-        if let Some(r) = range.as_deref() {
-            let v: Vec<u32> = r
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if let [lo, hi] = v[..] {
-                d.evidence
-                    .insert("ephemeral_ports".into(), json!(hi.saturating_sub(lo) + 1));
-            }
-        }
-        d.owner = Some(owner);
-        d.advice = advice(
-            Cause::EphemeralPortExhaustion,
-            &AdviceFacts {
-                port_range: range,
-                ..Default::default()
-            },
-        );
-        vec![d]
-    }
-}
-
-fn unspecified(like: std::net::IpAddr) -> std::net::IpAddr {
-    if like.is_ipv4() {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    }
-}
-
-fn secs(ns: u64) -> f64 {
-    (ns as f64 / 1e6).round() / 1000.0
-}
-
-fn limit_json(v: u64) -> Value {
-    if v == u64::MAX {
-        json!("unlimited")
-    } else {
-        json!(v)
-    }
-}
-
-fn tcp_flags(b: u8) -> String {
-    const NAMES: [(u8, &str); 6] = [
-        (0x02, "SYN"),
-        (0x10, "ACK"),
-        (0x04, "RST"),
-        (0x01, "FIN"),
-        (0x08, "PSH"),
-        (0x20, "URG"),
-    ];
-    NAMES
-        .iter()
-        .filter(|(bit, _)| b & bit != 0)
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join("|")
 }
 
 #[cfg(test)]
@@ -1530,12 +344,24 @@ mod tests {
     use std::collections::BTreeMap;
 
     use rst_trace_common::{
-        RecordKind, Tuple, OWNER_ACCEPT, OWNER_CLOSED, RECORD_VERSION, STATE_TASK_VALID,
+        tcp::TCP_CLOSE,
+        AcceptRecord, ListenDropRecord, OwnerInfo, RecordKind, ResetReceivedRecord, Tuple,
+        LISTEN_DROP_ACK_ACCEPT_FULL, OWNER_ACCEPT, OWNER_CLOSED, RECORD_VERSION,
     };
+    use serde_json::{json, Value};
 
     use super::*;
-    use crate::host::Acceptor;
-    use rst_trace_common::tcp::TCP_CLOSE;
+    use crate::{
+        clock::{FakeClock, WallClock as Clock},
+        correlate::fd_incidents::FD_INCIDENT_WINDOW_NS,
+        host::Acceptor,
+    };
+
+    /// The evidence as it is written out.
+    fn ev(d: &Diagnosis) -> Value {
+        d.to_json()["evidence"].clone()
+    }
+    use std::time::SystemTime;
 
     /// A host where pid 200 exec'd into "server" and pid 300 is "worker-b"; other pids are gone.
     #[derive(Default)]
@@ -1602,7 +428,11 @@ mod tests {
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
         )
+        .with_clock(FakeClock::at(NOW))
     }
+
+    /// Monotonic time the fake clock starts at.
+    const NOW: u64 = 1_000_000_000;
 
     fn header(kind: RecordKind, t: u64) -> rst_trace_common::RecordHeader {
         rst_trace_common::RecordHeader {
@@ -1684,8 +514,8 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].cause, Cause::NoListener);
         assert!(d[0].owner.is_none(), "no_listener has no owner");
-        assert_eq!(d[0].evidence["last_listener"]["process"]["pid"], 4242);
-        assert_eq!(d[0].evidence["last_listener"]["closed_seconds_ago"], 1.25);
+        assert_eq!(ev(&d[0])["last_listener"]["process"]["pid"], 4242);
+        assert_eq!(ev(&d[0])["last_listener"]["closed_seconds_ago"], 1.25);
         assert!(
             d[0].advice.contains("myapp") && d[0].advice.contains("1.2 s ago"),
             "{}",
@@ -1705,7 +535,7 @@ mod tests {
         };
         rec.tuple.local_addr[..4].copy_from_slice(&[10, 0, 0, 5]);
         let d = p.handle(&Record::ResetSent(rec));
-        assert_eq!(d[0].evidence["listening_elsewhere"][0], "127.0.0.1:8080");
+        assert_eq!(ev(&d[0])["listening_elsewhere"][0], "127.0.0.1:8080");
     }
 
     fn kernel_owner(pid: u32, comm: &[u8], how: u32) -> OwnerInfo {
@@ -1752,7 +582,7 @@ mod tests {
             (200, "server", Learned::Accept)
         );
         assert!(o.learned_at.is_some());
-        assert_eq!(d[0].evidence["connection_age_seconds"], 0.0);
+        assert_eq!(ev(&d[0])["connection_age_seconds"], 0.0);
     }
 
     #[test]
@@ -1784,8 +614,8 @@ mod tests {
             ..Default::default()
         }));
         assert!(d[0].owner.is_none(), "{:?}", d[0].owner);
-        assert_eq!(d[0].evidence["last_owner"]["process"]["pid"], 200);
-        assert_eq!(d[0].evidence["last_owner"]["closed_seconds_ago"], 2.5);
+        assert_eq!(ev(&d[0])["last_owner"]["process"]["pid"], 200);
+        assert_eq!(ev(&d[0])["last_owner"]["closed_seconds_ago"], 2.5);
     }
 
     #[test]
@@ -1820,13 +650,14 @@ mod tests {
                     Acceptor {
                         pid: 300,
                         comm: "worker-b".into(),
-                        last_ns: monotonic_ns(),
+                        last_ns: NOW,
                     },
                 )],
             },
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
-        );
+        )
+        .with_clock(FakeClock::at(NOW));
         listen(&mut p, 0xa, 80, 100, 0);
         listen(&mut p, 0xb, 80, 300, 0);
         let d = p.handle(&Record::SkbDrop(SkbDropRecord {
@@ -1844,13 +675,14 @@ mod tests {
             "the stalled member's holder"
         );
         assert!(d[0].other_owners.is_empty(), "{:?}", d[0].other_owners);
-        assert_eq!(d[0].evidence["accepting_processes"], json!([]));
-        assert_eq!(d[0].evidence["listener_group"]["sockets_on_port"], 2);
+        assert_eq!(ev(&d[0])["accepting_processes"], json!([]));
+        assert_eq!(ev(&d[0])["listener_group"]["sockets_on_port"], 2);
     }
 
     #[test]
     fn a_received_rst_is_linked_to_the_local_rst_even_when_it_arrives_first() {
-        let mut p = pipeline();
+        let clock = FakeClock::at(NOW);
+        let mut p = pipeline().with_clock(clock.clone());
         let recv = ResetReceivedRecord {
             header: header(RecordKind::ResetReceived, 5),
             tuple: tuple(50000, 80),
@@ -1871,11 +703,13 @@ mod tests {
             flags: rst_trace_common::RST_HAS_SOCK,
             ..Default::default()
         }));
-        let released = p.release_received(true);
+        assert!(p.release_received(false).is_empty(), "the hold is not over");
+        clock.set(NOW + crate::correlate::RECEIVED_HOLD_NS);
+        let released = p.release_received(false);
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].cause, Cause::ResetByPeer);
         assert_eq!(
-            released[0].related.as_ref().map(|r| r["cause"].clone()),
+            released[0].to_json()["related"].get("cause").cloned(),
             Some(json!("abort_by_application"))
         );
     }
@@ -1895,15 +729,32 @@ mod tests {
         let d = p.handle(&Record::Accept(acc));
         assert_eq!(d[0].cause, Cause::FdExhaustion);
         assert_eq!(d[0].owner.as_ref().map(|o| o.pid), Some(100));
-        assert_eq!(d[0].evidence["rlimit_nofile"]["soft"], 8);
-        let related = p.related_fd_incident(NS, 80, 20).expect("incident");
-        assert_eq!(related["cause"], "fd_exhaustion");
-        assert!(p.related_fd_incident(NS, 81, 20).is_none(), "another port");
-        assert!(
-            p.related_fd_incident(NS, 80, 10 + FD_INCIDENT_WINDOW_NS + 1)
-                .is_none(),
-            "expired"
+        assert_eq!(ev(&d[0])["rlimit_nofile"]["soft"], 8);
+        let overflow = |p: &mut Pipeline<FakeHost>, port: u16, t: u64| {
+            p.handle(&Record::ListenDrop(ListenDropRecord {
+                header: header(RecordKind::ListenDrop, t),
+                tuple: tuple(port, 50000),
+                skaddr: 0xa,
+                stage: LISTEN_DROP_ACK_ACCEPT_FULL,
+                ..Default::default()
+            }))
+            .remove(0)
+            .to_json()
+        };
+        let o = overflow(&mut p, 80, 20);
+        assert_eq!(o["cause"], "accept_queue_overflow");
+        assert_eq!(o["related"]["cause"], "fd_exhaustion");
+        assert_eq!(o["related"]["accept_failures"], 1);
+        assert!(o["advice"]
+            .as_str()
+            .is_some_and(|a| a.contains("RLIMIT_NOFILE")));
+        assert_eq!(
+            overflow(&mut p, 81, 20)["related"],
+            Value::Null,
+            "another port"
         );
+        let late = overflow(&mut p, 80, 10 + FD_INCIDENT_WINDOW_NS + 1);
+        assert_eq!(late["related"], Value::Null, "expired");
     }
 
     fn foreign_rst(lport: u16, rport: u16, t: u64) -> Record {
@@ -1924,9 +775,8 @@ mod tests {
         assert_eq!(out[0].cause, Cause::FirewallReject);
         assert_eq!(out[0].owner.as_ref().map(|o| o.pid), Some(4242));
         // The client's refusal arriving right after links to it.
-        assert!(p
-            .sent_counterpart(&Endpoints::try_from(&tuple(50000, 8443)).unwrap())
-            .is_some());
+        let client = Endpoints::try_from(&tuple(50000, 8443)).expect("tuple");
+        assert!(p.rst_link.counterpart(NOW, client).is_some());
     }
 
     #[test]
@@ -1937,7 +787,8 @@ mod tests {
             FakeHost::default(),
             Clock::fixed(SystemTime::UNIX_EPOCH),
             250,
-        );
+        )
+        .with_clock(FakeClock::at(NOW));
         assert!(p.handle(&foreign_rst(8443, 50000, 2)).is_empty());
     }
 }

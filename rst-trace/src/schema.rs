@@ -24,6 +24,20 @@ pub fn host_name() -> &'static str {
     })
 }
 
+/// `host` of every line.
+pub fn host() -> rst_trace_common::event::Host {
+    rst_trace_common::event::Host {
+        name: host_name().into(),
+    }
+}
+
+/// `rst_trace` of every line.
+pub fn line_meta() -> rst_trace_common::event::LineMeta {
+    rst_trace_common::event::LineMeta {
+        schema_version: SCHEMA_VERSION.into(),
+    }
+}
+
 /// Adds `host.name` and `rst_trace.schema_version` to a JSON object, keeping whatever the line
 /// already has under `host` and `rst_trace`. Non-objects are left alone.
 pub fn stamp(v: &mut Value) {

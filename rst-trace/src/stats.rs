@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use rst_trace_common::{CounterFamily, Errno, RecordKind, TcpState, COUNTER_SLOTS, SLOT_NO_REASON};
-use serde_json::{json, Map, Value};
+use rst_trace_common::event::{Counts, KernelCounts, Lookups, OwnerTableCounts};
 
 use crate::{
     attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset},
@@ -44,16 +44,19 @@ impl KernelCounters {
 
     /// The kernel's ownership tables: what was stored, what did not fit, how often an event
     /// found its socket's owner.
-    pub fn owner_tables(&self) -> serde_json::Value {
+    pub fn owner_tables(&self) -> OwnerTableCounts {
         let t = self.owner_table_counts();
-        serde_json::json!({
-            "capacity": t.capacity,
-            "stored": t.stored,
-            "full": t.full,
-            "timewait_capacity": t.timewait_capacity,
-            "timewait_stored": t.timewait_stored,
-            "lookups": {"found": t.lookups_found, "not_found": t.lookups_not_found},
-        })
+        OwnerTableCounts {
+            capacity: t.capacity,
+            stored: t.stored,
+            full: t.full,
+            timewait_capacity: t.timewait_capacity,
+            timewait_stored: t.timewait_stored,
+            lookups: Lookups {
+                found: t.lookups_found,
+                not_found: t.lookups_not_found,
+            },
+        }
     }
 
     /// The same figures typed, for the metrics endpoint.
@@ -203,7 +206,12 @@ pub fn merged_causes(
     out
 }
 
-pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]) -> Value {
+/// The kernel programs' counters, by family and name (`kernel` of the stats line).
+pub fn kernel_counts(
+    k: &KernelCounters,
+    rst: &ReasonNames,
+    watched_drops: &[&str],
+) -> KernelCounts {
     let reason = |slot: u32| {
         if slot == SLOT_NO_REASON {
             "NONE".to_owned()
@@ -212,12 +220,8 @@ pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]
                 .map_or_else(|| format!("REASON_{slot}"), str::to_owned)
         }
     };
-    let fam = |f: CounterFamily, name: &dyn Fn(u32) -> String| -> Value {
-        Value::Object(
-            k.family(f)
-                .map(|(s, v)| (name(s), json!(v)))
-                .collect::<Map<_, _>>(),
-        )
+    let fam = |f: CounterFamily, name: &dyn Fn(u32) -> String| -> Counts {
+        k.family(f).map(|(s, v)| (name(s), v)).collect()
     };
     let errno = |e: u32| match (e, Errno::try_from(e)) {
         (0, _) => "OK".to_owned(),
@@ -230,16 +234,25 @@ pub fn kernel_json(k: &KernelCounters, rst: &ReasonNames, watched_drops: &[&str]
             .and_then(RecordKind::from_u16)
             .map_or_else(|| format!("KIND_{k}"), |k| format!("{k:?}"))
     };
-    json!({
-        "resets_sent": fam(CounterFamily::ResetSent, &reason),
-        "resets_sent_linger_zero": fam(CounterFamily::ResetSentLingerZero, &reason),
-        "resets_received": fam(CounterFamily::ResetReceived, &|s| TcpState::name_of(s).to_owned()),
-        "drops": fam(CounterFamily::SkbDrop, &|s| watched_drops.get(s as usize).map_or_else(|| format!("SLOT_{s}"), |r| (*r).to_owned())),
-        "accept": fam(CounterFamily::Accept, &errno),
-        "connect_errors": fam(CounterFamily::Connect, &errno),
-        "lost_records": fam(CounterFamily::Lost, &kind),
-        "foreign_resets": k.family(CounterFamily::ForeignReset).map(|(_, v)| v).sum::<u64>(),
-    })
+    KernelCounts {
+        resets_sent: fam(CounterFamily::ResetSent, &reason),
+        resets_sent_linger_zero: fam(CounterFamily::ResetSentLingerZero, &reason),
+        resets_received: fam(CounterFamily::ResetReceived, &|s| {
+            TcpState::name_of(s).to_owned()
+        }),
+        drops: fam(CounterFamily::SkbDrop, &|s| {
+            watched_drops
+                .get(s as usize)
+                .map_or_else(|| format!("SLOT_{s}"), |r| (*r).to_owned())
+        }),
+        accept: fam(CounterFamily::Accept, &errno),
+        connect_errors: fam(CounterFamily::Connect, &errno),
+        lost_records: fam(CounterFamily::Lost, &kind),
+        foreign_resets: k
+            .family(CounterFamily::ForeignReset)
+            .map(|(_, v)| v)
+            .sum::<u64>(),
+    }
 }
 
 #[cfg(test)]
@@ -285,7 +298,7 @@ mod tests {
         assert_eq!(c.get(&Cause::FdExhaustion), Some(&7));
         assert_eq!(c.get(&Cause::ProtocolViolation), None);
         assert_eq!(k.lost(), 4);
-        let j = kernel_json(&k, &names, &[]);
+        let j = serde_json::to_value(kernel_counts(&k, &names, &[])).expect("json");
         assert_eq!(j["resets_sent"]["NO_SOCKET"], 5);
         assert_eq!(j["accept"]["EMFILE"], 7);
         assert_eq!(j["lost_records"]["ResetSent"], 4);

@@ -2,7 +2,7 @@
 //! port each second. Counts are never lost: the summary carries how many it stands for.
 use std::collections::HashMap;
 
-use serde_json::json;
+use rst_trace_common::event::Sampled;
 
 use crate::{cause::Cause, diagnosis::Diagnosis, owner::Learned};
 
@@ -53,7 +53,10 @@ impl Limiter {
         self.folded
             .drain()
             .map(|(_, mut d)| {
-                d.evidence.insert("sampled".into(), json!({"note": "storm: one summary stands for this many events", "events": d.count}));
+                d.evidence.set_sampled(Sampled {
+                    note: "storm: one summary stands for this many events".into(),
+                    events: d.count,
+                });
                 d
             })
             .collect()

@@ -70,6 +70,8 @@ impl Stopped {
 enum Line {
     Json(Value),
     Bad(String),
+    /// JSON that the schema or the types reject, and why.
+    Invalid(Value, String),
 }
 
 pub struct Agent {
@@ -137,7 +139,10 @@ impl Agent {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let msg = match serde_json::from_str::<Value>(&line) {
-                    Ok(v) if v.is_object() => Line::Json(v),
+                    Ok(v) if v.is_object() => match event::check(&v) {
+                        Ok(_) => Line::Json(v),
+                        Err(e) => Line::Invalid(v, e),
+                    },
                     _ => Line::Bad(line),
                 };
                 if tx.send(msg).is_err() {
@@ -227,6 +232,11 @@ impl Agent {
             match self.rx.recv_timeout(left) {
                 Ok(Line::Json(v)) => self.history.push(v),
                 Ok(Line::Bad(l)) => self.bad_lines.push(l),
+                // Kept for the scenario, and failed at stop like a non-JSON line.
+                Ok(Line::Invalid(v, e)) => {
+                    self.bad_lines.push(format!("{e}: {v}"));
+                    self.history.push(v);
+                }
                 Err(RecvTimeoutError::Timeout) => return,
                 Err(RecvTimeoutError::Disconnected) => self.stdout_eof = true,
             }
@@ -390,7 +400,7 @@ impl Agent {
         );
         assert!(
             self.bad_lines.is_empty(),
-            "agent printed non-JSON lines on stdout: {:?}",
+            "agent printed lines that are not JSON or not of the schema (docs/events.schema.json) on stdout: {:?}",
             self.bad_lines
         );
         let final_stats = self

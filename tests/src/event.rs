@@ -1,7 +1,53 @@
 //! Accessors for the agent's JSON lines (docs/agent-interface.md). Paths are written with dots,
 //! as in the document ("network.local.port"); the JSON itself is nested.
+//!
+//! Every line the harness reads is checked with [`check`]: against docs/events.schema.json
+//! (generated from the types) and by reading it into the agent's own types
+//! (`rst_trace_common::event`), where a cause's evidence must be its family's type.
 
+use std::sync::OnceLock;
+
+use rst_trace_common::event::{CauseEvent, Line};
 use serde_json::Value;
+
+/// The committed schema of every line the agent writes.
+const EVENTS_SCHEMA: &str = include_str!("../../docs/events.schema.json");
+
+fn validator() -> Result<&'static jsonschema::Validator, String> {
+    static V: OnceLock<Result<jsonschema::Validator, String>> = OnceLock::new();
+    V.get_or_init(|| {
+        let schema: Value = serde_json::from_str(EVENTS_SCHEMA)
+            .map_err(|e| format!("docs/events.schema.json is not JSON: {e}"))?;
+        jsonschema::validator_for(&schema)
+            .map_err(|e| format!("docs/events.schema.json is not a schema: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Checks one line against the schema and reads it into its type; the error says what is wrong.
+pub fn check(v: &Value) -> Result<Line, String> {
+    let errors: Vec<String> = validator()?
+        .iter_errors(v)
+        .take(5)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if !errors.is_empty() {
+        return Err(format!(
+            "violates docs/events.schema.json: {}",
+            errors.join("; ")
+        ));
+    }
+    Line::from_value(v.clone()).map_err(|e| format!("does not read as its type: {e}"))
+}
+
+/// A cause event as its type (None for other lines or a line that does not read).
+pub fn typed_cause(v: &Value) -> Option<CauseEvent> {
+    if !is_cause_event(v) {
+        return None;
+    }
+    CauseEvent::from_value(v.clone()).ok()
+}
 
 /// The value at a dotted path ("network.local.port"), or None if any step is missing.
 pub fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -156,6 +202,43 @@ pub fn summarize(events: &[Value]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn cause_line(evidence: Value) -> Value {
+        json!({
+            "time":"2026-11-23T23:59:01.123456789Z",
+            "event":{"name":"rst_trace.reset_sent","kind":"cause"},
+            "cause":"no_listener","direction":"sent","origin":"tcp_stack","reason":"NO_SOCKET",
+            "inferred":false,"count":1,
+            "network":{"transport":"tcp","type":"ipv4","netns":4026532001u64,
+                "local":{"address":"127.0.0.1","port":8080},"peer":{"address":"127.0.0.1","port":51234},
+                "community_id":null},
+            "tcp":{"state":"CLOSE"},
+            "owner":null,"evidence":evidence,"advice":"…","related":null,
+            "host":{"name":"h"},"rst_trace":{"schema_version":"1.1"}
+        })
+    }
+
+    #[test]
+    fn lines_are_checked_against_the_schema_and_the_types() {
+        let ok = cause_line(
+            json!({"kernel_reason":"NO_SOCKET","listening_elsewhere":["10.0.0.1:8080"]}),
+        );
+        assert!(matches!(check(&ok), Ok(Line::Cause(_))), "{:?}", check(&ok));
+        assert_eq!(typed_cause(&ok).map(|c| c.count), Some(1));
+        // A key no evidence type has.
+        let unknown = cause_line(json!({"no_such_key": 1}));
+        assert!(check(&unknown).is_err());
+        // A key of another family's evidence (the listen queues') on a no_listener event: the
+        // schema binds each cause to its family's evidence type.
+        let wrong_family = cause_line(json!({"syncookie_handshake": true}));
+        let schema = validator().expect("schema");
+        assert!(!schema.is_valid(&wrong_family), "the schema alone rejects it");
+        assert!(check(&wrong_family).is_err());
+        let mut missing = ok.clone();
+        missing.as_object_mut().map(|o| o.remove("advice"));
+        assert!(check(&missing).is_err());
+        assert!(check(&json!({"event":{"name":"x","kind":"state"}})).is_err());
+    }
 
     #[test]
     fn reads_the_documented_fields() {

@@ -6,28 +6,8 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::{Context as _, Result};
+use rst_trace_common::{cause::Cause, event::CauseEvent};
 use serde_json::Value;
-
-/// Catalogue order, for a stable document.
-const ORDER: [&str; 17] = [
-    "no_listener",
-    "accept_queue_overflow",
-    "syn_queue_overflow",
-    "fd_exhaustion",
-    "ephemeral_port_exhaustion",
-    "connection_refused",
-    "abort_on_close",
-    "abort_by_application",
-    "abort_on_memory",
-    "keepalive_timeout",
-    "abort_on_timeout",
-    "timewait_segment",
-    "protocol_violation",
-    "reset_by_peer",
-    "firewall_reject",
-    "firewall_drop",
-    "unclassified",
-];
 
 pub fn write(logs: &Path, out: &Path) -> Result<usize> {
     let mut picked: BTreeMap<(usize, String), (String, Value)> = BTreeMap::new();
@@ -52,15 +32,17 @@ pub fn write(logs: &Path, out: &Path) -> Result<usize> {
             if v["event"]["kind"] != "cause" {
                 continue;
             }
-            let (Some(cause), Some(name)) = (v["cause"].as_str(), v["event"]["name"].as_str())
-            else {
-                continue;
-            };
-            let rank = ORDER
+            // Read through the agent's own types: an example that no longer matches them
+            // must not reach the documentation.
+            let ev = CauseEvent::from_value(v.clone()).map_err(|e| {
+                anyhow::anyhow!("{}: a cause event the types reject: {e}", file.display())
+            })?;
+            // Catalogue order, for a stable document.
+            let rank = Cause::ALL
                 .iter()
-                .position(|c| *c == cause)
-                .unwrap_or(ORDER.len());
-            let key = (rank, name.to_owned());
+                .position(|c| *c == ev.cause)
+                .unwrap_or(Cause::ALL.len());
+            let key = (rank, ev.event.name.clone());
             // Prefer an example that names an owner and has evidence to show.
             let richer = |old: &Value| v["owner"].is_object() && !old["owner"].is_object();
             match picked.get(&key) {
