@@ -9,8 +9,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use rst_trace_common::{
-    event, names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP,
-    EVENTS_MAP, STATE_TASK_VALID,
+    event, names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN,
+    COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID,
 };
 use tokio::{
     io::unix::AsyncFd,

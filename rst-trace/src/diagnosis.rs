@@ -5,10 +5,10 @@
 //! `container.id`), with dots written as nesting; rst-trace's own fields sit at the top level.
 use std::{fmt::Write as _, sync::Arc, time::SystemTime};
 
-use rst_trace_common::TcpState;
 use rst_trace_common::event::{
     CauseEvent, EventId, EventKind, Evidence, Host, LineMeta, Network, Related, SocketAddress, Tcp,
 };
+use rst_trace_common::TcpState;
 use serde_json::Value;
 
 use crate::{

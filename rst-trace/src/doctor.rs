@@ -1,8 +1,8 @@
 //! `rst-trace doctor`: for every cause, how this kernel lets rst-trace observe it — or why
 //! it cannot. The programs are really loaded and attached, then detached, so the answer is
 //! what `run` will do, not a guess from the kernel version.
-use rst_trace_common::{names::program, WatchedDrop};
 use rst_trace_common::event::{self, Doctor, Observability};
+use rst_trace_common::{names::program, WatchedDrop};
 
 use crate::{
     cause::Cause,

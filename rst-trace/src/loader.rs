@@ -6,11 +6,11 @@ use aya::{
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
+use rst_trace_common::event;
 use rst_trace_common::{
     names::{program, KERNEL_LOG_LEVEL_GLOBAL},
     KernelLayout, LAYOUT_GLOBAL,
 };
-use rst_trace_common::event;
 use serde_json::Value;
 use thiserror::Error;
 

@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 
 use rst_trace_common::{
-    tcp::TCP_LISTEN,
-    ResetSentRecord, SkbDropRecord, SockStateRecord, REASON_NONE, RST_HAS_SOCK, RST_KEEPALIVE_ON,
-    RST_LINGER_ZERO, SNAP_BACKLOG, SNAP_SEQ, STATE_TASK_VALID,
+    tcp::TCP_LISTEN, ResetSentRecord, SkbDropRecord, SockStateRecord, REASON_NONE, RST_HAS_SOCK,
+    RST_KEEPALIVE_ON, RST_LINGER_ZERO, SNAP_BACKLOG, SNAP_SEQ, STATE_TASK_VALID,
 };
 
 use crate::{
@@ -344,9 +343,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use rst_trace_common::{
-        tcp::TCP_CLOSE,
-        AcceptRecord, ListenDropRecord, OwnerInfo, RecordKind, ResetReceivedRecord, Tuple,
-        LISTEN_DROP_ACK_ACCEPT_FULL, OWNER_ACCEPT, OWNER_CLOSED, RECORD_VERSION,
+        tcp::TCP_CLOSE, AcceptRecord, ListenDropRecord, OwnerInfo, RecordKind, ResetReceivedRecord,
+        Tuple, LISTEN_DROP_ACK_ACCEPT_FULL, OWNER_ACCEPT, OWNER_CLOSED, RECORD_VERSION,
     };
     use serde_json::{json, Value};
 

@@ -1,8 +1,8 @@
 //! Totals: exact kernel counters, per-cause counts, and every record that did not make it.
 use std::collections::BTreeMap;
 
-use rst_trace_common::{CounterFamily, Errno, RecordKind, TcpState, COUNTER_SLOTS, SLOT_NO_REASON};
 use rst_trace_common::event::{Counts, KernelCounts, Lookups, OwnerTableCounts};
+use rst_trace_common::{CounterFamily, Errno, RecordKind, TcpState, COUNTER_SLOTS, SLOT_NO_REASON};
 
 use crate::{
     attribution::{classify_drop, classify_received_reset, classify_sent_reset, SentReset},

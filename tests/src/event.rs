@@ -232,7 +232,10 @@ mod tests {
         // schema binds each cause to its family's evidence type.
         let wrong_family = cause_line(json!({"syncookie_handshake": true}));
         let schema = validator().expect("schema");
-        assert!(!schema.is_valid(&wrong_family), "the schema alone rejects it");
+        assert!(
+            !schema.is_valid(&wrong_family),
+            "the schema alone rejects it"
+        );
         assert!(check(&wrong_family).is_err());
         let mut missing = ok.clone();
         missing.as_object_mut().map(|o| o.remove("advice"));
