@@ -116,95 +116,20 @@ pub fn run(args: SoakArgs) -> Result<u8> {
         "rst-trace-peer",
     ]))?;
     let peer = ws.target_dir.join("release/rst-trace-peer");
-    let xtask = std::env::current_exe().context("locating the xtask binary")?;
     NetnsSet::reap_stale();
     let main_ns = NetnsSet::create(1)?;
     let ns = main_ns.first().to_owned();
     let mib_before = mib(&ns)?;
 
-    // The agent runs in the host's namespace, as deployed, and filters by the namespace.
-    let mut agent_cmd = Command::new(&built.binary);
-    agent_cmd
-        .args([
-            "run",
-            "--format",
-            "json",
-            "--netns",
-            &ns,
-            "--stats-interval",
-            "10",
-        ])
-        .args(["--max-events-per-sec", "50"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut agent = Process::spawn("rst-trace", &mut agent_cmd)?;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    read_agent(&mut agent, seen.clone())?;
-    wait_started(&seen, &mut agent)?;
-    let pid = agent.pid();
-
-    let mut load = Load::default();
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    let end = start + Duration::from_secs(args.minutes * 60);
-    let mut overflow = spawn_peer(
-        &ns,
-        &peer,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &OVERFLOW_PORT.to_string(),
-            "--backlog",
-            "1",
-        ],
-    )?;
-    let mut service: Option<Process> = None;
-    let mut cpu_prev = (procfs::cpu_seconds(pid)?, Instant::now());
-    let mut next_sample = start + SAMPLE_EVERY;
-    while Instant::now() < end {
-        agent.ensure_running()?;
-        cycle(&ns, &peer, &xtask, &mut service, &mut load)?;
-        overflow.ensure_running()?;
-        let now = Instant::now();
-        if now < next_sample {
-            std::thread::sleep(next_sample - now);
-        }
-        next_sample += SAMPLE_EVERY;
-        samples.push(sample(pid, start, &mut cpu_prev, &seen)?);
-        if let Some(s) = samples.last() {
-            eprintln!("xtask: soak: t={:.0}s {}", s.at_s, brief(s));
-        }
-    }
-    if let Some(mut s) = service.take() {
-        s.stop(libc::SIGTERM, Duration::from_secs(5))?;
-    }
-    overflow.stop(libc::SIGTERM, Duration::from_secs(5))?;
+    let (mut agent, seen) = start_agent(&built.binary, &ns)?;
+    let (load, samples) = drive(&args, &ns, &peer, &mut agent, &seen)?;
     let mib_after = settled_mib(&ns)?;
-    let status = agent.stop(libc::SIGTERM, Duration::from_secs(30))?;
-    // The reader thread sees EOF once the agent is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while seen
-        .lock()
-        .map(|s| s.final_stats.is_none())
-        .unwrap_or(false)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let seen_arc = seen;
-    let seen = seen_lock(&seen_arc)?;
-    let Some(fin) = seen.final_stats.clone() else {
-        bail!("the agent (exit {status:?}) printed no final stats line");
-    };
+    let fin = final_stats(&mut agent, &seen)?;
 
-    drop(seen);
     // Bad inputs, once the agent is measured: the fuzz target's body on stable, nice'd.
     let fuzz_seconds = (args.minutes * 4).clamp(20, 120);
     let fuzzed = fuzz(&ws, &built.bpf_object, fuzz_seconds)?;
-    let seen = seen_lock(&seen_arc)?;
+    let seen = seen_lock(&seen)?;
     let growth = growth(&samples);
     let checks = reconcile(&fin, &seen, &mib_before, &mib_after);
     let report = markdown(&args, &load, &samples, &growth, &checks, &fin, &ws, &fuzzed);
@@ -219,6 +144,103 @@ pub fn run(args: SoakArgs) -> Result<u8> {
     std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     print!("{report}");
     eprintln!("xtask: soak: report written to {}", out.display());
+    verdict(&growth, &checks, seen.bad_lines)
+}
+
+/// The agent, in the host's namespace as deployed, filtering by the soak's namespace; its
+/// lines are read on a thread of their own.
+fn start_agent(binary: &Path, ns: &str) -> Result<(Process, Arc<Mutex<Seen>>)> {
+    let mut agent_cmd = Command::new(binary);
+    agent_cmd
+        .args([
+            "run",
+            "--format",
+            "json",
+            "--netns",
+            ns,
+            "--stats-interval",
+            "10",
+        ])
+        .args(["--max-events-per-sec", "50"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut agent = Process::spawn("rst-trace", &mut agent_cmd)?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    read_agent(&mut agent, seen.clone())?;
+    wait_started(&seen, &mut agent)?;
+    Ok((agent, seen))
+}
+
+/// The mixed workload for `--minutes`, one cycle and one sample every SAMPLE_EVERY.
+fn drive(
+    args: &SoakArgs,
+    ns: &str,
+    peer: &Path,
+    agent: &mut Process,
+    seen: &Arc<Mutex<Seen>>,
+) -> Result<(Load, Vec<Sample>)> {
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    let pid = agent.pid();
+    let mut load = Load::default();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.minutes * 60);
+    let port = OVERFLOW_PORT.to_string();
+    let listen = [
+        "listen",
+        "--addr",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--backlog",
+        "1",
+    ];
+    let mut overflow = spawn_peer(ns, peer, &listen)?;
+    let mut service: Option<Process> = None;
+    let mut cpu_prev = (procfs::cpu_seconds(pid)?, Instant::now());
+    let mut next_sample = start + SAMPLE_EVERY;
+    while Instant::now() < end {
+        agent.ensure_running()?;
+        cycle(ns, peer, &xtask, &mut service, &mut load)?;
+        overflow.ensure_running()?;
+        let now = Instant::now();
+        if now < next_sample {
+            std::thread::sleep(next_sample - now);
+        }
+        next_sample += SAMPLE_EVERY;
+        samples.push(sample(pid, start, &mut cpu_prev, seen)?);
+        if let Some(s) = samples.last() {
+            eprintln!("xtask: soak: t={:.0}s {}", s.at_s, brief(s));
+        }
+    }
+    if let Some(mut s) = service.take() {
+        s.stop(libc::SIGTERM, Duration::from_secs(5))?;
+    }
+    overflow.stop(libc::SIGTERM, Duration::from_secs(5))?;
+    Ok((load, samples))
+}
+
+/// Stops the agent and returns its final stats line.
+fn final_stats(agent: &mut Process, seen: &Arc<Mutex<Seen>>) -> Result<Value> {
+    let status = agent.stop(libc::SIGTERM, Duration::from_secs(30))?;
+    // The reader thread sees EOF once the agent is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen
+        .lock()
+        .map(|s| s.final_stats.is_none())
+        .unwrap_or(false)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fin = seen_lock(seen)?.final_stats.clone();
+    fin.with_context(|| format!("the agent (exit {status:?}) printed no final stats line"))
+}
+
+/// Fails on a series that grew past its tolerance, a total that drifted from the kernel's,
+/// or a line that is not JSON.
+fn verdict(growth: &[Growth], checks: &[Check], bad_lines: u64) -> Result<u8> {
     let failed: Vec<String> = growth
         .iter()
         .filter(|g| !g.ok)
@@ -235,11 +257,8 @@ pub fn run(args: SoakArgs) -> Result<u8> {
                 .map(|c| format!("{}: agent {} vs kernel {}", c.what, c.agent, c.kernel)),
         )
         .collect();
-    if seen.bad_lines > 0 {
-        bail!(
-            "the agent printed {} lines that are not JSON",
-            seen.bad_lines
-        );
+    if bad_lines > 0 {
+        bail!("the agent printed {bad_lines} lines that are not JSON");
     }
     if !failed.is_empty() {
         bail!("soak failed:\n  {}", failed.join("\n  "));
@@ -689,6 +708,7 @@ fn fuzz(ws: &Workspace, bpf_object: &Path, seconds: u64) -> Result<Fuzzed> {
     Ok(Fuzzed { seconds, inputs })
 }
 
+// Long on purpose: the report is a document template written top to bottom.
 #[allow(clippy::too_many_arguments)]
 fn markdown(
     args: &SoakArgs,

@@ -101,30 +101,26 @@ impl Evidence {
         })
     }
 
+    /// The fields every family has: the storm summary and why the owner is unknown.
+    fn common_mut(&mut self) -> (&mut Option<Sampled>, &mut Option<String>) {
+        match self {
+            Evidence::NoListener(e) => (&mut e.sampled, &mut e.owner_unavailable),
+            Evidence::ListenQueue(e) => (&mut e.sampled, &mut e.owner_unavailable),
+            Evidence::FdExhaustion(e) => (&mut e.sampled, &mut e.owner_unavailable),
+            Evidence::EphemeralPorts(e) => (&mut e.sampled, &mut e.owner_unavailable),
+            Evidence::Connection(e) => (&mut e.sampled, &mut e.owner_unavailable),
+            Evidence::Firewall(e) => (&mut e.sampled, &mut e.owner_unavailable),
+        }
+    }
+
     /// Marks the event as a storm summary.
     pub fn set_sampled(&mut self, s: Sampled) {
-        let slot = match self {
-            Evidence::NoListener(e) => &mut e.sampled,
-            Evidence::ListenQueue(e) => &mut e.sampled,
-            Evidence::FdExhaustion(e) => &mut e.sampled,
-            Evidence::EphemeralPorts(e) => &mut e.sampled,
-            Evidence::Connection(e) => &mut e.sampled,
-            Evidence::Firewall(e) => &mut e.sampled,
-        };
-        *slot = Some(s);
+        *self.common_mut().0 = Some(s);
     }
 
     /// Says why the event has no owner.
     pub fn set_owner_unavailable(&mut self, why: &str) {
-        let slot = match self {
-            Evidence::NoListener(e) => &mut e.owner_unavailable,
-            Evidence::ListenQueue(e) => &mut e.owner_unavailable,
-            Evidence::FdExhaustion(e) => &mut e.owner_unavailable,
-            Evidence::EphemeralPorts(e) => &mut e.owner_unavailable,
-            Evidence::Connection(e) => &mut e.owner_unavailable,
-            Evidence::Firewall(e) => &mut e.owner_unavailable,
-        };
-        *slot = Some(why.into());
+        *self.common_mut().1 = Some(why.into());
     }
 }
 

@@ -169,6 +169,8 @@ impl Plan {
     }
 }
 
+// Long on purpose: the rounds of every workload and variant are interleaved here, in the order
+// they run, so that what shares a round (and is compared within it) stays visible in one place.
 pub fn run(args: BenchArgs) -> Result<u8> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

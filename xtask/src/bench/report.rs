@@ -58,6 +58,8 @@ fn is_hot(p: &Profile, runs: u64) -> bool {
     p.events > 0 && runs as f64 >= HOT_RUNS_PER_EVENT * p.events as f64
 }
 
+/// Long on purpose: one entry per target of the performance issue, in the order
+/// docs/performance.md lists them.
 pub fn targets(cells: &BTreeMap<Key, Cell>, profiles: &[Profile]) -> Vec<Target> {
     let mut t = Vec::new();
     let churn = find(cells, Variant::RstTrace, |w| {

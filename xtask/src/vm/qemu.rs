@@ -54,6 +54,8 @@ pub fn command(kernel: &Path, initrd: &Path, append: &str) -> Command {
 
 /// Runs QEMU until the guest powers off, `timeout` passes (QEMU is then killed), or QEMU dies.
 /// Every console line goes to `log` and, prefixed with `tag`, to our stderr.
+// Long on purpose: one poll loop over the console, the deadline and QEMU's exit, whose
+// branches share the loop's state.
 pub fn boot(mut qemu: Command, log: &Path, timeout: Duration, tag: &str) -> Result<Console> {
     let mut log_file =
         File::create(log).with_context(|| format!("cannot create {}", log.display()))?;

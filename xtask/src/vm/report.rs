@@ -299,6 +299,7 @@ type Cell = dyn Fn(&KernelResult) -> String;
 
 /// The human summary (stderr): scenario × kernel (a row per scenario: with both address
 /// families the list is long), the passes per family, hooks, times, and why each failure failed.
+// Long on purpose: a text template written top to bottom, section after section.
 pub fn table(results: &[KernelResult], wanted: &[&str]) -> String {
     let mut out = String::new();
     let nw = wanted.iter().map(|n| n.len()).max().unwrap_or(8).max(8);
