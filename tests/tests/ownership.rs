@@ -144,14 +144,22 @@ impl Drop for TempDir {
 /// A launcher listens, then exec()s the service that serves the socket (socket activation,
 /// tini, shell wrappers ending in exec): its overflow names the service as it is called now.
 #[test]
-fn an_owner_that_execs_is_named_as_it_is_now() {
+fn an_owner_that_execs_is_named_as_it_is_now_ipv4() {
+    owner_that_execs("127.0.0.1", 41321);
+}
+
+#[test]
+fn an_owner_that_execs_is_named_as_it_is_now_ipv6() {
+    owner_that_execs("::1", 41322);
+}
+
+fn owner_that_execs(addr: &str, port: u16) {
     require_root();
-    let dir = TempDir(std::env::temp_dir().join(format!("rst-exec-{}", std::process::id())));
+    let dir = TempDir(std::env::temp_dir().join(format!("rst-exec-{}-{port}", std::process::id())));
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let service = dir.0.join("svc-after-exec");
     std::os::unix::fs::symlink(PEER, &service).expect("symlink to the peer");
     let ns = Netns::new();
-    let port = 41321u16;
     let port_s = port.to_string();
     let before = Mib::snapshot(&ns);
     let mut agent = Agent::start(&ns, None);
@@ -161,7 +169,7 @@ fn an_owner_that_execs_is_named_as_it_is_now() {
         &[
             "listen",
             "--addr",
-            "127.0.0.1",
+            addr,
             "--port",
             &port_s,
             "--backlog",
@@ -173,7 +181,7 @@ fn an_owner_that_execs_is_named_as_it_is_now() {
     let results = Peer::connect(
         &ns,
         PEER,
-        "127.0.0.1",
+        addr,
         port,
         20,
         &["--nonblocking", "--timeout-ms", "2500"],
