@@ -12,10 +12,7 @@ use rst_trace_common::{
     event, names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN,
     COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID,
 };
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
-};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     cause::Cause,
@@ -37,8 +34,8 @@ use crate::{
     pipeline::Pipeline,
     poller::{self, Poller},
     preflight, procowners,
-    records::Record,
-    records::{Endpoint, Task},
+    records::{DecodeError, Endpoint, Record, Task},
+    sensor::Sensor,
     sockdiag::{self, NetnsSnapshot},
     stats::{exact_cause_counts, kernel_counts, merged_causes, AgentCounts, KernelCounters},
     storm::Limiter,
@@ -92,8 +89,8 @@ impl Agent {
         self.counts.suppressed = self.limiter.suppressed;
     }
 
-    fn process(&mut self, bytes: &[u8]) {
-        match Record::try_from(bytes) {
+    fn process(&mut self, decoded: Result<Record, DecodeError>) {
+        match decoded {
             Ok(rec) => {
                 self.counts.delivered += 1;
                 self.heat(&rec);
@@ -107,12 +104,8 @@ impl Agent {
         }
     }
 
-    fn drain(&mut self, ring: &mut AsyncFd<RingBuf<MapData>>) {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            let bytes: &[u8] = &item;
-            self.process(bytes);
-        }
+    fn drain(&mut self, sensor: &mut Sensor) {
+        sensor.drain(|decoded| self.process(decoded));
     }
 
     /// Records that say a namespace's listen-drop counters are worth reading.
@@ -416,7 +409,7 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
     // Before the pipeline takes the acceptor map.
     let kernel_tables = crate::occupancy::KernelTables::open(&loaded.ebpf);
     let maps = KernelMaps::take(&mut loaded)?;
-    let mut ring = maps.ring;
+    let mut sensor = maps.sensor;
     let pipeline = new_pipeline(&facts, maps.acceptors);
     let accept_per_packet = accept_drops_per_packet(&loaded, &facts);
     ext.info = Arc::new(AgentInfo::from_loaded(&loaded));
@@ -472,14 +465,14 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
     crate::service::notify_ready();
 
     let reading = agent
-        .serve(&args, &mut ring, signals, requests, stop)
+        .serve(&args, &mut sensor, signals, requests, stop)
         .await?;
     // Nowhere to write the final lines: detach and exit 1, main prints the failure.
     if let Some(f) = agent.out.failure().cloned() {
         crate::detach::detach_all(loaded);
         return Err(f.into());
     }
-    agent.finish(&mut ring, reading).await;
+    agent.finish(&mut sensor, reading).await;
     let totals = agent.snapshot();
     crate::detach::detach_all(loaded); // all programs at once: a prompt exit
     agent.out.finish()?;
@@ -545,7 +538,7 @@ fn load_kernel_side(
 
 /// The maps the agent reads, taken out of the loaded object.
 struct KernelMaps {
-    ring: AsyncFd<RingBuf<MapData>>,
+    sensor: Sensor,
     counters: PerCpuArray<MapData, u64>,
     acceptors: aya::maps::HashMap<MapData, AcceptorKey, OwnerInfo>,
 }
@@ -566,10 +559,7 @@ impl KernelMaps {
                 .context("counter map missing from the eBPF object")?,
         )
         .context("opening the counters")?;
-        // SAFETY: the AsyncFd owns the RingBuf, and with it the map fd, for as long as the
-        // registration lives, so the fd cannot be closed or reused behind tokio's back.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .context("watching the ring buffer")?;
+        let sensor = Sensor::watch(ring).context("watching the ring buffer")?;
         let acceptors = aya::maps::HashMap::try_from(
             loaded
                 .ebpf
@@ -578,7 +568,7 @@ impl KernelMaps {
         )
         .context("opening the acceptor map")?;
         Ok(KernelMaps {
-            ring,
+            sensor,
             counters,
             acceptors,
         })
@@ -681,7 +671,7 @@ impl Agent {
     async fn serve(
         &mut self,
         args: &RunArgs,
-        ring: &mut AsyncFd<RingBuf<MapData>>,
+        sensor: &mut Sensor,
         mut signals: Signals,
         mut requests: Option<tokio::sync::mpsc::Receiver<crate::embed::SnapshotRequest>>,
         mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -704,16 +694,11 @@ impl Agent {
                 break;
             }
             tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.context("waiting on the ring buffer")?;
-                    let rb = guard.get_inner_mut();
-                    while let Some(item) = rb.next() {
-                        let bytes: &[u8] = &item;
-                        self.process(bytes);
-                    }
-                    guard.clear_ready();
+                woken = sensor.woken() => {
+                    woken.context("waiting on the ring buffer")?;
+                    self.drain(sensor);
                 }
-                _ = ticks.drain.tick() => self.drain(ring),
+                _ = ticks.drain.tick() => self.drain(sensor),
                 _ = ticks.hold.tick(), if self.pipeline.holding_received() => {
                     let held = self.pipeline.release_received(false);
                     self.emit(held);
@@ -738,7 +723,7 @@ impl Agent {
                 done = async { reading.as_mut().expect("guarded by the select condition").await }, if reading.is_some() => {
                     reading = None;
                     // Per-packet records first, so polling does not count them again.
-                    self.drain(ring);
+                    self.drain(sensor);
                     match done {
                         Ok(readings) => self.explain_readings(readings, false),
                         Err(e) => log::warn!("reading namespaces failed: {e}"),
@@ -748,7 +733,7 @@ impl Agent {
                 // A metrics scrape: the totals are read now, not on a timer, and after whatever
                 // the kernel has written (it wakes the agent only once records pile up).
                 req = Embedding::next_request(&mut requests) => {
-                    self.drain(ring);
+                    self.drain(sensor);
                     req.answer(self.snapshot());
                 }
                 () = Embedding::stopped(&mut stop) => break,
@@ -766,16 +751,16 @@ impl Agent {
     /// more, before the final totals.
     async fn finish(
         &mut self,
-        ring: &mut AsyncFd<RingBuf<MapData>>,
+        sensor: &mut Sensor,
         reading: Option<tokio::task::JoinHandle<Readings>>,
     ) {
         if let Some(r) = reading {
             if let Ok(readings) = r.await {
-                self.drain(ring);
+                self.drain(sensor);
                 self.explain_readings(readings, false);
             }
         }
-        self.drain(ring);
+        self.drain(sensor);
         let last = poller::read(self.poller.everything());
         self.explain_readings(last, true);
         let stale = self.pipeline.expire_foreign_resets();
