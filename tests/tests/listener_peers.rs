@@ -1033,7 +1033,8 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 impl Nginx {
-    fn start(ns: &Netns, port: u16) -> Nginx {
+    /// `host`: the listen address as nginx and URLs write it (`127.0.0.1`, `[::1]`).
+    fn start(ns: &Netns, host: &str, port: u16) -> Nginx {
         let dir = tempdir("nginx");
         let d = dir.0.display().to_string();
         // The worker runs as nobody: it must reach nothing here but inherited fds.
@@ -1044,7 +1045,7 @@ impl Nginx {
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
              uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port} backlog=4;\n\
+             server {{\n    listen {host}:{port} backlog=4;\n\
              location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
         );
         fs::write(dir.0.join("nginx.conf"), conf).unwrap();
@@ -1160,17 +1161,25 @@ fn rlimit_nofile_soft(pid: u32) -> Option<u64> {
 }
 
 #[test]
-fn nginx_under_wrk_names_the_worker() {
+fn nginx_under_wrk_names_the_worker_ipv4() {
+    nginx_under_wrk("127.0.0.1", 41106);
+}
+
+#[test]
+fn nginx_under_wrk_names_the_worker_ipv6() {
+    nginx_under_wrk("[::1]", 41107);
+}
+
+fn nginx_under_wrk(host: &str, port: u16) {
     require_root();
     assert!(
         Path::new("/usr/sbin/nginx").exists(),
         "nginx is not installed"
     );
     let ns = Netns::new();
-    let port = 41106u16;
     let before = Mib::snapshot(&ns);
     let mut agent = Agent::start(&ns, None);
-    let mut nginx = Nginx::start(&ns, port);
+    let mut nginx = Nginx::start(&ns, host, port);
     let (master, worker) = (nginx.master, nginx.worker.unwrap());
     assert_eq!(
         rlimit_nofile_soft(worker),
@@ -1178,7 +1187,7 @@ fn nginx_under_wrk_names_the_worker() {
         "worker_rlimit_nofile did not apply; {}",
         nginx.logs()
     );
-    let url = format!("http://127.0.0.1:{port}/");
+    let url = format!("http://{host}:{port}/");
     let wrk = ns.command(
         "wrk",
         &["-t", "2", "-c", "200", "-d", "3s", "--timeout", "2s", &url],
