@@ -45,6 +45,11 @@ pub struct NetnsAccount {
     synq_carry: i64,
     /// SYN cookies counted but not reported yet.
     pending_cookies: u64,
+    /// Running totals of TCPReqQFullDoCookies and SyncookiesSent, and the cookies counted from
+    /// them so far (see `syn_queue_due`).
+    cookie_decisions: u64,
+    cookies_sent: u64,
+    cookies_counted: u64,
     /// The carries as they were after the previous poll (see `settle`).
     syn_time_settled: i64,
     synq_settled: i64,
@@ -154,12 +159,15 @@ impl NetnsAccount {
     ) -> (u64, u64) {
         let mut reqq_drops = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDrop");
         // TCPReqQFullDoCookies also counts SYNs that the accept-queue check then drops (those are
-        // accept_queue_overflow): only cookies actually sent count here.
-        let cookies = delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies").min(delta(
-            &snap.mib,
-            &self.mib,
-            "TcpExt.SyncookiesSent",
-        ));
+        // accept_queue_overflow): only cookies actually sent count here. The two counters move
+        // at different points of one SYN's path and a poll can fall between them, so the
+        // minimum is taken over their running totals: per interval, such a SYN would be lost
+        // to both intervals.
+        self.cookie_decisions += delta(&snap.mib, &self.mib, "TcpExt.TCPReqQFullDoCookies");
+        self.cookies_sent += delta(&snap.mib, &self.mib, "TcpExt.SyncookiesSent");
+        let cookies_total = self.cookie_decisions.min(self.cookies_sent);
+        let cookies = cookies_total.saturating_sub(self.cookies_counted);
+        self.cookies_counted = cookies_total;
         // With syncookies off, SYNs are also dropped once under a quarter of
         // tcp_max_syn_backlog is free: only ListenDrops moves for those.
         let listen_drops = delta(&snap.mib, &self.mib, "TcpExt.ListenDrops");
@@ -359,6 +367,29 @@ mod tests {
             (f[0].cause, f[0].count, f[0].cookies),
             (Cause::SynQueueOverflow, 9, 0)
         );
+    }
+
+    #[test]
+    fn a_cookie_whose_two_counters_straddle_a_poll_is_counted_once() {
+        let mut a = NetnsAccount::default();
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 16, 0)]),
+            &HashMap::new(),
+            0,
+            true,
+        );
+        let mut total = 0;
+        for (decided, sent) in [(5, 4), (5, 5)] {
+            let mut s = snap(0, 0, decided, vec![l(80, 1, 0, 16, 0)]);
+            s.mib.insert("TcpExt.SyncookiesSent".into(), sent);
+            let (f, _) = a.step(&s, &HashMap::new(), 0, true);
+            total += f
+                .iter()
+                .filter(|x| x.cause == Cause::SynQueueOverflow)
+                .map(|x| x.count)
+                .sum::<u64>();
+        }
+        assert_eq!(total, 5);
     }
 
     #[test]

@@ -529,31 +529,24 @@ fn namespace_churn_leaves_nothing_behind() {
     let ours: HashSet<u64> = lives.iter().map(|l| l.inode).collect();
     let mut got = vec![0u64; lives.len()];
     let mut unmatched = 0u64;
-    for v in stopped.causes(|v| {
+    let events = stopped.causes(|v| {
         event::has_cause(v, "no_listener")
             && event::netns(v).is_some_and(|n| ours.contains(&n))
             && event::local_port(v) == Some(CHURN_PORT + 1)
-    }) {
-        // Each event goes to a namespace with its inode not yet accounted for, the one whose
-        // client port it names (a storm summary, when other traffic folded ours, names none).
-        // Event times are not used: they are converted from the kernel's clock.
-        let n = event::netns(&v);
-        if event::get(&v, "evidence.sampled").is_some() {
-            // A summary of several: one each for that many namespaces of its inode.
-            let mut left = event::count(&v).unwrap_or(1);
-            for (i, l) in lives.iter().enumerate() {
-                if left > 0 && Some(l.inode) == n && got[i] == 0 {
-                    got[i] = 1;
-                    left -= 1;
-                }
-            }
-            unmatched += left;
-            continue;
-        }
+    });
+    let (summaries, singles): (Vec<&Value>, Vec<&Value>) = events
+        .iter()
+        .partition(|v| event::get(v, "evidence.sampled").is_some());
+    // Single events first, each to the namespace whose client port it names; then the storm
+    // summaries (when other traffic folded ours, a summary names one client port but stands
+    // for several), one each for that many namespaces of its inode still unaccounted for.
+    // Event times are not used: they are converted from the kernel's clock.
+    for v in singles {
+        let n = event::netns(v);
         let candidates = |strict: bool| {
             lives.iter().enumerate().position(|(i, l)| {
                 Some(l.inode) == n
-                    && event::peer_port(&v) == Some(l.lport)
+                    && event::peer_port(v) == Some(l.lport)
                     && (!strict || got[i] == 0)
             })
         };
@@ -561,6 +554,17 @@ fn namespace_churn_leaves_nothing_behind() {
             Some(i) => got[i] += 1,
             None => unmatched += 1,
         }
+    }
+    for v in summaries {
+        let n = event::netns(v);
+        let mut left = event::count(v).unwrap_or(1);
+        for (i, l) in lives.iter().enumerate() {
+            if left > 0 && Some(l.inode) == n && got[i] == 0 {
+                got[i] = 1;
+                left -= 1;
+            }
+        }
+        unmatched += left;
     }
     let lost = event::stats_lost(&stopped.final_stats).expect("records.lost");
     let missing = got.iter().filter(|g| **g == 0).count() as u64;
