@@ -230,6 +230,12 @@ pub fn on_listen_drop<H: HostInfo>(
             .into(),
         );
     } else {
+        if stage == "ack" {
+            // As for ACK-time drops seen by drop reason: whether the client was told (an RST)
+            // or left believing it is connected.
+            ev.tcp_abort_on_overflow =
+                Some(ctx.sysctl_u32(netns, "net.ipv4.tcp_abort_on_overflow"));
+        }
         d.related = related_incident(incidents, now, netns, e.local.port);
         f.fd_exhaustion_related = d.related.is_some();
     }
