@@ -75,7 +75,7 @@ pub struct Enricher<H: HostInfo> {
     wall: WallClock,
     mono: Box<dyn Clock>,
     hz: u64,
-    owners: HashMap<(u32, u32), Arc<Owner>>,
+    owners: crate::fastmap::FastMap<(u32, u32), Arc<Owner>>,
     /// Current name and cgroup per (pid, start time): names change with exec().
     processes: TtlCache<(u32, u64), CachedProcess>,
     fd_facts: TtlCache<u32, FdFacts>,
@@ -113,7 +113,7 @@ impl<H: HostInfo> Enricher<H> {
             wall,
             mono: Box::new(Monotonic),
             hz: hz.max(1),
-            owners: HashMap::new(),
+            owners: Default::default(),
             processes: TtlCache::new(PROCESS_CACHE_NS, MAX_CACHED_PROCESSES),
             fd_facts: TtlCache::new(PROCESS_CACHE_NS, MAX_CACHED_PROCESSES),
             port_census: TtlCache::new(1_000_000_000, MAX_PORT_CENSUS),

@@ -13,6 +13,7 @@ pub mod diagnosis;
 pub mod doctor;
 pub mod embed;
 pub mod enrich;
+pub mod fastmap;
 pub mod host;
 pub mod kernel;
 pub mod kernel_log;

@@ -2,7 +2,9 @@
 //! (so a later RST can still name who listened on the port). Connections are not here: their
 //! owners live in the kernel (`RST_OWNERS`) and arrive inside the records that need them.
 //! Every map is bounded; what does not fit is counted, not silently dropped.
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
+
+use crate::fastmap::FastMap;
 
 use crate::{owner::Owner, records::Endpoint};
 
@@ -33,9 +35,9 @@ pub struct ClosedListener {
 
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    listeners: HashMap<ListenerKey, Vec<ListenerSock>>,
-    listener_by_sk: HashMap<u64, ListenerKey>,
-    closed_listeners: HashMap<ListenerKey, ClosedListener>,
+    listeners: FastMap<ListenerKey, Vec<ListenerSock>>,
+    listener_by_sk: FastMap<u64, ListenerKey>,
+    closed_listeners: FastMap<ListenerKey, ClosedListener>,
     /// Entries refused because a map was full.
     pub overflow: u64,
 }

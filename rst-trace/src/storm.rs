@@ -1,6 +1,6 @@
 //! Storm control: past a per-cause rate, events are folded into one summary per cause and
 //! port each second. Counts are never lost: the summary carries how many it stands for.
-use std::collections::HashMap;
+use crate::fastmap::FastMap;
 
 use rst_trace_common::event::Sampled;
 
@@ -9,8 +9,8 @@ use crate::{cause::Cause, diagnosis::Diagnosis, owner::Learned};
 pub struct Limiter {
     per_second: u64,
     window_start_ns: u64,
-    emitted: HashMap<Cause, u64>,
-    folded: HashMap<(Cause, u32, u16), Diagnosis>,
+    emitted: FastMap<Cause, u64>,
+    folded: FastMap<(Cause, u32, u16), Diagnosis>,
     pub suppressed: u64,
 }
 
@@ -19,8 +19,8 @@ impl Limiter {
         Self {
             per_second,
             window_start_ns: 0,
-            emitted: HashMap::new(),
-            folded: HashMap::new(),
+            emitted: FastMap::default(),
+            folded: FastMap::default(),
             suppressed: 0,
         }
     }

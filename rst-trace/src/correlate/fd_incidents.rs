@@ -1,7 +1,7 @@
 //! fd_exhaustion incidents: accept() failing with EMFILE/ENFILE on one listener is one
 //! incident, and that incident explains the listener's accept-queue overflows while it lasts.
+use crate::fastmap::FastMap;
 use crate::occupancy::TableFigure;
-use std::collections::HashMap;
 
 /// An fd_exhaustion incident on a listener explains its overflows for this long.
 pub const FD_INCIDENT_WINDOW_NS: u64 = 30_000_000_000;
@@ -21,7 +21,7 @@ pub struct FdIncident {
 
 #[derive(Default)]
 pub struct FdIncidents {
-    by_listener: HashMap<(u32, u16), FdIncident>,
+    by_listener: FastMap<(u32, u16), FdIncident>,
 }
 
 impl FdIncidents {

@@ -1,8 +1,8 @@
 //! REJECT ↔ netfilter drop: an RST that netfilter built (REJECT --reject-with tcp-reset) is
 //! paired with the NETFILTER_DROP of the segment it answers, so the two are one
 //! firewall_reject event. RSTs whose drop never shows up are reported alone after a window.
+use crate::fastmap::FastMap;
 use crate::occupancy::TableFigure;
-use std::collections::HashMap;
 
 use crate::records::Endpoints;
 
@@ -14,7 +14,7 @@ const MAX_WAITING: usize = 16_384;
 /// RSTs waiting for their drop: first RST time and how many, per (netns, 4-tuple).
 #[derive(Default)]
 pub struct RejectPairing {
-    waiting: HashMap<(u32, Endpoints), (u64, u64)>,
+    waiting: FastMap<(u32, Endpoints), (u64, u64)>,
 }
 
 /// RSTs of one tuple that were never paired.

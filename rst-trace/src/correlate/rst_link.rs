@@ -3,7 +3,9 @@
 //! short window; received ones are held briefly, because for active resets the kernel traces
 //! the sending side only after transmitting, so on loopback the receiving side comes first.
 use crate::occupancy::TableFigure;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::fastmap::FastMap;
 
 use crate::{
     cause::{Cause, Origin},
@@ -36,21 +38,21 @@ struct Held<T> {
 
 /// Links received RSTs (held as `T`) with the sent RST they are.
 pub struct RstLink<T> {
-    sent: HashMap<Endpoints, SentRst>,
+    sent: FastMap<Endpoints, SentRst>,
     sent_order: VecDeque<(u64, Endpoints)>,
     held: VecDeque<Held<T>>,
     /// How many held RSTs each 4-tuple has: a sent RST looks here before scanning the queue,
     /// so storms of unrelated RSTs do not pay for the held ones.
-    held_by_tuple: HashMap<Endpoints, u32>,
+    held_by_tuple: FastMap<Endpoints, u32>,
 }
 
 impl<T> Default for RstLink<T> {
     fn default() -> Self {
         Self {
-            sent: HashMap::new(),
+            sent: FastMap::default(),
             sent_order: VecDeque::new(),
             held: VecDeque::new(),
-            held_by_tuple: HashMap::new(),
+            held_by_tuple: FastMap::default(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! A value per key, read again once it is older than its time to live: the /proc readings
 //! (process names, fd counts) and socket censuses that a storm would otherwise repeat per
 //! event.
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use crate::fastmap::FastMap;
 
 use crate::occupancy::TableFigure;
 
 pub struct TtlCache<K, V> {
-    map: HashMap<K, (u64, V)>,
+    map: FastMap<K, (u64, V)>,
     ttl_ns: u64,
     max: usize,
 }
@@ -16,7 +18,7 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
     /// and a full cache only means more readings).
     pub fn new(ttl_ns: u64, max: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: FastMap::default(),
             ttl_ns,
             max: max.max(1),
         }
