@@ -774,7 +774,7 @@ mod tests {
         assert_eq!(out[0].owner.as_ref().map(|o| o.pid), Some(4242));
         // The client's refusal arriving right after links to it.
         let client = Endpoints::try_from(&tuple(50000, 8443)).expect("tuple");
-        assert!(p.rst_link.counterpart(NOW, client).is_some());
+        assert!(p.rst_link.take_counterpart(NOW, client).is_some());
     }
 
     #[test]

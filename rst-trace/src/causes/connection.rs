@@ -175,7 +175,7 @@ pub fn on_reset_received<H: HostInfo>(
     d.advice = advice(cause, &f);
     let Some(e) = endpoints else { return Some(d) };
     let mono = ctx.now();
-    match rst_link.counterpart(mono, e).cloned() {
+    match rst_link.take_counterpart(mono, e) {
         Some(sent) => {
             link(&mut d, &sent);
             Some(d)

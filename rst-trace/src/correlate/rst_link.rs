@@ -38,7 +38,9 @@ struct Held<T> {
 
 /// Links received RSTs (held as `T`) with the sent RST they are.
 pub struct RstLink<T> {
-    sent: FastMap<Endpoints, SentRst>,
+    /// Each with the time it was remembered, which its entry in `sent_order` also holds: a
+    /// 4-tuple remembered again must not be forgotten when its earlier entry expires.
+    sent: FastMap<Endpoints, (u64, SentRst)>,
     sent_order: VecDeque<(u64, Endpoints)>,
     held: VecDeque<Held<T>>,
     /// How many held RSTs each 4-tuple has: a sent RST looks here before scanning the queue,
@@ -89,10 +91,12 @@ impl<T> RstLink<T> {
                 .front()
                 .is_some_and(|(t, _)| now.saturating_sub(*t) > RST_LINK_WINDOW_NS)
         {
-            let Some((_, k)) = self.sent_order.pop_front() else {
+            let Some((t, k)) = self.sent_order.pop_front() else {
                 break;
             };
-            self.sent.remove(&k);
+            if self.sent.get(&k).is_some_and(|(at, _)| *at == t) {
+                self.sent.remove(&k);
+            }
         }
         let peer_view = reversed(e);
         if self.held_by_tuple.contains_key(&peer_view) {
@@ -103,14 +107,20 @@ impl<T> RstLink<T> {
                 }
             }
         }
-        self.sent.insert(e, s);
+        self.sent.insert(e, (now, s));
         self.sent_order.push_back((now, e));
     }
 
-    /// The RST this host sent that one received on `received` is, if any.
-    pub fn counterpart(&self, now: u64, received: Endpoints) -> Option<&SentRst> {
-        let s = self.sent.get(&reversed(received))?;
-        (now.saturating_sub(s.at_ns) <= RST_LINK_WINDOW_NS).then_some(s)
+    /// The RST this host sent that one received on `received` is, if any. An RST reaches one
+    /// socket, so a match is taken out: in a storm of local RSTs the table then holds only the
+    /// few not yet received, and stays small and in cache.
+    pub fn take_counterpart(&mut self, now: u64, received: Endpoints) -> Option<SentRst> {
+        let key = reversed(received);
+        let (_, s) = self.sent.get(&key)?;
+        if now.saturating_sub(s.at_ns) > RST_LINK_WINDOW_NS {
+            return None;
+        }
+        self.sent.remove(&key).map(|(_, s)| s)
     }
 
     /// Holds a received RST for its counterpart; gives it back when the bound is reached.
@@ -208,10 +218,47 @@ mod tests {
         let clock = FakeClock::at(0);
         let mut l: RstLink<()> = RstLink::default();
         l.sent(clock.now_ns(), conn(80, 40000), sent(0), |_, _| {});
-        assert!(l.counterpart(clock.now_ns(), conn(40000, 80)).is_some());
-        assert!(l.counterpart(clock.now_ns(), conn(40001, 80)).is_none());
+        assert!(l
+            .take_counterpart(clock.now_ns(), conn(40001, 80))
+            .is_none());
+        l.sent(clock.now_ns(), conn(80, 40001), sent(0), |_, _| {});
+        assert!(l
+            .take_counterpart(clock.now_ns(), conn(40000, 80))
+            .is_some());
+        assert!(
+            l.take_counterpart(clock.now_ns(), conn(40000, 80))
+                .is_none(),
+            "one RST, one receiver"
+        );
         clock.set(RST_LINK_WINDOW_NS + 1);
-        assert!(l.counterpart(clock.now_ns(), conn(40000, 80)).is_none());
+        assert!(l
+            .take_counterpart(clock.now_ns(), conn(40001, 80))
+            .is_none());
+    }
+
+    #[test]
+    fn a_tuple_sent_again_outlives_its_earlier_entry() {
+        let clock = FakeClock::at(0);
+        let mut l: RstLink<()> = RstLink::default();
+        l.sent(clock.now_ns(), conn(80, 40000), sent(0), |_, _| {});
+        clock.set(RST_LINK_WINDOW_NS);
+        l.sent(
+            clock.now_ns(),
+            conn(80, 40000),
+            sent(RST_LINK_WINDOW_NS),
+            |_, _| {},
+        );
+        // The first entry expires here; the second, remembered for the same tuple, must stay.
+        clock.set(RST_LINK_WINDOW_NS + 2);
+        l.sent(
+            clock.now_ns(),
+            conn(80, 40001),
+            sent(RST_LINK_WINDOW_NS + 2),
+            |_, _| {},
+        );
+        assert!(l
+            .take_counterpart(clock.now_ns(), conn(40000, 80))
+            .is_some());
     }
 
     #[test]
