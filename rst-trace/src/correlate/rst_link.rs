@@ -3,7 +3,7 @@
 //! short window; received ones are held briefly, because for active resets the kernel traces
 //! the sending side only after transmitting, so on loopback the receiving side comes first.
 use crate::occupancy::TableFigure;
-use std::collections::VecDeque;
+use std::collections::{hash_map::Entry, VecDeque};
 
 use crate::fastmap::FastMap;
 
@@ -38,9 +38,9 @@ struct Held<T> {
 
 /// Links received RSTs (held as `T`) with the sent RST they are.
 pub struct RstLink<T> {
-    /// Each with the time it was remembered, which its entry in `sent_order` also holds: a
-    /// 4-tuple remembered again must not be forgotten when its earlier entry expires.
-    sent: FastMap<Endpoints, (u64, SentRst)>,
+    sent: FastMap<Endpoints, SentRst>,
+    /// (`at_ns`, tuple) in sending order. An entry expires only if the table still holds the
+    /// RST it was pushed for: a tuple sent again must outlive its earlier entry.
     sent_order: VecDeque<(u64, Endpoints)>,
     held: VecDeque<Held<T>>,
     /// How many held RSTs each 4-tuple has: a sent RST looks here before scanning the queue,
@@ -94,8 +94,10 @@ impl<T> RstLink<T> {
             let Some((t, k)) = self.sent_order.pop_front() else {
                 break;
             };
-            if self.sent.get(&k).is_some_and(|(at, _)| *at == t) {
-                self.sent.remove(&k);
+            if let Entry::Occupied(o) = self.sent.entry(k) {
+                if o.get().at_ns == t {
+                    o.remove();
+                }
             }
         }
         let peer_view = reversed(e);
@@ -107,20 +109,18 @@ impl<T> RstLink<T> {
                 }
             }
         }
-        self.sent.insert(e, (now, s));
-        self.sent_order.push_back((now, e));
+        self.sent_order.push_back((s.at_ns, e));
+        self.sent.insert(e, s);
     }
 
     /// The RST this host sent that one received on `received` is, if any. An RST reaches one
     /// socket, so a match is taken out: in a storm of local RSTs the table then holds only the
     /// few not yet received, and stays small and in cache.
     pub fn take_counterpart(&mut self, now: u64, received: Endpoints) -> Option<SentRst> {
-        let key = reversed(received);
-        let (_, s) = self.sent.get(&key)?;
-        if now.saturating_sub(s.at_ns) > RST_LINK_WINDOW_NS {
+        let Entry::Occupied(o) = self.sent.entry(reversed(received)) else {
             return None;
-        }
-        self.sent.remove(&key).map(|(_, s)| s)
+        };
+        (now.saturating_sub(o.get().at_ns) <= RST_LINK_WINDOW_NS).then(|| o.remove())
     }
 
     /// Holds a received RST for its counterpart; gives it back when the bound is reached.
