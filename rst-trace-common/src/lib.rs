@@ -498,6 +498,12 @@ pub const STASH_SLOTS: u32 = 1 << 16;
 
 pub const STASH_LISTEN: u32 = 100;
 
+/// Positions of kfree_skb's `reason` and `rx_sk` arguments since they were added (5.17,
+/// 6.10). The programs read only these: a context offset must be a constant, so they cannot
+/// index the arguments by a variable. The agent passes any other position as absent.
+pub const KFREE_SKB_REASON_ARG: u16 = 2;
+pub const KFREE_SKB_RX_SK_ARG: u16 = 3;
+
 /// Offsets of the tracepoint fields the programs read, from tracefs `format` files.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -521,23 +527,16 @@ pub struct TracepointOffsets {
     // tcp:tcp_receive_reset
     pub rr_skaddr: u16,
     pub rr_sock_cookie: u16,
-    // sock:inet_sock_set_state
-    pub ss_skaddr: u16,
-    pub ss_oldstate: u16,
-    pub ss_newstate: u16,
-    pub ss_protocol: u16,
-    // skb:kfree_skb
-    pub kfs_skbaddr: u16,
-    pub kfs_location: u16,
-    pub kfs_protocol: u16,
-    pub kfs_reason: u16,
-    pub kfs_rx_sk: u16,
+    /// skb:kfree_skb, a raw tracepoint: the positions of `reason` (≥ 5.17) and `rx_sk`
+    /// (≥ 6.10) among its arguments, from its prototype in BTF; [`OFFSET_NONE`] when absent.
+    /// (sock:inet_sock_set_state and net:net_dev_queue are raw tracepoints too, but their
+    /// arguments have not moved since they were added.)
+    pub kfs_reason_arg: u16,
+    pub kfs_rx_sk_arg: u16,
     // syscalls:sys_enter_* / sys_exit_*
     pub sys_enter_fd: u16,
     pub sys_enter_listen_backlog: u16,
     pub sys_exit_ret: u16,
-    // net:net_dev_queue
-    pub ndq_skbaddr: u16,
     // tcp:tcp_retransmit_synack
     pub rsa_skaddr: u16,
     pub rsa_sport: u16,
@@ -577,6 +576,11 @@ pub struct StructOffsets {
     pub skb_sk: u32,
     pub skb_head: u32,
     pub skb_network_header: u32,
+    /// `sk_buff.protocol` (network order) and `sk_buff.len`.
+    pub skb_protocol: u32,
+    pub skb_len: u32,
+    /// `sock.sk_protocol`.
+    pub sk_protocol: u32,
     // struct net_device -> nd_net
     pub netdev_nd_net: u32,
     // fd -> socket chain: task_struct.files, files_struct.fdt, fdtable.{fd,max_fds},
@@ -642,19 +646,11 @@ impl KernelLayout {
             rst_daddr6: OFFSET_NONE,
             rr_skaddr: OFFSET_NONE,
             rr_sock_cookie: OFFSET_NONE,
-            ss_skaddr: OFFSET_NONE,
-            ss_oldstate: OFFSET_NONE,
-            ss_newstate: OFFSET_NONE,
-            ss_protocol: OFFSET_NONE,
-            kfs_skbaddr: OFFSET_NONE,
-            kfs_location: OFFSET_NONE,
-            kfs_protocol: OFFSET_NONE,
-            kfs_reason: OFFSET_NONE,
-            kfs_rx_sk: OFFSET_NONE,
+            kfs_reason_arg: OFFSET_NONE,
+            kfs_rx_sk_arg: OFFSET_NONE,
             sys_enter_fd: OFFSET_NONE,
             sys_enter_listen_backlog: OFFSET_NONE,
             sys_exit_ret: OFFSET_NONE,
-            ndq_skbaddr: OFFSET_NONE,
             rsa_skaddr: OFFSET_NONE,
             rsa_sport: OFFSET_NONE,
         },
@@ -683,6 +679,9 @@ impl KernelLayout {
             skb_sk: MEMBER_NONE,
             skb_head: MEMBER_NONE,
             skb_network_header: MEMBER_NONE,
+            skb_protocol: MEMBER_NONE,
+            skb_len: MEMBER_NONE,
+            sk_protocol: MEMBER_NONE,
             netdev_nd_net: MEMBER_NONE,
             task_files: MEMBER_NONE,
             files_fdt: MEMBER_NONE,
@@ -750,8 +749,8 @@ const _: () = {
     assert!(size_of::<SyscallArgs>() == 16);
     assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
     assert!(size_of::<ListenDropRecord>() == 24 + 40 + 8 + 16);
-    assert!(size_of::<TracepointOffsets>() == 30 * 2);
-    assert!(size_of::<StructOffsets>() == 40 * 4);
-    assert!(size_of::<KernelLayout>() == 60 + 160 + 4 + 2 + 2 + 32 + 4 + 4);
+    assert!(size_of::<TracepointOffsets>() == 22 * 2);
+    assert!(size_of::<StructOffsets>() == 43 * 4);
+    assert!(size_of::<KernelLayout>() == 44 + 172 + 4 + 2 + 2 + 32 + 4 + 4);
     assert!(size_of::<ListenerHotRecord>() == 24 + 8 + 8 + 8);
 };

@@ -58,6 +58,19 @@ pub fn member<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
+/// Two members of the struct at `base`, in one read when `b` sits where `Pair<A, B>` puts it
+/// after `a` (padding included); otherwise one read each.
+#[inline(always)]
+pub fn member_pair<A: Copy, B: Copy>(base: u64, a: u32, b: u32) -> (Option<A>, Option<B>) {
+    let b_at = core::mem::offset_of!(Pair<A, B>, b) as u32;
+    if a != MEMBER_NONE && b != MEMBER_NONE && b == a.wrapping_add(b_at) {
+        if let Some(p) = member::<Pair<A, B>>(base, a) {
+            return (Some(p.a), Some(p.b));
+        }
+    }
+    (member(base, a), member(base, b))
+}
+
 /// [`member`], logging a faulting read (kernel diagnostics). Only for the first read of an
 /// event's socket: each logging site costs the verifier a log call's paths.
 #[inline(always)]
@@ -384,11 +397,13 @@ pub fn current_fd_sock(fd: i32) -> u64 {
     let task = unsafe { generated::bpf_get_current_task() };
     let files: u64 = member(task, lay!(st.task_files)).unwrap_or(0);
     let fdt: u64 = member(files, lay!(st.files_fdt)).unwrap_or(0);
-    let max_fds: u32 = member(fdt, lay!(st.fdtable_max_fds)).unwrap_or(0);
-    if fd as u32 >= max_fds {
+    // `max_fds` and the array pointer start `struct fdtable`: one read for both.
+    let (max_fds, fds) =
+        member_pair::<u32, u64>(fdt, lay!(st.fdtable_max_fds), lay!(st.fdtable_fd));
+    if fd as u32 >= max_fds.unwrap_or(0) {
         return 0;
     }
-    let fds: u64 = member(fdt, lay!(st.fdtable_fd)).unwrap_or(0);
+    let fds = fds.unwrap_or(0);
     let file: u64 = member(fds, (fd as u32) * 8).unwrap_or(0);
     let socket: u64 = member(file, lay!(st.file_private_data)).unwrap_or(0);
     member(socket, lay!(st.socket_sk)).unwrap_or(0)

@@ -2,9 +2,9 @@
 //! queue overflow, netfilter drops, ...). The reasons to watch come from the agent, which
 //! reads their values from the running kernel's BTF.
 use aya_ebpf::{
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -12,12 +12,12 @@ use network_types::{
 };
 use rst_trace_common::{
     CounterFamily, ForeignResetRecord, RecordKind, SkbDropRecord, TcpState, Tuple, WatchedDrop,
-    MAX_DROP_REASONS, SKB_OUTBOUND, SKB_TUPLE_VALID,
+    KFREE_SKB_REASON_ARG, KFREE_SKB_RX_SK_ARG, MAX_DROP_REASONS, SKB_OUTBOUND, SKB_TUPLE_VALID,
 };
 
 use crate::{
     emit::{count, deliver},
-    kread::{member, sk_netns, skb_netns, tp, AF_INET, AF_INET6},
+    kread::{member, sk_netns, skb_netns, AF_INET, AF_INET6},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -47,10 +47,28 @@ fn full_listener(sk: u64) -> bool {
 #[map(name = "RST_SCRATCH_DROP")]
 static RST_SCRATCH_DROP: PerCpuArray<SkbDropRecord> = PerCpuArray::with_max_entries(1, 0);
 
-#[tracepoint]
-pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint, for the reason of sockstate's: every freed packet passes here, and all
+/// but the watched drops leave after reading the reason argument.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb(ctx: RawTracePointContext) -> u32 {
     let _ = try_kfree_skb(&ctx);
     0
+}
+
+/// The drop reason, if this kernel passes one.
+#[inline(always)]
+fn drop_reason(ctx: &RawTracePointContext) -> Option<u32> {
+    (lay!(tp.kfs_reason_arg) == KFREE_SKB_REASON_ARG).then(|| ctx.arg::<u64>(2) as u32)
+}
+
+/// The receiving socket, if this kernel passes one.
+#[inline(always)]
+fn drop_rx_sk(ctx: &RawTracePointContext) -> u64 {
+    if lay!(tp.kfs_rx_sk_arg) == KFREE_SKB_RX_SK_ARG {
+        ctx.arg(3)
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
@@ -112,26 +130,26 @@ pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
     member::<u8>(tcp_at, 13)
 }
 
-fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
-    let reason: u32 = tp(ctx, lay!(tp.kfs_reason))?;
+fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
+    let reason = drop_reason(ctx)?;
     let slot = reason_slot(reason)?;
-    if slot == SLOT_NO_SOCKET && !full_listener(tp(ctx, lay!(tp.kfs_rx_sk)).unwrap_or(0)) {
+    let rx_sk = drop_rx_sk(ctx);
+    if slot == SLOT_NO_SOCKET && !full_listener(rx_sk) {
         // NO_SOCKET is watched only for the handshake ACK that a full listener could not
         // turn into a connection (SYN-cookie handshakes); every other one is no_listener.
         return None;
     }
-    let protocol: u16 = tp(ctx, lay!(tp.kfs_protocol))?;
+    let skbaddr: u64 = ctx.arg(0);
+    let protocol = u16::from_be(member::<u16>(skbaddr, lay!(st.skb_protocol))?);
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return None;
     }
-    let skbaddr: u64 = tp(ctx, lay!(tp.kfs_skbaddr))?;
-    let rx_sk: u64 = tp(ctx, lay!(tp.kfs_rx_sk)).unwrap_or(0);
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_DROP.get_ptr_mut(0)? };
     crate::mem::zero(rec);
     rec.skbaddr = skbaddr;
     rec.rx_sk = rx_sk;
-    rec.location = tp(ctx, lay!(tp.kfs_location)).unwrap_or(0);
+    rec.location = ctx.arg(1);
     rec.reason = reason;
     let flags = segment_tuple(skbaddr, &mut rec.tuple)?;
     rec.tcp_flags = flags;
@@ -166,21 +184,32 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-#[tracepoint]
-pub fn net_dev_queue(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: the classic one copies the device name into a record for every packet
+/// sent, before any program runs.
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn net_dev_queue(ctx: RawTracePointContext) -> u32 {
     let _ = try_net_dev_queue(&ctx);
     0
 }
 
 const TCP_FLAG_RST: u8 = 0x04;
 
+/// The longest packet taken for an RST built outside TCP: netfilter's (nf_reject) carries no
+/// payload, no IP options and no TCP options, so 40 (IPv4) or 60 (IPv6) bytes and a link-layer
+/// header. Forwarded traffic has no socket either; its data segments leave on the length.
+const MAX_FOREIGN_RST_LEN: u32 = 128;
+
 /// Every transmitted packet passes here, so the common case (a packet with a socket) leaves
-/// after one read. TCP's own RSTs always carry a socket (the connection's, or the per-netns
-/// control socket for socket-less replies); an RST without one was built elsewhere.
-fn try_net_dev_queue(ctx: &TracePointContext) -> Option<()> {
-    let skbaddr: u64 = tp(ctx, lay!(tp.ndq_skbaddr))?;
+/// after one read, and a forwarded one (no socket) after two. TCP's own RSTs always carry a
+/// socket (the connection's, or the per-netns control socket for socket-less replies); an RST
+/// without one was built elsewhere.
+fn try_net_dev_queue(ctx: &RawTracePointContext) -> Option<()> {
+    let skbaddr: u64 = ctx.arg(0);
     let sk: u64 = member(skbaddr, lay!(st.skb_sk))?;
     if sk != 0 {
+        return None;
+    }
+    if member::<u32>(skbaddr, lay!(st.skb_len)).unwrap_or(0) > MAX_FOREIGN_RST_LEN {
         return None;
     }
     let mut seen = Tuple::default();

@@ -2,9 +2,9 @@
 //! socket passes here, so the common transitions leave after reading the two states, and only
 //! listeners (rare) and failed port allocations (a problem) send a record.
 use aya_ebpf::{
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::Array,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use rst_trace_common::{
     errno::EADDRNOTAVAIL, ConnectRecord, CounterFamily, RecordKind, SockStateRecord, SyscallArgs,
@@ -13,7 +13,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{current_task, member, sk_netns, sk_tuple, tp, tp_pair},
+    kread::{current_task, member, sk_netns, sk_tuple},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -39,25 +39,30 @@ pub fn stash(tid: u32) -> Option<*mut SyscallArgs> {
     RST_SYSCALL_ARGS.get_ptr_mut(tid & (STASH_SLOTS - 1))
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: the classic one formats a record (addresses, ports, family) for each of
+/// a connection's ten or so state changes before any program runs, and its fields can only be
+/// read through a helper call, as their offsets are known at load time. The raw one passes
+/// `(sk, oldstate, newstate)` as they are, which the common transitions read and leave.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
     let _ = try_inet_sock_set_state(&ctx);
     0
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
-    let (old, new) = tp_pair::<i32, i32>(ctx, lay!(tp.ss_oldstate), lay!(tp.ss_newstate));
-    let (old, new) = (old?, new?);
+fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
     // The transitions of an established connection's life need nothing: leave before any
     // other read.
     if new != TCP_CLOSE && new != TCP_LISTEN && old != TCP_LISTEN && new != TCP_SYN_SENT {
         return None;
     }
-    let protocol: u16 = tp(ctx, lay!(tp.ss_protocol))?;
+    let skaddr: u64 = ctx.arg(0);
+    // MPTCP's subflows are TCP; SCTP changes states here too. Unknown offset: take it as TCP.
+    let protocol: u16 = member(skaddr, lay!(st.sk_protocol)).unwrap_or(IPPROTO_TCP);
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let skaddr: u64 = tp(ctx, lay!(tp.ss_skaddr))?;
     match (old, new) {
         // listen() runs this in the caller's context.
         (_, TCP_LISTEN) => {
@@ -90,7 +95,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             if member::<u16>(skaddr, lay!(st.inet_sport)).unwrap_or(1) == 0 {
                 port_exhausted(skaddr);
             }
-            owners::closed(skaddr, false);
+            // A connection that never left SYN_SENT sends no RST on its way out (tcp_disconnect
+            // and tcp_close reset only synchronised states), and a refusing RST was read
+            // before this change (tcp_reset traces it, then closes): nothing is left to own.
+            owners::forget(skaddr);
             None
         }
         (_, TCP_CLOSE) => {

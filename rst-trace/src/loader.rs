@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, Program},
     Btf, Ebpf, EbpfLoader,
 };
 use rst_trace_common::event;
@@ -574,28 +574,52 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
     })
 }
 
+/// Loads a hook's program and attaches it to each of its tracepoints: as a classic
+/// tracepoint ("tcp:tcp_send_reset"), or as a raw one ("raw_tp:inet_sock_set_state") where the
+/// program is built for raw arguments.
 fn attach(
     ebpf: &mut Ebpf,
     hook: &Hook,
     at: &mut Vec<String>,
     errors: &mut Vec<String>,
 ) -> Result<(), String> {
-    let program: &mut TracePoint = ebpf
+    let rejected =
+        |e: aya::programs::ProgramError| format!("verifier rejected {}: {e}", hook.program);
+    match ebpf
         .program_mut(hook.program)
         .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    program
-        .load()
-        .map_err(|e| format!("verifier rejected {}: {e}", hook.program))?;
-    for (category, name) in hook.tracepoints {
-        match program.attach(category, name) {
-            Ok(_) => at.push(format!("{category}:{name}")),
-            Err(e) => errors.push(format!("{category}:{name}: {}", with_sources(&e))),
+    {
+        Program::TracePoint(program) => {
+            program.load().map_err(rejected)?;
+            for (category, name) in hook.tracepoints {
+                match program.attach(category, name) {
+                    Ok(_) => at.push(format!("{category}:{name}")),
+                    Err(e) => errors.push(format!("{category}:{name}: {}", with_sources(&e))),
+                }
+            }
+        }
+        Program::RawTracePoint(program) => {
+            program.load().map_err(rejected)?;
+            for (_, name) in hook.tracepoints {
+                match program.attach(name) {
+                    Ok(_) => at.push(format!("{RAW_TRACEPOINT}:{name}")),
+                    Err(e) => errors.push(format!("{RAW_TRACEPOINT}:{name}: {}", with_sources(&e))),
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "{} is a {:?} program, not a tracepoint",
+                hook.program,
+                other.prog_type()
+            ))
         }
     }
     Ok(())
 }
+
+/// How a raw tracepoint attach point is named in reports.
+pub const RAW_TRACEPOINT: &str = "raw_tp";
 
 #[cfg(test)]
 mod tests {

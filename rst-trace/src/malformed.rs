@@ -299,6 +299,7 @@ const BTF_NAMES: &[&str] = &[
     "sock_flags",
     "sk_rst_reason",
     "tcp_conn_request",
+    "btf_trace_kfree_skb",
     "",
     "",
     "",
@@ -314,8 +315,8 @@ const BTF_NAMES: &[&str] = &[
     "SK_RST_REASON_NO_SOCKET",
     "x",
 ];
-/// Type names: the first seven of BTF_NAMES.
-const TYPE_NAMES: usize = 7;
+/// Type names: the first eight of BTF_NAMES.
+const TYPE_NAMES: usize = 8;
 
 /// One type of a random type graph; references may point anywhere, themselves included, or
 /// past the last type.
@@ -479,6 +480,7 @@ fn exercise_btf(btf: &KernelBtf) {
         let _ = btf.offset(name, &["__sk_common", "skc_family"]);
         let _ = btf.offset(name, &["", "x", "net", "ns", "inum"]);
         let _ = btf.func_param_count(name);
+        let _ = btf.tracepoint_arg("kfree_skb", name);
         let _ = btf.enum_values(name);
     }
 }
@@ -793,4 +795,70 @@ fn localhost_tuple_sanity() {
     assert!(Endpoints::try_from(&t).is_ok());
     let rec = record_bytes(1, RECORD_VERSION, &[0u8; MAX_RECORD], usize::MAX);
     assert!(Record::try_from(rec.as_slice()).is_ok(), "kind 1 decodes");
+}
+
+/// The kfree_skb prototype as BTF has it (`btf_trace_kfree_skb`: a pointer to a prototype
+/// whose first parameter is the tracepoint's data), with `args` after it.
+fn kfree_skb_prototype(args: &[&str]) -> Vec<u8> {
+    let mut b = BtfBlob::new();
+    let void_ptr = b.ty("", BTF_KIND_PTR, 0, 0);
+    let mut ids = vec![void_ptr];
+    for a in args {
+        let id = match *a {
+            "location" => void_ptr,
+            "reason" => b.ty("skb_drop_reason", BTF_KIND_ENUM, 0, 4),
+            "skb" => {
+                let s = b.structure("sk_buff", false, 8, &[]);
+                b.ty("", BTF_KIND_PTR, 0, s)
+            }
+            "rx_sk" => {
+                let s = b.structure("sock", false, 8, &[]);
+                let c = b.ty("", BTF_KIND_CONST, 0, s);
+                b.ty("", BTF_KIND_PTR, 0, c)
+            }
+            other => panic!("no such argument {other}"),
+        };
+        ids.push(id);
+    }
+    let proto = b.ty("", BTF_KIND_FUNC_PROTO, ids.len() as u32, 0);
+    for id in &ids {
+        b.u32(0);
+        b.u32(*id);
+    }
+    let ptr = b.ty("", BTF_KIND_PTR, 0, proto);
+    b.typedef("btf_trace_kfree_skb", ptr);
+    b.build()
+}
+
+fn kfree_skb_layout(args: &[&str]) -> (u16, u16, Vec<String>) {
+    let btf = KernelBtf::from_bytes(&kfree_skb_prototype(args)).expect("a well-formed blob");
+    let tracefs = EmptyTracefs::new();
+    let facts = KernelFacts::discover(&Tracefs::at(&tracefs.0), &btf);
+    (
+        facts.layout.tp.kfs_reason_arg,
+        facts.layout.tp.kfs_rx_sk_arg,
+        facts.warnings,
+    )
+}
+
+#[test]
+fn kfree_skb_arguments_come_from_the_prototype() {
+    use rst_trace_common::{KFREE_SKB_REASON_ARG, KFREE_SKB_RX_SK_ARG, OFFSET_NONE};
+    let (reason, rx_sk, _) = kfree_skb_layout(&["skb", "location", "reason", "rx_sk"]);
+    assert_eq!((reason, rx_sk), (KFREE_SKB_REASON_ARG, KFREE_SKB_RX_SK_ARG));
+    // 5.17 to 6.9: no receiving socket.
+    let (reason, rx_sk, _) = kfree_skb_layout(&["skb", "location", "reason"]);
+    assert_eq!((reason, rx_sk), (KFREE_SKB_REASON_ARG, OFFSET_NONE));
+    // 5.10: no reason at all.
+    let (reason, rx_sk, _) = kfree_skb_layout(&["skb", "location"]);
+    assert_eq!((reason, rx_sk), (OFFSET_NONE, OFFSET_NONE));
+    // A kernel that moved the reason: left out, and said.
+    let (reason, _, warnings) = kfree_skb_layout(&["skb", "reason", "location"]);
+    assert_eq!(reason, OFFSET_NONE);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("skb_drop_reason as argument 1")),
+        "{warnings:?}"
+    );
 }

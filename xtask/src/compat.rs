@@ -49,7 +49,9 @@ fn hook_column(hooks: &Value) -> BTreeMap<String, String> {
                     .as_str()
                     .and_then(|a| a.split_once(':'))
                     .map(|(k, _)| k)
-                    .filter(|k| matches!(*k, "fentry" | "fexit" | "kprobe" | "kretprobe"))
+                    .filter(|k| {
+                        matches!(*k, "fentry" | "fexit" | "kprobe" | "kretprobe" | "raw_tp")
+                    })
                     .unwrap_or("tp");
                 if !kinds.contains(&kind) {
                     kinds.push(kind);
@@ -148,7 +150,7 @@ pub fn write(summary: &Path, agent: &Path, readme: &Path) -> Result<()> {
     hook_columns.push((host_name, hook_column(&host["hooks"])));
 
     let mut table = format!(
-        "{BEGIN}\n{}\nHooks per kernel (`tp`: tracepoint; `not needed`: the kernel reports the same events through a tracepoint or a drop reason; `—`: did not load or attach, `rst-trace doctor` says why):\n\n{}",
+        "{BEGIN}\n{}\nHooks per kernel (`tp`: tracepoint; `raw_tp`: raw tracepoint (arguments as the kernel passes them, no formatted record); `not needed`: the kernel reports the same events through a tracepoint or a drop reason; `—`: did not load or attach, `rst-trace doctor` says why):\n\n{}",
         self::table("cause", &columns),
         self::table("hook", &hook_columns)
     );

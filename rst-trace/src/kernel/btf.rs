@@ -126,6 +126,36 @@ impl KernelBtf {
         }
     }
 
+    /// Position, in TP_PROTO order, of the first argument of raw tracepoint `tracepoint` whose
+    /// type (or, for a pointer, the type it points to) is named `type_name`: arguments are
+    /// added to tracepoints across kernel versions (kfree_skb gained `reason`, then `rx_sk`).
+    /// Read from the `btf_trace_<tracepoint>` typedef, whose first parameter is the
+    /// tracepoint's private data rather than an argument.
+    pub fn tracepoint_arg(&self, tracepoint: &str, type_name: &str) -> Option<usize> {
+        let typedef = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{tracepoint}"))
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Typedef(_)))?;
+        let Type::Ptr(ptr) = self.strip(typedef.as_btf_type()?.get_type_id()?)? else {
+            return None;
+        };
+        let Type::FuncProto(proto) = self.strip(ptr.get_type_id()?)? else {
+            return None;
+        };
+        proto.parameters.iter().skip(1).position(|p| {
+            p.get_type_id()
+                .and_then(|id| self.strip(id))
+                .and_then(|t| match t {
+                    Type::Ptr(to) => to.get_type_id().and_then(|id| self.strip(id)),
+                    other => Some(other),
+                })
+                .and_then(|t| self.btf.resolve_name(t.as_btf_type()?).ok())
+                .is_some_and(|n| n == type_name)
+        })
+    }
+
     /// All values of `enum name`, by member name.
     pub fn enum_values(&self, name: &str) -> HashMap<String, u64> {
         let mut out = HashMap::new();

@@ -1,7 +1,8 @@
 //! Builds the `KernelLayout` handed to the eBPF programs, and records which hooks the
 //! running kernel can serve.
 use rst_trace_common::{
-    KernelLayout, StructOffsets, TracepointOffsets, MAX_DROP_REASONS, MEMBER_NONE, OFFSET_NONE,
+    KernelLayout, StructOffsets, TracepointOffsets, KFREE_SKB_REASON_ARG, KFREE_SKB_RX_SK_ARG,
+    MAX_DROP_REASONS, MEMBER_NONE, OFFSET_NONE,
 };
 
 use super::{
@@ -40,6 +41,7 @@ impl KernelFacts {
         let mut layout = KernelLayout::UNKNOWN;
         let (tp, found) = tracepoint_offsets(tracefs, &mut warnings);
         layout.tp = tp;
+        kfree_skb_args(btf, &mut layout.tp, &mut warnings);
         layout.st = struct_offsets(btf);
         let rst_reasons = ReasonNames::from_btf(btf, "sk_rst_reason", "SK_RST_REASON_");
         let drop_reasons = ReasonNames::from_btf(btf, "skb_drop_reason", "SKB_DROP_REASON_");
@@ -95,11 +97,9 @@ fn tracepoint_offsets(
     };
     let send_reset = fmt("tcp", "tcp_send_reset");
     let recv_reset = fmt("tcp", "tcp_receive_reset");
-    let set_state = fmt("sock", "inet_sock_set_state");
     let kfree = fmt("skb", "kfree_skb");
     let enter_listen = fmt("syscalls", "sys_enter_listen");
     let exit_accept = fmt("syscalls", "sys_exit_accept4");
-    let dev_queue = fmt("net", "net_dev_queue");
     let synack = fmt("tcp", "tcp_retransmit_synack");
 
     let mut tp = KernelLayout::UNKNOWN.tp;
@@ -128,25 +128,49 @@ fn tracepoint_offsets(
     let rr = recv_reset.as_ref();
     t.rr_skaddr = off(rr, "skaddr");
     t.rr_sock_cookie = off(rr, "sock_cookie");
-    let ss = set_state.as_ref();
-    t.ss_skaddr = off(ss, "skaddr");
-    t.ss_oldstate = off(ss, "oldstate");
-    t.ss_newstate = off(ss, "newstate");
-    t.ss_protocol = off(ss, "protocol");
+    // kfree_skb runs as a raw tracepoint, which takes arguments, not format fields. Its format
+    // says which arguments this kernel passes, at the positions they were added at (after
+    // skb and location); `kfree_skb_args` replaces these with the prototype in BTF.
     let kf = kfree.as_ref();
-    t.kfs_skbaddr = off(kf, "skbaddr");
-    t.kfs_location = off(kf, "location");
-    t.kfs_protocol = off(kf, "protocol");
-    t.kfs_reason = off(kf, "reason");
-    t.kfs_rx_sk = off(kf, "rx_sk");
+    let has = |name: &str| kf.and_then(|f| f.get(name)).is_some();
+    t.kfs_reason_arg = if has("reason") {
+        KFREE_SKB_REASON_ARG
+    } else {
+        OFFSET_NONE
+    };
+    t.kfs_rx_sk_arg = if has("rx_sk") {
+        KFREE_SKB_RX_SK_ARG
+    } else {
+        OFFSET_NONE
+    };
     t.sys_enter_fd = off(enter_listen.as_ref(), "fd");
     t.sys_enter_listen_backlog = off(enter_listen.as_ref(), "backlog");
     t.sys_exit_ret = off(exit_accept.as_ref(), "ret");
-    t.ndq_skbaddr = off(dev_queue.as_ref(), "skbaddr");
     t.rsa_skaddr = off(synack.as_ref(), "skaddr");
     t.rsa_sport = off(synack.as_ref(), "sport");
 
     (tp, found)
+}
+
+/// Whether kfree_skb passes `reason` and `rx_sk` where its program reads them, from its
+/// prototype in BTF when the kernel has one (the format-derived answer stays otherwise). An
+/// argument found elsewhere is left out, with a warning: the drops it serves go unseen.
+fn kfree_skb_args(btf: &KernelBtf, tp: &mut TracepointOffsets, warnings: &mut Vec<String>) {
+    if btf.tracepoint_arg("kfree_skb", "sk_buff") != Some(0) {
+        return;
+    }
+    let mut check = |type_name: &str, expected: u16| {
+        let at = btf.tracepoint_arg("kfree_skb", type_name)?;
+        if usize::from(expected) == at {
+            return Some(expected);
+        }
+        warnings.push(format!(
+            "skb:kfree_skb passes its {type_name} as argument {at}, not {expected}: drops by reason are not reported"
+        ));
+        None
+    };
+    tp.kfs_reason_arg = check("skb_drop_reason", KFREE_SKB_REASON_ARG).unwrap_or(OFFSET_NONE);
+    tp.kfs_rx_sk_arg = check("sock", KFREE_SKB_RX_SK_ARG).unwrap_or(OFFSET_NONE);
 }
 
 /// The offsets of the kernel struct members the programs read, from the kernel's BTF.
@@ -182,6 +206,9 @@ fn struct_offsets(btf: &KernelBtf) -> StructOffsets {
     s.skb_sk = member(btf, "sk_buff", &["sk"]);
     s.skb_head = member(btf, "sk_buff", &["head"]);
     s.skb_network_header = member(btf, "sk_buff", &["network_header"]);
+    s.skb_protocol = member(btf, "sk_buff", &["protocol"]);
+    s.skb_len = member(btf, "sk_buff", &["len"]);
+    s.sk_protocol = member(btf, "sock", &["sk_protocol"]);
     s.netdev_nd_net = member(btf, "net_device", &["nd_net", "net"]);
     s.task_files = member(btf, "task_struct", &["files"]);
     s.files_fdt = member(btf, "files_struct", &["fdt"]);
