@@ -11,7 +11,7 @@ use rst_trace_common::{ListenerHotRecord, RecordKind, HOT_QUEUE_FILLING, HOT_SYN
 
 use crate::{
     emit::deliver,
-    kread::{member, member_pair, sk_netns, tp},
+    kread::{accept_queue, member, sk_netns, tp},
     layout::{lay, wanted},
     resets::header,
 };
@@ -58,9 +58,8 @@ fn signal(netns: u32, port: u16, skaddr: u64, why: u32, queue: u32, cap: u32) ->
 /// still carries: a listener at 80 % of its cap is about to drop SYNs.
 #[inline(always)]
 pub fn child_born(child: u64) -> Option<()> {
-    // Every accepted connection passes here: the two counters sit together, one read.
-    let (queue, cap) =
-        member_pair::<u32, u32>(child, lay!(st.sk_ack_backlog), lay!(st.sk_max_ack_backlog));
+    // Every incoming connection passes here.
+    let (queue, cap) = accept_queue(child);
     let (queue, cap) = (queue?, cap?);
     if (queue as u64) * 5 < (cap as u64) * 4 {
         return None;

@@ -29,22 +29,25 @@ struct Pair<A, B> {
     b: B,
 }
 
-/// Two tracepoint fields, in one read when `b` directly follows `a` (a helper call saved on
-/// paths that run for every event); otherwise one read each, either of which may be missing.
+/// Whether `b` sits at `a` plus where `Pair<A, B>` puts its second field (padding included):
+/// the two can then be taken in one read, a helper call saved.
+#[inline(always)]
+fn paired<A, B>(a: u32, b: u32) -> bool {
+    b == a.wrapping_add(core::mem::offset_of!(Pair<A, B>, b) as u32)
+}
+
+/// Two tracepoint fields, in one read when they sit as [`Pair`] lays them out (a helper call
+/// saved on paths that run for every event); otherwise one read each, either of which may be
+/// missing.
 #[inline(always)]
 pub fn tp_pair<A: Copy, B: Copy>(
     ctx: &TracePointContext,
     a: u16,
     b: u16,
 ) -> (Option<A>, Option<B>) {
-    let adjacent = a != OFFSET_NONE
-        && usize::from(b) == usize::from(a) + core::mem::size_of::<A>()
-        && core::mem::size_of::<Pair<A, B>>()
-            == core::mem::size_of::<A>() + core::mem::size_of::<B>();
-    if adjacent {
-        if let Some(p) = tp::<Pair<A, B>>(ctx, a) {
-            return (Some(p.a), Some(p.b));
-        }
+    if a != OFFSET_NONE && b != OFFSET_NONE && paired::<A, B>(a.into(), b.into()) {
+        // Where the pair cannot be read, neither half can.
+        return tp::<Pair<A, B>>(ctx, a).map_or((None, None), |p| (Some(p.a), Some(p.b)));
     }
     (tp(ctx, a), tp(ctx, b))
 }
@@ -58,17 +61,22 @@ pub fn member<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
-/// Two members of the struct at `base`, in one read when `b` sits where `Pair<A, B>` puts it
-/// after `a` (padding included); otherwise one read each.
+/// Two members of the struct at `base`, in one read when they sit as [`Pair`] lays them out;
+/// otherwise one read each.
 #[inline(always)]
 pub fn member_pair<A: Copy, B: Copy>(base: u64, a: u32, b: u32) -> (Option<A>, Option<B>) {
-    let b_at = core::mem::offset_of!(Pair<A, B>, b) as u32;
-    if a != MEMBER_NONE && b != MEMBER_NONE && b == a.wrapping_add(b_at) {
-        if let Some(p) = member::<Pair<A, B>>(base, a) {
-            return (Some(p.a), Some(p.b));
-        }
+    if a != MEMBER_NONE && b != MEMBER_NONE && paired::<A, B>(a, b) {
+        // Where the pair cannot be read, neither half can.
+        return member::<Pair<A, B>>(base, a).map_or((None, None), |p| (Some(p.a), Some(p.b)));
     }
     (member(base, a), member(base, b))
+}
+
+/// A socket's accept-queue length and cap (`sk_ack_backlog`, `sk_max_ack_backlog`), which sit
+/// together: one read.
+#[inline(always)]
+pub fn accept_queue(sk: u64) -> (Option<u32>, Option<u32>) {
+    member_pair(sk, lay!(st.sk_ack_backlog), lay!(st.sk_max_ack_backlog))
 }
 
 /// [`member`], logging a faulting read (kernel diagnostics). Only for the first read of an
@@ -337,10 +345,7 @@ pub fn tcp_snapshot(sk: u64, snap: &mut TcpSnapshot) {
         snap.sk_lingertime = lt;
         snap.valid |= SNAP_LINGER;
     }
-    if let (Some(a), Some(m)) = (
-        member::<u32>(sk, lay!(st.sk_ack_backlog)),
-        member::<u32>(sk, lay!(st.sk_max_ack_backlog)),
-    ) {
+    if let (Some(a), Some(m)) = accept_queue(sk) {
         snap.sk_ack_backlog = a;
         snap.sk_max_ack_backlog = m;
         snap.valid |= SNAP_BACKLOG;

@@ -16,7 +16,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{member, sk_netns, sk_tuple},
+    kread::{accept_queue, member, sk_netns, sk_tuple},
     layout::{lay, wanted},
     resets::header,
     skbdrop::{ip_version, segment_tuple},
@@ -24,10 +24,8 @@ use crate::{
 
 #[inline(always)]
 fn backlog(sk: u64) -> (u32, u32) {
-    (
-        member::<u32>(sk, lay!(st.sk_ack_backlog)).unwrap_or(0),
-        member::<u32>(sk, lay!(st.sk_max_ack_backlog)).unwrap_or(0),
-    )
+    let (ack, max) = accept_queue(sk);
+    (ack.unwrap_or(0), max.unwrap_or(0))
 }
 
 #[inline(always)]

@@ -17,7 +17,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{member, sk_netns, skb_netns, AF_INET, AF_INET6},
+    kread::{accept_queue, member, sk_netns, skb_netns, AF_INET, AF_INET6},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -37,9 +37,8 @@ fn full_listener(sk: u64) -> bool {
         return false;
     }
     let state: u8 = member(sk, lay!(st.skc_state)).unwrap_or(0);
-    let ack: u32 = member(sk, lay!(st.sk_ack_backlog)).unwrap_or(0);
-    let max: u32 = member(sk, lay!(st.sk_max_ack_backlog)).unwrap_or(u32::MAX);
-    state == TCP_LISTEN && ack > max
+    let (ack, max) = accept_queue(sk);
+    state == TCP_LISTEN && ack.unwrap_or(0) > max.unwrap_or(u32::MAX)
 }
 
 /// Per-CPU room for the record: with the owner it no longer fits the BPF stack beside the
@@ -47,8 +46,8 @@ fn full_listener(sk: u64) -> bool {
 #[map(name = "RST_SCRATCH_DROP")]
 static RST_SCRATCH_DROP: PerCpuArray<SkbDropRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// A raw tracepoint, for the reason of sockstate's: every freed packet passes here, and all
-/// but the watched drops leave after reading the reason argument.
+/// A raw tracepoint (see `inet_sock_set_state`): every packet freed with a reason passes here,
+/// and all but the watched drops leave after reading the reason argument.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> u32 {
     let _ = try_kfree_skb(&ctx);

@@ -12,7 +12,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{current_fd_sock, current_task, fill_tuple, member, sk_netns, tp},
+    kread::{accept_queue, current_fd_sock, current_task, fill_tuple, sk_netns, tp},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -115,8 +115,9 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
     rec.ret = ret;
     rec.listener_skaddr = listener;
     rec.listen_fd = fd;
-    rec.listener_ack_backlog = member(listener, lay!(st.sk_ack_backlog)).unwrap_or(0);
-    rec.listener_max_ack_backlog = member(listener, lay!(st.sk_max_ack_backlog)).unwrap_or(0);
+    let (ack, max) = accept_queue(listener);
+    rec.listener_ack_backlog = ack.unwrap_or(0);
+    rec.listener_max_ack_backlog = max.unwrap_or(0);
     rec.conn = Tuple::default();
     rec.conn_skaddr = 0;
     count(CounterFamily::Accept, (-ret) as u32);

@@ -252,6 +252,35 @@ impl Agent {
         &self.started
     }
 
+    /// The hooks whose program the verifier refused (`hooks.<name>.errors` in the started
+    /// line), with the verifier's last words. A refusal is a bug in the eBPF object; a kernel
+    /// that lacks an attach point (no kprobes, no trampolines) is not one.
+    pub fn verifier_rejections(&self) -> Vec<String> {
+        let Some(hooks) = self.started.get("hooks").and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        hooks
+            .iter()
+            .flat_map(|(hook, status)| {
+                status
+                    .get("errors")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .filter(|e| {
+                        e.contains("verifier rejected")
+                            || e.contains("BPF_PROG_LOAD syscall returned Permission denied")
+                    })
+                    .map(move |e| {
+                        let lines: Vec<&str> = e.lines().collect();
+                        let last = &lines[lines.len().saturating_sub(6)..];
+                        format!("{hook}: {}", last.join(" | "))
+                    })
+            })
+            .collect()
+    }
+
     /// The agent's stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().clone()

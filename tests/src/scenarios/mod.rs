@@ -264,7 +264,10 @@ pub struct Run<'a> {
 
 impl<'a> Run<'a> {
     pub fn new(env: &'a mut dyn Env, family: Family) -> Run<'a> {
-        Run {
+        // Checked first, and by name: a refused program otherwise shows only as events that
+        // never come.
+        let rejected = env.agent().verifier_rejections();
+        let mut run = Run {
             env,
             family,
             checks: Vec::new(),
@@ -273,7 +276,9 @@ impl<'a> Run<'a> {
             ports: BTreeSet::new(),
             last_pid: 0,
             undo: Vec::new(),
-        }
+        };
+        run.check("programs the verifier refused", json!([]), json!(rejected));
+        run
     }
 
     /// The family's port for `base`, taken as one of the scenario's ports.
