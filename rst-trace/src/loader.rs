@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    programs::{KProbe, Program},
+    programs::{KProbe, Program, ProgramError},
     Btf, Ebpf, EbpfLoader,
 };
 use rst_trace_common::event;
@@ -371,6 +371,43 @@ fn with_sources(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// How much of a refusing verifier's log a hook's error keeps: the verdict is at its end.
+const VERIFIER_LOG_TAIL_LINES: usize = 12;
+
+/// Why `what` ("fentry tcp_conn_request", "tcp_send_reset") did not load.
+fn load_failure(what: &str, e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => refusal(what, io_error, &verifier_log.to_string()),
+        other => format!("{what}: {}", with_sources(other)),
+    }
+}
+
+/// A failed BPF_PROG_LOAD. A verifier's log runs to thousands of lines, and the hook's error
+/// goes into the started line, which a log shipper may cut or drop past a few KiB: the error
+/// keeps the log's end, where the verdict is, and the whole log goes to the debug log.
+fn refusal(what: &str, io_error: &std::io::Error, log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        // EPERM with an empty log: the kernel refuses this kind of program, not this one.
+        return format!("{what}: the BPF_PROG_LOAD syscall returned {io_error}");
+    }
+    log::debug!("verifier log of {what}:\n{log}");
+    let tail = &lines[lines.len().saturating_sub(VERIFIER_LOG_TAIL_LINES)..];
+    let verdict = if io_error.kind() == std::io::ErrorKind::PermissionDenied {
+        "verifier rejected"
+    } else {
+        "failed to load"
+    };
+    format!(
+        "{verdict} {what} ({io_error}); the verifier's log ends (all {} lines at --log-level debug):\n{}",
+        lines.len(),
+        tail.join("\n")
+    )
+}
+
 /// x86 BPF trampolines took at most six arguments before 6.6; loading succeeds there and
 /// only attaching fails, with an errno that does not say why.
 const TRAMPOLINE_MAX_ARGS_BEFORE_6_6: usize = 6;
@@ -405,14 +442,14 @@ fn attach_trampolines(
         match prog {
             aya::programs::Program::FEntry(p) => {
                 p.load(function, btf)
-                    .map_err(|e| format!("fentry {function}: {e}"))?;
+                    .map_err(|e| load_failure(&format!("fentry {function}"), &e))?;
                 p.attach()
                     .map_err(|e| attach_error("fentry", function, &e, arity(function)))?;
                 at.push(format!("fentry:{function}"));
             }
             aya::programs::Program::FExit(p) => {
                 p.load(function, btf)
-                    .map_err(|e| format!("fexit {function}: {e}"))?;
+                    .map_err(|e| load_failure(&format!("fexit {function}"), &e))?;
                 p.attach()
                     .map_err(|e| attach_error("fexit", function, &e, arity(function)))?;
                 at.push(format!("fexit:{function}"));
@@ -431,7 +468,8 @@ fn attach_probes(ebpf: &mut Ebpf, hook: &FunctionHook, at: &mut Vec<String>) -> 
             .try_into()
             .map_err(|e| format!("{e}"))?;
         if p.fd().is_err() {
-            p.load().map_err(|e| format!("kprobe {function}: {e}"))?;
+            p.load()
+                .map_err(|e| load_failure(&format!("kprobe {function}"), &e))?;
         }
         let kind = if *ret { "kretprobe" } else { "kprobe" };
         p.attach(function, 0).map_err(|e| {
@@ -583,8 +621,7 @@ fn attach(
     at: &mut Vec<String>,
     errors: &mut Vec<String>,
 ) -> Result<(), String> {
-    let rejected =
-        |e: aya::programs::ProgramError| format!("verifier rejected {}: {e}", hook.program);
+    let rejected = |e: ProgramError| load_failure(hook.program, &e);
     match ebpf
         .program_mut(hook.program)
         .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program))?
@@ -628,6 +665,40 @@ mod tests {
 
     fn arity_of(table: &'static [(&'static str, usize)]) -> impl Fn(&str) -> Option<usize> {
         move |f: &str| table.iter().find(|(n, _)| *n == f).map(|(_, a)| *a)
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_verdict_not_the_whole_log() {
+        let log: String = (0..3000)
+            .map(|i| format!("{i}: (bf) r{} = r1\n", i % 10))
+            .chain(["\n2716: (bf) r9 = r2\nR2 !read_ok\nprocessed 10542 insns\n".to_owned()])
+            .collect();
+        let said = refusal(
+            "tcp_send_reset",
+            &std::io::Error::from_raw_os_error(13),
+            &log,
+        );
+        assert!(
+            said.starts_with("verifier rejected tcp_send_reset (Permission denied"),
+            "{said}"
+        );
+        assert!(said.contains("all 3003 lines"), "{said}");
+        assert!(
+            said.ends_with("R2 !read_ok\nprocessed 10542 insns"),
+            "{said}"
+        );
+        assert_eq!(said.lines().count(), 1 + VERIFIER_LOG_TAIL_LINES, "{said}");
+
+        // A kernel that refuses every program of a kind says so with EPERM and no log.
+        let said = refusal(
+            "fentry tcp_conn_request",
+            &std::io::Error::from_raw_os_error(1),
+            "",
+        );
+        assert_eq!(
+            said,
+            "fentry tcp_conn_request: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1)"
+        );
     }
 
     #[test]

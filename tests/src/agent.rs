@@ -253,8 +253,8 @@ impl Agent {
     }
 
     /// The hooks whose program the verifier refused (`hooks.<name>.errors` in the started
-    /// line), with the verifier's last words. A refusal is a bug in the eBPF object; a kernel
-    /// that lacks an attach point (no kprobes, no trampolines) is not one.
+    /// line), each with the end of the verifier's log. A refusal is a bug in the eBPF object; a
+    /// kernel that lacks an attach point (no kprobes, no trampolines) is not one.
     pub fn verifier_rejections(&self) -> Vec<String> {
         let Some(hooks) = self.started.get("hooks").and_then(Value::as_object) else {
             return Vec::new();
@@ -268,14 +268,11 @@ impl Agent {
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
-                    .filter(|e| {
-                        e.contains("verifier rejected")
-                            || e.contains("BPF_PROG_LOAD syscall returned Permission denied")
-                    })
+                    .filter(|e| e.contains("verifier rejected"))
                     .map(move |e| {
                         let lines: Vec<&str> = e.lines().collect();
-                        let last = &lines[lines.len().saturating_sub(6)..];
-                        format!("{hook}: {}", last.join(" | "))
+                        let end = &lines[lines.len().saturating_sub(4).max(1)..];
+                        format!("{hook}: {} … {}", lines[0], end.join(" | "))
                     })
             })
             .collect()
