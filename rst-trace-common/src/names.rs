@@ -34,6 +34,8 @@ pub mod program {
     pub const TCP_V4_SYN_RECV_SOCK_FEXIT7: &str = "tcp_v4_syn_recv_sock_fexit7";
     pub const TCP_V6_SYN_RECV_SOCK_FEXIT6: &str = "tcp_v6_syn_recv_sock_fexit6";
     pub const TCP_V6_SYN_RECV_SOCK_FEXIT7: &str = "tcp_v6_syn_recv_sock_fexit7";
+    pub const SYS_LISTEN_FENTRY: &str = "sys_listen_fentry";
+    pub const SYS_ACCEPT4_FEXIT: &str = "sys_accept4_fexit";
 
     // Function hooks: the kprobe tier.
     pub const INET_CSK_ACCEPT_KRETPROBE: &str = "inet_csk_accept_kretprobe";

@@ -1,9 +1,9 @@
 //! Syscalls, where the current task is by definition the caller: listen()'s backlog and
 //! accept()'s result (ownership of accepted sockets, EMFILE/ENFILE).
 use aya_ebpf::{
-    macros::{map, tracepoint},
+    macros::{fentry, fexit, map, tracepoint},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use rst_trace_common::{
     errno::{EMFILE, ENFILE},
@@ -28,6 +28,22 @@ fn tid() -> u32 {
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
     let fd: u64 = tp(&ctx, lay!(tp.sys_enter_fd)).unwrap_or(0);
     let backlog: u64 = tp(&ctx, lay!(tp.sys_enter_listen_backlog)).unwrap_or(0);
+    stash_listen(fd as i32, backlog as u32);
+    0
+}
+
+/// listen()'s arguments where BPF trampolines work: `__sys_listen(fd, backlog)` is what the
+/// syscall calls. Unlike a syscall tracepoint, it costs nothing to the host's other syscalls.
+#[fentry(function = "__sys_listen")]
+pub fn sys_listen_fentry(ctx: FEntryContext) -> u32 {
+    stash_listen(ctx.arg::<i32>(0), ctx.arg::<i32>(1) as u32);
+    0
+}
+
+/// Kept for the state change to LISTEN that follows in the same call: the backlog asked for,
+/// before `net.core.somaxconn` caps it.
+#[inline(always)]
+fn stash_listen(fd: i32, backlog: u32) {
     let tid = tid();
     if let Some(slot) = stash(tid) {
         // SAFETY: an array slot, valid for this run.
@@ -35,12 +51,11 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
             *slot = SyscallArgs {
                 tid,
                 what: STASH_LISTEN,
-                fd: fd as i32,
-                backlog: backlog as u32,
+                fd,
+                backlog,
             }
         };
     }
-    0
 }
 
 #[tracepoint]
@@ -73,25 +88,11 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Per-CPU room for the accept record: with the stashed arguments it does not fit the
-/// combined stack older verifiers (5.10, 6.1) allow across the helper calls.
-#[map(name = "RST_SCRATCH_ACCEPT")]
-static RST_SCRATCH_ACCEPT: PerCpuArray<AcceptRecord> = PerCpuArray::with_max_entries(1, 0);
-
 fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
     let ret: i64 = tp(ctx, lay!(tp.sys_exit_ret))?;
     let ret = ret as i32;
-    if ret >= 0 {
-        // Where inet_csk_accept is hooked, the child is owned there, in the same context.
-        if !accept_via_function() {
-            owners::accepted(current_fd_sock(ret));
-        }
-        return None;
-    }
-    // EAGAIN and friends are the normal life of a non-blocking accept loop. The stash is left
-    // for the thread's next syscall entry to overwrite.
-    if ret != -EMFILE && ret != -ENFILE {
-        return None;
+    if ret >= 0 || !fd_limit(ret) {
+        return accept_returned(ret, -1);
     }
     let tid = tid();
     let args = stash(tid)?;
@@ -102,7 +103,45 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
     } else {
         -1
     };
-    let listener = current_fd_sock(fd);
+    accept_returned(ret, fd)
+}
+
+/// accept() and accept4() where BPF trampolines work: `__sys_accept4(fd, addr, addrlen,
+/// flags)` is what both syscalls call, and its exit sees the listening fd and the result
+/// together, so no entry hook is needed. An fexit has no limit on calls blocked in it (a
+/// kretprobe has), which matters for accept().
+#[fexit(function = "__sys_accept4")]
+pub fn sys_accept4_fexit(ctx: FExitContext) -> u32 {
+    let _ = accept_returned(ctx.arg::<i32>(4), ctx.arg::<i32>(0));
+    0
+}
+
+#[inline(always)]
+fn fd_limit(ret: i32) -> bool {
+    ret == -EMFILE || ret == -ENFILE
+}
+
+/// Per-CPU room for the accept record: with the stashed arguments it does not fit the
+/// combined stack older verifiers (5.10, 6.1) allow across the helper calls.
+#[map(name = "RST_SCRATCH_ACCEPT")]
+static RST_SCRATCH_ACCEPT: PerCpuArray<AcceptRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// accept() on listening fd `listen_fd` (-1: unknown) returned `ret`.
+#[inline(always)]
+fn accept_returned(ret: i32, listen_fd: i32) -> Option<()> {
+    if ret >= 0 {
+        // Where inet_csk_accept is hooked, the child is owned there, in the same context.
+        if !accept_via_function() {
+            owners::accepted(current_fd_sock(ret));
+        }
+        return None;
+    }
+    // EAGAIN and friends are the normal life of a non-blocking accept loop. The stash is left
+    // for the thread's next syscall entry to overwrite.
+    if !fd_limit(ret) {
+        return None;
+    }
+    let listener = current_fd_sock(listen_fd);
     let netns = sk_netns(listener);
     // SAFETY: a per-CPU slot used by this program only, never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_ACCEPT.get_ptr_mut(0)? };
@@ -114,7 +153,7 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
     rec.task = current_task();
     rec.ret = ret;
     rec.listener_skaddr = listener;
-    rec.listen_fd = fd;
+    rec.listen_fd = listen_fd;
     let (ack, max) = accept_queue(listener);
     rec.listener_ack_backlog = ack.unwrap_or(0);
     rec.listener_max_ack_backlog = max.unwrap_or(0);

@@ -66,7 +66,7 @@ pub fn ways(loaded: &Loaded, facts: &KernelFacts) -> Vec<(Cause, Vec<Way>)> {
                     .then(|| status.and_then(HookStatus::why_not).map(|e| first_line(&e)))
                     .flatten();
                 ways.push(Way {
-                    how: format!("{tier} (per packet)"),
+                    how: format!("{tier} (per {})", h.per),
                     works,
                     note: why,
                 });

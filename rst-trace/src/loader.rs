@@ -157,6 +157,14 @@ impl HookStatus {
         matches!(self.outcome, HookOutcome::Attached { .. })
     }
 
+    /// Attached, or left out because another hook reports the same events.
+    pub fn is_serving(&self) -> bool {
+        matches!(
+            self.outcome,
+            HookOutcome::Attached { .. } | HookOutcome::NotNeeded { .. }
+        )
+    }
+
     /// Where it attached (empty unless attached).
     pub fn attached(&self) -> &[String] {
         match &self.outcome {
@@ -214,7 +222,7 @@ impl Loaded {
         HOOKS
             .iter()
             .zip(&self.hooks)
-            .filter(|(_, s)| !s.is_attached())
+            .filter(|(_, s)| !s.is_serving())
             .flat_map(|(h, _)| h.serves.iter().copied())
             .collect()
     }
@@ -236,7 +244,35 @@ pub mod hook {
     pub const TCP_V6_SEND_RESET: &str = "tcp_v6_send_reset";
     pub const TCP_CONN_REQUEST: &str = "tcp_conn_request";
     pub const TCP_SYN_RECV_SOCK: &str = "tcp_syn_recv_sock";
+    pub const SYS_LISTEN_ACCEPT4: &str = "sys_listen_accept4";
 }
+
+/// The syscall tracepoint programs that [`SYSCALL_FUNCTIONS`] makes redundant where it attaches.
+const SYSCALL_TRACEPOINT_PROGRAMS: [&str; 3] = [
+    program::SYS_ENTER_LISTEN,
+    program::SYS_ENTER_ACCEPT,
+    program::SYS_EXIT_ACCEPT,
+];
+
+/// listen() and accept() seen at the kernel functions both syscalls call, instead of at syscall
+/// tracepoints. A single syscall tracepoint sends every syscall of every process on the host
+/// through the slow entry and exit path (about +90 ns on a 200 ns getppid() on the reference
+/// machine, see docs/kernel-notes.md), whatever syscall it traces; a trampoline costs only the
+/// calls it traces. Trampolines only: accept() blocks, and a kretprobe misses the returns of
+/// calls blocked beyond its instance limit. Both or neither: one syscall tracepoint left
+/// attached is enough to cost every syscall.
+const SYSCALL_FUNCTIONS: FunctionHook = FunctionHook {
+    name: hook::SYS_LISTEN_ACCEPT4,
+    trampoline: &[
+        // accept first: reports name the first attach point, and it is the one serving a cause.
+        (program::SYS_ACCEPT4_FEXIT, "__sys_accept4"),
+        (program::SYS_LISTEN_FENTRY, "__sys_listen"),
+    ],
+    probes: &[],
+    serves: &[Cause::FdExhaustion],
+    purpose: "listen()'s backlog and accept()'s result (accepted-socket ownership, EMFILE/ENFILE) without syscall tracepoints, which slow every syscall on the host",
+    per: "call",
+};
 
 /// A kernel function hook, tried as fentry/fexit first, then as kprobe/kretprobe.
 pub struct FunctionHook {
@@ -248,9 +284,12 @@ pub struct FunctionHook {
     pub probes: &'static [(&'static str, &'static str, bool)],
     pub serves: &'static [Cause],
     pub purpose: &'static str,
+    /// What one run of it is ("packet", "call"): how doctor describes the way it serves a cause.
+    pub per: &'static str,
 }
 
 pub const FUNCTION_HOOKS: &[FunctionHook] = &[
+    SYSCALL_FUNCTIONS,
     FunctionHook {
         name: hook::INET_CSK_ACCEPT,
         // The fexit program is chosen by the function's arity in BTF (see FEXIT_BY_ARITY).
@@ -258,6 +297,7 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         probes: &[(program::INET_CSK_ACCEPT_KRETPROBE, "inet_csk_accept", true)],
         serves: &[],
         purpose: "accepted-socket ownership where the kernel creates the socket",
+        per: "packet",
     },
     FunctionHook {
         name: hook::TCP_V4_SEND_RESET,
@@ -265,6 +305,7 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         probes: &[(program::SEND_RESET_KPROBE, "tcp_v4_send_reset", false)],
         serves: &[Cause::NoListener, Cause::TimewaitSegment],
         purpose: "RSTs without a full socket (no listener, TIME_WAIT) where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
+        per: "packet",
     },
     FunctionHook {
         name: hook::TCP_V6_SEND_RESET,
@@ -272,6 +313,7 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         probes: &[(program::SEND_RESET_KPROBE, "tcp_v6_send_reset", false)],
         serves: &[Cause::NoListener, Cause::TimewaitSegment],
         purpose: "IPv6 RSTs without a full socket where tcp:tcp_send_reset fires only for full sockets (< 6.10)",
+        per: "packet",
     },
     FunctionHook {
         name: hook::TCP_CONN_REQUEST,
@@ -279,6 +321,7 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         probes: &[(program::TCP_CONN_REQUEST_KPROBE, "tcp_conn_request", false)],
         serves: &[Cause::AcceptQueueOverflow, Cause::SynQueueOverflow],
         purpose: "SYN-time accept/SYN queue overflow per packet, with the queues' state",
+        per: "packet",
     },
     FunctionHook {
         name: hook::TCP_SYN_RECV_SOCK,
@@ -294,6 +337,7 @@ pub const FUNCTION_HOOKS: &[FunctionHook] = &[
         ],
         serves: &[Cause::AcceptQueueOverflow],
         purpose: "ACK-time accept queue overflow per packet on kernels without the TCP_LISTEN_OVERFLOW drop reason",
+        per: "packet",
     },
 ];
 
@@ -311,6 +355,11 @@ impl FunctionHook {
 /// the context slot after the last argument, and that offset must be a constant for the
 /// verifier, so a function whose arity differs across kernels has one program per arity.
 const FEXIT_BY_ARITY: &[(&str, &[(usize, &str)])] = &[
+    // The return value is read after the fourth argument: any other arity is not this call.
+    (
+        program::SYS_ACCEPT4_FEXIT,
+        &[(4, program::SYS_ACCEPT4_FEXIT)],
+    ),
     // 4 arguments before 6.10 (flags, err, kern), 2 since.
     (
         "inet_csk_accept_fexit",
@@ -502,12 +551,71 @@ fn unload_tier<'a>(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'a str>) {
     }
 }
 
-fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[(&str, &str)]) -> Vec<HookStatus> {
-    let btf = Btf::from_sys_fs().ok();
-    let kbtf = crate::kernel::btf::KernelBtf::load().ok();
-    let arity = |f: &str| kbtf.as_ref().and_then(|b| b.func_param_count(f));
+/// The kernel's BTF, as aya loads programs with it and as the agent reads prototypes from it;
+/// read once for every function hook.
+struct FunctionBtf {
+    btf: Option<Btf>,
+    kernel: Option<crate::kernel::btf::KernelBtf>,
+}
+
+impl FunctionBtf {
+    fn load() -> Self {
+        Self {
+            btf: Btf::from_sys_fs().ok(),
+            kernel: crate::kernel::btf::KernelBtf::load().ok(),
+        }
+    }
+
+    fn arity(&self, function: &str) -> Option<usize> {
+        self.kernel
+            .as_ref()
+            .and_then(|b| b.func_param_count(function))
+    }
+}
+
+/// Attaches `hook` with the best tier this kernel accepts.
+fn attach_function_hook(ebpf: &mut Ebpf, fbtf: &FunctionBtf, hook: &FunctionHook) -> HookStatus {
+    let arity = |f: &str| fbtf.arity(f);
+    let mut at = Vec::new();
+    let mut errors = Vec::new();
+    let trampoline = match &fbtf.btf {
+        Some(btf) => attach_trampolines(ebpf, btf, hook, &mut at, &arity),
+        None => Err("no kernel BTF".into()),
+    };
+    if let Err(e) = trampoline {
+        // A half-attached tier would double count: detach what it attached first.
+        unload_tier(
+            ebpf,
+            hook.trampoline
+                .iter()
+                .map(|(p, f)| trampoline_for(p, f, &arity).unwrap_or(p)),
+        );
+        at.clear();
+        errors.push(e);
+        if !hook.probes.is_empty() {
+            if let Err(e) = attach_probes(ebpf, hook, &mut at) {
+                unload_tier(ebpf, hook.probes.iter().map(|(p, _, _)| *p));
+                at.clear();
+                errors.push(e);
+            }
+        }
+    }
+    let status = HookStatus::from_attempt(hook.name, at, errors);
+    log::info!("hook {}: {:?}", hook.name, status.outcome);
+    status
+}
+
+/// Attaches each function hook but [`SYSCALL_FUNCTIONS`] (attached before the tracepoints).
+fn attach_function_hooks(
+    ebpf: &mut Ebpf,
+    fbtf: &FunctionBtf,
+    skip: &[(&str, &str)],
+) -> Vec<HookStatus> {
     let mut out = Vec::new();
-    for hook in FUNCTION_HOOKS {
+    for hook in FUNCTION_HOOKS
+        .iter()
+        .filter(|h| h.name != SYSCALL_FUNCTIONS.name)
+    {
         if let Some((_, why)) = skip.iter().find(|(name, _)| *name == hook.name) {
             out.push(HookStatus {
                 program: hook.name,
@@ -517,31 +625,7 @@ fn attach_function_hooks(ebpf: &mut Ebpf, skip: &[(&str, &str)]) -> Vec<HookStat
             });
             continue;
         }
-        let mut at = Vec::new();
-        let mut errors = Vec::new();
-        let trampoline = match &btf {
-            Some(btf) => attach_trampolines(ebpf, btf, hook, &mut at, &arity),
-            None => Err("no kernel BTF".into()),
-        };
-        if let Err(e) = trampoline {
-            // A half-attached tier would double count: detach what it attached first.
-            unload_tier(
-                ebpf,
-                hook.trampoline
-                    .iter()
-                    .map(|(p, f)| trampoline_for(p, f, &arity).unwrap_or(p)),
-            );
-            at.clear();
-            errors.push(e);
-            if let Err(e) = attach_probes(ebpf, hook, &mut at) {
-                unload_tier(ebpf, hook.probes.iter().map(|(p, _, _)| *p));
-                at.clear();
-                errors.push(e);
-            }
-        }
-        let status = HookStatus::from_attempt(hook.name, at, errors);
-        log::info!("hook {}: {:?}", hook.name, status.outcome);
-        out.push(status);
+        out.push(attach_function_hook(ebpf, fbtf, hook));
     }
     out
 }
@@ -556,8 +640,24 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
         .override_global(KERNEL_LOG_LEVEL_GLOBAL, &kernel_log_level, true)
         .load(BPF_OBJECT)
         .map_err(LoadError::Object)?;
+    let fbtf = FunctionBtf::load();
+    // First, so that the syscall tracepoints are not attached at all where it works.
+    let syscall_functions = attach_function_hook(&mut ebpf, &fbtf, &SYSCALL_FUNCTIONS);
     let mut hooks = Vec::new();
     for hook in HOOKS {
+        if syscall_functions.is_attached() && SYSCALL_TRACEPOINT_PROGRAMS.contains(&hook.program) {
+            hooks.push(HookStatus {
+                program: hook.program,
+                outcome: HookOutcome::NotNeeded {
+                    why: format!(
+                        "{} serves it ({}), and a syscall tracepoint would slow every syscall on the host",
+                        hook::SYS_LISTEN_ACCEPT4,
+                        syscall_functions.attached().join(", ")
+                    ),
+                },
+            });
+            continue;
+        }
         let mut at = Vec::new();
         let mut errors = Vec::new();
         if let Err(e) = attach(&mut ebpf, hook, &mut at, &mut errors) {
@@ -584,7 +684,9 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
             (hook::TCP_V6_SEND_RESET, why),
         ]);
     }
-    hooks.extend(attach_function_hooks(&mut ebpf, &skip));
+    hooks.push(syscall_functions);
+    hooks.extend(attach_function_hooks(&mut ebpf, &fbtf, &skip));
+    drop(fbtf);
     // Successful accepts are then reported where the socket is created, not again at exit.
     let accept_hooked = hooks
         .iter()
@@ -846,6 +948,9 @@ mod tests {
             outcome: HookOutcome::NotNeeded { why: "tp".into() },
         };
         assert!(!skipped.is_attached());
+        // Left out for another hook that reports the same: its causes stay available.
+        assert!(skipped.is_serving());
+        assert!(!failed.is_serving());
         assert_eq!(
             skipped.to_json(),
             json!({"status": "not_needed", "attached": [], "errors": ["not needed: tp"]})

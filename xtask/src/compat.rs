@@ -13,7 +13,7 @@ const END: &str = "<!-- compat-table:end -->";
 fn short(via: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     for w in via.split("; ") {
-        let w = w.replace(" (per packet)", "");
+        let w = w.replace(" (per packet)", "").replace(" (per call)", "");
         let s = if let Some(rest) = w.strip_prefix("tracepoint skb:kfree_skb reason ") {
             format!("kfree_skb {}", rest.split_whitespace().next().unwrap_or(""))
         } else if let Some(rest) = w.strip_prefix("tracepoint ") {

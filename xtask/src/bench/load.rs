@@ -38,6 +38,14 @@ pub enum Load {
         #[arg(long)]
         max_seconds: u64,
     },
+    /// getppid() COUNT times: the cheapest syscall, so what a tracer adds to every syscall of
+    /// every process (a syscall tracepoint routes them all through the slow path) shows whole.
+    Syscalls {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        max_seconds: u64,
+    },
     /// One listener on 127.0.0.1:PORT in each namespace named in FILE (one name under
     /// /run/netns per line; a file, since a thousand names make an unwieldy command line),
     /// held until stdin closes.
@@ -65,6 +73,7 @@ pub fn run(load: Load) -> Result<u8> {
     match load {
         Load::Churn { count, max_seconds } => churn(count, Duration::from_secs(max_seconds)),
         Load::Storm { count, max_seconds } => storm(count, Duration::from_secs(max_seconds)),
+        Load::Syscalls { count, max_seconds } => syscalls(count, Duration::from_secs(max_seconds)),
         Load::Listeners {
             max_seconds,
             port,
@@ -184,6 +193,23 @@ fn storm(count: u64, max: Duration) -> Result<()> {
     }
     o.elapsed_s = start.elapsed().as_secs_f64();
     o.out_rsts = out_rsts()?.saturating_sub(rsts);
+    o.print();
+    Ok(())
+}
+
+fn syscalls(count: u64, max: Duration) -> Result<()> {
+    /// Calls between two looks at the clock, so the clock is not what is measured.
+    const BATCH: u64 = 10_000;
+    let mut o = Outcome::default();
+    let start = Instant::now();
+    while o.completed < count && start.elapsed() < max {
+        for _ in 0..BATCH.min(count - o.completed) {
+            // SAFETY: getppid takes no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        o.completed += BATCH.min(count - o.completed);
+    }
+    o.elapsed_s = start.elapsed().as_secs_f64();
     o.print();
     Ok(())
 }

@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// connect() calls to a closed port per RST-storm run [default: 100000, short: 5000].
     #[arg(long, value_name = "N")]
     storm: Option<u64>,
+    /// getppid() calls per run of the syscall workload [default: 3000000, short: 300000].
+    #[arg(long, value_name = "N")]
+    syscalls: Option<u64>,
     /// Namespace counts of the idle workload [default: 200,1000, short: 50].
     #[arg(long, value_name = "N,N", value_delimiter = ',')]
     idle_netns: Option<Vec<usize>>,
@@ -68,6 +71,7 @@ pub struct BenchArgs {
 enum WorkloadKind {
     Churn,
     Storm,
+    Syscalls,
     Idle,
     Startup,
 }
@@ -77,6 +81,7 @@ struct Plan {
     rounds: usize,
     churn: u64,
     storm: u64,
+    syscalls: u64,
     idle: Vec<usize>,
     idle_seconds: u64,
     connections: u64,
@@ -92,6 +97,7 @@ impl Plan {
             rounds: usize::try_from(pick(args.rounds, 3, 2))?,
             churn: pick(args.churn, 20_000, 2_000),
             storm: pick(args.storm, 100_000, 5_000),
+            syscalls: pick(args.syscalls, 3_000_000, 300_000),
             idle: args.idle_netns.clone().unwrap_or_else(|| {
                 if short {
                     vec![50]
@@ -105,6 +111,7 @@ impl Plan {
                 vec![
                     WorkloadKind::Churn,
                     WorkloadKind::Storm,
+                    WorkloadKind::Syscalls,
                     WorkloadKind::Idle,
                     WorkloadKind::Startup,
                 ]
@@ -112,8 +119,8 @@ impl Plan {
                 args.only.clone()
             },
         };
-        if plan.churn == 0 || plan.storm == 0 || plan.idle_seconds == 0 {
-            bail!("--churn, --storm and --idle-seconds must be at least 1");
+        if plan.churn == 0 || plan.storm == 0 || plan.syscalls == 0 || plan.idle_seconds == 0 {
+            bail!("--churn, --storm, --syscalls and --idle-seconds must be at least 1");
         }
         if plan.idle.contains(&0) {
             bail!("--idle-netns counts must be at least 1");
@@ -146,6 +153,12 @@ impl Plan {
                 .map(|v| (w, v))
                 .collect(),
             );
+        }
+        if has(WorkloadKind::Syscalls) {
+            let w = Workload::Syscalls {
+                calls: self.syscalls,
+            };
+            groups.push(vec![(w, Variant::Untraced), (w, Variant::RstTrace)]);
         }
         if has(WorkloadKind::Idle) {
             for &namespaces in &self.idle {

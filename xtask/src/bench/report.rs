@@ -241,6 +241,7 @@ pub fn markdown(
 
     section_churn(&mut m, cells);
     section_storm(&mut m, cells);
+    section_syscalls(&mut m, cells);
     section_idle(&mut m, cells, meta.idle_seconds);
     section_startup(&mut m, cells);
     section_programs(&mut m, profiles);
@@ -279,6 +280,45 @@ fn section_churn(m: &mut String, cells: &BTreeMap<Key, Cell>) {
             mib(c.hwm_kib),
         );
     }
+}
+
+/// What every syscall of every other process pays while the agent runs: a syscall tracepoint,
+/// whichever syscall it is for, sends all of them through the kernel's slow path.
+fn section_syscalls(m: &mut String, cells: &BTreeMap<Key, Cell>) {
+    let rows: Vec<_> = cells
+        .iter()
+        .filter(|((w, _), _)| matches!(w, Workload::Syscalls { .. }))
+        .collect();
+    let Some(((w, _), _)) = rows.first() else {
+        return;
+    };
+    let _ = writeln!(
+        m,
+        "\n## Every process's syscalls: {} getppid() calls\n",
+        thousands(w.events() as f64)
+    );
+    let _ = writeln!(
+        m,
+        "| variant | calls/s | ns per call | vs untraced | per round |"
+    );
+    let _ = writeln!(m, "|---|---|---|---|---|");
+    for ((_, v), c) in rows {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} |",
+            v.key(),
+            opt_thousands(c.rate),
+            c.rate
+                .filter(|r| *r > 0.0)
+                .map_or_else(|| "–".into(), |r| format!("{:.0}", 1e9 / r)),
+            pct(c.vs_untraced),
+            per_round(&c.rates),
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nThe cheapest syscall, so that what the agent adds to every syscall on the host shows whole. On kernels where BPF trampolines work the agent attaches no syscall tracepoint; where they do not (this kernel, if `sys_listen_accept4` failed in the started line), listen() and accept() are seen at syscall tracepoints, which send every syscall of every process through the slow path."
+    );
 }
 
 fn section_storm(m: &mut String, cells: &BTreeMap<Key, Cell>) {

@@ -36,6 +36,8 @@ pub enum Workload {
     Churn { connections: u64 },
     /// N connect() to a closed loopback port.
     Storm { connects: u64 },
+    /// N getppid() calls: what every other process's syscalls pay.
+    Syscalls { calls: u64 },
     /// Namespaces each holding one listener, no traffic.
     Idle { namespaces: usize },
     /// The agent starting next to this many established connections.
@@ -47,6 +49,7 @@ impl Workload {
         match self {
             Workload::Churn { .. } => "churn".into(),
             Workload::Storm { .. } => "storm".into(),
+            Workload::Syscalls { .. } => "syscalls".into(),
             Workload::Idle { namespaces } => format!("idle-{namespaces}"),
             Workload::Startup { connections } => format!("startup-{connections}"),
         }
@@ -57,6 +60,7 @@ impl Workload {
         match self {
             Workload::Churn { connections } | Workload::Startup { connections } => connections,
             Workload::Storm { connects } => connects,
+            Workload::Syscalls { calls } => calls,
             Workload::Idle { .. } => 0,
         }
     }
@@ -135,7 +139,7 @@ pub fn run(ctx: &Ctx, workload: Workload, variant: Variant, round: usize) -> Res
     let tag = format!("{}-{}-r{round}", workload.key(), variant.key());
     eprintln!("xtask: bench: {tag}");
     let sample = match workload {
-        Workload::Churn { .. } | Workload::Storm { .. } => {
+        Workload::Churn { .. } | Workload::Storm { .. } | Workload::Syscalls { .. } => {
             timed(ctx, workload, variant, round, &tag, false)?.0
         }
         Workload::Idle { namespaces } => idle(ctx, namespaces, variant, round, &tag)?,
@@ -175,6 +179,7 @@ fn timed(
     let (mode, n) = match workload {
         Workload::Churn { connections } => ("churn", connections),
         Workload::Storm { connects } => ("storm", connects),
+        Workload::Syscalls { calls } => ("syscalls", calls),
         _ => bail!("{} is not a timed workload", workload.key()),
     };
     let outcome = run_load(ctx, ns.first(), mode, n)?;
@@ -262,6 +267,9 @@ fn check_counts(
                     bail!("{what}: the agent counted {seen} NO_SOCKET RSTs of {connects}");
                 }
             }
+        }
+        Workload::Syscalls { calls } if o.completed != calls => {
+            bail!("{what}: {} of {calls} calls made in time", o.completed);
         }
         _ => {}
     }
