@@ -503,30 +503,20 @@ pub const STASH_LISTEN: u32 = 100;
 /// index the arguments by a variable. The agent passes any other position as absent.
 pub const KFREE_SKB_REASON_ARG: u16 = 2;
 pub const KFREE_SKB_RX_SK_ARG: u16 = 3;
+/// Position of tcp_send_reset's `reason` argument (≥ 6.10), after `sk` and `skb`.
+pub const TCP_SEND_RESET_REASON_ARG: u16 = 2;
 
 /// Offsets of the tracepoint fields the programs read, from tracefs `format` files.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TracepointOffsets {
-    // tcp:tcp_send_reset
-    pub rst_skbaddr: u16,
-    pub rst_skaddr: u16,
-    pub rst_state: u16,
+    /// tcp:tcp_send_reset's `reason` field in its format: present (≥ 6.10) where the
+    /// tracepoint fires for every RST the stack sends, with or without a full socket.
     pub rst_reason: u16,
-    /// `saddr`/`daddr` as `struct sockaddr_in6` (kernels ≥ 5.19): 28 bytes each.
-    pub rst_saddr_sockaddr: u16,
-    pub rst_daddr_sockaddr: u16,
-    // older split layout (≤ 5.18): sport, dport, family, saddr[4], daddr[4], saddr_v6, daddr_v6
-    pub rst_sport: u16,
-    pub rst_dport: u16,
-    pub rst_family: u16,
-    pub rst_saddr4: u16,
-    pub rst_daddr4: u16,
-    pub rst_saddr6: u16,
-    pub rst_daddr6: u16,
-    // tcp:tcp_receive_reset
-    pub rr_skaddr: u16,
-    pub rr_sock_cookie: u16,
+    /// tcp:tcp_send_reset, a raw tracepoint: the position of its `reason` argument
+    /// ([`TCP_SEND_RESET_REASON_ARG`]) from its prototype in BTF; [`OFFSET_NONE`] when absent.
+    /// (tcp:tcp_receive_reset passes only the socket.)
+    pub rst_reason_arg: u16,
     /// skb:kfree_skb, a raw tracepoint: the positions of `reason` (≥ 5.17) and `rx_sk`
     /// (≥ 6.10) among its arguments, from its prototype in BTF; [`OFFSET_NONE`] when absent.
     /// (sock:inet_sock_set_state and net:net_dev_queue are raw tracepoints too, but their
@@ -540,6 +530,7 @@ pub struct TracepointOffsets {
     // tcp:tcp_retransmit_synack
     pub rsa_skaddr: u16,
     pub rsa_sport: u16,
+    pub _pad: u16,
 }
 
 /// Offsets of kernel struct members, from the running kernel's BTF.
@@ -608,6 +599,8 @@ pub struct StructOffsets {
     /// Bit numbers of SOCK_KEEPOPEN (SO_KEEPALIVE) and SOCK_DEAD (orphaned) in `sk_flags`.
     pub sock_keepopen_bit: u32,
     pub sock_dead_bit: u32,
+    /// `sock_common.skc_cookie` (an `atomic64_t`): 0 until something asks for the cookie.
+    pub skc_cookie: u32,
 }
 
 /// Everything the kernel programs need to know about the running kernel and the filters.
@@ -631,21 +624,8 @@ impl KernelLayout {
     /// Every offset unknown: programs that find an offset unknown do nothing with that field.
     pub const UNKNOWN: Self = Self {
         tp: TracepointOffsets {
-            rst_skbaddr: OFFSET_NONE,
-            rst_skaddr: OFFSET_NONE,
-            rst_state: OFFSET_NONE,
             rst_reason: OFFSET_NONE,
-            rst_saddr_sockaddr: OFFSET_NONE,
-            rst_daddr_sockaddr: OFFSET_NONE,
-            rst_sport: OFFSET_NONE,
-            rst_dport: OFFSET_NONE,
-            rst_family: OFFSET_NONE,
-            rst_saddr4: OFFSET_NONE,
-            rst_daddr4: OFFSET_NONE,
-            rst_saddr6: OFFSET_NONE,
-            rst_daddr6: OFFSET_NONE,
-            rr_skaddr: OFFSET_NONE,
-            rr_sock_cookie: OFFSET_NONE,
+            rst_reason_arg: OFFSET_NONE,
             kfs_reason_arg: OFFSET_NONE,
             kfs_rx_sk_arg: OFFSET_NONE,
             sys_enter_fd: OFFSET_NONE,
@@ -653,6 +633,7 @@ impl KernelLayout {
             sys_exit_ret: OFFSET_NONE,
             rsa_skaddr: OFFSET_NONE,
             rsa_sport: OFFSET_NONE,
+            _pad: 0,
         },
         st: StructOffsets {
             skc_family: MEMBER_NONE,
@@ -697,6 +678,7 @@ impl KernelLayout {
             sock_linger_bit: MEMBER_NONE,
             sock_keepopen_bit: MEMBER_NONE,
             sock_dead_bit: MEMBER_NONE,
+            skc_cookie: MEMBER_NONE,
             icsk_syn_qlen: MEMBER_NONE,
         },
         filter_netns: 0,
@@ -749,8 +731,8 @@ const _: () = {
     assert!(size_of::<SyscallArgs>() == 16);
     assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
     assert!(size_of::<ListenDropRecord>() == 24 + 40 + 8 + 16);
-    assert!(size_of::<TracepointOffsets>() == 22 * 2);
-    assert!(size_of::<StructOffsets>() == 43 * 4);
-    assert!(size_of::<KernelLayout>() == 44 + 172 + 4 + 2 + 2 + 32 + 4 + 4);
+    assert!(size_of::<TracepointOffsets>() == 10 * 2);
+    assert!(size_of::<StructOffsets>() == 44 * 4);
+    assert!(size_of::<KernelLayout>() == 20 + 176 + 4 + 2 + 2 + 32 + 4 + 4);
     assert!(size_of::<ListenerHotRecord>() == 24 + 8 + 8 + 8);
 };

@@ -36,22 +36,6 @@ fn paired<A, B>(a: u32, b: u32) -> bool {
     b == a.wrapping_add(core::mem::offset_of!(Pair<A, B>, b) as u32)
 }
 
-/// Two tracepoint fields, in one read when they sit as [`Pair`] lays them out (a helper call
-/// saved on paths that run for every event); otherwise one read each, either of which may be
-/// missing.
-#[inline(always)]
-pub fn tp_pair<A: Copy, B: Copy>(
-    ctx: &TracePointContext,
-    a: u16,
-    b: u16,
-) -> (Option<A>, Option<B>) {
-    if a != OFFSET_NONE && b != OFFSET_NONE && paired::<A, B>(a.into(), b.into()) {
-        // Where the pair cannot be read, neither half can.
-        return tp::<Pair<A, B>>(ctx, a).map_or((None, None), |p| (Some(p.a), Some(p.b)));
-    }
-    (tp(ctx, a), tp(ctx, b))
-}
-
 /// Reads `base + off`, or `None` when the member is unknown or the read faults.
 #[inline(always)]
 pub fn member<T>(base: u64, off: u32) -> Option<T> {
@@ -291,20 +275,6 @@ fn write_u32(a: &mut [u8; 16], at: usize, v: u32) {
     if at + 4 <= a.len() {
         unsafe { core::ptr::write_volatile(a.as_mut_ptr().add(at) as *mut u32, v) };
     }
-}
-
-/// Parses a `struct sockaddr_in`/`sockaddr_in6` image (as the tracepoints store it) into
-/// the address bytes and host-order port, returning the family.
-#[inline(always)]
-pub fn sockaddr(raw: &[u8; 28], addr: &mut [u8; 16], port: &mut u16) -> u16 {
-    let family = u16::from_ne_bytes([raw[0], raw[1]]);
-    *port = u16::from_be_bytes([raw[2], raw[3]]);
-    if family == AF_INET {
-        addr[..4].copy_from_slice(&raw[4..8]);
-    } else if family == AF_INET6 {
-        addr.copy_from_slice(&raw[8..24]);
-    }
-    family
 }
 
 /// Whether a TCP state belongs to a full `struct sock` (not TIME_WAIT, not NEW_SYN_RECV).

@@ -3,22 +3,22 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated,
-    macros::{fentry, kprobe, map, tracepoint},
+    macros::{fentry, kprobe, map, raw_tracepoint},
     maps::PerCpuArray,
-    programs::{FEntryContext, ProbeContext, TracePointContext},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use rst_trace_common::{
     tcp::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT, TCP_TIME_WAIT},
     CounterFamily, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
-    OFFSET_NONE, REASON_NONE, RECORD_VERSION, RST_FULLSOCK, RST_HAS_SOCK, RST_KEEPALIVE_ON,
-    RST_LINGER_ZERO, SLOT_NO_REASON,
+    REASON_NONE, RECORD_VERSION, RST_FULLSOCK, RST_HAS_SOCK, RST_KEEPALIVE_ON, RST_LINGER_ZERO,
+    SLOT_NO_REASON, TCP_SEND_RESET_REASON_ARG,
 };
 
 use crate::{
     emit::{count, deliver},
     kread::{
-        is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple, sk_tuple_state,
-        skb_netns, sockaddr, tcp_snapshot, tp, tp_pair, AF_INET, AF_INET6,
+        fill_tuple, is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple_state,
+        skb_netns, tcp_snapshot,
     },
     layout::{lay, wanted},
     owners,
@@ -90,64 +90,63 @@ pub fn sent_by_stack(local_port: u16, remote_port: u16) -> bool {
     hit
 }
 
-#[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint (see `inet_sock_set_state`): the classic one formats both endpoints
+/// before any program runs, for every RST of a storm; the raw one passes `(sk, skb[,
+/// reason])` as they are, and the endpoints are read only once the event is wanted.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> u32 {
     let _ = try_tcp_send_reset(&ctx);
     0
 }
 
-/// The RST's endpoints from the tracepoint itself: `saddr` is always the RST's sender (us),
-/// both for socket-based resets and for the reversed tuple of a socket-less one.
+/// The kernel's reason for the RST, if this kernel passes one (≥ 6.10).
 #[inline(always)]
-fn send_reset_tuple(ctx: &TracePointContext, skaddr: u64, t: &mut Tuple) {
-    let s_off = lay!(tp.rst_saddr_sockaddr);
-    if s_off != OFFSET_NONE {
-        let (s, d) = tp_pair::<[u8; 28], [u8; 28]>(ctx, s_off, lay!(tp.rst_daddr_sockaddr));
-        let (s, d) = (s.unwrap_or([0; 28]), d.unwrap_or([0; 28]));
-        t.family = sockaddr(&s, &mut t.local_addr, &mut t.local_port);
-        sockaddr(&d, &mut t.remote_addr, &mut t.remote_port);
-        return;
-    }
-    // Kernels before 5.19 store ports and addresses in separate fields.
-    // 5.10 has no family field: the socket still knows it (its port may be cleared by
-    // then, which is why the tracepoint's own port fields are used).
-    t.family = tp::<u16>(ctx, lay!(tp.rst_family))
-        .or_else(|| member::<u16>(skaddr, lay!(st.skc_family)))
-        .unwrap_or(0);
-    t.local_port = tp::<u16>(ctx, lay!(tp.rst_sport)).unwrap_or(0);
-    t.remote_port = tp::<u16>(ctx, lay!(tp.rst_dport)).unwrap_or(0);
-    if t.family == AF_INET {
-        let l: [u8; 4] = tp(ctx, lay!(tp.rst_saddr4)).unwrap_or([0; 4]);
-        let r: [u8; 4] = tp(ctx, lay!(tp.rst_daddr4)).unwrap_or([0; 4]);
-        t.local_addr[..4].copy_from_slice(&l);
-        t.remote_addr[..4].copy_from_slice(&r);
-    } else if t.family == AF_INET6 {
-        t.local_addr = tp(ctx, lay!(tp.rst_saddr6)).unwrap_or([0; 16]);
-        t.remote_addr = tp(ctx, lay!(tp.rst_daddr6)).unwrap_or([0; 16]);
+fn send_reset_reason(ctx: &RawTracePointContext) -> u32 {
+    // A constant position behind a test of the frozen layout: on kernels without the argument
+    // the verifier drops the read, which attaching would otherwise refuse.
+    if lay!(tp.rst_reason_arg) == TCP_SEND_RESET_REASON_ARG {
+        ctx.arg::<u64>(2) as u32
+    } else {
+        REASON_NONE
     }
 }
 
-/// Per-CPU room for the record being built: it, the two sockaddr images and the parsed
-/// segment headers do not fit in the 512-byte BPF stack together.
+/// The RST's endpoints, local (its sender) first, where the classic tracepoint takes them:
+/// from a full socket, else reversed from the segment being answered.
+#[inline(always)]
+fn send_reset_tuple(skaddr: u64, skbaddr: u64, fullsock: bool, t: &mut Tuple) {
+    if fullsock {
+        fill_tuple(skaddr, t);
+        if t.local_port == 0 {
+            // Closing sockets send their RST after releasing the bind hash, which zeroes
+            // skc_num; inet_sport stays as it was.
+            t.local_port = u16::from_be(member::<u16>(skaddr, lay!(st.inet_sport)).unwrap_or(0));
+        }
+    } else if skbaddr != 0 {
+        let _ = crate::skbdrop::segment_tuple(skbaddr, t);
+    }
+}
+
+/// Per-CPU room for the record being built: it and the parsed segment headers do not fit in
+/// the 512-byte BPF stack together.
 #[map(name = "RST_SCRATCH_RESET")]
 static RST_SCRATCH_RESET: PerCpuArray<ResetSentRecord> = PerCpuArray::with_max_entries(1, 0);
 
-fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
-    let (skbaddr, skaddr) = tp_pair::<u64, u64>(ctx, lay!(tp.rst_skbaddr), lay!(tp.rst_skaddr));
-    let (skbaddr, skaddr) = (skbaddr.unwrap_or(0), skaddr.unwrap_or(0));
-    let (state, reason) = tp_pair::<i32, u32>(ctx, lay!(tp.rst_state), lay!(tp.rst_reason));
-    let (state, reason) = (state.unwrap_or(0), reason.unwrap_or(REASON_NONE));
-    let state = state as u32;
+fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Option<()> {
+    let skaddr: u64 = ctx.arg(0);
+    let skbaddr: u64 = ctx.arg(1);
+    let reason = send_reset_reason(ctx);
+    let state = if skaddr != 0 {
+        member::<u8>(skaddr, lay!(st.skc_state)).unwrap_or(0) as u32
+    } else {
+        0
+    };
     let fullsock = skaddr != 0 && is_fullsock_state(state);
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
     crate::mem::zero(rec);
     // In place: the record was just zeroed, as the tuple's unused bytes must be.
-    send_reset_tuple(ctx, skaddr, &mut rec.tuple);
-    if rec.tuple.family == 0 && fullsock {
-        // Older layouts leave the tuple empty for some paths; the socket still has it.
-        rec.tuple = sk_tuple(skaddr);
-    }
+    send_reset_tuple(skaddr, skbaddr, fullsock, &mut rec.tuple);
     // An RST sent on a listener (tcp_abort_on_overflow=1, bad handshake ACKs) carries the
     // listener's wildcard addresses; the segment it answers has the real connection.
     if state == TCP_LISTEN && skbaddr != 0 {
@@ -200,14 +199,16 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: every RST a socket receives, refused connects included, and only the
+/// socket to read.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> u32 {
     let _ = try_tcp_receive_reset(&ctx);
     0
 }
 
-fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
-    let skaddr: u64 = tp(ctx, lay!(tp.rr_skaddr))?;
+fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Option<()> {
+    let skaddr: u64 = ctx.arg(0);
     if skaddr == 0 {
         return None;
     }
@@ -220,7 +221,9 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
         header: header(RecordKind::ResetReceived, netns),
         tuple,
         skaddr,
-        sock_cookie: tp(ctx, lay!(tp.rr_sock_cookie)).unwrap_or(0),
+        // The cookie the socket already has: the classic tracepoint generated one for every
+        // socket it saw; a cookie nobody asked for before (sock_diag, SO_COOKIE, BPF) is 0.
+        sock_cookie: member(skaddr, lay!(st.skc_cookie)).unwrap_or(0),
         state: state as u32,
         ..Default::default()
     };

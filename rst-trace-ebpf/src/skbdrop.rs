@@ -92,23 +92,25 @@ pub fn ip_version(skb: u64) -> Option<u8> {
     Some(first >> 4)
 }
 
-/// Source and destination of the TCP segment in `skb`, from its IP and TCP headers.
+/// Source and destination of the TCP segment in `skb`, from its IP and TCP headers, local
+/// (the receiver) first; returns the segment's flags byte (CWR ECE URG ACK PSH RST SYN FIN).
 #[inline(always)]
 pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
     let head: u64 = member(skb, lay!(st.skb_head))?;
     let nh: u16 = member(skb, lay!(st.skb_network_header))?;
     let ip = head + nh as u64;
-    let first: u8 = member(ip, 0)?;
-    let tcp_at = match first >> 4 {
+    // An IPv4 header's size read at once: it says the version too, and is no longer than the
+    // IPv6 header's start, so one read serves IPv4 segments whole.
+    let h4: Ipv4Hdr = member(ip, 0)?;
+    let tcp_at = match h4.vihl >> 4 {
         4 => {
-            let h: Ipv4Hdr = member(ip, 0)?;
-            if h.proto != IPPROTO_TCP {
+            if h4.proto != IPPROTO_TCP {
                 return None;
             }
             t.family = AF_INET;
-            t.local_addr[..4].copy_from_slice(&h.dst_addr);
-            t.remote_addr[..4].copy_from_slice(&h.src_addr);
-            ip + ((h.vihl & 0xf) as u64) * 4
+            t.local_addr[..4].copy_from_slice(&h4.dst_addr);
+            t.remote_addr[..4].copy_from_slice(&h4.src_addr);
+            ip + ((h4.vihl & 0xf) as u64) * 4
         }
         6 => {
             let h: Ipv6Hdr = member(ip, 0)?;
@@ -125,8 +127,8 @@ pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
     let th: TcpHdr = member(tcp_at, 0)?;
     t.local_port = u16::from_be_bytes(th.dest);
     t.remote_port = u16::from_be_bytes(th.source);
-    // Byte 13 of the TCP header holds the flags (CWR ECE URG ACK PSH RST SYN FIN).
-    member::<u8>(tcp_at, 13)
+    // Byte 13 of the header: bits 8 to 15 of the data-offset/flags bitfield.
+    Some(th._bitfield_1.get(8, 8) as u8)
 }
 
 fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {

@@ -390,7 +390,8 @@ pub struct ConnectionEvidence {
     pub linger: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_reason: Option<String>,
-    /// The socket cookie of a received RST's socket.
+    /// The socket cookie of a received RST's socket, when it had one: the kernel gives a socket
+    /// its cookie the first time something asks for it (sock_diag, SO_COOKIE, a BPF program).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sock_cookie: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

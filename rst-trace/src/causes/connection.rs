@@ -165,7 +165,7 @@ pub fn on_reset_received<H: HostInfo>(
     if cause == Cause::ResetByPeer {
         socket_state(ctx, &mut ev, d.netns, cause, &r.snap, 0);
     }
-    ev.sock_cookie = Some(r.sock_cookie);
+    ev.sock_cookie = (r.sock_cookie != 0).then_some(r.sock_cookie);
     d.evidence = Evidence::Connection(ev);
     let f = Facts {
         port: endpoints.map(|e| e.remote.port),

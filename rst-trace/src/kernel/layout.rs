@@ -2,7 +2,7 @@
 //! running kernel can serve.
 use rst_trace_common::{
     KernelLayout, StructOffsets, TracepointOffsets, KFREE_SKB_REASON_ARG, KFREE_SKB_RX_SK_ARG,
-    MAX_DROP_REASONS, MEMBER_NONE, OFFSET_NONE,
+    MAX_DROP_REASONS, MEMBER_NONE, OFFSET_NONE, TCP_SEND_RESET_REASON_ARG,
 };
 
 use super::{
@@ -42,6 +42,7 @@ impl KernelFacts {
         let (tp, found) = tracepoint_offsets(tracefs, &mut warnings);
         layout.tp = tp;
         kfree_skb_args(btf, &mut layout.tp, &mut warnings);
+        tcp_send_reset_args(btf, &mut layout.tp, &mut warnings);
         layout.st = struct_offsets(btf);
         let rst_reasons = ReasonNames::from_btf(btf, "sk_rst_reason", "SK_RST_REASON_");
         let drop_reasons = ReasonNames::from_btf(btf, "skb_drop_reason", "SKB_DROP_REASON_");
@@ -96,7 +97,9 @@ fn tracepoint_offsets(
         }
     };
     let send_reset = fmt("tcp", "tcp_send_reset");
-    let recv_reset = fmt("tcp", "tcp_receive_reset");
+    // tcp_receive_reset runs raw and passes only the socket: its format is read so that a
+    // kernel without it is reported among the formats not found.
+    let _ = fmt("tcp", "tcp_receive_reset");
     let kfree = fmt("skb", "kfree_skb");
     let enter_listen = fmt("syscalls", "sys_enter_listen");
     let exit_accept = fmt("syscalls", "sys_exit_accept4");
@@ -104,30 +107,16 @@ fn tracepoint_offsets(
 
     let mut tp = KernelLayout::UNKNOWN.tp;
     let t = &mut tp;
-    let sr = send_reset.as_ref();
-    t.rst_skbaddr = off(sr, "skbaddr");
-    t.rst_skaddr = off(sr, "skaddr");
-    t.rst_state = off(sr, "state");
-    t.rst_reason = off(sr, "reason");
-    // ≥ 5.19 stores sockaddr images (28 bytes); older kernels split the fields.
-    if sr
-        .and_then(|f| f.get("saddr"))
-        .is_some_and(|f| f.size == 28)
-    {
-        t.rst_saddr_sockaddr = off(sr, "saddr");
-        t.rst_daddr_sockaddr = off(sr, "daddr");
+    // Both reset tracepoints run raw, which takes arguments, not format fields. A `reason` field
+    // in tcp_send_reset's format says that the tracepoint fires for every RST the stack sends
+    // (≥ 6.10) and that `reason` is its third argument; `tcp_send_reset_args` checks that
+    // position against the prototype in BTF.
+    t.rst_reason = off(send_reset.as_ref(), "reason");
+    t.rst_reason_arg = if t.rst_reason == OFFSET_NONE {
+        OFFSET_NONE
     } else {
-        t.rst_sport = off(sr, "sport");
-        t.rst_dport = off(sr, "dport");
-        t.rst_family = off(sr, "family");
-        t.rst_saddr4 = off(sr, "saddr");
-        t.rst_daddr4 = off(sr, "daddr");
-        t.rst_saddr6 = off(sr, "saddr_v6");
-        t.rst_daddr6 = off(sr, "daddr_v6");
-    }
-    let rr = recv_reset.as_ref();
-    t.rr_skaddr = off(rr, "skaddr");
-    t.rr_sock_cookie = off(rr, "sock_cookie");
+        TCP_SEND_RESET_REASON_ARG
+    };
     // kfree_skb runs as a raw tracepoint, which takes arguments, not format fields. Its format
     // says which arguments this kernel passes, at the positions they were added at (after
     // skb and location); `kfree_skb_args` replaces these with the prototype in BTF.
@@ -171,6 +160,24 @@ fn kfree_skb_args(btf: &KernelBtf, tp: &mut TracepointOffsets, warnings: &mut Ve
     };
     tp.kfs_reason_arg = check("skb_drop_reason", KFREE_SKB_REASON_ARG).unwrap_or(OFFSET_NONE);
     tp.kfs_rx_sk_arg = check("sock", KFREE_SKB_RX_SK_ARG).unwrap_or(OFFSET_NONE);
+}
+
+/// Whether tcp_send_reset passes `reason` where its program reads it, from its prototype in
+/// BTF when the kernel has one. Found elsewhere: RSTs are reported without the kernel's reason
+/// (their causes inferred), with a warning.
+fn tcp_send_reset_args(btf: &KernelBtf, tp: &mut TracepointOffsets, warnings: &mut Vec<String>) {
+    if tp.rst_reason_arg == OFFSET_NONE || btf.tracepoint_arg("tcp_send_reset", "sock") != Some(0) {
+        return;
+    }
+    match btf.tracepoint_arg("tcp_send_reset", "sk_rst_reason") {
+        Some(at) if at == usize::from(TCP_SEND_RESET_REASON_ARG) => {}
+        found => {
+            warnings.push(format!(
+                "tcp:tcp_send_reset passes its reason as argument {found:?}, not {TCP_SEND_RESET_REASON_ARG}: RST causes are inferred"
+            ));
+            tp.rst_reason_arg = OFFSET_NONE;
+        }
+    }
 }
 
 /// The offsets of the kernel struct members the programs read, from the kernel's BTF.
@@ -231,6 +238,7 @@ fn struct_offsets(btf: &KernelBtf) -> StructOffsets {
         .unwrap_or(MEMBER_NONE);
     s.task_group_leader = member(btf, "task_struct", &["group_leader"]);
     s.inet_sport = member(btf, "inet_sock", &["inet_sport"]);
+    s.skc_cookie = member(btf, "sock", &["__sk_common", "skc_cookie"]);
     let sock_flags = btf.enum_values("sock_flags");
     let bit = |name: &str| {
         sock_flags
