@@ -30,16 +30,24 @@ impl Started {
     }
 
     /// Programs (hook names, which are the BPF program names) whose hook serves `cause` on
-    /// this kernel: those whose attached tracepoints appear in the cause's `via`.
+    /// this kernel: those whose attached tracepoints appear in the cause's `via`. `via` names a
+    /// tracepoint as "category:name" however it is attached; a raw one is attached as
+    /// "raw_tp:name".
     fn programs_serving(&self, cause: &str) -> BTreeSet<String> {
         let via = self.0["causes"][cause]["via"].as_str().unwrap_or("");
+        let named = |at: &str| match at.strip_prefix("raw_tp:") {
+            Some(name) => via
+                .split(|c: char| c.is_whitespace() || c == ';' || c == '+')
+                .any(|w| w.rsplit(':').next() == Some(name) && w.contains(':')),
+            None => via.contains(at),
+        };
         let mut out = BTreeSet::new();
         if let Some(hooks) = self.0["hooks"].as_object() {
             for (program, hook) in hooks {
                 let attached = hook["attached"].as_array().into_iter().flatten();
                 if attached
                     .filter_map(Value::as_str)
-                    .any(|tp| !tp.is_empty() && via.contains(tp))
+                    .any(|at| !at.is_empty() && named(at))
                 {
                     out.insert(program.clone());
                 }
@@ -138,8 +146,9 @@ mod tests {
     use super::*;
 
     const STARTED_LINE: &str = r#"{"event":{"name":"rst_trace.started","kind":"state"},
-        "hooks":{"tcp_send_reset":{"attached":["tcp:tcp_send_reset"]},
+        "hooks":{"tcp_send_reset":{"attached":["raw_tp:tcp_send_reset"]},
                  "tcp_receive_reset":{"attached":["tcp:tcp_receive_reset"]},
+                 "tcp_retransmit_synack":{"attached":["raw_tp:tcp_retransmit"]},
                  "inet_csk_accept":{"attached":[],"errors":["x"]},
                  "kfree_skb":{"attached":["skb:kfree_skb"]}},
         "causes":{"no_listener":{"via":"tracepoint tcp:tcp_send_reset"},
