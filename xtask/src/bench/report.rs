@@ -249,21 +249,48 @@ pub fn markdown(
     m
 }
 
-fn section_churn(m: &mut String, cells: &BTreeMap<Key, Cell>) {
-    let rows: Vec<_> = cells
-        .iter()
-        .filter(|((w, _), _)| matches!(w, Workload::Churn { .. }))
-        .collect();
+/// The cells of the workloads `is` picks, once the section's heading (from the first of them)
+/// and its table's header are written; nothing is written when none of them ran.
+fn section_rows<'a>(
+    m: &mut String,
+    cells: &'a BTreeMap<Key, Cell>,
+    is: fn(&Workload) -> bool,
+    heading: impl Fn(&Workload) -> String,
+    columns: &[&str],
+) -> Vec<(&'a Key, &'a Cell)> {
+    let rows: Vec<_> = cells.iter().filter(|((w, _), _)| is(w)).collect();
     let Some(((w, _), _)) = rows.first() else {
-        return;
+        return rows;
     };
-    let _ = writeln!(
+    let _ = writeln!(m, "\n## {}\n", heading(w));
+    let _ = writeln!(m, "| {} |", columns.join(" | "));
+    let _ = writeln!(m, "|{}", "---|".repeat(columns.len()));
+    rows
+}
+
+fn section_churn(m: &mut String, cells: &BTreeMap<Key, Cell>) {
+    let rows = section_rows(
         m,
-        "\n## Healthy churn: {} connect → accept → close on loopback, no RST\n",
-        thousands(w.events() as f64)
+        cells,
+        |w| matches!(w, Workload::Churn { .. }),
+        |w| {
+            format!(
+                "Healthy churn: {} connect → accept → close on loopback, no RST",
+                thousands(w.events() as f64)
+            )
+        },
+        &[
+            "variant",
+            "conn/s",
+            "vs untraced",
+            "per round",
+            "agent CPU",
+            "agent CPU per conn",
+            "records per conn",
+            "RSS after start",
+            "peak RSS",
+        ],
     );
-    let _ = writeln!(m, "| variant | conn/s | vs untraced | per round | agent CPU | agent CPU per conn | records per conn | RSS after start | peak RSS |");
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
     for ((_, v), c) in rows {
         let _ = writeln!(
             m,
@@ -285,23 +312,27 @@ fn section_churn(m: &mut String, cells: &BTreeMap<Key, Cell>) {
 /// What every syscall of every other process pays while the agent runs: a syscall tracepoint,
 /// whichever syscall it is for, sends all of them through the kernel's slow path.
 fn section_syscalls(m: &mut String, cells: &BTreeMap<Key, Cell>) {
-    let rows: Vec<_> = cells
-        .iter()
-        .filter(|((w, _), _)| matches!(w, Workload::Syscalls { .. }))
-        .collect();
-    let Some(((w, _), _)) = rows.first() else {
+    let rows = section_rows(
+        m,
+        cells,
+        |w| matches!(w, Workload::Syscalls { .. }),
+        |w| {
+            format!(
+                "Every process's syscalls: {} getppid() calls",
+                thousands(w.events() as f64)
+            )
+        },
+        &[
+            "variant",
+            "calls/s",
+            "ns per call",
+            "vs untraced",
+            "per round",
+        ],
+    );
+    if rows.is_empty() {
         return;
-    };
-    let _ = writeln!(
-        m,
-        "\n## Every process's syscalls: {} getppid() calls\n",
-        thousands(w.events() as f64)
-    );
-    let _ = writeln!(
-        m,
-        "| variant | calls/s | ns per call | vs untraced | per round |"
-    );
-    let _ = writeln!(m, "|---|---|---|---|---|");
+    }
     for ((_, v), c) in rows {
         let _ = writeln!(
             m,
@@ -322,20 +353,32 @@ fn section_syscalls(m: &mut String, cells: &BTreeMap<Key, Cell>) {
 }
 
 fn section_storm(m: &mut String, cells: &BTreeMap<Key, Cell>) {
-    let rows: Vec<_> = cells
-        .iter()
-        .filter(|((w, _), _)| matches!(w, Workload::Storm { .. }))
-        .collect();
-    let Some(((w, _), _)) = rows.first() else {
-        return;
-    };
-    let _ = writeln!(
+    let rows = section_rows(
         m,
-        "\n## RST storm: {} connect() to a closed loopback port, one RST each\n",
-        thousands(w.events() as f64)
+        cells,
+        |w| matches!(w, Workload::Storm { .. }),
+        |w| {
+            format!(
+                "RST storm: {} connect() to a closed loopback port, one RST each",
+                thousands(w.events() as f64)
+            )
+        },
+        &[
+            "variant",
+            "RST/s",
+            "vs untraced",
+            "vs tcpdump",
+            "per round",
+            "tracer CPU",
+            "tracer CPU per RST",
+            "delivered",
+            "lost",
+            "peak RSS",
+        ],
     );
-    let _ = writeln!(m, "| variant | RST/s | vs untraced | vs tcpdump | per round | tracer CPU | tracer CPU per RST | delivered | lost | peak RSS |");
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|");
+    if rows.is_empty() {
+        return;
+    }
     for ((_, v), c) in rows {
         let _ = writeln!(
             m,
@@ -373,19 +416,22 @@ fn section_storm(m: &mut String, cells: &BTreeMap<Key, Cell>) {
 }
 
 fn section_idle(m: &mut String, cells: &BTreeMap<Key, Cell>, seconds: u64) {
-    let rows: Vec<_> = cells
-        .iter()
-        .filter(|((w, _), _)| matches!(w, Workload::Idle { .. }))
-        .collect();
-    if rows.is_empty() {
-        return;
-    }
-    let _ = writeln!(
+    let rows = section_rows(
         m,
-        "\n## Idle: namespaces with one listener each, no traffic, {seconds} s\n"
+        cells,
+        |w| matches!(w, Workload::Idle { .. }),
+        |_| format!("Idle: namespaces with one listener each, no traffic, {seconds} s"),
+        &[
+            "namespaces",
+            "variant",
+            "agent CPU (% of one core)",
+            "host CPU, every process (% of one core)",
+            "agent start-up",
+            "agent stop (SIGTERM → exit)",
+            "RSS after start",
+            "peak RSS",
+        ],
     );
-    let _ = writeln!(m, "| namespaces | variant | agent CPU (% of one core) | host CPU, every process (% of one core) | agent start-up | agent stop (SIGTERM → exit) | RSS after start | peak RSS |");
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
     for ((w, v), c) in rows {
         let Workload::Idle { namespaces } = w else {
             continue;
@@ -412,19 +458,20 @@ fn section_idle(m: &mut String, cells: &BTreeMap<Key, Cell>, seconds: u64) {
 }
 
 fn section_startup(m: &mut String, cells: &BTreeMap<Key, Cell>) {
-    let rows: Vec<_> = cells
-        .iter()
-        .filter(|((w, _), _)| matches!(w, Workload::Startup { .. }))
-        .collect();
-    if rows.is_empty() {
-        return;
-    }
-    let _ = writeln!(
+    let rows = section_rows(
         m,
-        "\n## Start-up next to established connections (until `rst_trace.started`)\n"
+        cells,
+        |w| matches!(w, Workload::Startup { .. }),
+        |_| "Start-up next to established connections (until `rst_trace.started`)".to_owned(),
+        &[
+            "established connections",
+            "start-up time",
+            "per round",
+            "agent CPU to start",
+            "RSS right after start",
+            "peak RSS (0.5 s later)",
+        ],
     );
-    let _ = writeln!(m, "| established connections | start-up time | per round | agent CPU to start | RSS right after start | peak RSS (0.5 s later) |");
-    let _ = writeln!(m, "|---|---|---|---|---|---|");
     for ((w, _), c) in rows {
         let _ = writeln!(
             m,
