@@ -33,6 +33,12 @@ pub use peer::{ConnectResult, Peer, PeerExit};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The ephemeral port range of every namespace the tests create (and of the guests): above
+/// every port a test listens on or connects to (≤ 43,503). In the default range (32768–60999)
+/// a connect() to a closed test port could be given that same port as its source and connect
+/// to itself (TCP simultaneous open): no RST, and a scenario that expects one fails.
+pub const EPHEMERAL_PORTS: &str = "45000 60999";
+
 /// Panic (never skip) when the test does not run as root.
 pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {

@@ -75,6 +75,15 @@ impl Netns {
         // From here on the guard owns the namespace: a panic below still deletes it.
         let ns = Netns { name };
         run_checked(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        // Per namespace: the host's own range is left alone.
+        ns.exec(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                &format!("net.ipv4.ip_local_port_range={}", crate::EPHEMERAL_PORTS),
+            ],
+        );
         ns
     }
 

@@ -277,6 +277,13 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     let _ = fs::create_dir_all(&cfg.workdir);
+    // The guest is ours alone: its range, not a namespace's.
+    if let Err(e) = fs::write(
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        rst_trace_tests::EPHEMERAL_PORTS,
+    ) {
+        note(&format!("cannot set ip_local_port_range: {e}"));
+    }
     note("starting the agent");
     let mut env = match start_agent(&cfg) {
         Ok((mut g, secs)) => {
