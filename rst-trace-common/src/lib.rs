@@ -601,6 +601,16 @@ pub struct StructOffsets {
     pub sock_dead_bit: u32,
     /// `sock_common.skc_cookie` (an `atomic64_t`): 0 until something asks for the cookie.
     pub skc_cookie: u32,
+    /// Where `struct pt_regs` keeps a syscall's number and its first two arguments as they were
+    /// at entry (x86-64: `orig_ax`, `di`, `si`; arm64: `syscallno`, `orig_x0`, `regs[1]`),
+    /// still there when the syscall returns. [`MEMBER_NONE`] when the kernel cannot hand a
+    /// tracepoint program its task's registers (`bpf_task_pt_regs`, ≥ 5.15) or the
+    /// architecture is not one of these: the entry tracepoints are then attached instead.
+    pub regs_syscall_nr: u32,
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    /// listen()'s syscall number on this architecture (not an offset).
+    pub listen_syscall_nr: u32,
 }
 
 /// Everything the kernel programs need to know about the running kernel and the filters.
@@ -680,6 +690,10 @@ impl KernelLayout {
             sock_dead_bit: MEMBER_NONE,
             skc_cookie: MEMBER_NONE,
             icsk_syn_qlen: MEMBER_NONE,
+            regs_syscall_nr: MEMBER_NONE,
+            regs_arg0: MEMBER_NONE,
+            regs_arg1: MEMBER_NONE,
+            listen_syscall_nr: MEMBER_NONE,
         },
         filter_netns: 0,
         filter_port: 0,
@@ -732,7 +746,7 @@ const _: () = {
     assert!(size_of::<ForeignResetRecord>() == 24 + 40 + 8 + 8);
     assert!(size_of::<ListenDropRecord>() == 24 + 40 + 8 + 16);
     assert!(size_of::<TracepointOffsets>() == 10 * 2);
-    assert!(size_of::<StructOffsets>() == 44 * 4);
-    assert!(size_of::<KernelLayout>() == 20 + 176 + 4 + 2 + 2 + 32 + 4 + 4);
+    assert!(size_of::<StructOffsets>() == 48 * 4);
+    assert!(size_of::<KernelLayout>() == 20 + 192 + 4 + 2 + 2 + 32 + 4 + 4);
     assert!(size_of::<ListenerHotRecord>() == 24 + 8 + 8 + 8);
 };

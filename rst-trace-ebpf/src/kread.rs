@@ -383,3 +383,21 @@ pub fn current_fd_sock(fd: i32) -> u64 {
     let socket: u64 = member(file, lay!(st.file_private_data)).unwrap_or(0);
     member(socket, lay!(st.socket_sk)).unwrap_or(0)
 }
+
+/// Argument `off` (`lay!(st.regs_arg0)`, ...) of the syscall the current task is in, from the
+/// registers saved at its entry: read at a syscall's exit, or inside the syscall, it needs no
+/// entry tracepoint (one of which adds work to the entry of every syscall on the host). `None`
+/// where the kernel cannot hand over the registers: the test comes first, so an older
+/// kernel's verifier drops the helper calls that follow.
+#[inline(always)]
+pub fn syscall_arg(off: u32) -> Option<u64> {
+    if off == MEMBER_NONE {
+        return None;
+    }
+    // SAFETY: helpers without memory arguments; the task pointer is the current task's.
+    let regs = unsafe {
+        let task = generated::bpf_get_current_task_btf();
+        generated::bpf_task_pt_regs(task) as u64
+    };
+    member(regs, off)
+}

@@ -13,7 +13,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{current_task, member, sk_netns, sk_tuple},
+    kread::{current_task, member, sk_netns, sk_tuple, syscall_arg},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -131,20 +131,33 @@ fn listener_record(skaddr: u64, old: i32, new: i32, in_caller: bool) -> Option<(
     if in_caller {
         rec.flags |= STATE_TASK_VALID;
         rec.task = current_task();
-        let tid = rec.task.tid;
-        if let Some(args) = stash(tid) {
-            // SAFETY: an array slot, valid for this run.
-            let args: &mut SyscallArgs = unsafe { &mut *args };
-            if args.tid == tid && args.what == STASH_LISTEN {
-                rec.requested_backlog = args.backlog;
-                args.what = 0;
-            }
-        }
+        rec.requested_backlog = requested_backlog(rec.task.tid).unwrap_or(0);
         rec.max_ack_backlog = member(skaddr, lay!(st.sk_max_ack_backlog)).unwrap_or(0);
         rec.sock_inode = owners::sock_inode(skaddr);
     }
     deliver(RecordKind::SockState, &rec);
     Some(())
+}
+
+/// The backlog the caller passed to listen(), which is running: from its saved registers
+/// where the kernel hands them over, else as `__sys_listen` or sys_enter_listen kept it. A
+/// listen that io_uring or the kernel itself runs passes none.
+#[inline(always)]
+fn requested_backlog(tid: u32) -> Option<u32> {
+    if let Some(nr) = syscall_arg(lay!(st.regs_syscall_nr)) {
+        if nr as u32 != lay!(st.listen_syscall_nr) {
+            return None;
+        }
+        return syscall_arg(lay!(st.regs_arg1)).map(|b| b as u32);
+    }
+    let args = stash(tid)?;
+    // SAFETY: an array slot, valid for this run.
+    let args: &mut SyscallArgs = unsafe { &mut *args };
+    if args.tid != tid || args.what != STASH_LISTEN {
+        return None;
+    }
+    args.what = 0;
+    Some(args.backlog)
 }
 
 /// connect() found no free local port for this destination: EADDRNOTAVAIL, in the caller's

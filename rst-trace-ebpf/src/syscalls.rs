@@ -12,7 +12,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{accept_queue, current_fd_sock, current_task, fill_tuple, sk_netns, tp},
+    kread::{accept_queue, current_fd_sock, current_task, fill_tuple, sk_netns, syscall_arg, tp},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -93,6 +93,11 @@ fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
     let ret = ret as i32;
     if ret >= 0 || !fd_limit(ret) {
         return accept_returned(ret, -1);
+    }
+    // The listening fd is still in the registers saved at entry; where the kernel cannot hand
+    // them over, sys_enter_accept kept it.
+    if let Some(fd) = syscall_arg(lay!(st.regs_arg0)) {
+        return accept_returned(ret, fd as i32);
     }
     let tid = tid();
     let args = stash(tid)?;

@@ -247,6 +247,10 @@ pub mod hook {
     pub const SYS_LISTEN_ACCEPT4: &str = "sys_listen_accept4";
 }
 
+/// The syscall tracepoints that only keep arguments for later: where the registers saved at
+/// entry can be read (`StructOffsets::regs_arg0`), the arguments are read there instead.
+const SYSCALL_ENTRY_PROGRAMS: [&str; 2] = [program::SYS_ENTER_LISTEN, program::SYS_ENTER_ACCEPT];
+
 /// The syscall tracepoint programs that [`SYSCALL_FUNCTIONS`] makes redundant where it attaches.
 const SYSCALL_TRACEPOINT_PROGRAMS: [&str; 3] = [
     program::SYS_ENTER_LISTEN,
@@ -654,6 +658,17 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
                         hook::SYS_LISTEN_ACCEPT4,
                         syscall_functions.attached().join(", ")
                     ),
+                },
+            });
+            continue;
+        }
+        if layout.st.regs_arg0 != rst_trace_common::MEMBER_NONE
+            && SYSCALL_ENTRY_PROGRAMS.contains(&hook.program)
+        {
+            hooks.push(HookStatus {
+                program: hook.program,
+                outcome: HookOutcome::NotNeeded {
+                    why: "the arguments are read from the registers saved at syscall entry (bpf_task_pt_regs), and an entry tracepoint would add work to every syscall's entry on the host".into(),
                 },
             });
             continue;

@@ -249,8 +249,55 @@ fn struct_offsets(btf: &KernelBtf) -> StructOffsets {
     s.sock_linger_bit = bit("SOCK_LINGER");
     s.sock_keepopen_bit = bit("SOCK_KEEPOPEN");
     s.sock_dead_bit = bit("SOCK_DEAD");
-
+    syscall_regs(btf, s);
     st
+}
+
+/// Where a returning syscall's number and first arguments are read (see
+/// `StructOffsets::regs_arg0`). Only where a tracepoint program can get its task's registers
+/// (`bpf_task_pt_regs`, ≥ 5.15, which the kernel's helper enum says): the programs' reads are
+/// behind a test of these offsets, so an older kernel's verifier never sees the helper.
+fn syscall_regs(btf: &KernelBtf, s: &mut StructOffsets) {
+    if !btf
+        .enum_values("bpf_func_id")
+        .contains_key("BPF_FUNC_task_pt_regs")
+    {
+        return;
+    }
+    let Some((nr, arg0, arg1)) = syscall_regs_members(btf) else {
+        return;
+    };
+    let Ok(listen) = u32::try_from(libc::SYS_listen) else {
+        return;
+    };
+    s.regs_syscall_nr = nr;
+    s.regs_arg0 = arg0;
+    s.regs_arg1 = arg1;
+    s.listen_syscall_nr = listen;
+}
+
+#[cfg(target_arch = "x86_64")]
+fn syscall_regs_members(btf: &KernelBtf) -> Option<(u32, u32, u32)> {
+    Some((
+        btf.offset("pt_regs", &["orig_ax"])?,
+        btf.offset("pt_regs", &["di"])?,
+        btf.offset("pt_regs", &["si"])?,
+    ))
+}
+
+/// The syscall's first argument is `orig_x0`: `regs[0]` becomes the return value.
+#[cfg(target_arch = "aarch64")]
+fn syscall_regs_members(btf: &KernelBtf) -> Option<(u32, u32, u32)> {
+    Some((
+        btf.offset("pt_regs", &["syscallno"])?,
+        btf.offset("pt_regs", &["orig_x0"])?,
+        btf.offset("pt_regs", &["regs"])?.checked_add(8)?,
+    ))
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn syscall_regs_members(_: &KernelBtf) -> Option<(u32, u32, u32)> {
+    None
 }
 
 /// Puts the watched drop reasons' values on this kernel into their slots. Slots keep their

@@ -782,6 +782,22 @@ pub fn fd_exhaustion(r: &mut Run) {
             event::reason(v)
         ])))),
     );
+    // The listening fd comes from the registers saved at entry where the kernel hands them to
+    // programs (≥ 5.15): no entry tracepoint adds work to every syscall on the host.
+    let hooks = &r.env.agent().started()["hooks"];
+    let entry_attached: Vec<&str> = ["sys_enter_accept", "sys_enter_listen"]
+        .into_iter()
+        .filter(|h| hooks[*h]["status"] == "attached")
+        .collect();
+    r.check(
+        "syscall entry tracepoints attached (none from 5.15 on)",
+        json!(if kernel_at_least(5, 15) {
+            vec![]
+        } else {
+            entry_attached.clone()
+        }),
+        json!(entry_attached),
+    );
     let overflow = dropped_overflows(&lines, port);
     r.check_true(
         "the full queue overflowed while accept() failed",
@@ -817,4 +833,17 @@ pub fn fd_exhaustion(r: &mut Run) {
             "syn_queue_overflow",
         ]),
     );
+}
+
+/// Whether the running kernel is at least `major.minor` (/proc/sys/kernel/osrelease).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }

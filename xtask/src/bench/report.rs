@@ -348,7 +348,7 @@ fn section_syscalls(m: &mut String, cells: &BTreeMap<Key, Cell>) {
     }
     let _ = writeln!(
         m,
-        "\nThe cheapest syscall, so that what the agent adds to every syscall on the host shows whole. On kernels where BPF trampolines work the agent attaches no syscall tracepoint; where they do not (this kernel, if `sys_listen_accept4` failed in the started line), listen() and accept() are seen at syscall tracepoints, which send every syscall of every process through the slow path."
+        "\nThe cheapest syscall, so that what the agent adds to every syscall on the host shows whole. On kernels where BPF trampolines work the agent attaches no syscall tracepoint; where they do not (this kernel, if `sys_listen_accept4` failed in the started line), accept() is seen at its exit tracepoint, which sends every syscall of every process through the slow path (listen()'s and accept()'s arguments come from the saved registers where the kernel hands them over, so no entry tracepoint adds to that)."
     );
 }
 
