@@ -140,6 +140,14 @@ pub struct HookStatus {
 const NOT_NEEDED_PREFIX: &str = "not needed: ";
 
 impl HookStatus {
+    /// Left out: `why` names what reports the same events on this kernel.
+    fn not_needed(program: &'static str, why: impl Into<String>) -> Self {
+        Self {
+            program,
+            outcome: HookOutcome::NotNeeded { why: why.into() },
+        }
+    }
+
     /// Attach points and errors gathered while trying: attached if any point attached.
     fn from_attempt(program: &'static str, at: Vec<String>, mut errors: Vec<String>) -> Self {
         let outcome = if !at.is_empty() {
@@ -621,12 +629,7 @@ fn attach_function_hooks(
         .filter(|h| h.name != SYSCALL_FUNCTIONS.name)
     {
         if let Some((_, why)) = skip.iter().find(|(name, _)| *name == hook.name) {
-            out.push(HookStatus {
-                program: hook.name,
-                outcome: HookOutcome::NotNeeded {
-                    why: (*why).to_owned(),
-                },
-            });
+            out.push(HookStatus::not_needed(hook.name, *why));
             continue;
         }
         out.push(attach_function_hook(ebpf, fbtf, hook));
@@ -648,29 +651,23 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
     // First, so that the syscall tracepoints are not attached at all where it works.
     let syscall_functions = attach_function_hook(&mut ebpf, &fbtf, &SYSCALL_FUNCTIONS);
     let mut hooks = Vec::new();
+    // Syscall tracepoints left out where something cheaper for the host's other syscalls
+    // reports the same.
+    let mut tracepoints_served: Vec<(&str, String)> = Vec::new();
+    if syscall_functions.is_attached() {
+        let why = format!(
+            "{} serves it ({}), and a syscall tracepoint would slow every syscall on the host",
+            hook::SYS_LISTEN_ACCEPT4,
+            syscall_functions.attached().join(", ")
+        );
+        tracepoints_served.extend(SYSCALL_TRACEPOINT_PROGRAMS.map(|p| (p, why.clone())));
+    } else if layout.st.regs_arg0 != rst_trace_common::MEMBER_NONE {
+        let why = "the arguments are read from the registers saved at syscall entry (bpf_task_pt_regs), and an entry tracepoint would add work to every syscall's entry on the host";
+        tracepoints_served.extend(SYSCALL_ENTRY_PROGRAMS.map(|p| (p, why.to_owned())));
+    }
     for hook in HOOKS {
-        if syscall_functions.is_attached() && SYSCALL_TRACEPOINT_PROGRAMS.contains(&hook.program) {
-            hooks.push(HookStatus {
-                program: hook.program,
-                outcome: HookOutcome::NotNeeded {
-                    why: format!(
-                        "{} serves it ({}), and a syscall tracepoint would slow every syscall on the host",
-                        hook::SYS_LISTEN_ACCEPT4,
-                        syscall_functions.attached().join(", ")
-                    ),
-                },
-            });
-            continue;
-        }
-        if layout.st.regs_arg0 != rst_trace_common::MEMBER_NONE
-            && SYSCALL_ENTRY_PROGRAMS.contains(&hook.program)
-        {
-            hooks.push(HookStatus {
-                program: hook.program,
-                outcome: HookOutcome::NotNeeded {
-                    why: "the arguments are read from the registers saved at syscall entry (bpf_task_pt_regs), and an entry tracepoint would add work to every syscall's entry on the host".into(),
-                },
-            });
+        if let Some((_, why)) = tracepoints_served.iter().find(|(p, _)| *p == hook.program) {
+            hooks.push(HookStatus::not_needed(hook.program, why.clone()));
             continue;
         }
         let mut at = Vec::new();
@@ -958,10 +955,7 @@ mod tests {
             failed.to_json(),
             json!({"status": "failed", "attached": [], "errors": ["a", "b"]})
         );
-        let skipped = HookStatus {
-            program: "h",
-            outcome: HookOutcome::NotNeeded { why: "tp".into() },
-        };
+        let skipped = HookStatus::not_needed("h", "tp");
         assert!(!skipped.is_attached());
         // Left out for another hook that reports the same: its causes stay available.
         assert!(skipped.is_serving());
