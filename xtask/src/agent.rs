@@ -12,7 +12,6 @@ use crate::ebpf;
 use crate::workspace::{Profile, Workspace};
 
 /// Read by rst-trace at compile time to embed the eBPF object.
-const BPF_OBJECT_ENV: &str = "RST_TRACE_BPF_OBJECT";
 /// Read by the integration tests to find the agent binary.
 const AGENT_BIN_ENV: &str = "RST_TRACE_BIN";
 /// Read by the deployment tests: the static agent that the unit, image and DaemonSet ship.
@@ -30,7 +29,7 @@ pub fn build(ws: &Workspace, profile: Profile) -> Result<Built> {
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(&ws.root)
-        .env(BPF_OBJECT_ENV, &bpf_object)
+        .env(ebpf::OBJECT_ENV, &bpf_object)
         .args(["build", "--package", "rst-trace"]);
     if profile == Profile::Release {
         cargo.arg("--release");
@@ -62,7 +61,7 @@ pub fn test(ws: &Workspace, built: &Built, dist: &Path, extra_args: &[OsString])
         .current_dir(&ws.root)
         // Same value as for the build, so cargo does not rebuild rst-trace
         // with a different embedded object.
-        .env(BPF_OBJECT_ENV, &built.bpf_object)
+        .env(ebpf::OBJECT_ENV, &built.bpf_object)
         .env(AGENT_BIN_ENV, &built.binary)
         .env(DIST_BIN_ENV, dist)
         .args(["test", "--workspace", "--release"])

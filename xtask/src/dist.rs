@@ -20,8 +20,7 @@ use crate::cmd;
 use crate::ebpf;
 use crate::workspace::Workspace;
 
-/// Read by rst-trace's build script to embed the eBPF object.
-const BPF_OBJECT_ENV: &str = "RST_TRACE_BPF_OBJECT";
+/// The static agent: glibc linked in, so the binary runs on any distribution.
 pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 
 /// The gnu target of this host, e.g. x86_64-unknown-linux-gnu.
@@ -46,7 +45,7 @@ pub fn build(ws: &Workspace) -> Result<PathBuf> {
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(&ws.root)
-        .env(BPF_OBJECT_ENV, &bpf_object)
+        .env(ebpf::OBJECT_ENV, &bpf_object)
         .env("RUSTFLAGS", rustflags())
         // --locked: the workspace's Cargo.lock, not whatever versions are newest today.
         // --target-dir: reuse the workspace's build cache instead of a throw-away one.

@@ -15,6 +15,9 @@ use crate::workspace::Workspace;
 
 const TARGET: &str = "bpfel-unknown-none";
 
+/// The variable through which the agent's build script is given the object to embed.
+pub const OBJECT_ENV: &str = "RST_TRACE_BPF_OBJECT";
+
 /// Builds, verifies and installs the object at `Workspace::bpf_object`,
 /// returning that path. Prerequisites must already be in place
 /// (`setup::ensure`).

@@ -26,7 +26,7 @@ pub fn run(ws: &Workspace, bpf_object: &Path, seconds: u64) -> Result<u8> {
                 // the nightly build cargo-fuzz starts.
                 .env_remove("RUSTUP_TOOLCHAIN")
                 .env_remove("CARGO")
-                .env("RST_TRACE_BPF_OBJECT", bpf_object)
+                .env(crate::ebpf::OBJECT_ENV, bpf_object)
                 .args(["run", NIGHTLY, "cargo", "fuzz", "run", TARGET, "--fuzz-dir"])
                 .arg(ws.root.join("fuzz"))
                 .arg("--")
@@ -48,7 +48,7 @@ pub fn run(ws: &Workspace, bpf_object: &Path, seconds: u64) -> Result<u8> {
             );
             let mut test = cmd::cargo();
             test.current_dir(&ws.root)
-                .env("RST_TRACE_BPF_OBJECT", bpf_object)
+                .env(crate::ebpf::OBJECT_ENV, bpf_object)
                 .env("RST_TRACE_FUZZ_SECONDS", seconds.to_string())
                 .args(["test", "--release", "-p", "rst-trace", "--lib"])
                 .args(["malformed::fuzz_record_decoder_stable", "--"])

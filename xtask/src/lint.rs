@@ -18,15 +18,20 @@ pub fn run(ws: &Workspace) -> Result<()> {
     cmd::run(&mut fmt_ebpf)
         .context("the eBPF crate is not formatted (run `cargo fmt` in rst-trace-ebpf)")?;
 
+    // The agent's build script embeds the eBPF object: on a fresh clone there is none yet.
+    let bpf_object = ebpf::build(ws)?;
     let mut clippy = cmd::cargo();
-    clippy.current_dir(&ws.root).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
+    clippy
+        .current_dir(&ws.root)
+        .env(ebpf::OBJECT_ENV, &bpf_object)
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
     cmd::run(&mut clippy).context("clippy found problems in the workspace")?;
 
     ebpf::clippy(ws)

@@ -686,7 +686,7 @@ fn fuzz(ws: &Workspace, bpf_object: &Path, seconds: u64) -> Result<Fuzzed> {
     let mut test = Command::new("nice");
     test.arg(cmd::cargo().get_program())
         .current_dir(&ws.root)
-        .env("RST_TRACE_BPF_OBJECT", bpf_object)
+        .env(crate::ebpf::OBJECT_ENV, bpf_object)
         .env("RST_TRACE_FUZZ_SECONDS", seconds.to_string())
         .args(["test", "--release", "-p", "rst-trace", "--lib"])
         .args(["malformed::fuzz_record_decoder_stable", "--"])
