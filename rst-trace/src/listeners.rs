@@ -7,7 +7,10 @@
 //! the totals are exact once traffic is quiet, even if a poll raced the ring buffer.
 use std::{collections::HashMap, net::IpAddr};
 
-use crate::{cause::Cause, sockdiag::NetnsSnapshot};
+use crate::{
+    cause::Cause,
+    sockdiag::{ListenerRow, NetnsSnapshot},
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
@@ -55,6 +58,17 @@ pub struct NetnsAccount {
     synq_settled: i64,
     /// The kernel reports every accept-queue drop per packet (SYN-time and ACK-time hooks).
     pub accept_per_packet: bool,
+    /// Drops the listeners' own counters showed at the previous poll that no finding took.
+    unclaimed: Vec<Unclaimed>,
+}
+
+/// A listener's drops not yet given to a finding. `settle` reports drops a poll after it first
+/// sees them, and by then their listener's counter has stopped moving, or the listener is
+/// gone (a restart under overload): so the listener is kept with them, for one poll.
+#[derive(Debug, Clone)]
+struct Unclaimed {
+    row: ListenerRow,
+    drops: u64,
 }
 
 /// What polling may report now out of `carry` (drops the counters saw that no per-packet
@@ -141,10 +155,43 @@ impl NetnsAccount {
         let overflows = delta(&snap.mib, &self.mib, "TcpExt.ListenOverflows");
         let (reqq_drops, cookies) = self.syn_queue_due(snap, overflows, synq_per_packet, flush);
         let syn_time = self.syn_time_due(overflows, ack_time, flush);
-        let remaining = self.listener_drops(snap, ack_time);
+        let seen = self.listener_drops(snap, ack_time);
+        // The drops held back last time are the ones reported now: their listeners come first.
+        let mut remaining = std::mem::take(&mut self.unclaimed);
+        let held = remaining.len();
+        for &(i, drops) in &seen {
+            let row = &snap.listeners[i];
+            match remaining.iter_mut().find(|u| u.row.inode == row.inode) {
+                // Still there: the finding shows it as it is now.
+                Some(u) => {
+                    u.row = row.clone();
+                    u.drops += drops;
+                }
+                None => remaining.push(Unclaimed {
+                    row: row.clone(),
+                    drops,
+                }),
+            }
+        }
         self.mib = kept_mib(&snap.mib);
         self.drops = drops_now;
-        let findings = attribute(snap, remaining, syn_time, reqq_drops, cookies);
+        let findings = attribute(snap, &mut remaining, syn_time, reqq_drops, cookies);
+        // What this poll's counters showed waits one poll; what an earlier one showed goes.
+        let fresh: HashMap<u64, u64> = seen
+            .into_iter()
+            .map(|(i, d)| (snap.listeners[i].inode, d))
+            .collect();
+        self.unclaimed = remaining
+            .into_iter()
+            .enumerate()
+            .filter_map(|(n, mut u)| {
+                let seen_now = fresh.get(&u.row.inode).copied().unwrap_or(0);
+                if n < held {
+                    u.drops = u.drops.min(seen_now);
+                }
+                (u.drops > 0).then_some(u)
+            })
+            .collect();
         (findings, saturated)
     }
 
@@ -242,11 +289,12 @@ fn saturated(snap: &NetnsSnapshot) -> Vec<Saturation> {
 }
 
 /// Spreads the namespace's overflow counts over the listeners whose own drop counters moved
-/// (`remaining`), most first; what no listener accounts for goes to the fullest listener
-/// (accept queue) or the one with the most half-open connections (SYN queue).
+/// (`remaining`, in order; what they give is taken off them); what no listener accounts for
+/// goes to the fullest listener (accept queue) or the one with the most half-open connections
+/// (SYN queue).
 fn attribute(
     snap: &NetnsSnapshot,
-    mut remaining: Vec<(usize, u64)>,
+    remaining: &mut [Unclaimed],
     syn_time: u64,
     reqq_drops: u64,
     cookies: u64,
@@ -256,8 +304,7 @@ fn attribute(
     for r in &snap.requests {
         *syn_queue_len.entry(r.local_port).or_insert(0) += 1;
     }
-    let finding = |i: Option<usize>, cause: Cause, count: u64, cookies: u64| {
-        let l = i.and_then(|i| snap.listeners.get(i));
+    let finding = |l: Option<&ListenerRow>, cause: Cause, count: u64, cookies: u64| {
         let port = l.map_or(0, |l| l.port);
         Finding {
             cause,
@@ -273,14 +320,14 @@ fn attribute(
     };
     let mut take = |want: u64, cause: Cause, out: &mut Vec<Finding>| {
         let mut left = want;
-        for (i, r) in remaining.iter_mut() {
+        for u in remaining.iter_mut() {
             if left == 0 {
                 break;
             }
-            let n = (*r).min(left);
+            let n = u.drops.min(left);
             if n > 0 {
-                out.push(finding(Some(*i), cause, n, 0));
-                *r -= n;
+                out.push(finding(Some(&u.row), cause, n, 0));
+                u.drops -= n;
                 left -= n;
             }
         }
@@ -290,20 +337,17 @@ fn attribute(
     if left > 0 {
         // The dropping listener is gone or its counter did not move: still count it,
         // on the fullest listener if there is one.
-        let fullest = (0..snap.listeners.len()).max_by_key(|i| snap.listeners[*i].queue);
+        let fullest = snap.listeners.iter().max_by_key(|l| l.queue);
         findings.push(finding(fullest, Cause::AcceptQueueOverflow, left, 0));
     }
     let left = take(reqq_drops, Cause::SynQueueOverflow, &mut findings);
-    let busiest_syn = (0..snap.listeners.len()).max_by_key(|i| {
-        syn_queue_len
-            .get(&snap.listeners[*i].port)
-            .copied()
-            .unwrap_or(0)
-    });
+    let busiest_syn = snap
+        .listeners
+        .iter()
+        .max_by_key(|l| syn_queue_len.get(&l.port).copied().unwrap_or(0));
     if left > 0 || cookies > 0 {
         let merged = findings.iter_mut().find(|f| {
-            f.cause == Cause::SynQueueOverflow
-                && Some(f.port) == busiest_syn.map(|i| snap.listeners[i].port)
+            f.cause == Cause::SynQueueOverflow && Some(f.port) == busiest_syn.map(|l| l.port)
         });
         match merged {
             Some(f) => {
@@ -469,6 +513,93 @@ mod tests {
             false,
         );
         assert_eq!(f.iter().map(|f| f.count).sum::<u64>(), 3);
+    }
+
+    /// The held-back SYN-time drops of `first` (seen at the first poll after the baseline),
+    /// as the second poll reports them with `second`'s listeners.
+    fn held_back(first: Vec<ListenerRow>, second: Vec<ListenerRow>) -> Vec<Finding> {
+        let mut a = NetnsAccount::default();
+        let quiet: Vec<ListenerRow> = first
+            .iter()
+            .map(|r| ListenerRow {
+                drops: 0,
+                ..r.clone()
+            })
+            .collect();
+        a.step(&snap(0, 0, 0, quiet), &HashMap::new(), 0, false);
+        let dropped = first.iter().map(|r| u64::from(r.drops)).sum();
+        let (f, _) = a.step(&snap(dropped, 0, 0, first), &HashMap::new(), 0, false);
+        assert!(f.is_empty(), "held back one poll: {f:?}");
+        a.step(&snap(dropped, 0, 0, second), &HashMap::new(), 0, false)
+            .0
+    }
+
+    #[test]
+    fn held_back_drops_keep_their_listener_when_it_is_gone() {
+        // The overflowing server on 80 was restarted on 8080 between the two polls.
+        let f = held_back(vec![l(80, 1, 2, 1, 3)], vec![l(8080, 2, 0, 128, 0)]);
+        assert_eq!(
+            f.iter()
+                .map(|f| (f.cause, f.port, f.inode, f.count))
+                .collect::<Vec<_>>(),
+            vec![(Cause::AcceptQueueOverflow, 80, Some(1), 3)]
+        );
+    }
+
+    #[test]
+    fn held_back_drops_go_to_the_listener_that_dropped_not_the_fullest() {
+        let f = held_back(
+            vec![l(80, 1, 2, 1, 3), l(81, 2, 0, 10, 0)],
+            vec![l(80, 1, 0, 1, 3), l(81, 2, 9, 10, 0)],
+        );
+        assert_eq!(
+            f.iter()
+                .map(|f| (f.port, f.count, f.queue))
+                .collect::<Vec<_>>(),
+            vec![(80, 3, Some((0, 1)))],
+            "the listener as the reporting poll sees it"
+        );
+    }
+
+    #[test]
+    fn unclaimed_drops_wait_one_poll_only() {
+        let mut a = NetnsAccount::default();
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 1, 0)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        // Port 81's counter moves with no overflow behind it (another kind of listen drop).
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 1, 4)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        a.step(
+            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 1, 4)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        a.step(
+            &snap(2, 0, 0, vec![l(80, 1, 0, 1, 2), l(81, 2, 0, 1, 4)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        let (f, _) = a.step(
+            &snap(2, 0, 0, vec![l(80, 1, 0, 1, 2), l(81, 2, 0, 1, 4)]),
+            &HashMap::new(),
+            0,
+            false,
+        );
+        assert_eq!(
+            f.iter().map(|f| (f.port, f.count)).collect::<Vec<_>>(),
+            vec![(80, 2)],
+            "81's old counts expired"
+        );
     }
 
     #[test]

@@ -734,6 +734,16 @@ fn ack_time(r: &mut Run, c: AckTime) {
         "events",
         json!(evs.iter().map(|v| how(v)).collect::<Vec<_>>()),
     );
+    // Where a difference from the kernel's count went, should there be one: the other
+    // accept_queue_overflow events (RSTs, polled drops, another port), with how they were seen.
+    r.info(
+        "other_accept_queue_overflow_events",
+        json!(with_cause(&lines, "accept_queue_overflow")
+            .into_iter()
+            .filter(|v| !evs.iter().any(|e| std::ptr::eq(*e, *v)))
+            .map(|v| json!([how(v), event::get(v, "evidence.observed_by")]))
+            .collect::<Vec<_>>()),
+    );
     r.info("causes_seen", causes_seen(&lines));
     r.info("mib_changes", json!(Mib::changes(&before, &after)));
     // The early clients are closed by the test while their connections linger in the queue.
