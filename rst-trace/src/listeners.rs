@@ -564,39 +564,21 @@ mod tests {
     #[test]
     fn unclaimed_drops_wait_one_poll_only() {
         let mut a = NetnsAccount::default();
-        a.step(
-            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 1, 0)]),
-            &HashMap::new(),
-            0,
-            false,
-        );
-        // Port 81's counter moves with no overflow behind it (another kind of listen drop).
-        a.step(
-            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 1, 4)]),
-            &HashMap::new(),
-            0,
-            false,
-        );
-        a.step(
-            &snap(0, 0, 0, vec![l(80, 1, 0, 1, 0), l(81, 2, 0, 1, 4)]),
-            &HashMap::new(),
-            0,
-            false,
-        );
-        a.step(
-            &snap(2, 0, 0, vec![l(80, 1, 0, 1, 2), l(81, 2, 0, 1, 4)]),
-            &HashMap::new(),
-            0,
-            false,
-        );
-        let (f, _) = a.step(
-            &snap(2, 0, 0, vec![l(80, 1, 0, 1, 2), l(81, 2, 0, 1, 4)]),
-            &HashMap::new(),
-            0,
-            false,
-        );
+        // (ListenOverflows, port 80's drops, port 81's drops) at each poll: 81's counter moves
+        // with no overflow behind it (another kind of listen drop), later 80 overflows.
+        let polls: [(u64, u32, u32); 5] = [(0, 0, 0), (0, 0, 4), (0, 0, 4), (2, 2, 4), (2, 2, 4)];
+        let mut last = Vec::new();
+        for (overflows, d80, d81) in polls {
+            let s = snap(
+                overflows,
+                0,
+                0,
+                vec![l(80, 1, 0, 1, d80), l(81, 2, 0, 1, d81)],
+            );
+            last = a.step(&s, &HashMap::new(), 0, false).0;
+        }
         assert_eq!(
-            f.iter().map(|f| (f.port, f.count)).collect::<Vec<_>>(),
+            last.iter().map(|f| (f.port, f.count)).collect::<Vec<_>>(),
             vec![(80, 2)],
             "81's old counts expired"
         );
