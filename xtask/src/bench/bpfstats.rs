@@ -125,9 +125,59 @@ pub fn delta(
     costs
 }
 
+/// Per program, the round whose ns/run is the median of the rounds' (the lower of the middle
+/// two for an even count), so runs and time stay one round's own figures; rounds where the
+/// program did not run count below every timed one. `rounds`: each round's costs.
+pub fn median_round(rounds: &[Vec<ProgCost>]) -> Vec<ProgCost> {
+    let mut names: Vec<&str> = Vec::new();
+    for c in rounds.iter().flatten() {
+        if !names.contains(&c.name.as_str()) {
+            names.push(&c.name);
+        }
+    }
+    let mut costs: Vec<ProgCost> = names
+        .into_iter()
+        .filter_map(|name| {
+            let mut of: Vec<&ProgCost> = rounds
+                .iter()
+                .filter_map(|r| r.iter().find(|c| c.name == name))
+                .collect();
+            of.sort_by(|a, b| {
+                a.ns_per_run()
+                    .partial_cmp(&b.ns_per_run())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            of.get(of.len().saturating_sub(1) / 2).map(|c| (*c).clone())
+        })
+        .collect();
+    costs.sort_by(|x, y| y.runs.cmp(&x.runs).then_with(|| x.name.cmp(&y.name)));
+    costs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cost(name: &str, runs: u64, ns: u64) -> ProgCost {
+        ProgCost {
+            name: name.into(),
+            runs,
+            run_time_ns: runs * ns,
+        }
+    }
+
+    #[test]
+    fn the_median_round_per_program() {
+        let rounds = vec![
+            vec![cost("a", 10, 300), cost("b", 5, 90)],
+            vec![cost("a", 12, 800), cost("b", 0, 0)],
+            vec![cost("a", 11, 500), cost("b", 6, 70)],
+        ];
+        let m = median_round(&rounds);
+        assert_eq!(m, vec![cost("a", 11, 500), cost("b", 6, 70)]);
+        let two = median_round(&rounds[..2]);
+        assert_eq!(two[0], cost("a", 10, 300), "the lower middle");
+    }
 
     #[test]
     fn counters_of_our_programs_only() {

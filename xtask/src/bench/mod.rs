@@ -249,9 +249,15 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             .collect();
         if !timed.is_empty() {
             let _stats = bpfstats::StatsEnabled::enable()?;
-            for w in timed {
-                profiles.push(workload::profile(&ctx, w)?);
+            // Rounds interleaved as above: one slow moment of the machine moves one round of
+            // each workload, not every round of one.
+            let mut rounds: Vec<Vec<workload::Profile>> = vec![Vec::new(); timed.len()];
+            for round in 1..=plan.rounds {
+                for (i, &w) in timed.iter().enumerate() {
+                    rounds[i].push(workload::profile(&ctx, w, round)?);
+                }
             }
+            profiles.extend(rounds.into_iter().filter_map(workload::Profile::of_rounds));
         }
     }
 

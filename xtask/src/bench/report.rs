@@ -496,18 +496,19 @@ fn section_programs(m: &mut String, profiles: &[Profile]) {
     }
     let _ = writeln!(
         m,
-        "\n## In-kernel cost per program\n\nA separate agent run per workload with \
+        "\n## In-kernel cost per program\n\nSeparate agent runs with \
          `kernel.bpf_stats_enabled=1` (timing every run costs a little itself, so the rounds \
-         above run without it): `run_cnt` and `run_time_ns` from `bpftool prog show -j`, \
-         differences over the load. *Hot*: at least one run per hundred events; the targets \
-         apply to hot programs. *Emits*: the program serves a cause the agent counted in \
-         that workload (per its `rst_trace.started` line).\n"
+         above run without it), as many rounds per workload as above, interleaved: \
+         `run_cnt` and `run_time_ns` from `bpftool prog show -j`, differences over the load; \
+         per program the round with the median ns/run. *Hot*: at least one run per hundred \
+         events; the targets apply to hot programs. *Emits*: the program serves a cause the \
+         agent counted in that workload (per its `rst_trace.started` line).\n"
     );
     let _ = writeln!(
         m,
-        "| workload | program | runs | runs per event | ns/run | hot | emits | target | |"
+        "| workload | program | runs | runs per event | ns/run | per round | hot | emits | target | |"
     );
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|");
     for p in profiles {
         for c in &p.costs {
             let hot = is_hot(p, c.runs);
@@ -524,7 +525,7 @@ fn section_programs(m: &mut String, profiles: &[Profile]) {
             };
             let _ = writeln!(
                 m,
-                "| {} | `{}` | {} | {} | {} | {} | {} | ≤ {limit:.0} ns | {verdict} |",
+                "| {} | `{}` | {} | {} | {} | {} | {} | {} | ≤ {limit:.0} ns | {verdict} |",
                 p.workload.key(),
                 c.name,
                 thousands(c.runs as f64),
@@ -535,6 +536,13 @@ fn section_programs(m: &mut String, profiles: &[Profile]) {
                 },
                 c.ns_per_run()
                     .map_or_else(|| "–".into(), |ns| format!("{ns:.0}")),
+                p.per_round
+                    .get(&c.name)
+                    .map_or_else(String::new, |each| each
+                        .iter()
+                        .map(|ns| ns.map_or_else(|| "–".into(), |ns| format!("{ns:.0}")))
+                        .collect::<Vec<_>>()
+                        .join(" / ")),
                 if hot { "hot" } else { "" },
                 if emits { "yes" } else { "no" },
             );
@@ -616,6 +624,7 @@ pub fn json(
             "runs": c.runs,
             "run_time_ns": c.run_time_ns,
             "ns_per_run": c.ns_per_run(),
+            "ns_per_run_per_round": p.per_round.get(&c.name),
             "hot": is_hot(p, c.runs),
             "emits": p.emitting.contains(&c.name),
         }))).collect::<Vec<_>>(),
@@ -756,6 +765,7 @@ mod tests {
                     run_time_ns: 9_000,
                 },
             ],
+            per_round: [("a".to_owned(), vec![Some(200.0), None])].into(),
             emitting: Default::default(),
         }];
         let t = targets(&cells, &profiles);
@@ -786,8 +796,8 @@ mod tests {
             &t,
         );
         assert!(md.contains("| Healthy churn rate | ≥ 97 % of untraced | 98.0 % | pass |"));
-        assert!(
-            md.contains("| churn | `a` | 2,000 | 2.00 | 200 | hot | no | ≤ 150 ns | **miss** |")
-        );
+        assert!(md.contains(
+            "| churn | `a` | 2,000 | 2.00 | 200 | 200 / – | hot | no | ≤ 150 ns | **miss** |"
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! A run that cannot do what it was asked (counts that do not add up, a tracer that does not
 //! start) is an error: that is a broken harness, not a slow agent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -129,9 +129,44 @@ impl Sample {
 pub struct Profile {
     pub workload: Workload,
     pub events: u64,
+    /// Per program, the median round's (see `bpfstats::median_round`).
     pub costs: Vec<ProgCost>,
+    /// Per program, ns/run in each round, in round order.
+    pub per_round: BTreeMap<String, Vec<Option<f64>>>,
     /// Programs that emitted records here (see `agent::emitting_programs`).
     pub emitting: BTreeSet<String>,
+}
+
+impl Profile {
+    /// One profile out of a workload's rounds: per program the median round.
+    pub fn of_rounds(rounds: Vec<Profile>) -> Option<Profile> {
+        let first = rounds.first()?;
+        let (workload, events) = (first.workload, first.events);
+        let all: Vec<Vec<ProgCost>> = rounds.iter().map(|r| r.costs.clone()).collect();
+        let costs = bpfstats::median_round(&all);
+        let per_round = costs
+            .iter()
+            .map(|c| {
+                let each = all
+                    .iter()
+                    .map(|r| {
+                        r.iter()
+                            .find(|x| x.name == c.name)
+                            .and_then(ProgCost::ns_per_run)
+                    })
+                    .collect();
+                (c.name.clone(), each)
+            })
+            .collect();
+        let emitting = rounds.into_iter().flat_map(|r| r.emitting).collect();
+        Some(Profile {
+            workload,
+            events,
+            costs,
+            per_round,
+            emitting,
+        })
+    }
 }
 
 pub fn run(ctx: &Ctx, workload: Workload, variant: Variant, round: usize) -> Result<Sample> {
@@ -148,10 +183,10 @@ pub fn run(ctx: &Ctx, workload: Workload, variant: Variant, round: usize) -> Res
     Ok(sample)
 }
 
-/// The bpf_stats pass: one agent run of a timed workload with per-program counters read
-/// before and after the load. The caller holds `bpfstats::StatsEnabled`.
-pub fn profile(ctx: &Ctx, workload: Workload) -> Result<Profile> {
-    let tag = format!("{}-profile", workload.key());
+/// One round of the bpf_stats pass: an agent run of a timed workload with per-program counters
+/// read before and after the load. The caller holds `bpfstats::StatsEnabled`.
+pub fn profile(ctx: &Ctx, workload: Workload, round: usize) -> Result<Profile> {
+    let tag = format!("{}-profile-r{round}", workload.key());
     eprintln!("xtask: bench: {tag}");
     let (_, profile) = timed(ctx, workload, Variant::RstTrace, 0, &tag, true)?;
     profile.context("the profiling run produced no program counters")
@@ -211,6 +246,7 @@ fn timed(
             workload,
             events: n,
             costs: bpfstats::delta(&before, &after),
+            per_round: BTreeMap::new(),
             emitting: fin
                 .stats
                 .as_ref()
