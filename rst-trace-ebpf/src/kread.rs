@@ -141,11 +141,12 @@ pub fn fill_tuple(sk: u64, t: &mut Tuple) {
     let _ = fill_tuple_state(sk, t);
 }
 
-/// Bytes of `struct sock_common` read at once from `skc_daddr` on.
+/// Bytes read at once where several members sit together (`struct sock_common` from
+/// `skc_daddr` on, `struct sk_buff` from `network_header` to `head`).
 const HEAD_BYTES: u32 = 24;
 
-/// Where `off` (a member of `size` bytes) sits in the head read from `base`, if it lies within
-/// one of its words.
+/// Where `off` (a member of `size` bytes) sits in the bytes read from `base`, if it lies within
+/// one of their words.
 #[inline(always)]
 fn head_slot(base: u32, off: u32, size: u32) -> Option<u32> {
     if off == MEMBER_NONE || off < base {
@@ -193,6 +194,24 @@ fn read_head(sk: u64) -> Option<(u16, u16, u16, u32, u32, u8)> {
         head_field(&w, 0, 4) as u32,
         head_field(&w, state, 1) as u8,
     ))
+}
+
+/// Where a packet's network header starts (`skb->head + skb->network_header`). The offset sits
+/// a few bytes before `head` (only `mac_header`, `tail` and `end` lie between): one read takes
+/// both where the layout allows, else one read each.
+#[inline(always)]
+pub fn skb_network_header(skb: u64) -> Option<u64> {
+    let (nh_off, head_off) = (lay!(st.skb_network_header), lay!(st.skb_head));
+    if nh_off != MEMBER_NONE {
+        let base = nh_off & !7;
+        if let (Some(nh), Some(head)) = (head_slot(base, nh_off, 2), head_slot(base, head_off, 8)) {
+            let w: [u64; 3] = member(skb, base)?;
+            return Some(head_field(&w, head, 8) + head_field(&w, nh, 2));
+        }
+    }
+    let head: u64 = member(skb, head_off)?;
+    let nh: u16 = member(skb, nh_off)?;
+    Some(head + nh as u64)
 }
 
 /// [`fill_tuple`], also returning the socket's state when it came with the same read.

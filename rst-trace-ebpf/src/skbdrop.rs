@@ -17,7 +17,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{accept_queue, member, sk_netns, skb_netns, AF_INET, AF_INET6},
+    kread::{accept_queue, member, sk_netns, skb_netns, skb_network_header, AF_INET, AF_INET6},
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -86,9 +86,7 @@ fn reason_slot(reason: u32) -> Option<u32> {
 /// IP version of the packet in `skb` (4 or 6), from its network header.
 #[inline(always)]
 pub fn ip_version(skb: u64) -> Option<u8> {
-    let head: u64 = member(skb, lay!(st.skb_head))?;
-    let nh: u16 = member(skb, lay!(st.skb_network_header))?;
-    let first: u8 = member(head + nh as u64, 0)?;
+    let first: u8 = member(skb_network_header(skb)?, 0)?;
     Some(first >> 4)
 }
 
@@ -96,9 +94,7 @@ pub fn ip_version(skb: u64) -> Option<u8> {
 /// (the receiver) first; returns the segment's flags byte (CWR ECE URG ACK PSH RST SYN FIN).
 #[inline(always)]
 pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
-    let head: u64 = member(skb, lay!(st.skb_head))?;
-    let nh: u16 = member(skb, lay!(st.skb_network_header))?;
-    let ip = head + nh as u64;
+    let ip = skb_network_header(skb)?;
     // An IPv4 header's size read at once: it says the version too, and is no longer than the
     // IPv6 header's start, so one read serves IPv4 segments whole.
     let h4: Ipv4Hdr = member(ip, 0)?;
