@@ -36,6 +36,7 @@ use crate::{
     preflight, procowners,
     records::{DecodeError, Endpoint, Record, Task},
     sensor::Sensor,
+    skipped_runs::{self, SkippedRuns},
     sockdiag::{self, NetnsSnapshot},
     stats::{exact_cause_counts, kernel_counts, merged_causes, AgentCounts, KernelCounters},
     storm::Limiter,
@@ -44,6 +45,9 @@ use crate::{
 const SATURATION_REPEAT: Duration = Duration::from_secs(10);
 /// How often the ring buffer is read when the kernel has not woken the agent.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often the kernel's count of skipped program runs is read, to warn when it grows
+/// between stats lines (one file read per program).
+const SKIPPED_RUNS_EVERY: Duration = Duration::from_secs(10);
 /// Sockets that predate the agent whose owners are remembered at most.
 const MAX_SEEDED_SOCKETS: usize = 1 << 20;
 /// Listener inodes already looked up in /proc, and saturation warnings, remembered at most:
@@ -69,6 +73,9 @@ struct Agent {
     /// Why /proc hides processes from the agent, if it does (see
     /// [`procowners::hidden_processes`]): said in every event whose owner is unknown.
     proc_hidden: Option<String>,
+    skipped: SkippedRuns,
+    /// The total of skipped runs last warned about.
+    skipped_warned_at: u64,
 }
 
 impl Agent {
@@ -267,8 +274,18 @@ impl Agent {
             resets_sent_netfilter: k.get(rst_trace_common::CounterFamily::ForeignReset, 0),
             owners: k.owner_table_counts(),
             tables: self.table_figures(&k),
+            skipped_runs: self.skipped.read(),
             info: self.ext.info.clone(),
         }
+    }
+
+    /// Skipped runs per program, warned about when they grew.
+    fn skipped_runs(&mut self) -> BTreeMap<String, u64> {
+        let all = self.skipped.read();
+        if let Some(w) = skipped_runs::warning(&all, &mut self.skipped_warned_at) {
+            log::warn!("{w}");
+        }
+        all
     }
 
     /// Every bounded table, kernel and userspace, with its entries now.
@@ -308,6 +325,8 @@ impl Agent {
             self.write(&d);
         }
         let (k, causes) = self.totals();
+        let mut kernel = kernel_counts(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS);
+        kernel.skipped_runs = skipped_runs::nonzero(&self.skipped_runs());
         let v = event::Stats {
             time: rfc3339_nanos(std::time::SystemTime::now()),
             event: event::EventId {
@@ -329,7 +348,7 @@ impl Agent {
                 undecodable: self.counts.undecodable,
                 suppressed: self.counts.suppressed,
             },
-            kernel: kernel_counts(&k, &self.facts.rst_reasons, &WATCHED_DROP_REASONS),
+            kernel,
             sockets: event::SocketCounts {
                 listener_ports: self.pipeline.table().listener_ports() as u64,
                 table_overflow: self.pipeline.table().overflow,
@@ -428,6 +447,8 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
         ext,
         kernel_tables,
         proc_hidden: procowners::hidden_processes(),
+        skipped: SkippedRuns::open(&loaded.ebpf),
+        skipped_warned_at: 0,
     };
     if let Some(why) = &agent.proc_hidden {
         log::warn!("{why}");
@@ -640,6 +661,7 @@ struct Ticks {
     hold: tokio::time::Interval,
     poll: tokio::time::Interval,
     drain: tokio::time::Interval,
+    skipped: tokio::time::Interval,
 }
 
 impl Ticks {
@@ -661,6 +683,7 @@ impl Ticks {
             hold,
             poll,
             drain,
+            skipped: interval(SKIPPED_RUNS_EVERY),
         }
     }
 }
@@ -730,6 +753,9 @@ impl Agent {
                     }
                 }
                 _ = ticks.stats.tick(), if args.stats_interval > 0 => self.stats(false),
+                _ = ticks.skipped.tick() => {
+                    self.skipped_runs();
+                }
                 // A metrics scrape: the totals are read now, not on a timer, and after whatever
                 // the kernel has written (it wakes the agent only once records pile up).
                 req = Embedding::next_request(&mut requests) => {

@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub owners: OwnerTables,
     /// Every bounded table's occupancy (the stats line's `tables`).
     pub tables: Vec<crate::occupancy::TableFigure>,
+    /// Runs of each loaded program the kernel skipped (see [`crate::skipped_runs`]).
+    pub skipped_runs: BTreeMap<String, u64>,
     pub info: Arc<AgentInfo>,
 }
 

@@ -35,6 +35,7 @@ pub mod sensor;
 /// Decoding lives with the sensor; the path stays for the pipeline, the fuzz target and tests.
 pub use sensor::records;
 pub mod service;
+pub mod skipped_runs;
 pub mod sockdiag;
 pub mod sockets;
 pub mod stats;

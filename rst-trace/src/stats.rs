@@ -252,6 +252,7 @@ pub fn kernel_counts(
             .family(CounterFamily::ForeignReset)
             .map(|(_, v)| v)
             .sum::<u64>(),
+        skipped_runs: Counts::new(),
     }
 }
 

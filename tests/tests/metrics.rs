@@ -239,6 +239,7 @@ fn a_real_scrape_passes_promtool_and_bad_clients_do_not_hurt() {
         "rst_trace_owner_table_stored_total",
         "rst_trace_owner_lookups_total",
         "rst_trace_resets_sent_total",
+        "rst_trace_program_skipped_runs_total",
     ] {
         assert!(
             text.body.contains(&format!("# TYPE {name} ")),
@@ -252,6 +253,17 @@ fn a_real_scrape_passes_promtool_and_bad_clients_do_not_hurt() {
             r#"rst_trace_hook_attached{hook="tcp_send_reset"}"#
         ) == Some(1.0),
         "tcp_send_reset is attached on this kernel:\n{}",
+        text.body
+    );
+    // Every loaded program has its series from the start (the kernel counts skipped runs
+    // from 5.12 on), so an alert on increase() works from the first skip.
+    assert!(
+        sample(
+            &text.body,
+            r#"rst_trace_program_skipped_runs_total{program="kfree_skb"}"#
+        )
+        .is_some(),
+        "skipped runs of kfree_skb:\n{}",
         text.body
     );
     let mut promtool = Command::new("promtool")

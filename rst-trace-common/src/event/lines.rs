@@ -156,6 +156,11 @@ pub struct KernelCounts {
     pub connect_errors: Counts,
     pub lost_records: Counts,
     pub foreign_resets: u64,
+    /// Runs of a program the kernel skipped, by program, where there were any: an interrupt
+    /// brought an event while the program was running on that CPU, and the kernel counted the
+    /// run instead of making it (5.12 and later). Those events are in no record and no counter.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_runs: Counts,
 }
 
 /// How full one bounded table is.

@@ -299,6 +299,14 @@ impl Scrape {
             "Records the ring buffer could not take (the per-cause totals still count them where kernel counters decide the cause).",
             s.lost,
         )?;
+        counters(
+            enc,
+            "rst_trace_program_skipped_runs",
+            "Runs of a kernel program the kernel skipped because the program was already running on that CPU when an interrupt brought another event (bpf_prog_info recursion_misses, 5.12 and later): their events are missing.",
+            s.skipped_runs
+                .iter()
+                .map(|(p, n)| (vec![("program", p.clone())], *n)),
+        )?;
         counter(
             enc,
             "rst_trace_records_undecodable",
@@ -402,6 +410,10 @@ mod tests {
                 refused: None,
                 evicted: Some(2),
             }],
+            skipped_runs: BTreeMap::from([
+                ("kfree_skb".to_owned(), 2),
+                ("tcp_send_reset".to_owned(), 0),
+            ]),
             info: Arc::new(AgentInfo {
                 version: "0.1.0",
                 kernel: "6.18.0".into(),
@@ -437,6 +449,10 @@ mod tests {
         ));
         assert!(t.contains("rst_trace_records_lost_total 1\n"), "{t}");
         assert!(t.contains("rst_trace_events_folded_total 3\n"), "{t}");
+        assert!(
+            t.contains("rst_trace_program_skipped_runs_total{program=\"kfree_skb\"} 2\n"),
+            "{t}"
+        );
         assert!(
             t.contains("rst_trace_resets_sent_total{origin=\"tcp_stack\"} 5\n"),
             "{t}"
