@@ -170,6 +170,16 @@ pub fn stats_cause(v: &Value, cause: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs the kernel skipped of the named programs, from a final stats line
+/// (`kernel.skipped_runs`; absent where there were none); 0 without a stats line.
+pub fn stats_skipped_runs(stats: Option<&Value>, programs: &[&str]) -> u64 {
+    let Some(s) = stats else { return 0 };
+    programs
+        .iter()
+        .filter_map(|p| s.get("kernel")?.get("skipped_runs")?.get(p)?.as_u64())
+        .sum()
+}
+
 /// `records.lost` of a stats line.
 pub fn stats_lost(v: &Value) -> Option<u64> {
     u64_at(v, "records.lost")

@@ -381,8 +381,9 @@ struct Life {
     lport: u16,
 }
 
-/// Runs of the agent's programs the kernel skipped because another eBPF program was running
-/// on that CPU (`recursion_misses`, from bpftool): the one loss the agent cannot count itself.
+/// Runs of the agent's programs the kernel skipped because the program was already running on
+/// that CPU (`recursion_misses`, from bpftool): the one loss no counter of the agent's own
+/// holds, which the agent reports from the kernel as `kernel.skipped_runs`.
 fn recursion_misses(pid: u32) -> u64 {
     let ids: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .map(|d| {
@@ -497,6 +498,16 @@ fn namespace_churn_leaves_nothing_behind() {
     let now = usage(pid);
     let skipped = recursion_misses(pid);
     let stopped = agent.stop();
+    // The agent reports the kernel's count itself, read later than bpftool's, from the same
+    // counters: never less.
+    let reported_skips: u64 = stopped.final_stats["kernel"]["skipped_runs"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    assert!(
+        reported_skips >= skipped,
+        "the agent's kernel.skipped_runs ({reported_skips}) is below bpftool's recursion_misses \
+         read earlier ({skipped})"
+    );
     peaks.take(&stopped.lines);
     eprintln!(
         "namespace churn: {CHURN_NAMESPACES} namespaces in {:?}; before {base:?}, after {now:?}\n\

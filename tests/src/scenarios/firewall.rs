@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{causes_seen, field, how, total, with_cause, Run};
 use crate::{event, mib, Mib};
+use rst_trace_common::names::program;
 
 /// netfilter's RSTs are reported as firewall_reject with the intended listener's owner and
 /// reconcile with the rule's packet counter, not with Tcp.OutRsts (which stays put); the
@@ -132,10 +133,12 @@ pub fn firewall(r: &mut Run) {
         json!(drop_pkts),
     );
     if drop_observable {
-        r.check(
+        let skipped = event::stats_skipped_runs(stats.as_ref(), &[program::KFREE_SKB]);
+        r.check_count(
             "firewall_drop total == DROP rule packets",
-            json!(drop_pkts),
-            json!(total(&drops)),
+            drop_pkts,
+            total(&drops),
+            skipped,
         );
         r.check(
             "firewall_drop: (reason, owner pid, local port) of every event",

@@ -476,7 +476,14 @@ impl<'a> Run<'a> {
     /// The scenario's events (and the final stats where the agent served it alone), after
     /// giving late or wrong extra events a moment to show up.
     pub fn finish(&mut self, mark: usize) -> (Vec<Value>, Option<Value>) {
-        self.env.finish(mark)
+        let (lines, stats) = self.env.finish(mark);
+        // What the kernel programs counted, lost and skipped: where a total falls short, these
+        // say whether the event never reached a program, or reached it and went missing later.
+        if let Some(s) = &stats {
+            self.info("agent_kernel_counters", s["kernel"].clone());
+            self.info("agent_records", s["records"].clone());
+        }
+        (lines, stats)
     }
 
     /// `reason` where the kernel's reset tracepoint carries reasons, None where the agent's
@@ -500,6 +507,26 @@ impl<'a> Run<'a> {
     pub fn check_true(&mut self, what: &str, ok: bool, got: Value) {
         self.checks
             .push(json!({"check": what, "want": true, "got": got, "ok": ok}));
+    }
+
+    /// `got == want`, the kernel's count. Where the kernel skipped `skipped` runs of the
+    /// programs that report these events (an interrupt brought one while the program was
+    /// running on that CPU: the kernel counts the run instead of making it, and the agent
+    /// reports that count), the events of those runs cannot be in `got`: then
+    /// `want - skipped <= got <= want`, and the check says so.
+    pub fn check_count(&mut self, what: &str, want: u64, got: u64, skipped: u64) {
+        if skipped == 0 {
+            self.check(what, json!(want), json!(got));
+            return;
+        }
+        let ok = got <= want && got + skipped >= want;
+        self.checks.push(json!({
+            "check": format!("{what}, less runs the kernel skipped"),
+            "want": {"at_most": want, "at_least": want.saturating_sub(skipped)},
+            "got": got,
+            "skipped_runs": skipped,
+            "ok": ok,
+        }));
     }
 
     pub fn info(&mut self, k: &str, v: Value) {
