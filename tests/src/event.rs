@@ -5,6 +5,7 @@
 //! (generated from the types) and by reading it into the agent's own types
 //! (`rst_trace_common::event`), where a cause's evidence must be its family's type.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use rst_trace_common::event::{CauseEvent, Line};
@@ -170,14 +171,23 @@ pub fn stats_cause(v: &Value, cause: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the kernel skipped of the named programs, from a final stats line
-/// (`kernel.skipped_runs`; absent where there were none); 0 without a stats line.
+/// Runs the kernel skipped, per program, from a stats line (`kernel.skipped_runs`: absent
+/// where there were none).
+pub fn skipped_runs(stats: &Value) -> BTreeMap<String, u64> {
+    stats["kernel"]["skipped_runs"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(p, n)| Some((p.clone(), n.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs the kernel skipped of the named programs, from a final stats line; 0 without one.
 pub fn stats_skipped_runs(stats: Option<&Value>, programs: &[&str]) -> u64 {
-    let Some(s) = stats else { return 0 };
-    programs
-        .iter()
-        .filter_map(|p| s.get("kernel")?.get("skipped_runs")?.get(p)?.as_u64())
-        .sum()
+    let all = stats.map(skipped_runs).unwrap_or_default();
+    programs.iter().filter_map(|p| all.get(*p)).sum()
 }
 
 /// `records.lost` of a stats line.

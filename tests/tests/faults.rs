@@ -500,9 +500,7 @@ fn namespace_churn_leaves_nothing_behind() {
     let stopped = agent.stop();
     // The agent reports the kernel's count itself, read later than bpftool's, from the same
     // counters: never less.
-    let reported_skips: u64 = stopped.final_stats["kernel"]["skipped_runs"]
-        .as_object()
-        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    let reported_skips: u64 = event::skipped_runs(&stopped.final_stats).values().sum();
     assert!(
         reported_skips >= skipped,
         "the agent's kernel.skipped_runs ({reported_skips}) is below bpftool's recursion_misses \
