@@ -34,3 +34,26 @@ pub fn copy<T: Copy>(dst: &mut T, src: &T) {
         i += 1;
     }
 }
+
+/// Word `i` (8 bytes) of `src`, read as it is.
+#[inline(always)]
+pub fn word<T>(src: &T, i: usize) -> u64 {
+    if i >= words::<T>() {
+        return 0;
+    }
+    // SAFETY: `i` is within `src`'s words, at 8-byte alignment.
+    unsafe { core::ptr::read_volatile((src as *const T as *const u64).add(i)) }
+}
+
+/// `*a == *b`, 8 bytes at a time (a `==` on byte arrays becomes a `bcmp` call).
+#[inline(always)]
+pub fn same<T>(a: &T, b: &T) -> bool {
+    let mut i = 0;
+    while i < words::<T>() {
+        if word(a, i) != word(b, i) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

@@ -5,12 +5,13 @@
 use aya_ebpf::{
     helpers::generated,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use rst_trace_common::{
-    AcceptorKey, CounterFamily, OwnerInfo, TwKey, ACCEPTORS_CAPACITY, CLOSE_DEFER_SLOTS,
+    twcache::{self, SetScan, RANK_BUSY, TW_OWNERS_SETS},
+    AcceptorKey, CounterFamily, OwnerInfo, TwKey, TwSet, ACCEPTORS_CAPACITY, CLOSE_DEFER_SLOTS,
     OWNERS_CAPACITY, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS, TABLE_OWNERS_FULL,
-    TABLE_OWNERS_STORED, TABLE_TW_STORED, TW_OWNERS_CAPACITY,
+    TABLE_OWNERS_STORED, TABLE_TW_EVICTED, TABLE_TW_STORED, TW_OWNERS_WAYS,
 };
 
 use crate::{
@@ -25,9 +26,13 @@ use crate::{
 #[map(name = "RST_OWNERS")]
 static RST_OWNERS: HashMap<u64, OwnerInfo> = HashMap::with_max_entries(OWNERS_CAPACITY, 0);
 
+/// The agent maps it read-only to count the live slots without a syscall per slot.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Last owners of TIME_WAIT sockets: a set-associative cache (placement in
+/// `rst_trace_common::twcache`), written on every active close.
 #[map(name = "RST_TW_OWNERS")]
-static RST_TW_OWNERS: LruHashMap<TwKey, OwnerInfo> =
-    LruHashMap::with_max_entries(TW_OWNERS_CAPACITY, 0);
+static RST_TW_OWNERS: Array<TwSet> = Array::with_max_entries(TW_OWNERS_SETS, BPF_F_MMAPABLE);
 
 #[map(name = "RST_ACCEPTORS")]
 static RST_ACCEPTORS: LruHashMap<AcceptorKey, OwnerInfo> =
@@ -109,6 +114,17 @@ pub fn forget(sk: u64) {
     let _ = RST_OWNERS.remove(&sk);
 }
 
+/// [`forget`], where an entry is rarely there (a child socket just cloned: every incoming
+/// connection): a look-up takes no lock, a delete takes the bucket's even when it finds
+/// nothing.
+#[inline(always)]
+pub fn forget_stale(sk: u64) {
+    // SAFETY: only tested for presence.
+    if unsafe { RST_OWNERS.get(&sk) }.is_some() {
+        let _ = RST_OWNERS.remove(&sk);
+    }
+}
+
 /// Copies the owner of full socket `sk` into `out`; counts the hit or miss. `closing`: the
 /// socket is in CLOSE (close() sends its abort RST after the state change), so an entry marked
 /// closed is its own; otherwise such an entry was left by an earlier socket at this address.
@@ -131,13 +147,110 @@ pub fn owner_into(sk: u64, closing: bool, out: &mut OwnerInfo) -> bool {
 #[inline(always)]
 pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
     let key = tw_key(tw);
-    match unsafe { RST_TW_OWNERS.get(&key) } {
-        Some(o) => {
-            crate::mem::copy(out, o);
-            true
+    let at = twcache::placement(&key_words(&key));
+    tw_find(at.a, at.check, &key, out).or_else(|| tw_find(at.b, at.check, &key, out)) == Some(true)
+}
+
+/// Looks for `key` in `set`: `Some(found)` when its slot is there (`false`: it was rewritten
+/// while being copied), `None` when it is not.
+#[inline(always)]
+fn tw_find(set: u32, check: u32, key: &TwKey, out: &mut OwnerInfo) -> Option<bool> {
+    // SAFETY: an array element, valid for this run; other CPUs may be writing its slots,
+    // which their sequences tell.
+    let set = unsafe { &*RST_TW_OWNERS.get_ptr(set)? };
+    let mut way = 0;
+    while way < TW_OWNERS_WAYS as usize {
+        let (tag, entry) = (&set.tags[way], &set.entries[way]);
+        let seq = unsafe { core::ptr::read_volatile(&tag.seq) };
+        if seq & 1 == 0
+            && unsafe { core::ptr::read_volatile(&tag.check) } == check
+            && crate::mem::same(&entry.key, key)
+        {
+            crate::mem::copy(out, &entry.owner);
+            if unsafe { core::ptr::read_volatile(&tag.seq) } == seq {
+                return Some(true);
+            }
+            // Rewritten under the copy: what was read may be another connection's.
+            crate::mem::zero(out);
+            return Some(false);
         }
-        None => false,
+        way += 1;
     }
+    None
+}
+
+#[inline(always)]
+fn key_words(key: &TwKey) -> [u64; 6] {
+    use crate::mem::word;
+    [
+        word(key, 0),
+        word(key, 1),
+        word(key, 2),
+        word(key, 3),
+        word(key, 4),
+        word(key, 5),
+    ]
+}
+
+/// How fit each slot of `set` is to take `key`, from the tags (one cache line) and, only
+/// where the check matches, the key.
+#[inline(always)]
+fn tw_scan(set: &TwSet, check: u32, key: &TwKey, now: u64) -> SetScan {
+    let mut scan = SetScan::new();
+    let mut way = 0;
+    while way < TW_OWNERS_WAYS as usize {
+        let tag = &set.tags[way];
+        let (seq, tag_check, closed) = unsafe {
+            (
+                core::ptr::read_volatile(&tag.seq),
+                core::ptr::read_volatile(&tag.check),
+                core::ptr::read_volatile(&tag.closed_ns),
+            )
+        };
+        let busy = seq & 1 != 0;
+        let same = !busy && tag_check == check && crate::mem::same(&set.entries[way].key, key);
+        scan.see(way as u32, twcache::rank(busy, same, closed, now));
+        way += 1;
+    }
+    scan
+}
+
+/// Stores the last owner of the connection `key` names, which just closed actively at `now`.
+#[inline(always)]
+fn tw_store(key: &TwKey, owner: &OwnerInfo, now: u64) -> Option<()> {
+    let at = twcache::placement(&key_words(key));
+    let a = RST_TW_OWNERS.get_ptr_mut(at.a)?;
+    let b = RST_TW_OWNERS.get_ptr_mut(at.b)?;
+    // SAFETY: array elements, valid for this run; only read here.
+    let (second, scan) = unsafe {
+        twcache::pick(
+            tw_scan(&*a, at.check, key, now),
+            tw_scan(&*b, at.check, key, now),
+        )
+    };
+    count(CounterFamily::Table, TABLE_TW_STORED);
+    if twcache::loses_owner(scan.rank) {
+        count(CounterFamily::Table, TABLE_TW_EVICTED);
+    }
+    if scan.rank == RANK_BUSY {
+        return None;
+    }
+    // SAFETY: as above. Readers on other CPUs see the slot's sequence odd while it changes;
+    // every access is volatile, so none moves across the sequence writes (x86 keeps stores in
+    // order; weaker CPUs may let a reader see a torn slot).
+    let set = unsafe { &mut *(if second { b } else { a }) };
+    let way = (scan.way as usize).min(TW_OWNERS_WAYS as usize - 1);
+    let (tag, entry) = (&mut set.tags[way], &mut set.entries[way]);
+    let seq = unsafe { core::ptr::read_volatile(&tag.seq) } | 1;
+    unsafe {
+        core::ptr::write_volatile(&mut tag.seq, seq);
+        core::ptr::write_volatile(&mut tag.check, at.check);
+        core::ptr::write_volatile(&mut tag.closed_ns, now);
+    }
+    crate::mem::copy(&mut entry.key, key);
+    crate::mem::copy(&mut entry.owner, owner);
+    unsafe { core::ptr::write_volatile(&mut tag.seq, seq.wrapping_add(1)) };
+    Some(())
 }
 
 #[inline(always)]
@@ -178,11 +291,8 @@ pub fn closed(sk: u64, active_close: bool) -> Option<()> {
             key.tuple.local_port =
                 u16::from_be(member::<u16>(sk, lay!(st.inet_sport)).unwrap_or(0));
         }
-        // SAFETY: as above; copied out before the insert.
-        let owner = unsafe { *entry };
-        if RST_TW_OWNERS.insert(&key, &owner, 0).is_ok() {
-            count(CounterFamily::Table, TABLE_TW_STORED);
-        }
+        // SAFETY: as above.
+        let _ = tw_store(&key, unsafe { &*entry }, now);
     }
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let ring = unsafe { &mut *RST_CLOSE_DEFER.get_ptr_mut(0)? };

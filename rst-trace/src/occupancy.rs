@@ -6,10 +6,11 @@ use aya::{
     Ebpf, Pod,
 };
 use rst_trace_common::{
-    AcceptorKey, OwnerInfo, TwKey, ACCEPTORS_CAPACITY, ACCEPTORS_MAP, OWNERS_CAPACITY, OWNERS_MAP,
-    TW_OWNERS_CAPACITY, TW_OWNERS_MAP,
+    twcache::{self, TW_OWNERS_SETS},
+    AcceptorKey, OwnerInfo, TwSet, ACCEPTORS_CAPACITY, ACCEPTORS_MAP, OWNERS_CAPACITY, OWNERS_MAP,
+    TW_OWNERS_CAPACITY, TW_OWNERS_MAP, TW_OWNERS_WAYS,
 };
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, num::NonZeroUsize, os::fd::AsFd};
 
 use rst_trace_common::event::{ProcessResources, TableOccupancy};
 use serde_json::Value;
@@ -18,8 +19,8 @@ use serde_json::Value;
 const HOT_MAP: &str = "RST_HOT_SENT";
 const HOT_CAPACITY: u32 = 4096;
 
-/// One table's figures. `refused`: inserts a full table turned away; `evicted`: entries an
-/// LRU forgot to make room (an upper bound where the kernel counts overwrites as stores too).
+/// One table's figures. `refused`: inserts a full table turned away; `evicted`: entries
+/// forgotten to make room for others.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableFigure {
     pub name: &'static str,
@@ -103,6 +104,79 @@ fn open_hot(ebpf: &Ebpf) -> Option<Counter> {
     }))
 }
 
+/// Sets of the TIME_WAIT owner cache mapped at a time: whole pages, a few hundred KiB.
+/// Mapping the array whole would put its 8 MiB in the agent's resident set while it is read;
+/// reading it by syscall would take one per set.
+const TW_WINDOW_BYTES: usize = 512 * 1024;
+
+/// Counts the live last owners of the TIME_WAIT cache (an array: its entries are its slots
+/// whose connection closed less than a TIME_WAIT ago), from the tags, through a read-only
+/// mapping.
+fn open_tw(ebpf: &Ebpf) -> Option<Counter> {
+    let id = match ebpf.map(TW_OWNERS_MAP)? {
+        Map::Array(m) => m.info().ok()?.id(),
+        _ => return None,
+    };
+    let map = MapData::from_id(id).ok()?;
+    let set_bytes = std::mem::size_of::<TwSet>();
+    let page =
+        usize::try_from(nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??).ok()?;
+    let total = usize::try_from(TW_OWNERS_SETS).ok()? * set_bytes;
+    let window = TW_WINDOW_BYTES.max(page);
+    if !window.is_multiple_of(page)
+        || !window.is_multiple_of(set_bytes)
+        || !total.is_multiple_of(window)
+    {
+        log::debug!("{TW_OWNERS_MAP}: pages of {page} bytes do not hold whole sets");
+        return None;
+    }
+    let len = NonZeroUsize::new(window)?;
+    Some(Box::new(move || {
+        let now = crate::clock::monotonic_ns();
+        let mut live = 0u64;
+        for offset in (0..total).step_by(window) {
+            // SAFETY: a shared read-only mapping of the map's values, unmapped below; the kernel
+            // writes slots under it, so every field is read volatile and judged by its sequence.
+            let base = unsafe {
+                nix::sys::mman::mmap(
+                    None,
+                    len,
+                    nix::sys::mman::ProtFlags::PROT_READ,
+                    nix::sys::mman::MapFlags::MAP_SHARED,
+                    map.fd().as_fd(),
+                    libc::off_t::try_from(offset).ok()?,
+                )
+            }
+            .ok()?;
+            for set in 0..window / set_bytes {
+                for way in 0..TW_OWNERS_WAYS as usize {
+                    // SAFETY: tag `way` of set `set` lies inside the mapping, 8-byte aligned.
+                    let (seq, closed) = unsafe {
+                        let s = base
+                            .as_ptr()
+                            .cast::<u8>()
+                            .add(set * set_bytes)
+                            .cast::<TwSet>();
+                        let tag = std::ptr::addr_of!((*s).tags[way]);
+                        (
+                            std::ptr::read_volatile(std::ptr::addr_of!((*tag).seq)),
+                            std::ptr::read_volatile(std::ptr::addr_of!((*tag).closed_ns)),
+                        )
+                    };
+                    if seq & 1 == 0 && twcache::is_live(closed, now) {
+                        live += 1;
+                    }
+                }
+            }
+            // SAFETY: the mapping made above, no longer read.
+            if let Err(e) = unsafe { nix::sys::mman::munmap(base, len.get()) } {
+                log::debug!("unmapping {TW_OWNERS_MAP}: {e}");
+            }
+        }
+        Some(live)
+    }))
+}
+
 impl KernelTables {
     /// Handles on every bounded kernel map; one that cannot be opened is left out (and said
     /// once), the stats line then lacks its figure rather than the agent failing.
@@ -117,11 +191,7 @@ impl KernelTables {
             None => log::warn!("cannot read the occupancy of kernel map {name}"),
         };
         add(OWNERS_MAP, OWNERS_CAPACITY, open::<u64>(ebpf, OWNERS_MAP));
-        add(
-            TW_OWNERS_MAP,
-            TW_OWNERS_CAPACITY,
-            open::<TwKey>(ebpf, TW_OWNERS_MAP),
-        );
+        add(TW_OWNERS_MAP, TW_OWNERS_CAPACITY, open_tw(ebpf));
         add(
             ACCEPTORS_MAP,
             ACCEPTORS_CAPACITY,
@@ -132,7 +202,7 @@ impl KernelTables {
     }
 
     /// Entries now, per map. `owners`: the kernel's store counters, which give the refusals of
-    /// the owner table and the evictions of the TIME_WAIT LRU.
+    /// the owner table and the evictions of the TIME_WAIT cache.
     pub fn figures(&self, owners: &crate::stats::OwnerTables) -> Vec<TableFigure> {
         self.tables
             .iter()
@@ -147,10 +217,7 @@ impl KernelTables {
                 };
                 match t.name {
                     OWNERS_MAP => f.refused = Some(owners.full),
-                    // Never deleted, only forgotten: what was stored and is gone was evicted.
-                    TW_OWNERS_MAP => {
-                        f.evicted = Some(owners.timewait_stored.saturating_sub(entries))
-                    }
+                    TW_OWNERS_MAP => f.evicted = Some(owners.timewait_evicted),
                     _ => {}
                 }
                 Some(f)

@@ -63,7 +63,7 @@ impl KernelCounters {
     pub fn owner_table_counts(&self) -> OwnerTables {
         use rst_trace_common::{
             OWNERS_CAPACITY, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS, TABLE_OWNERS_FULL,
-            TABLE_OWNERS_STORED, TABLE_TW_STORED, TW_OWNERS_CAPACITY,
+            TABLE_OWNERS_STORED, TABLE_TW_EVICTED, TABLE_TW_STORED, TW_OWNERS_CAPACITY,
         };
         let t = |slot| self.get(CounterFamily::Table, slot);
         OwnerTables {
@@ -72,6 +72,7 @@ impl KernelCounters {
             full: t(TABLE_OWNERS_FULL),
             timewait_capacity: u64::from(TW_OWNERS_CAPACITY),
             timewait_stored: t(TABLE_TW_STORED),
+            timewait_evicted: t(TABLE_TW_EVICTED),
             lookups_found: t(TABLE_LOOKUP_HIT),
             lookups_not_found: t(TABLE_LOOKUP_MISS),
         }
@@ -90,6 +91,8 @@ pub struct OwnerTables {
     pub timewait_capacity: u64,
     /// Last owners stored for TIME_WAIT tuples.
     pub timewait_stored: u64,
+    /// Last owners that took the slot of another connection's still live one.
+    pub timewait_evicted: u64,
     /// Events that found their socket's owner in the kernel's tables, and those that did not.
     pub lookups_found: u64,
     pub lookups_not_found: u64,

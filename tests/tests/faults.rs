@@ -7,6 +7,8 @@
 //! * 2,000 network namespaces created and destroyed while the agent runs, each with a
 //!   listener and an RST, the listener's owner exiting right after: every RST reported in its
 //!   namespace, and fds, threads, RSS and tables back to their baseline;
+//! * thousands of healthy active closes in one namespace: every TIME_WAIT socket's last owner
+//!   is in the kernel's cache, live, and none was evicted;
 //! * /proc mounted with hidepid=2 in the agent's own mount namespace: events still come, and
 //!   what /proc could not tell is said in the event, not as an error.
 
@@ -339,6 +341,101 @@ fn distinct_tuple_storm_keeps_every_table_bounded() {
     );
     assert!(hwm <= RSS_BOUND_KIB, "agent peak RSS {hwm} KiB over 64 MiB");
     assert_tables_in_metrics(fin, &scrape);
+}
+
+/// A field of the TCP line of the namespace's /proc/net/sockstat: `inuse` (full sockets,
+/// listeners included), `orphan`, `tw` (TIME_WAIT sockets, both substates), ….
+fn sockstat_tcp(ns: &Netns, field: &str) -> u64 {
+    let text = ns.exec("cat", &["/proc/net/sockstat"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("TCP: "))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.windows(2)
+                .find(|w| w[0] == field)
+                .and_then(|w| w[1].parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no TCP {field} in sockstat: {text}"))
+}
+
+const TW_ROUNDS: u32 = 4;
+const TW_PER_ROUND: u32 = 800;
+
+/// Every healthy active close stores its last owner in the kernel's TIME_WAIT cache, an array
+/// placed by hash: thousands of them in one namespace are all there and live, and none took
+/// another's slot. A placement that piled keys into a few sets would show as evictions.
+#[test]
+fn time_wait_owners_are_all_kept() {
+    require_root();
+    let args: Vec<String> = ["run", "--format", "json", "--stats-interval", "0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut agent = Agent::start_args(&args);
+    let ns = Netns::new();
+    let port = 41420u16.to_string();
+    let mut server = Peer::spawn(
+        &ns,
+        PEER,
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--accept",
+            "--backlog",
+            "1024",
+            "--nofile",
+            "4096",
+        ],
+    );
+    // Each round's client holds its connections, then exits: it closes first, so its side of
+    // every connection becomes a TIME_WAIT socket once the server answers the FIN.
+    for round in 0..TW_ROUNDS {
+        let res = Peer::connect(&ns, PEER, "127.0.0.1", 41420, TW_PER_ROUND, &[]);
+        let connected = res.iter().filter(|r| r.result == "connected").count();
+        assert_eq!(connected, TW_PER_ROUND as usize, "round {round}: {res:?}");
+    }
+    // Loopback lets a new connection reuse a TIME_WAIT socket's port (tcp_tw_reuse=2), so
+    // fewer remain than were closed: the count is final once only the listener is left.
+    let closes = u64::from(TW_ROUNDS * TW_PER_ROUND);
+    let settled = poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        (sockstat_tcp(&ns, "inuse") <= 1 && sockstat_tcp(&ns, "orphan") == 0)
+            .then(|| sockstat_tcp(&ns, "tw"))
+    });
+    let _ = server.stop(Duration::from_secs(5));
+    let stopped = agent.stop();
+    let fin = &stopped.final_stats;
+    let tw = settled.unwrap_or_else(|| {
+        panic!(
+            "connections still open 20 s after the clients exited: inuse {}, orphan {}",
+            sockstat_tcp(&ns, "inuse"),
+            sockstat_tcp(&ns, "orphan")
+        )
+    });
+    let table = &fin["tables"]["RST_TW_OWNERS"];
+    eprintln!(
+        "{tw} TIME_WAIT sockets; RST_TW_OWNERS {table}; owners {}",
+        fin["sockets"]["owners"]
+    );
+    let entries = table["entries"]
+        .as_u64()
+        .expect("tables.RST_TW_OWNERS.entries");
+    let stored = fin["sockets"]["owners"]["timewait_stored"]
+        .as_u64()
+        .expect("sockets.owners.timewait_stored");
+    assert!(
+        tw > u64::from(TW_PER_ROUND) && entries >= tw && stored >= closes,
+        "{tw} TIME_WAIT sockets after {closes} active closes, but {entries} live last owners \
+         ({stored} stored)"
+    );
+    assert_eq!(
+        table["evicted"].as_u64(),
+        Some(0),
+        "a last owner took a live one's slot with {entries} of {} live",
+        table["capacity"]
+    );
 }
 
 /// The agent's resources now.

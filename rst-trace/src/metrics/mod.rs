@@ -400,6 +400,7 @@ mod tests {
                 full: 0,
                 timewait_capacity: 65_536,
                 timewait_stored: 2,
+                timewait_evicted: 0,
                 lookups_found: 4,
                 lookups_not_found: 1,
             },
