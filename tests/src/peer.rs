@@ -68,6 +68,20 @@ impl ConnectResult {
 }
 
 impl Peer {
+    /// `<peer> listen --addr ADDR --port PORT extra…` inside `ns`, ready.
+    pub fn listen(
+        ns: &Netns,
+        bin: impl AsRef<Path>,
+        addr: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Peer {
+        let port = port.to_string();
+        let mut args = vec!["listen", "--addr", addr, "--port", &port];
+        args.extend_from_slice(extra);
+        Peer::spawn(ns, bin, &args)
+    }
+
     /// Start `<peer> args…` inside `ns` and wait (bounded) for its `ready <pid>` line. Panics, with
     /// the peer's stderr, if it does not get ready.
     pub fn spawn(ns: &Netns, bin: impl AsRef<Path>, args: &[&str]) -> Peer {

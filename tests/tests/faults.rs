@@ -360,6 +360,7 @@ fn sockstat_tcp(ns: &Netns, field: &str) -> u64 {
 
 const TW_ROUNDS: u32 = 4;
 const TW_PER_ROUND: u32 = 800;
+const TW_PORT: u16 = 41430;
 
 /// Every healthy active close stores its last owner in the kernel's TIME_WAIT cache, an array
 /// placed by hash: thousands of them in one namespace are all there and live, and none took
@@ -373,27 +374,17 @@ fn time_wait_owners_are_all_kept() {
         .collect();
     let mut agent = Agent::start_args(&args);
     let ns = Netns::new();
-    let port = 41420u16.to_string();
-    let mut server = Peer::spawn(
+    let mut server = Peer::listen(
         &ns,
         PEER,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--accept",
-            "--backlog",
-            "1024",
-            "--nofile",
-            "4096",
-        ],
+        "127.0.0.1",
+        TW_PORT,
+        &["--accept", "--backlog", "1024", "--nofile", "4096"],
     );
     // Each round's client holds its connections, then exits: it closes first, so its side of
     // every connection becomes a TIME_WAIT socket once the server answers the FIN.
     for round in 0..TW_ROUNDS {
-        let res = Peer::connect(&ns, PEER, "127.0.0.1", 41420, TW_PER_ROUND, &[]);
+        let res = Peer::connect(&ns, PEER, "127.0.0.1", TW_PORT, TW_PER_ROUND, &[]);
         let connected = res.iter().filter(|r| r.result == "connected").count();
         assert_eq!(connected, TW_PER_ROUND as usize, "round {round}: {res:?}");
     }
@@ -715,19 +706,7 @@ fn hidden_proc_degrades_evidence_not_the_agent() {
     let ns = Netns::new();
     let port = 41420u16;
     // A listener older than the agent: only /proc can name its owner, and /proc hides it.
-    let mut old = Peer::spawn(
-        &ns,
-        PEER,
-        &[
-            "listen",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--backlog",
-            "1",
-        ],
-    );
+    let mut old = Peer::listen(&ns, PEER, "127.0.0.1", port, &["--backlog", "1"]);
     // The agent in a mount namespace of its own with /proc remounted hidepid=2, without
     // CAP_SYS_PTRACE (with it, hidepid hides nothing from root): the host's /proc is untouched.
     let agent_cmd = format!(
