@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use rst_trace_common::{
-    twcache::{self, SetScan, RANK_BUSY, TW_OWNERS_SETS},
-    AcceptorKey, CounterFamily, OwnerInfo, TwKey, TwSet, ACCEPTORS_CAPACITY, CLOSE_DEFER_SLOTS,
-    OWNERS_CAPACITY, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS, TABLE_OWNERS_FULL,
-    TABLE_OWNERS_STORED, TABLE_TW_EVICTED, TABLE_TW_STORED, TW_OWNERS_WAYS,
+    twcache::{self, TW_OWNERS_SETS},
+    AcceptorKey, CounterFamily, OwnerInfo, TwEntry, TwKey, TwSet, TwTag, ACCEPTORS_CAPACITY,
+    CLOSE_DEFER_SLOTS, OWNERS_CAPACITY, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS,
+    TABLE_OWNERS_FULL, TABLE_OWNERS_STORED, TABLE_TW_EVICTED, TABLE_TW_STORED, TW_OWNERS_WAYS,
 };
 
 use crate::{
@@ -192,11 +192,43 @@ fn key_words(key: &TwKey) -> [u64; 6] {
     ]
 }
 
-/// How fit each slot of `set` is to take `key`, from the tags (one cache line) and, only
-/// where the check matches, the key.
+/// Stores the last owner of the connection `key` names, which just closed actively at `now`:
+/// in the first slot that fits, in look-up order, else over a live one (counted).
 #[inline(always)]
-fn tw_scan(set: &TwSet, check: u32, key: &TwKey, now: u64) -> SetScan {
-    let mut scan = SetScan::new();
+fn tw_store(key: &TwKey, owner: &OwnerInfo, now: u64) -> Option<()> {
+    let at = twcache::placement(&key_words(key));
+    count(CounterFamily::Table, TABLE_TW_STORED);
+    if tw_place(at.a, at.check, key, owner, now) || tw_place(at.b, at.check, key, owner, now) {
+        return Some(());
+    }
+    count(CounterFamily::Table, TABLE_TW_EVICTED);
+    // SAFETY: an array element, valid for this run.
+    let set = unsafe { &mut *RST_TW_OWNERS.get_ptr_mut(at.a)? };
+    let way = twcache::evicted_way(at.check) as usize;
+    if way < TW_OWNERS_WAYS as usize {
+        tw_write(
+            &mut set.tags[way],
+            &mut set.entries[way],
+            at.check,
+            key,
+            owner,
+            now,
+        );
+    }
+    Some(())
+}
+
+/// Writes the entry into the first slot of `set` that fits; `false` when none does. Each way
+/// either writes and leaves or goes on: no comparison between slots, so the verifier walks
+/// one path per way.
+#[inline(always)]
+fn tw_place(set: u32, check: u32, key: &TwKey, owner: &OwnerInfo, now: u64) -> bool {
+    // SAFETY: an array element, valid for this run; other CPUs may be writing its slots,
+    // which their sequences tell.
+    let Some(set) = RST_TW_OWNERS.get_ptr_mut(set) else {
+        return false;
+    };
+    let set = unsafe { &mut *set };
     let mut way = 0;
     while way < TW_OWNERS_WAYS as usize {
         let tag = &set.tags[way];
@@ -208,49 +240,45 @@ fn tw_scan(set: &TwSet, check: u32, key: &TwKey, now: u64) -> SetScan {
             )
         };
         let busy = seq & 1 != 0;
-        let same = !busy && tag_check == check && crate::mem::same(&set.entries[way].key, key);
-        scan.see(way as u32, twcache::rank(busy, same, closed, now));
+        let same = tag_check == check && crate::mem::same(&set.entries[way].key, key);
+        if twcache::fits(busy, same, closed, now) {
+            tw_write(
+                &mut set.tags[way],
+                &mut set.entries[way],
+                check,
+                key,
+                owner,
+                now,
+            );
+            return true;
+        }
         way += 1;
     }
-    scan
+    false
 }
 
-/// Stores the last owner of the connection `key` names, which just closed actively at `now`.
+/// Fills one slot. Readers on other CPUs see its sequence odd while it changes; every access
+/// is volatile, so none moves across the sequence writes (x86 keeps stores in order; weaker
+/// CPUs may let a reader see a torn slot).
 #[inline(always)]
-fn tw_store(key: &TwKey, owner: &OwnerInfo, now: u64) -> Option<()> {
-    let at = twcache::placement(&key_words(key));
-    let a = RST_TW_OWNERS.get_ptr_mut(at.a)?;
-    let b = RST_TW_OWNERS.get_ptr_mut(at.b)?;
-    // SAFETY: array elements, valid for this run; only read here.
-    let (second, scan) = unsafe {
-        twcache::pick(
-            tw_scan(&*a, at.check, key, now),
-            tw_scan(&*b, at.check, key, now),
-        )
-    };
-    count(CounterFamily::Table, TABLE_TW_STORED);
-    if twcache::loses_owner(scan.rank) {
-        count(CounterFamily::Table, TABLE_TW_EVICTED);
-    }
-    if scan.rank == RANK_BUSY {
-        return None;
-    }
-    // SAFETY: as above. Readers on other CPUs see the slot's sequence odd while it changes;
-    // every access is volatile, so none moves across the sequence writes (x86 keeps stores in
-    // order; weaker CPUs may let a reader see a torn slot).
-    let set = unsafe { &mut *(if second { b } else { a }) };
-    let way = (scan.way as usize).min(TW_OWNERS_WAYS as usize - 1);
-    let (tag, entry) = (&mut set.tags[way], &mut set.entries[way]);
+fn tw_write(
+    tag: &mut TwTag,
+    entry: &mut TwEntry,
+    check: u32,
+    key: &TwKey,
+    owner: &OwnerInfo,
+    now: u64,
+) {
+    // SAFETY: fields of a map value, valid for this run.
     let seq = unsafe { core::ptr::read_volatile(&tag.seq) } | 1;
     unsafe {
         core::ptr::write_volatile(&mut tag.seq, seq);
-        core::ptr::write_volatile(&mut tag.check, at.check);
+        core::ptr::write_volatile(&mut tag.check, check);
         core::ptr::write_volatile(&mut tag.closed_ns, now);
     }
     crate::mem::copy(&mut entry.key, key);
     crate::mem::copy(&mut entry.owner, owner);
     unsafe { core::ptr::write_volatile(&mut tag.seq, seq.wrapping_add(1)) };
-    Some(())
 }
 
 #[inline(always)]
