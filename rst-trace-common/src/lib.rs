@@ -11,6 +11,8 @@ pub mod errno;
 #[cfg(any(test, feature = "std"))]
 pub mod mib;
 pub mod names;
+pub mod ownercache;
+pub mod setcache;
 pub mod tcp;
 pub mod twcache;
 
@@ -38,9 +40,11 @@ pub const RUNTIME_ACCEPT_VIA_FUNCTION: u32 = 0;
 pub const SYSCALL_ARGS_MAP: &str = "RST_SYSCALL_ARGS";
 /// Read-only global holding [`KernelLayout`], set by the agent at load time.
 pub const LAYOUT_GLOBAL: &str = "RST_LAYOUT";
-/// Socket (`struct sock *`) → [`OwnerInfo`]: who owns each live socket, learnt in process
-/// context (listen, connect, accept) and read by the programs that see a problem, so a healthy
-/// connection never sends a record to userspace.
+/// [`OwnerSet`]s: who owns each live socket (`struct sock *`), learnt in process context
+/// (listen, connect, accept) and read by the programs that see a problem, so a healthy
+/// connection never sends a record to userspace. A set-associative cache in an array (see
+/// [`ownercache`]): a hash map's insert and delete took a bucket lock and a free-list
+/// operation on every healthy connection.
 pub const OWNERS_MAP: &str = "RST_OWNERS";
 /// [`TwSet`]s: the last owner of a connection that closed actively (it lives on as a
 /// TIME_WAIT mini socket, which has no owner of its own). A set-associative cache in an array
@@ -51,18 +55,17 @@ pub const TW_OWNERS_MAP: &str = "RST_TW_OWNERS";
 /// [`AcceptorKey`] → [`OwnerInfo`]: processes that accepted on a (netns, port), with the time
 /// of their latest accept: "the process serving the queue" of a listener.
 pub const ACCEPTORS_MAP: &str = "RST_ACCEPTORS";
-/// Capacity of [`OWNERS_MAP`]; an insert into a full map is counted
-/// ([`CounterFamily::Table`], [`TABLE_OWNERS_FULL`]).
+/// Capacity of [`OWNERS_MAP`] (slots; a power of two, a multiple of [`OWNERS_WAYS`]); an
+/// owner that finds no slot is counted ([`CounterFamily::Table`], [`TABLE_OWNERS_FULL`]).
 pub const OWNERS_CAPACITY: u32 = 131_072;
+/// Slots of one set of [`OWNERS_MAP`].
+pub const OWNERS_WAYS: u32 = 8;
 /// Capacity of [`TW_OWNERS_MAP`] (slots; a power of two, a multiple of [`TW_OWNERS_WAYS`]).
 pub const TW_OWNERS_CAPACITY: u32 = 65_536;
 /// Slots a TIME_WAIT owner may take in [`TW_OWNERS_MAP`]: the set its key hashes to.
 pub const TW_OWNERS_WAYS: u32 = 4;
 /// Capacity of [`ACCEPTORS_MAP`].
 pub const ACCEPTORS_CAPACITY: u32 = 16_384;
-/// Closed sockets keep their owner entry until this many later closes on the same CPU: the RST
-/// that close() sends (unread data, SO_LINGER 0) comes right after the socket enters CLOSE.
-pub const CLOSE_DEFER_SLOTS: u32 = 8;
 
 /// Default ring buffer size (bytes, power of two, multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 22;
@@ -156,7 +159,8 @@ pub enum CounterFamily {
 
 pub const COUNTER_FAMILIES: u32 = 10;
 
-/// An owner could not be stored: [`OWNERS_MAP`] was full.
+/// An owner could not be stored: both of its sets in [`OWNERS_MAP`] held open sockets'
+/// owners, or another CPU wrote the same slot at the same instant.
 pub const TABLE_OWNERS_FULL: u32 = 0;
 /// Owners stored in [`OWNERS_MAP`].
 pub const TABLE_OWNERS_STORED: u32 = 1;
@@ -280,18 +284,19 @@ pub struct TwKey {
     pub tuple: Tuple,
 }
 
-/// What a store or a look-up reads first of a [`TW_OWNERS_MAP`] slot: a set's four tags share
-/// one cache line, so a set is judged without touching the entries (the cache is megabytes,
-/// and every slot read from it is likely a cache miss).
+/// What a store or a look-up reads first of a slot of [`TW_OWNERS_MAP`] or [`OWNERS_MAP`]: a
+/// set's four tags share one cache line, so a set is judged without touching the entries (the
+/// caches are megabytes, and every slot read from them is likely a cache miss).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TwTag {
+pub struct SlotTag {
     /// Odd while a program writes the slot: a reader on another CPU that sees it odd, or sees
     /// it change across its read, discards what it read.
     pub seq: u32,
     /// A check of the key from its hash (never 0); 0 for a slot never used.
     pub check: u32,
-    /// When the connection entered CLOSE (`bpf_ktime_get_ns`), which ages the slot.
+    /// When the socket entered CLOSE (`bpf_ktime_get_ns`), which ages the slot; 0 while an
+    /// [`OWNERS_MAP`] slot's socket is open.
     pub closed_ns: u64,
 }
 
@@ -308,8 +313,26 @@ pub struct TwEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TwSet {
-    pub tags: [TwTag; TW_OWNERS_WAYS as usize],
+    pub tags: [SlotTag; TW_OWNERS_WAYS as usize],
     pub entries: [TwEntry; TW_OWNERS_WAYS as usize],
+}
+
+/// The rest of an [`OWNERS_MAP`] slot, read once its tag matched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OwnerEntry {
+    /// The socket's address (`struct sock *`).
+    pub sk: u64,
+    pub owner: OwnerInfo,
+}
+
+/// One set of [`OWNERS_MAP`] (an array of them), the tags in its first cache line. An empty
+/// slot is all zeroes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OwnerSet {
+    pub tags: [SlotTag; OWNERS_WAYS as usize],
+    pub entries: [OwnerEntry; OWNERS_WAYS as usize],
 }
 
 /// Key of [`ACCEPTORS_MAP`].
@@ -766,6 +789,7 @@ mod pod {
     unsafe impl aya::Pod for OwnerInfo {}
     unsafe impl aya::Pod for TwKey {}
     unsafe impl aya::Pod for TwSet {}
+    unsafe impl aya::Pod for OwnerSet {}
     unsafe impl aya::Pod for AcceptorKey {}
 }
 
@@ -778,9 +802,14 @@ const _: () = {
     assert!(size_of::<TcpSnapshot>() == 6 * 4 + 8 * 3 + 4 * 4);
     assert!(size_of::<OwnerInfo>() == 8 + 8 + 16 + 8 * 3 + 8);
     assert!(size_of::<TwKey>() == 8 + 40);
-    assert!(size_of::<TwTag>() == 16);
+    assert!(size_of::<SlotTag>() == 16);
     assert!(size_of::<TwEntry>() == 48 + 64);
     assert!(size_of::<TwSet>() == 64 + 4 * 112);
+    assert!(size_of::<OwnerEntry>() == 8 + 64);
+    assert!(size_of::<OwnerSet>() == 8 * 16 + 8 * 72);
+    assert!(OWNERS_CAPACITY.is_power_of_two() && OWNERS_CAPACITY.is_multiple_of(OWNERS_WAYS));
+    // The agent counts both caches' slots from the tags at the start of each set.
+    assert!(core::mem::offset_of!(TwSet, tags) == 0 && core::mem::offset_of!(OwnerSet, tags) == 0);
     assert!(
         TW_OWNERS_CAPACITY.is_power_of_two() && TW_OWNERS_CAPACITY.is_multiple_of(TW_OWNERS_WAYS)
     );

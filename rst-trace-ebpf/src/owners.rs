@@ -1,16 +1,17 @@
 //! Socket ownership kept in the kernel. Owners are learnt where the current task is by
 //! definition the owner (listen(), connect(), accept() return) and stored per socket; the
 //! programs that see a reset or a drop read them from here. A healthy connection therefore
-//! costs a map insert and a delete, and sends nothing to userspace.
+//! costs two array slot writes (its owner, then its close), and sends nothing to userspace.
 use aya_ebpf::{
     helpers::generated,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use rst_trace_common::{
+    ownercache::{self, OWNERS_SETS},
     twcache::{self, TW_OWNERS_SETS},
-    AcceptorKey, CounterFamily, OwnerInfo, TwEntry, TwKey, TwSet, TwTag, ACCEPTORS_CAPACITY,
-    CLOSE_DEFER_SLOTS, OWNERS_CAPACITY, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS,
+    AcceptorKey, CounterFamily, OwnerEntry, OwnerInfo, OwnerSet, SlotTag, TwKey, TwSet,
+    ACCEPTORS_CAPACITY, OWNERS_WAYS, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS,
     TABLE_OWNERS_FULL, TABLE_OWNERS_STORED, TABLE_TW_EVICTED, TABLE_TW_STORED, TW_OWNERS_WAYS,
 };
 
@@ -20,14 +21,16 @@ use crate::{
     layout::lay,
 };
 
-/// Not an LRU: an LRU would silently evict the owners of long-lived idle connections under
-/// churn, the very connections load balancers reset. Entries leave when their socket closes;
-/// an insert into a full map is counted.
-#[map(name = "RST_OWNERS")]
-static RST_OWNERS: HashMap<u64, OwnerInfo> = HashMap::with_max_entries(OWNERS_CAPACITY, 0);
-
-/// The agent maps it read-only to count the live slots without a syscall per slot.
+/// The agent maps both caches read-only to count their live slots without a syscall per slot.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Owners of live sockets: a set-associative cache (placement in
+/// `rst_trace_common::ownercache`), written by every healthy connection. Not an LRU: the
+/// owner of an open socket is never displaced (an LRU would evict the owners of long-lived
+/// idle connections under churn, the very connections load balancers reset); an owner that
+/// finds no slot is counted.
+#[map(name = "RST_OWNERS")]
+static RST_OWNERS: Array<OwnerSet> = Array::with_max_entries(OWNERS_SETS, BPF_F_MMAPABLE);
 
 /// Last owners of TIME_WAIT sockets: a set-associative cache (placement in
 /// `rst_trace_common::twcache`), written on every active close.
@@ -52,22 +55,6 @@ const ACCEPTOR_REFRESH_NS: u64 = 1_000_000_000;
 
 #[map(name = "RST_LAST_ACCEPT")]
 static RST_LAST_ACCEPT: PerCpuArray<LastAccept> = PerCpuArray::with_max_entries(1, 0);
-
-/// Sockets that entered CLOSE recently on this CPU, whose owner entries are removed only when
-/// their slot is reused: close() sends its abort RST after the state change.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CloseDefer {
-    next: u32,
-    _pad: u32,
-    sk: [u64; CLOSE_DEFER_SLOTS as usize],
-    /// `since_ns` of the entry when it was deferred: a socket address reused by a new socket
-    /// (sockets are SLAB_TYPESAFE_BY_RCU) must not lose its new owner to the old deferral.
-    since: [u64; CLOSE_DEFER_SLOTS as usize],
-}
-
-#[map(name = "RST_CLOSE_DEFER")]
-static RST_CLOSE_DEFER: PerCpuArray<CloseDefer> = PerCpuArray::with_max_entries(1, 0);
 
 /// The calling task as an owner. Only meaningful in process context.
 #[inline(always)]
@@ -100,28 +87,172 @@ pub fn learn(sk: u64, how: u32) {
         return;
     }
     let owner = current_owner(how, unsafe { generated::bpf_ktime_get_ns() });
-    if RST_OWNERS.insert(&sk, &owner, 0).is_ok() {
-        count(CounterFamily::Table, TABLE_OWNERS_STORED);
-    } else {
-        count(CounterFamily::Table, TABLE_OWNERS_FULL);
+    store(sk, &owner);
+}
+
+/// The two sets `sk` may sit in, and its check.
+#[inline(always)]
+fn owner_sets(sk: u64) -> Option<(*mut OwnerSet, *mut OwnerSet, u32)> {
+    let at = ownercache::placement(sk);
+    Some((
+        RST_OWNERS.get_ptr_mut(at.a)?,
+        RST_OWNERS.get_ptr_mut(at.b)?,
+        at.check,
+    ))
+}
+
+/// Whether way `way` of `set` holds `sk`'s entry (a closed one included).
+#[inline(always)]
+fn holds(set: &OwnerSet, way: usize, check: u32, sk: u64) -> bool {
+    // SAFETY: fields of a map value; another CPU may be writing them, which the callers'
+    // sequence checks tell.
+    unsafe {
+        core::ptr::read_volatile(&set.tags[way].check) == check
+            && core::ptr::read_volatile(&set.entries[way].sk) == sk
     }
 }
 
-/// `sk` is a new socket that no task owns yet: whatever entry is at its address was left by an
-/// earlier socket there (sockets are SLAB_TYPESAFE_BY_RCU).
+/// The slot of `sk`'s newest entry: the first that holds it in look-up order (the ways of its
+/// two sets interleaved, as stores take them).
 #[inline(always)]
-pub fn forget(sk: u64) {
-    let _ = RST_OWNERS.remove(&sk);
+fn find(sk: u64) -> Option<(*mut SlotTag, *mut OwnerEntry)> {
+    let (a, b, check) = owner_sets(sk)?;
+    // SAFETY: array elements, valid for this run.
+    let (a, b) = unsafe { (&mut *a, &mut *b) };
+    let mut way = 0;
+    while way < OWNERS_WAYS as usize {
+        if holds(a, way, check, sk) {
+            return Some((&mut a.tags[way], &mut a.entries[way]));
+        }
+        if holds(b, way, check, sk) {
+            return Some((&mut b.tags[way], &mut b.entries[way]));
+        }
+        way += 1;
+    }
+    None
 }
 
-/// [`forget`], where an entry is rarely there (a child socket just cloned: every incoming
-/// connection): a look-up takes no lock, a delete takes the bucket's even when it finds
-/// nothing.
+/// Stores `sk`'s owner in the first slot that fits, in look-up order; counted as stored, or
+/// as full when no slot fits or another CPU wrote the slot at the same instant.
 #[inline(always)]
-pub fn forget_stale(sk: u64) {
-    // SAFETY: only tested for presence.
-    if unsafe { RST_OWNERS.get(&sk) }.is_some() {
-        let _ = RST_OWNERS.remove(&sk);
+fn store(sk: u64, owner: &OwnerInfo) {
+    let stored = match owner_sets(sk) {
+        // SAFETY: array elements, valid for this run.
+        Some((a, b, check)) => unsafe { place(&mut *a, &mut *b, check, sk, owner) },
+        None => false,
+    };
+    count(
+        CounterFamily::Table,
+        if stored {
+            TABLE_OWNERS_STORED
+        } else {
+            TABLE_OWNERS_FULL
+        },
+    );
+}
+
+/// [`store`]'s search. Each way either writes and leaves or goes on: no comparison between
+/// slots, so the verifier walks one path per way.
+#[inline(always)]
+fn place(a: &mut OwnerSet, b: &mut OwnerSet, check: u32, sk: u64, owner: &OwnerInfo) -> bool {
+    let now = owner.since_ns;
+    let mut way = 0;
+    while way < OWNERS_WAYS as usize {
+        if slot_fits(a, way, check, sk, now) {
+            return slot_write(&mut a.tags[way], &mut a.entries[way], check, sk, owner);
+        }
+        if slot_fits(b, way, check, sk, now) {
+            return slot_write(&mut b.tags[way], &mut b.entries[way], check, sk, owner);
+        }
+        way += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn slot_fits(set: &OwnerSet, way: usize, check: u32, sk: u64, now: u64) -> bool {
+    let tag = &set.tags[way];
+    // SAFETY: fields of a map value, read as they are (another CPU may be writing them).
+    let (seq, tag_check, closed) = unsafe {
+        (
+            core::ptr::read_volatile(&tag.seq),
+            core::ptr::read_volatile(&tag.check),
+            core::ptr::read_volatile(&tag.closed_ns),
+        )
+    };
+    let same =
+        tag_check == check && unsafe { core::ptr::read_volatile(&set.entries[way].sk) } == sk;
+    ownercache::fits(seq & 1 != 0, tag_check, same, closed, now)
+}
+
+/// Fills one slot under its sequence, then reads it back: a store of another CPU that took the
+/// same slot at the same instant shows as a difference, and the slot is emptied rather than
+/// left holding a mix of two owners. `false` then.
+#[inline(always)]
+fn slot_write(
+    tag: &mut SlotTag,
+    entry: &mut OwnerEntry,
+    check: u32,
+    sk: u64,
+    owner: &OwnerInfo,
+) -> bool {
+    // SAFETY: fields of a map value, valid for this run.
+    let seq = unsafe { core::ptr::read_volatile(&tag.seq) } | 1;
+    unsafe {
+        core::ptr::write_volatile(&mut tag.seq, seq);
+        core::ptr::write_volatile(&mut tag.check, check);
+        core::ptr::write_volatile(&mut tag.closed_ns, 0);
+        core::ptr::write_volatile(&mut entry.sk, sk);
+    }
+    crate::mem::copy(&mut entry.owner, owner);
+    unsafe { core::ptr::write_volatile(&mut tag.seq, seq.wrapping_add(1)) };
+    // SAFETY: as above.
+    let kept = unsafe {
+        core::ptr::read_volatile(&tag.check) == check
+            && core::ptr::read_volatile(&entry.sk) == sk
+            && core::ptr::read_volatile(&tag.closed_ns) == 0
+    } && crate::mem::same(&entry.owner, owner);
+    if !kept {
+        clear(tag);
+    }
+    kept
+}
+
+/// Empties a slot.
+#[inline(always)]
+fn clear(tag: &mut SlotTag) {
+    // SAFETY: fields of a map value, valid for this run.
+    unsafe {
+        let seq = core::ptr::read_volatile(&tag.seq) | 1;
+        core::ptr::write_volatile(&mut tag.seq, seq);
+        core::ptr::write_volatile(&mut tag.check, 0);
+        core::ptr::write_volatile(&mut tag.closed_ns, 0);
+        core::ptr::write_volatile(&mut tag.seq, seq.wrapping_add(1));
+    }
+}
+
+/// `sk` is a new socket that no task owns yet, or one that never got connected: whatever
+/// entries are at its address were left by an earlier socket there (sockets are
+/// SLAB_TYPESAFE_BY_RCU), or are its own and no longer needed. Every one goes: a child aborted
+/// before any accept() (the listener closing with it in its queue) would otherwise be blamed
+/// on the earlier socket's process, since the abort's reader takes a closed entry as the
+/// closing socket's own. No lock: a look at the tags of two sets.
+#[inline(always)]
+pub fn forget(sk: u64) {
+    let Some((a, b, check)) = owner_sets(sk) else {
+        return;
+    };
+    // SAFETY: array elements, valid for this run.
+    let (a, b) = unsafe { (&mut *a, &mut *b) };
+    let mut way = 0;
+    while way < OWNERS_WAYS as usize {
+        if holds(a, way, check, sk) {
+            clear(&mut a.tags[way]);
+        }
+        if holds(b, way, check, sk) {
+            clear(&mut b.tags[way]);
+        }
+        way += 1;
     }
 }
 
@@ -130,17 +261,36 @@ pub fn forget_stale(sk: u64) {
 /// closed is its own; otherwise such an entry was left by an earlier socket at this address.
 #[inline(always)]
 pub fn owner_into(sk: u64, closing: bool, out: &mut OwnerInfo) -> bool {
-    match unsafe { RST_OWNERS.get(&sk) } {
-        Some(o) if closing || o.flags & OWNER_CLOSED == 0 => {
-            crate::mem::copy(out, o);
-            count(CounterFamily::Table, TABLE_LOOKUP_HIT);
-            true
+    let found = find(sk).is_some_and(|(tag, entry)| {
+        // SAFETY: a slot of a map value, valid for this run; its sequence tells a copy taken
+        // while another CPU rewrote it.
+        let (tag, entry) = unsafe { (&*tag, &*entry) };
+        let (seq, closed) = unsafe {
+            (
+                core::ptr::read_volatile(&tag.seq),
+                core::ptr::read_volatile(&tag.closed_ns),
+            )
+        };
+        if seq & 1 != 0 || !ownercache::belongs(closed, closing) {
+            return false;
         }
-        _ => {
-            count(CounterFamily::Table, TABLE_LOOKUP_MISS);
-            false
+        crate::mem::copy(out, &entry.owner);
+        if unsafe { core::ptr::read_volatile(&tag.seq) } == seq {
+            return true;
         }
-    }
+        // Rewritten under the copy: what was read may be another socket's.
+        crate::mem::zero(out);
+        false
+    });
+    count(
+        CounterFamily::Table,
+        if found {
+            TABLE_LOOKUP_HIT
+        } else {
+            TABLE_LOOKUP_MISS
+        },
+    );
+    found
 }
 
 /// The last owner of a TIME_WAIT mini socket, from the connection it replaced.
@@ -148,35 +298,45 @@ pub fn owner_into(sk: u64, closing: bool, out: &mut OwnerInfo) -> bool {
 pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
     let key = tw_key(tw);
     let at = twcache::placement(&key_words(&key));
-    tw_find(at.a, at.check, &key, out).or_else(|| tw_find(at.b, at.check, &key, out)) == Some(true)
-}
-
-/// Looks for `key` in `set`: `Some(found)` when its slot is there (`false`: it was rewritten
-/// while being copied), `None` when it is not.
-#[inline(always)]
-fn tw_find(set: u32, check: u32, key: &TwKey, out: &mut OwnerInfo) -> Option<bool> {
-    // SAFETY: an array element, valid for this run; other CPUs may be writing its slots,
+    let (Some(a), Some(b)) = (RST_TW_OWNERS.get_ptr(at.a), RST_TW_OWNERS.get_ptr(at.b)) else {
+        return false;
+    };
+    // SAFETY: array elements, valid for this run; other CPUs may be writing their slots,
     // which their sequences tell.
-    let set = unsafe { &*RST_TW_OWNERS.get_ptr(set)? };
+    let (a, b) = unsafe { (&*a, &*b) };
     let mut way = 0;
     while way < TW_OWNERS_WAYS as usize {
-        let (tag, entry) = (&set.tags[way], &set.entries[way]);
-        let seq = unsafe { core::ptr::read_volatile(&tag.seq) };
-        if seq & 1 == 0
-            && unsafe { core::ptr::read_volatile(&tag.check) } == check
-            && crate::mem::same(&entry.key, key)
-        {
-            crate::mem::copy(out, &entry.owner);
-            if unsafe { core::ptr::read_volatile(&tag.seq) } == seq {
-                return Some(true);
-            }
-            // Rewritten under the copy: what was read may be another connection's.
-            crate::mem::zero(out);
-            return Some(false);
+        if let Some(found) = tw_find(a, way, at.check, &key, out) {
+            return found;
+        }
+        if let Some(found) = tw_find(b, way, at.check, &key, out) {
+            return found;
         }
         way += 1;
     }
-    None
+    false
+}
+
+/// Whether way `way` of `set` holds `key`: `Some(copied)` when it does (`false`: it was
+/// rewritten while being copied), `None` when it does not.
+#[inline(always)]
+fn tw_find(set: &TwSet, way: usize, check: u32, key: &TwKey, out: &mut OwnerInfo) -> Option<bool> {
+    let (tag, entry) = (&set.tags[way], &set.entries[way]);
+    // SAFETY: fields of a map value, read as they are.
+    let seq = unsafe { core::ptr::read_volatile(&tag.seq) };
+    if seq & 1 != 0
+        || unsafe { core::ptr::read_volatile(&tag.check) } != check
+        || !crate::mem::same(&entry.key, key)
+    {
+        return None;
+    }
+    crate::mem::copy(out, &entry.owner);
+    if unsafe { core::ptr::read_volatile(&tag.seq) } == seq {
+        return Some(true);
+    }
+    // Rewritten under the copy: what was read may be another connection's.
+    crate::mem::zero(out);
+    Some(false)
 }
 
 #[inline(always)]
@@ -193,82 +353,62 @@ fn key_words(key: &TwKey) -> [u64; 6] {
 }
 
 /// Stores the last owner of the connection `key` names, which just closed actively at `now`:
-/// in the first slot that fits, in look-up order, else over a live one (counted).
+/// in the first slot that fits, in look-up order (the ways of the two sets interleaved), else
+/// over a live one (counted). Each way either writes and leaves or goes on: no comparison
+/// between slots, so the verifier walks one path per way.
 #[inline(always)]
 fn tw_store(key: &TwKey, owner: &OwnerInfo, now: u64) -> Option<()> {
     let at = twcache::placement(&key_words(key));
     count(CounterFamily::Table, TABLE_TW_STORED);
-    if tw_place(at.a, at.check, key, owner, now) || tw_place(at.b, at.check, key, owner, now) {
-        return Some(());
+    // SAFETY: array elements, valid for this run; other CPUs may be writing their slots,
+    // which their sequences tell.
+    let (a, b) = unsafe {
+        (
+            &mut *RST_TW_OWNERS.get_ptr_mut(at.a)?,
+            &mut *RST_TW_OWNERS.get_ptr_mut(at.b)?,
+        )
+    };
+    let mut way = 0;
+    while way < TW_OWNERS_WAYS as usize {
+        if tw_fits(a, way, at.check, key, now) {
+            tw_write(a, way, at.check, key, owner, now);
+            return Some(());
+        }
+        if tw_fits(b, way, at.check, key, now) {
+            tw_write(b, way, at.check, key, owner, now);
+            return Some(());
+        }
+        way += 1;
     }
     count(CounterFamily::Table, TABLE_TW_EVICTED);
-    // SAFETY: an array element, valid for this run.
-    let set = unsafe { &mut *RST_TW_OWNERS.get_ptr_mut(at.a)? };
     let way = twcache::evicted_way(at.check) as usize;
     if way < TW_OWNERS_WAYS as usize {
-        tw_write(
-            &mut set.tags[way],
-            &mut set.entries[way],
-            at.check,
-            key,
-            owner,
-            now,
-        );
+        tw_write(a, way, at.check, key, owner, now);
     }
     Some(())
 }
 
-/// Writes the entry into the first slot of `set` that fits; `false` when none does. Each way
-/// either writes and leaves or goes on: no comparison between slots, so the verifier walks
-/// one path per way.
 #[inline(always)]
-fn tw_place(set: u32, check: u32, key: &TwKey, owner: &OwnerInfo, now: u64) -> bool {
-    // SAFETY: an array element, valid for this run; other CPUs may be writing its slots,
-    // which their sequences tell.
-    let Some(set) = RST_TW_OWNERS.get_ptr_mut(set) else {
-        return false;
+fn tw_fits(set: &TwSet, way: usize, check: u32, key: &TwKey, now: u64) -> bool {
+    let tag = &set.tags[way];
+    // SAFETY: fields of a map value, read as they are (another CPU may be writing them).
+    let (seq, tag_check, closed) = unsafe {
+        (
+            core::ptr::read_volatile(&tag.seq),
+            core::ptr::read_volatile(&tag.check),
+            core::ptr::read_volatile(&tag.closed_ns),
+        )
     };
-    let set = unsafe { &mut *set };
-    let mut way = 0;
-    while way < TW_OWNERS_WAYS as usize {
-        let tag = &set.tags[way];
-        let (seq, tag_check, closed) = unsafe {
-            (
-                core::ptr::read_volatile(&tag.seq),
-                core::ptr::read_volatile(&tag.check),
-                core::ptr::read_volatile(&tag.closed_ns),
-            )
-        };
-        let busy = seq & 1 != 0;
-        let same = tag_check == check && crate::mem::same(&set.entries[way].key, key);
-        if twcache::fits(busy, same, closed, now) {
-            tw_write(
-                &mut set.tags[way],
-                &mut set.entries[way],
-                check,
-                key,
-                owner,
-                now,
-            );
-            return true;
-        }
-        way += 1;
-    }
-    false
+    let same = tag_check == check && crate::mem::same(&set.entries[way].key, key);
+    twcache::fits(seq & 1 != 0, same, closed, now)
 }
 
 /// Fills one slot. Readers on other CPUs see its sequence odd while it changes; every access
 /// is volatile, so none moves across the sequence writes (x86 keeps stores in order; weaker
 /// CPUs may let a reader see a torn slot).
 #[inline(always)]
-fn tw_write(
-    tag: &mut TwTag,
-    entry: &mut TwEntry,
-    check: u32,
-    key: &TwKey,
-    owner: &OwnerInfo,
-    now: u64,
-) {
+fn tw_write(set: &mut TwSet, way: usize, check: u32, key: &TwKey, owner: &OwnerInfo, now: u64) {
+    let (tag, entry) = (&mut set.tags[way], &mut set.entries[way]);
     // SAFETY: fields of a map value, valid for this run.
     let seq = unsafe { core::ptr::read_volatile(&tag.seq) } | 1;
     unsafe {
@@ -299,19 +439,30 @@ pub fn sock_inode(sk: u64) -> u64 {
     member::<u64>(socket, lay!(st.socket_ino)).unwrap_or(0)
 }
 
-/// `sk` entered CLOSE. Its entry is marked closed now and removed a few closes later (see
-/// [`CloseDefer`]); an active close leaves a TIME_WAIT socket behind, which inherits the
-/// owner as its last owner.
+/// `sk` entered CLOSE. Its entry is marked closed, and its slot is reused once the grace
+/// period is over (`ownercache::OWNER_CLOSE_GRACE_NS`): close() sends its abort RST after the
+/// state change. An active close leaves a TIME_WAIT socket behind, which inherits the owner as
+/// its last owner. An entry already closed was left by an earlier socket at this address.
 #[inline(always)]
 pub fn closed(sk: u64, active_close: bool) -> Option<()> {
-    let entry = RST_OWNERS.get_ptr_mut(&sk)?;
+    let (tag, entry) = find(sk)?;
+    // SAFETY: a slot of a map value, valid for this run. Only this socket's close writes an
+    // open slot: no store takes a slot while its socket is open.
+    let (tag, entry) = unsafe { (&mut *tag, &mut *entry) };
+    if unsafe { core::ptr::read_volatile(&tag.closed_ns) } != 0 {
+        return None;
+    }
     let now = unsafe { generated::bpf_ktime_get_ns() };
-    // SAFETY: a value pointer from the map, valid for this program run.
-    let since = unsafe {
-        (*entry).closed_ns = now;
-        (*entry).flags |= OWNER_CLOSED;
-        (*entry).since_ns
-    };
+    // SAFETY: as above.
+    unsafe {
+        let seq = core::ptr::read_volatile(&tag.seq) | 1;
+        core::ptr::write_volatile(&mut tag.seq, seq);
+        core::ptr::write_volatile(&mut tag.closed_ns, now);
+        core::ptr::write_volatile(&mut entry.owner.closed_ns, now);
+        let flags = core::ptr::read_volatile(&entry.owner.flags);
+        core::ptr::write_volatile(&mut entry.owner.flags, flags | OWNER_CLOSED);
+        core::ptr::write_volatile(&mut tag.seq, seq.wrapping_add(1));
+    }
     if active_close {
         let mut key = tw_key(sk);
         if key.tuple.local_port == 0 {
@@ -319,25 +470,7 @@ pub fn closed(sk: u64, active_close: bool) -> Option<()> {
             key.tuple.local_port =
                 u16::from_be(member::<u16>(sk, lay!(st.inet_sport)).unwrap_or(0));
         }
-        // SAFETY: as above.
-        let _ = tw_store(&key, unsafe { &*entry }, now);
-    }
-    // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
-    let ring = unsafe { &mut *RST_CLOSE_DEFER.get_ptr_mut(0)? };
-    let slot = (ring.next % CLOSE_DEFER_SLOTS) as usize;
-    if slot < CLOSE_DEFER_SLOTS as usize {
-        let old = ring.sk[slot];
-        if old != 0 {
-            // SAFETY: read-only look at a map value.
-            let same =
-                unsafe { RST_OWNERS.get(&old) }.is_some_and(|o| o.since_ns == ring.since[slot]);
-            if same {
-                let _ = RST_OWNERS.remove(&old);
-            }
-        }
-        ring.sk[slot] = sk;
-        ring.since[slot] = since;
-        ring.next = ring.next.wrapping_add(1);
+        let _ = tw_store(&key, &entry.owner, now);
     }
     Some(())
 }
@@ -350,11 +483,7 @@ pub fn accepted(child: u64) {
     }
     let now = unsafe { generated::bpf_ktime_get_ns() };
     let owner = current_owner(rst_trace_common::OWNER_ACCEPT, now);
-    if RST_OWNERS.insert(&child, &owner, 0).is_ok() {
-        count(CounterFamily::Table, TABLE_OWNERS_STORED);
-    } else {
-        count(CounterFamily::Table, TABLE_OWNERS_FULL);
-    }
+    store(child, &owner);
     let port = member::<u16>(child, lay!(st.skc_num)).unwrap_or(0);
     // A server accepts again and again on the same port: its acceptor entry is refreshed at most
     // once a second per CPU, which keeps the map look-up off most accepts.

@@ -75,7 +75,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
         // queue) would be blamed on the earlier socket's process, since the abort's reader
         // takes a closed entry as the closing socket's own.
         (TCP_LISTEN, TCP_SYN_RECV) => {
-            owners::forget_stale(skaddr);
+            owners::forget(skaddr);
             crate::hot::child_born(skaddr)
         }
         (TCP_LISTEN, _) => {

@@ -6,9 +6,10 @@ use aya::{
     Ebpf, Pod,
 };
 use rst_trace_common::{
+    ownercache::{self, OWNERS_SETS},
     twcache::{self, TW_OWNERS_SETS},
-    AcceptorKey, OwnerInfo, TwSet, ACCEPTORS_CAPACITY, ACCEPTORS_MAP, OWNERS_CAPACITY, OWNERS_MAP,
-    TW_OWNERS_CAPACITY, TW_OWNERS_MAP, TW_OWNERS_WAYS,
+    AcceptorKey, OwnerInfo, OwnerSet, SlotTag, TwSet, ACCEPTORS_CAPACITY, ACCEPTORS_MAP,
+    OWNERS_CAPACITY, OWNERS_MAP, OWNERS_WAYS, TW_OWNERS_CAPACITY, TW_OWNERS_MAP, TW_OWNERS_WAYS,
 };
 use std::{collections::BTreeMap, num::NonZeroUsize, os::fd::AsFd};
 
@@ -104,37 +105,46 @@ fn open_hot(ebpf: &Ebpf) -> Option<Counter> {
     }))
 }
 
-/// Sets of the TIME_WAIT owner cache mapped at a time: whole pages, a few hundred KiB.
-/// Mapping the array whole would put its 8 MiB in the agent's resident set while it is read;
-/// reading it by syscall would take one per set.
-const TW_WINDOW_BYTES: usize = 512 * 1024;
+/// Bytes of a set cache mapped at a time: whole pages and whole sets, about 512 KiB. Mapping
+/// a cache whole would put its megabytes in the agent's resident set while it is read; reading
+/// it by syscall would take one per set.
+const CACHE_WINDOW_BYTES: usize = 512 * 1024;
 
-/// Counts the live last owners of the TIME_WAIT cache (an array: its entries are its slots
-/// whose connection closed less than a TIME_WAIT ago), from the tags, through a read-only
-/// mapping.
-fn open_tw(ebpf: &Ebpf) -> Option<Counter> {
-    let id = match ebpf.map(TW_OWNERS_MAP)? {
+/// Which slots of a set cache count as entries, from their tag, at `now` (monotonic ns).
+type Live = fn(&SlotTag, u64) -> bool;
+
+/// Counts the live slots of a set-associative cache in an array (the kernel's owner caches:
+/// `sets` sets of `set_bytes` bytes, each starting with its `ways` tags), through read-only
+/// mappings of a window at a time.
+fn open_cache(
+    ebpf: &Ebpf,
+    name: &'static str,
+    sets: u32,
+    set_bytes: usize,
+    ways: u32,
+    live: Live,
+) -> Option<Counter> {
+    let id = match ebpf.map(name)? {
         Map::Array(m) => m.info().ok()?.id(),
         _ => return None,
     };
     let map = MapData::from_id(id).ok()?;
-    let set_bytes = std::mem::size_of::<TwSet>();
     let page =
         usize::try_from(nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??).ok()?;
-    let total = usize::try_from(TW_OWNERS_SETS).ok()? * set_bytes;
-    let window = TW_WINDOW_BYTES.max(page);
-    if !window.is_multiple_of(page)
-        || !window.is_multiple_of(set_bytes)
-        || !total.is_multiple_of(window)
-    {
-        log::debug!("{TW_OWNERS_MAP}: pages of {page} bytes do not hold whole sets");
+    let total = usize::try_from(sets).ok()?.checked_mul(set_bytes)?;
+    let unit = lcm(page, set_bytes)?;
+    let window = unit * (CACHE_WINDOW_BYTES / unit).max(1);
+    let ways = usize::try_from(ways).ok()?;
+    if ways * std::mem::size_of::<SlotTag>() > set_bytes {
+        log::debug!("{name}: {ways} tags do not fit a set of {set_bytes} bytes");
         return None;
     }
-    let len = NonZeroUsize::new(window)?;
     Some(Box::new(move || {
         let now = crate::clock::monotonic_ns();
-        let mut live = 0u64;
+        let mut n = 0u64;
         for offset in (0..total).step_by(window) {
+            let bytes = window.min(total - offset);
+            let len = NonZeroUsize::new(bytes)?;
             // SAFETY: a shared read-only mapping of the map's values, unmapped below; the kernel
             // writes slots under it, so every field is read volatile and judged by its sequence.
             let base = unsafe {
@@ -148,33 +158,39 @@ fn open_tw(ebpf: &Ebpf) -> Option<Counter> {
                 )
             }
             .ok()?;
-            for set in 0..window / set_bytes {
-                for way in 0..TW_OWNERS_WAYS as usize {
-                    // SAFETY: tag `way` of set `set` lies inside the mapping, 8-byte aligned.
-                    let (seq, closed) = unsafe {
-                        let s = base
+            for set in 0..bytes / set_bytes {
+                for way in 0..ways {
+                    // SAFETY: tag `way` of set `set` lies inside the mapping (the tags start
+                    // each set, checked above), 8-byte aligned.
+                    let tag = unsafe {
+                        let t = base
                             .as_ptr()
                             .cast::<u8>()
                             .add(set * set_bytes)
-                            .cast::<TwSet>();
-                        let tag = std::ptr::addr_of!((*s).tags[way]);
-                        (
-                            std::ptr::read_volatile(std::ptr::addr_of!((*tag).seq)),
-                            std::ptr::read_volatile(std::ptr::addr_of!((*tag).closed_ns)),
-                        )
+                            .cast::<SlotTag>()
+                            .add(way);
+                        std::ptr::read_volatile(t)
                     };
-                    if seq & 1 == 0 && twcache::is_live(closed, now) {
-                        live += 1;
+                    if tag.seq & 1 == 0 && live(&tag, now) {
+                        n += 1;
                     }
                 }
             }
             // SAFETY: the mapping made above, no longer read.
             if let Err(e) = unsafe { nix::sys::mman::munmap(base, len.get()) } {
-                log::debug!("unmapping {TW_OWNERS_MAP}: {e}");
+                log::debug!("unmapping {name}: {e}");
             }
         }
-        Some(live)
+        Some(n)
     }))
+}
+
+fn lcm(a: usize, b: usize) -> Option<usize> {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    (a / x.max(1)).checked_mul(b)
 }
 
 impl KernelTables {
@@ -190,8 +206,30 @@ impl KernelTables {
             }),
             None => log::warn!("cannot read the occupancy of kernel map {name}"),
         };
-        add(OWNERS_MAP, OWNERS_CAPACITY, open::<u64>(ebpf, OWNERS_MAP));
-        add(TW_OWNERS_MAP, TW_OWNERS_CAPACITY, open_tw(ebpf));
+        add(
+            OWNERS_MAP,
+            OWNERS_CAPACITY,
+            open_cache(
+                ebpf,
+                OWNERS_MAP,
+                OWNERS_SETS,
+                std::mem::size_of::<OwnerSet>(),
+                OWNERS_WAYS,
+                |t, _| ownercache::is_open(t.check, t.closed_ns),
+            ),
+        );
+        add(
+            TW_OWNERS_MAP,
+            TW_OWNERS_CAPACITY,
+            open_cache(
+                ebpf,
+                TW_OWNERS_MAP,
+                TW_OWNERS_SETS,
+                std::mem::size_of::<TwSet>(),
+                TW_OWNERS_WAYS,
+                |t, now| twcache::is_live(t.closed_ns, now),
+            ),
+        );
         add(
             ACCEPTORS_MAP,
             ACCEPTORS_CAPACITY,

@@ -429,6 +429,92 @@ fn time_wait_owners_are_all_kept() {
     );
 }
 
+const HELD_CLIENTS: u32 = 4;
+const HELD_PER_CLIENT: u32 = 800;
+const HELD_PORT: u16 = 41440;
+
+/// Every open socket's owner is kept in the kernel's owner cache, an array placed by the
+/// socket's address: thousands of connections held open in one namespace (both ends, each
+/// learnt at connect() and at accept()) all have their owner there while they last, and none
+/// was turned away. A placement that piled addresses into a few sets would show as `full`.
+#[test]
+fn open_socket_owners_are_all_kept() {
+    require_root();
+    let args: Vec<String> = ["run", "--format", "json", "--stats-interval", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut agent = Agent::start_args(&args);
+    let ns = Netns::new();
+    let mut server = Peer::listen(
+        &ns,
+        PEER,
+        "127.0.0.1",
+        HELD_PORT,
+        &["--accept", "--backlog", "1024", "--nofile", "8192"],
+    );
+    let count = HELD_PER_CLIENT.to_string();
+    let port = HELD_PORT.to_string();
+    let mut clients: Vec<Peer> = (0..HELD_CLIENTS)
+        .map(|_| {
+            Peer::spawn(
+                &ns,
+                PEER,
+                &[
+                    "connect",
+                    "--addr",
+                    "127.0.0.1",
+                    "--port",
+                    port.as_str(),
+                    "--count",
+                    count.as_str(),
+                    "--hold-ms",
+                    "60000",
+                ],
+            )
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        for n in 0..HELD_PER_CLIENT {
+            let line = c.wait_line(Duration::from_secs(20), |l| l.contains("attempt="));
+            assert!(
+                line.as_deref().is_some_and(|l| l.starts_with("connected")),
+                "client {i}, connection {n}: {line:?}"
+            );
+        }
+    }
+    // Both ends of every connection, and the listener.
+    let want = u64::from(2 * HELD_CLIENTS * HELD_PER_CLIENT + 1);
+    let held = poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        agent.settle(Duration::from_millis(200));
+        table_entries(agent.lines(), "RST_OWNERS").filter(|&n| n >= want)
+    });
+    for c in &mut clients {
+        let _ = c.stop(Duration::from_secs(5));
+    }
+    let _ = server.stop(Duration::from_secs(5));
+    let stopped = agent.stop();
+    let owners = &stopped.final_stats["sockets"]["owners"];
+    eprintln!("RST_OWNERS entries while held: {held:?} (want >= {want}); owners {owners}");
+    assert!(
+        held.is_some(),
+        "fewer than {want} open sockets' owners in RST_OWNERS while the connections were held \
+         (at most {:?}); owners {owners}",
+        stopped
+            .lines
+            .iter()
+            .filter(|v| event::is_stats(v))
+            .filter_map(|v| v["tables"]["RST_OWNERS"]["entries"].as_u64())
+            .max()
+    );
+    assert_eq!(
+        owners["full"].as_u64(),
+        Some(0),
+        "an owner found no slot with {held:?} of {} open",
+        owners["capacity"]
+    );
+}
+
 /// The agent's resources now.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
