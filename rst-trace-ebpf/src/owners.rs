@@ -56,28 +56,60 @@ const ACCEPTOR_REFRESH_NS: u64 = 1_000_000_000;
 #[map(name = "RST_LAST_ACCEPT")]
 static RST_LAST_ACCEPT: PerCpuArray<LastAccept> = PerCpuArray::with_max_entries(1, 0);
 
-/// The calling task as an owner. Only meaningful in process context.
+/// The calling thread's identity as last read in full on this CPU: a thread that connects or
+/// accepts again and again (a client pool, a server's accept loop) is read once a
+/// millisecond rather than at every connection, three helper calls fewer each time. A name or
+/// cgroup changed since (exec, a move between cgroups) shows at most that much later; the
+/// agent reports a live process's current name anyway. The slot is also where the owner being
+/// stored is built: an owner on the stack does not fit beside a listener's record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TaskMemo {
+    pid_tgid: u64,
+    read_ns: u64,
+    owner: OwnerInfo,
+}
+
+const TASK_MEMO_NS: u64 = 1_000_000;
+
+#[map(name = "RST_TASK_MEMO")]
+static RST_TASK_MEMO: PerCpuArray<TaskMemo> = PerCpuArray::with_max_entries(1, 0);
+
+/// The calling task as an owner since `now`, in this CPU's memo slot. Only in process
+/// context: programs there do not nest on one CPU, so nothing else writes the slot meanwhile.
 #[inline(always)]
-fn current_owner(how: u32, now: u64) -> OwnerInfo {
-    let t = current_task();
-    let task = unsafe { generated::bpf_get_current_task() };
-    // A process's main thread is its own group leader: one read fewer for most callers.
-    let leader: u64 = if t.tid == t.pid {
-        task
-    } else {
-        member(task, lay!(st.task_group_leader)).unwrap_or(task)
-    };
-    OwnerInfo {
-        pid: t.pid,
-        tid: t.tid,
-        cgroup_id: t.cgroup_id,
-        comm: t.comm,
-        since_ns: now,
-        closed_ns: 0,
-        start_boottime_ns: member(leader, lay!(st.task_start_boottime)).unwrap_or(0),
-        how,
-        flags: 0,
+fn current_owner(how: u32, now: u64) -> Option<&'static OwnerInfo> {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: a per-CPU slot, used only as said above, never across a sleep.
+    let m = unsafe { &mut *RST_TASK_MEMO.get_ptr_mut(0)? };
+    if m.pid_tgid != id || now.wrapping_sub(m.read_ns) >= TASK_MEMO_NS {
+        let t = current_task();
+        let task = unsafe { generated::bpf_get_current_task() };
+        // A process's main thread is its own group leader: one read fewer for most callers.
+        let leader: u64 = if t.tid == t.pid {
+            task
+        } else {
+            member(task, lay!(st.task_group_leader)).unwrap_or(task)
+        };
+        m.pid_tgid = id;
+        m.read_ns = now;
+        m.owner = OwnerInfo {
+            pid: t.pid,
+            tid: t.tid,
+            cgroup_id: t.cgroup_id,
+            comm: t.comm,
+            since_ns: now,
+            closed_ns: 0,
+            start_boottime_ns: member(leader, lay!(st.task_start_boottime)).unwrap_or(0),
+            how,
+            flags: 0,
+        };
     }
+    m.owner.since_ns = now;
+    m.owner.closed_ns = 0;
+    m.owner.how = how;
+    m.owner.flags = 0;
+    Some(&m.owner)
 }
 
 /// The current task owns `sk` from now on.
@@ -86,8 +118,9 @@ pub fn learn(sk: u64, how: u32) {
     if sk == 0 {
         return;
     }
-    let owner = current_owner(how, unsafe { generated::bpf_ktime_get_ns() });
-    store(sk, &owner);
+    if let Some(owner) = current_owner(how, unsafe { generated::bpf_ktime_get_ns() }) {
+        store(sk, owner);
+    }
 }
 
 /// The two sets `sk` may sit in, and its check.
@@ -482,8 +515,10 @@ pub fn accepted(child: u64) {
         return;
     }
     let now = unsafe { generated::bpf_ktime_get_ns() };
-    let owner = current_owner(rst_trace_common::OWNER_ACCEPT, now);
-    store(child, &owner);
+    let Some(owner) = current_owner(rst_trace_common::OWNER_ACCEPT, now) else {
+        return;
+    };
+    store(child, owner);
     let port = member::<u16>(child, lay!(st.skc_num)).unwrap_or(0);
     // A server accepts again and again on the same port: its acceptor entry is refreshed at most
     // once a second per CPU, which keeps the map look-up off most accepts.
@@ -511,7 +546,7 @@ pub fn accepted(child: u64) {
         // The same process accepting again only moves its time: no hash update.
         Some(a) => unsafe { (*a).since_ns = now },
         None => {
-            let _ = RST_ACCEPTORS.insert(&key, &owner, 0);
+            let _ = RST_ACCEPTORS.insert(&key, owner, 0);
         }
     }
 }

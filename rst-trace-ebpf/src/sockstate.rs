@@ -58,17 +58,10 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let skaddr: u64 = ctx.arg(0);
-    // MPTCP's subflows are TCP; SCTP changes states here too. Unknown offset: take it as TCP.
-    let protocol: u16 = member(skaddr, lay!(st.sk_protocol)).unwrap_or(IPPROTO_TCP);
-    if protocol != IPPROTO_TCP {
-        return None;
-    }
+    // First the transitions only TCP makes (SCTP, which changes states here too, has no
+    // SYN_SENT or SYN_RECV; MPTCP's subflows are TCP), and closes, which act only on an owner
+    // entry, and only TCP sockets get one (below): no read of the protocol for them.
     match (old, new) {
-        // listen() runs this in the caller's context.
-        (_, TCP_LISTEN) => {
-            owners::learn(skaddr, OWNER_LISTEN);
-            listener_record(skaddr, old, new, true)
-        }
         // A child socket is born as a clone of its listener (inet_csk_clone_lock). An entry a
         // closed socket at the same address left behind belongs to that earlier socket: it
         // goes, or a child aborted before any accept() (the listener closing with it in its
@@ -76,17 +69,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
         // takes a closed entry as the closing socket's own.
         (TCP_LISTEN, TCP_SYN_RECV) => {
             owners::forget(skaddr);
-            crate::hot::child_born(skaddr)
-        }
-        (TCP_LISTEN, _) => {
-            let r = listener_record(skaddr, old, new, false);
-            owners::closed(skaddr, false);
-            r
-        }
-        // connect() runs this in the caller's context, before the local port is chosen.
-        (TCP_CLOSE, TCP_SYN_SENT) => {
-            owners::learn(skaddr, OWNER_CONNECT);
-            None
+            return crate::hot::child_born(skaddr);
         }
         (TCP_SYN_SENT, TCP_CLOSE) => {
             // Still in connect(): no local port could be found (inet_hash_connect failed). The
@@ -99,13 +82,36 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
             // and tcp_close reset only synchronised states), and a refusing RST was read
             // before this change (tcp_reset traces it, then closes): nothing is left to own.
             owners::forget(skaddr);
-            None
+            return None;
         }
+        (TCP_LISTEN, _) => {}
         (_, TCP_CLOSE) => {
-            owners::closed(
+            return owners::closed(
                 skaddr,
                 old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 || old == TCP_CLOSING,
             );
+        }
+        _ => {}
+    }
+    // MPTCP's subflows are TCP; SCTP changes states here too. Unknown offset: take it as TCP.
+    let protocol: u16 = member(skaddr, lay!(st.sk_protocol)).unwrap_or(IPPROTO_TCP);
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    match (old, new) {
+        // listen() runs this in the caller's context.
+        (_, TCP_LISTEN) => {
+            owners::learn(skaddr, OWNER_LISTEN);
+            listener_record(skaddr, old, new, true)
+        }
+        (TCP_LISTEN, _) => {
+            let r = listener_record(skaddr, old, new, false);
+            owners::closed(skaddr, false);
+            r
+        }
+        // connect() runs this in the caller's context, before the local port is chosen.
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            owners::learn(skaddr, OWNER_CONNECT);
             None
         }
         _ => None,
