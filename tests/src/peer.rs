@@ -273,6 +273,25 @@ impl Peer {
         }
     }
 
+    /// `<peer> connect --addr ADDR --port PORT --count COUNT extra…` inside `ns`, ready: its
+    /// results come as its lines.
+    pub fn connecting(
+        ns: &Netns,
+        bin: impl AsRef<Path>,
+        addr: &str,
+        port: u16,
+        count: u32,
+        extra: &[&str],
+    ) -> Peer {
+        let port_s = port.to_string();
+        let count_s = count.to_string();
+        let mut args = vec![
+            "connect", "--addr", addr, "--port", &port_s, "--count", &count_s,
+        ];
+        args.extend_from_slice(extra);
+        Peer::spawn(ns, bin, &args)
+    }
+
     /// Run `connect` inside `ns` to completion: one result per attempt.
     pub fn connect(
         ns: &Netns,
@@ -282,17 +301,12 @@ impl Peer {
         count: u32,
         extra: &[&str],
     ) -> Vec<ConnectResult> {
-        let port_s = port.to_string();
-        let count_s = count.to_string();
-        let mut args = vec![
-            "connect", "--addr", addr, "--port", &port_s, "--count", &count_s,
-        ];
-        args.extend_from_slice(extra);
-        let mut p = Peer::spawn(ns, bin, &args);
+        let mut p = Peer::connecting(ns, bin, addr, port, count, extra);
+        let what = format!("connect {addr} port {port} count {count} {extra:?}");
         let ex = p.wait_exit(Duration::from_secs(60));
         assert!(
             ex.status.success(),
-            "peer {args:?} failed: {:?}, stderr: {}",
+            "peer {what} failed: {:?}, stderr: {}",
             ex.status,
             ex.stderr
         );
@@ -304,7 +318,7 @@ impl Peer {
         assert_eq!(
             res.len(),
             count as usize,
-            "peer {args:?} printed {:?}",
+            "peer {what} printed {:?}",
             ex.lines
         );
         res

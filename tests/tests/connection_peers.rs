@@ -285,13 +285,16 @@ fn segment_to_full_time_wait_is_acked_not_reset() {
 // ---------------------------------------------------------------------------------------------
 // 3. firewall REJECT and DROP
 
+/// Connects the REJECT phase makes.
+const REJECTED: u32 = 5;
+
 #[test]
 fn firewall_reject_and_drop_reconcile_with_rule_counters() {
     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     require_root();
     let ns = Netns::new();
     let (rej_port, drop_port) = (41204u16, 41205u16);
-    let n_reject = 5u64;
+    let n_reject = u64::from(REJECTED);
     let mut agent = Agent::start(&ns, None);
     // Listeners exist behind both rules: they are the intended destinations' owners.
     let rej_srv = Peer::spawn(
@@ -349,20 +352,13 @@ fn firewall_reject_and_drop_reconcile_with_rule_counters() {
     let m0 = Mib::settled(&ns);
 
     // REJECT: every SYN is answered by netfilter's RST; the clients see "connection refused".
-    let mut cli = Peer::spawn(
+    let mut cli = Peer::connecting(
         &ns,
         PEER,
-        &[
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &rej_port.to_string(),
-            "--count",
-            &n_reject.to_string(),
-            "--timeout-ms",
-            "5000",
-        ],
+        "127.0.0.1",
+        rej_port,
+        REJECTED,
+        &["--timeout-ms", "5000"],
     );
     let client_pid = cli.pid();
     let c = cli.wait_exit(Duration::from_secs(40));
@@ -396,21 +392,13 @@ fn firewall_reject_and_drop_reconcile_with_rule_counters() {
     );
 
     // DROP: SYNs (and their retransmissions) vanish; the clients time out.
-    let mut dcli = Peer::spawn(
+    let mut dcli = Peer::connecting(
         &ns,
         PEER,
-        &[
-            "connect",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &drop_port.to_string(),
-            "--count",
-            "2",
-            "--nonblocking",
-            "--timeout-ms",
-            "2500",
-        ],
+        "127.0.0.1",
+        drop_port,
+        2,
+        &["--nonblocking", "--timeout-ms", "2500"],
     );
     let d = dcli.wait_exit(Duration::from_secs(20));
     assert!(

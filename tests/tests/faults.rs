@@ -358,6 +358,32 @@ fn sockstat_tcp(ns: &Netns, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no TCP {field} in sockstat: {text}"))
 }
 
+/// An agent writing stats every `stats_interval` seconds ("0": only at its end), a fresh
+/// namespace, and a server there accepting on 127.0.0.1:`port` with room for thousands of
+/// connections.
+fn agent_and_server(stats_interval: &str, port: u16) -> (Agent, Netns, Peer) {
+    let args: Vec<String> = [
+        "run",
+        "--format",
+        "json",
+        "--stats-interval",
+        stats_interval,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start_args(&args);
+    let ns = Netns::new();
+    let server = Peer::listen(
+        &ns,
+        PEER,
+        "127.0.0.1",
+        port,
+        &["--accept", "--backlog", "1024", "--nofile", "8192"],
+    );
+    (agent, ns, server)
+}
+
 const TW_ROUNDS: u32 = 4;
 const TW_PER_ROUND: u32 = 800;
 const TW_PORT: u16 = 41430;
@@ -368,19 +394,7 @@ const TW_PORT: u16 = 41430;
 #[test]
 fn time_wait_owners_are_all_kept() {
     require_root();
-    let args: Vec<String> = ["run", "--format", "json", "--stats-interval", "0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut agent = Agent::start_args(&args);
-    let ns = Netns::new();
-    let mut server = Peer::listen(
-        &ns,
-        PEER,
-        "127.0.0.1",
-        TW_PORT,
-        &["--accept", "--backlog", "1024", "--nofile", "4096"],
-    );
+    let (mut agent, ns, mut server) = agent_and_server("0", TW_PORT);
     // Each round's client holds its connections, then exits: it closes first, so its side of
     // every connection becomes a TIME_WAIT socket once the server answers the FIN.
     for round in 0..TW_ROUNDS {
@@ -440,37 +454,16 @@ const HELD_PORT: u16 = 41440;
 #[test]
 fn open_socket_owners_are_all_kept() {
     require_root();
-    let args: Vec<String> = ["run", "--format", "json", "--stats-interval", "1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut agent = Agent::start_args(&args);
-    let ns = Netns::new();
-    let mut server = Peer::listen(
-        &ns,
-        PEER,
-        "127.0.0.1",
-        HELD_PORT,
-        &["--accept", "--backlog", "1024", "--nofile", "8192"],
-    );
-    let count = HELD_PER_CLIENT.to_string();
-    let port = HELD_PORT.to_string();
+    let (mut agent, ns, mut server) = agent_and_server("1", HELD_PORT);
     let mut clients: Vec<Peer> = (0..HELD_CLIENTS)
         .map(|_| {
-            Peer::spawn(
+            Peer::connecting(
                 &ns,
                 PEER,
-                &[
-                    "connect",
-                    "--addr",
-                    "127.0.0.1",
-                    "--port",
-                    port.as_str(),
-                    "--count",
-                    count.as_str(),
-                    "--hold-ms",
-                    "60000",
-                ],
+                "127.0.0.1",
+                HELD_PORT,
+                HELD_PER_CLIENT,
+                &["--hold-ms", "60000"],
             )
         })
         .collect();
