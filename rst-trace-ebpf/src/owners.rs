@@ -17,7 +17,7 @@ use rst_trace_common::{
 
 use crate::{
     emit::count,
-    kread::{current_task, member, sk_netns, sk_tuple},
+    kread::{member, sk_netns, sk_tuple},
     layout::lay,
 };
 
@@ -83,27 +83,27 @@ fn current_owner(how: u32, now: u64) -> Option<&'static OwnerInfo> {
     // SAFETY: a per-CPU slot, used only as said above, never across a sleep.
     let m = unsafe { &mut *RST_TASK_MEMO.get_ptr_mut(0)? };
     if m.pid_tgid != id || now.wrapping_sub(m.read_ns) >= TASK_MEMO_NS {
-        let t = current_task();
+        // Field by field, in place: an owner built on the stack and copied made the program's
+        // stack too large for 5.10's verifier (544 bytes over its calls).
+        let o = &mut m.owner;
+        o.tid = id as u32;
+        o.pid = (id >> 32) as u32;
+        // SAFETY: helpers without memory arguments but `comm`, which gets its 16 bytes
+        // (zero-padded) even when the helper fails.
+        unsafe {
+            o.cgroup_id = generated::bpf_get_current_cgroup_id();
+            generated::bpf_get_current_comm(o.comm.as_mut_ptr() as *mut core::ffi::c_void, 16);
+        }
         let task = unsafe { generated::bpf_get_current_task() };
         // A process's main thread is its own group leader: one read fewer for most callers.
-        let leader: u64 = if t.tid == t.pid {
+        let leader: u64 = if o.tid == o.pid {
             task
         } else {
             member(task, lay!(st.task_group_leader)).unwrap_or(task)
         };
+        o.start_boottime_ns = member(leader, lay!(st.task_start_boottime)).unwrap_or(0);
         m.pid_tgid = id;
         m.read_ns = now;
-        m.owner = OwnerInfo {
-            pid: t.pid,
-            tid: t.tid,
-            cgroup_id: t.cgroup_id,
-            comm: t.comm,
-            since_ns: now,
-            closed_ns: 0,
-            start_boottime_ns: member(leader, lay!(st.task_start_boottime)).unwrap_or(0),
-            how,
-            flags: 0,
-        };
     }
     m.owner.since_ns = now;
     m.owner.closed_ns = 0;
@@ -219,8 +219,10 @@ fn slot_fits(set: &OwnerSet, way: usize, check: u32, sk: u64, now: u64) -> bool 
 }
 
 /// Fills one slot under its sequence, then reads it back: a store of another CPU that took the
-/// same slot at the same instant shows as a difference, and the slot is emptied rather than
-/// left holding a mix of two owners. `false` then.
+/// same slot at the same instant and landed before the read-back shows as a difference, and
+/// the slot is emptied rather than left holding a mix of two owners (`false` then). Without an
+/// atomic compare-and-swap (BPF has one only from 5.12) two stores that interleave exactly can
+/// still leave one owner in place of the other.
 #[inline(always)]
 fn slot_write(
     tag: &mut SlotTag,

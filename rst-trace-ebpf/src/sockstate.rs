@@ -49,6 +49,7 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);

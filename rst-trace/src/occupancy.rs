@@ -185,6 +185,8 @@ fn open_cache(
     }))
 }
 
+/// Least common multiple (`None` on overflow): the smallest window of whole pages and whole
+/// sets.
 fn lcm(a: usize, b: usize) -> Option<usize> {
     let (mut x, mut y) = (a, b);
     while y != 0 {
@@ -311,6 +313,15 @@ pub fn process() -> ProcessResources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_windows_hold_whole_pages_and_whole_sets() {
+        use rst_trace_common::{OwnerSet, TwSet};
+        assert_eq!(lcm(4096, std::mem::size_of::<TwSet>()), Some(4096));
+        assert_eq!(lcm(4096, std::mem::size_of::<OwnerSet>()), Some(45_056));
+        assert_eq!(lcm(65_536, 704), Some(720_896));
+        assert_eq!(lcm(usize::MAX, 2), None);
+    }
 
     #[test]
     fn figures_as_json() {
