@@ -8,7 +8,7 @@
 //! Interleaving fills the two sets evenly without comparing them (the verifier follows every
 //! outcome of a comparison between slots, which multiplied its paths and the agent's start-up
 //! time): with 8 ways, random keys first miss a slot at 3/4 of the capacity, where trying all
-//! of the first set before the second misses one in 200 at half.
+//! of the first set before the second missed 16 of 65,536 at half and 490 at 70 %.
 //!
 //! Both are arrays rather than hash maps because they are written on the path of every healthy
 //! connection: an array slot costs no bucket lock, no free-list allocation and no helper call
