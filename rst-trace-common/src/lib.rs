@@ -285,8 +285,9 @@ pub struct TwKey {
 }
 
 /// What a store or a look-up reads first of a slot of [`TW_OWNERS_MAP`] or [`OWNERS_MAP`]: a
-/// set's four tags share one cache line, so a set is judged without touching the entries (the
-/// caches are megabytes, and every slot read from them is likely a cache miss).
+/// set's tags sit together at its start (four to a cache line), so a set is judged without
+/// touching the entries (the caches are megabytes, and every slot read from them is likely a
+/// cache miss).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotTag {
@@ -326,8 +327,8 @@ pub struct OwnerEntry {
     pub owner: OwnerInfo,
 }
 
-/// One set of [`OWNERS_MAP`] (an array of them), the tags in its first cache line. An empty
-/// slot is all zeroes.
+/// One set of [`OWNERS_MAP`] (an array of them), the tags in its first two cache lines. An
+/// empty slot is all zeroes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OwnerSet {
