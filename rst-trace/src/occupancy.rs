@@ -42,8 +42,9 @@ impl TableFigure {
     }
 }
 
-/// Counts the entries of one kernel hash map (a walk of its keys: one syscall per entry, so
-/// it runs per stats line or scrape, never per event).
+/// Counts the entries of one kernel table (a hash map by a walk of its keys, one syscall per
+/// entry; a set cache by its tags through read-only mappings), so it runs per stats line or
+/// scrape, never per event.
 type Counter = Box<dyn Fn() -> Option<u64> + Send>;
 
 struct KernelTable {
@@ -52,20 +53,21 @@ struct KernelTable {
     count: Counter,
 }
 
-/// Second handles on the kernel's hash maps, opened by id so the maps stay where the loader
+/// Second handles on the kernel's bounded maps, opened by id so the maps stay where the loader
 /// and the pipeline keep them.
 #[derive(Default)]
 pub struct KernelTables {
     tables: Vec<KernelTable>,
 }
 
-fn open<K: Pod + Send>(ebpf: &Ebpf, name: &str) -> Option<Counter> {
+/// A walk of hash map `name`'s keys, whose values are [`OwnerInfo`]s (the walk reads keys
+/// only), bounded by twice its `capacity`.
+fn open<K: Pod + Send>(ebpf: &Ebpf, name: &str, capacity: u32) -> Option<Counter> {
     let id = match ebpf.map(name)? {
         Map::HashMap(m) | Map::LruHashMap(m) => m.info().ok()?.id(),
         _ => return None,
     };
     let map = Map::from_map_data(MapData::from_id(id).ok()?).ok()?;
-    // Every owner table holds OwnerInfo values; the walk only reads keys.
     let typed: HashMap<MapData, K, OwnerInfo> = match HashMap::try_from(map) {
         Ok(t) => t,
         Err(e) => {
@@ -80,7 +82,7 @@ fn open<K: Pod + Send>(ebpf: &Ebpf, name: &str) -> Option<Counter> {
             // that churns faster than it is read from holding the loop.
             k.ok()?;
             n += 1;
-            if n > u64::from(OWNERS_CAPACITY) * 2 {
+            if n > u64::from(capacity) * 2 {
                 break;
             }
         }
@@ -235,7 +237,7 @@ impl KernelTables {
         add(
             ACCEPTORS_MAP,
             ACCEPTORS_CAPACITY,
-            open::<AcceptorKey>(ebpf, ACCEPTORS_MAP),
+            open::<AcceptorKey>(ebpf, ACCEPTORS_MAP, ACCEPTORS_CAPACITY),
         );
         add(HOT_MAP, HOT_CAPACITY, open_hot(ebpf));
         Self { tables }
