@@ -30,6 +30,9 @@ pub enum Load {
         count: u64,
         #[arg(long)]
         max_seconds: u64,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// connect() to a closed port on 127.0.0.1, COUNT times (one RST each).
     Storm {
@@ -37,6 +40,9 @@ pub enum Load {
         count: u64,
         #[arg(long)]
         max_seconds: u64,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// getppid() COUNT times: the cheapest syscall, so what a tracer adds to every syscall of
     /// every process (a syscall tracepoint routes them all through the slow path) shows whole.
@@ -45,6 +51,9 @@ pub enum Load {
         count: u64,
         #[arg(long)]
         max_seconds: u64,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// One listener on 127.0.0.1:PORT in each namespace named in FILE (one name under
     /// /run/netns per line; a file, since a thousand names make an unwieldy command line),
@@ -71,9 +80,21 @@ pub enum Load {
 
 pub fn run(load: Load) -> Result<u8> {
     match load {
-        Load::Churn { count, max_seconds } => churn(count, Duration::from_secs(max_seconds)),
-        Load::Storm { count, max_seconds } => storm(count, Duration::from_secs(max_seconds)),
-        Load::Syscalls { count, max_seconds } => syscalls(count, Duration::from_secs(max_seconds)),
+        Load::Churn {
+            count,
+            max_seconds,
+            cpu,
+        } => pin(cpu).and_then(|()| churn(count, Duration::from_secs(max_seconds))),
+        Load::Storm {
+            count,
+            max_seconds,
+            cpu,
+        } => pin(cpu).and_then(|()| storm(count, Duration::from_secs(max_seconds))),
+        Load::Syscalls {
+            count,
+            max_seconds,
+            cpu,
+        } => pin(cpu).and_then(|()| syscalls(count, Duration::from_secs(max_seconds))),
         Load::Listeners {
             max_seconds,
             port,
@@ -91,6 +112,25 @@ pub fn run(load: Load) -> Result<u8> {
         } => established(count, port, Duration::from_secs(max_seconds)),
     }?;
     Ok(0)
+}
+
+/// Keeps this process on one CPU: a workload measured on one core, as an operator's service
+/// would be, with the tracer's own threads left where the scheduler puts them.
+fn pin(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        bail!("CPU {cpu} is beyond what an affinity mask holds");
+    }
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning to CPU {cpu}"));
+    }
+    Ok(())
 }
 
 /// What a timed workload did, as the harness reads it back.

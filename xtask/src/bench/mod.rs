@@ -228,6 +228,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         settle: Duration::from_millis(500),
         idle_seconds: plan.idle_seconds,
         max_load_seconds: if args.short { 120 } else { 600 },
+        load_cpu: last_online_cpu(),
     };
 
     let began = Instant::now();
@@ -269,6 +270,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         commit: commit(&ws.root),
         kernel: procfs::kernel_release()?,
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_cpu: ctx.load_cpu,
         cpu_model: procfs::cpu_model(),
         memory_mib: procfs::memory_mib()?,
         rounds: plan.rounds,
@@ -313,6 +315,18 @@ fn command_line() -> String {
     format!("cargo xtask {}", args.join(" "))
 }
 
+/// The highest CPU number in `/sys/devices/system/cpu/online` ("0-1", "0,2-3"), where the
+/// timed loads run; `None` (loads unpinned) if it cannot be read.
+fn last_online_cpu() -> Option<usize> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    parse_last_cpu(&online)
+}
+
+fn parse_last_cpu(list: &str) -> Option<usize> {
+    let last = list.trim().rsplit(',').next()?;
+    last.rsplit('-').next()?.parse().ok()
+}
+
 /// The commit the agent was built from, marked when its sources have uncommitted changes.
 fn commit(root: &std::path::Path) -> String {
     let git = |args: &[&str]| {
@@ -341,5 +355,19 @@ fn commit(root: &std::path::Path) -> String {
         format!("{head} + uncommitted changes")
     } else {
         head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_last_cpu;
+
+    #[test]
+    fn the_last_online_cpu_is_read_from_the_kernels_list() {
+        assert_eq!(parse_last_cpu("0-1\n"), Some(1));
+        assert_eq!(parse_last_cpu("0\n"), Some(0));
+        assert_eq!(parse_last_cpu("0,2-3,7\n"), Some(7));
+        assert_eq!(parse_last_cpu("0-3,8-15\n"), Some(15));
+        assert_eq!(parse_last_cpu(""), None);
     }
 }

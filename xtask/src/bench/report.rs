@@ -17,6 +17,8 @@ pub struct Meta {
     pub commit: String,
     pub kernel: String,
     pub cpus: usize,
+    /// The CPU the timed loads were pinned to, if any.
+    pub load_cpu: Option<usize>,
     pub cpu_model: String,
     pub memory_mib: u64,
     pub rounds: usize,
@@ -217,8 +219,12 @@ pub fn markdown(
     );
     let _ = writeln!(
         m,
-        "| Method | {} interleaved round(s) per workload (A B C D A B C D …), medians; ratios taken within a round{} |",
+        "| Method | {} interleaved round(s) per workload (A B C D A B C D …), medians; ratios taken within a round; {}{} |",
         meta.rounds,
+        match meta.load_cpu {
+            Some(cpu) => format!("each timed load on CPU {cpu} only, tracers unpinned"),
+            None => "loads unpinned".to_owned(),
+        },
         if meta.short { "; **short mode**: small counts, not for judging targets" } else { "" }
     );
     let _ = writeln!(m, "| Duration | {:.0} s |", meta.wall_s);
@@ -556,7 +562,10 @@ fn section_method(m: &mut String) {
         "\n## How the figures are taken\n\n\
          - Every run gets fresh network namespaces (`ip netns add`, `lo` up), deleted afterwards; \
          all traffic stays on their loopback. The load generator is `xtask bench-load` (std \
-         sockets, one thread; bounded in count and time).\n\
+         sockets, one thread; bounded in count and time). A timed load runs on one CPU \
+         (the last online one, as the Method row says), as a service measured on one core; \
+         the tracer's threads go where the scheduler puts them, as they would in \
+         production.\n\
          - Variants: *untraced*; *rst-trace*: `rst-trace run --format json`, stdout to a file, \
          no `--netns`, so it watches every namespace as in production; for the RST storm also \
          tcpdump and bpftrace. Each is ready (its own ready output) before the load starts.\n\
@@ -784,6 +793,7 @@ mod tests {
                 commit: "c".into(),
                 kernel: "k".into(),
                 cpus: 2,
+                load_cpu: Some(1),
                 cpu_model: "m".into(),
                 memory_mib: 1024,
                 rounds: 3,

@@ -76,6 +76,8 @@ pub struct Ctx {
     pub idle_seconds: u64,
     /// Upper bound of one timed load (the load generator's own bound).
     pub max_load_seconds: u64,
+    /// The CPU a timed load runs on (the last online one); the tracers are not pinned.
+    pub load_cpu: Option<usize>,
 }
 
 /// One run of one workload under one variant.
@@ -318,6 +320,7 @@ fn run_load(ctx: &Ctx, netns: &str, mode: &str, count: u64) -> Result<Outcome> {
     command
         .args(["bench-load", mode, "--count", &count.to_string()])
         .args(["--max-seconds", &ctx.max_load_seconds.to_string()])
+        .args(ctx.load_cpu.map(|c| format!("--cpu={c}")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let mut process = Process::spawn(&format!("load {mode}"), &mut command)?;
