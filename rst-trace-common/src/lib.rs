@@ -693,7 +693,24 @@ pub struct KernelLayout {
     /// skb drop reasons reported by the kfree_skb program (values of `enum skb_drop_reason`).
     pub drop_reasons: [u32; MAX_DROP_REASONS],
     pub drop_reason_count: u32,
-    pub _pad2: u32,
+    /// A CPU wakes the agent each time its output into the ring buffer crosses a multiple of
+    /// `1 << ring_wake_shift` bytes ([`ring_wake_shift`]).
+    pub ring_wake_shift: u32,
+}
+
+/// Wake-up marks of 64 KiB per CPU where few CPUs write the ring.
+pub const RING_WAKE_SHIFT_MAX: u32 = 16;
+/// 4 KiB: a wake-up per ~16 records at most.
+pub const RING_WAKE_SHIFT_MIN: u32 = 12;
+
+/// The per-CPU wake-up mark for `cpus` CPUs: every CPU may sit just under its mark when the
+/// agent last drained, so together they must stay well inside the ring (a quarter of it)
+/// until its 100 ms timer comes round.
+pub fn ring_wake_shift(cpus: u32) -> u32 {
+    let room = u64::from(EVENTS_RING_BYTES) / 4 / u64::from(cpus.max(1));
+    // The largest power of two within the room, within the bounds.
+    let shift = 63 - room.max(1).leading_zeros();
+    shift.clamp(RING_WAKE_SHIFT_MIN, RING_WAKE_SHIFT_MAX)
 }
 
 impl KernelLayout {
@@ -766,7 +783,7 @@ impl KernelLayout {
         _pad1: 0,
         drop_reasons: [REASON_NONE; MAX_DROP_REASONS],
         drop_reason_count: 0,
-        _pad2: 0,
+        ring_wake_shift: RING_WAKE_SHIFT_MAX,
     };
 }
 
@@ -829,3 +846,26 @@ const _: () = {
     assert!(size_of::<KernelLayout>() == 20 + 192 + 4 + 2 + 2 + 32 + 4 + 4);
     assert!(size_of::<ListenerHotRecord>() == 24 + 8 + 8 + 8);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_marks_leave_most_of_the_ring_free_with_every_cpu_just_under_its_own() {
+        assert_eq!(ring_wake_shift(1), RING_WAKE_SHIFT_MAX);
+        assert_eq!(ring_wake_shift(2), RING_WAKE_SHIFT_MAX);
+        assert_eq!(ring_wake_shift(0), RING_WAKE_SHIFT_MAX);
+        for cpus in [1u32, 2, 3, 16, 64, 96, 256, 4096] {
+            let shift = ring_wake_shift(cpus);
+            assert!((RING_WAKE_SHIFT_MIN..=RING_WAKE_SHIFT_MAX).contains(&shift));
+            if shift > RING_WAKE_SHIFT_MIN {
+                assert!(
+                    u64::from(cpus) << shift <= u64::from(EVENTS_RING_BYTES) / 4,
+                    "{cpus} CPUs at 1 << {shift}"
+                );
+            }
+        }
+        assert_eq!(ring_wake_shift(64), 14);
+    }
+}

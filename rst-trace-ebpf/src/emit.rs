@@ -1,5 +1,6 @@
 //! Counting and delivery. Counters are bumped first, so a full ring buffer loses the record
 //! but never the count; the loss itself is counted per record kind.
+use crate::layout::lay;
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -20,33 +21,50 @@ pub fn count(family: CounterFamily, slot: u32) {
     }
 }
 
-/// The agent is woken each time this many more unread bytes have piled up.
-const WAKE_EVERY_BYTES: u64 = 64 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 /// A record's room in the ring: its 8-byte header, then the record rounded up to 8 bytes.
 const fn ring_len(record_len: usize) -> u64 {
     (8 + ((record_len + 7) & !7)) as u64
 }
 
+/// Bytes this CPU has written into the ring buffer, for the wake-up rule of [`deliver`].
+#[map(name = "RST_RING_WRITTEN")]
+static RST_RING_WRITTEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether a record of `len` bytes written now carries this CPU's output across a multiple
+/// of the wake-up mark (`ring_wake_shift` in the layout: 64 KiB on a few CPUs, less on many,
+/// so that all of them just under their marks still leave most of the ring free). A per-CPU
+/// sum: asking the ring how much is unread is one more helper call per record.
+#[inline(always)]
+fn crosses_wake_mark(len: u64) -> bool {
+    let Some(written) = RST_RING_WRITTEN.get_ptr_mut(0) else {
+        return true;
+    };
+    let shift = lay!(ring_wake_shift) & 63;
+    // SAFETY: a per-CPU slot. A program that interrupts this one on the same CPU (softirq over
+    // a syscall) between the read and the write has its bytes left out of the sum, which only
+    // moves the next wake-up a record later.
+    unsafe {
+        let before = *written;
+        let after = before.wrapping_add(len);
+        *written = after;
+        before >> shift != after >> shift
+    }
+}
+
 /// Copies `record` into the ring buffer, or counts it as lost. A wakeup costs the sender more
 /// than the record itself (an irq_work self-IPI, in a VM a trapped MSR write, then the
-/// consumer's wake-up): the default wakes per record whenever the agent has caught up, and a
-/// wakeup on every record past a fill level costs a few microseconds per record exactly when
-/// the agent lags. So a record wakes the agent only when it is the one that carries the unread
-/// bytes across a multiple of [`WAKE_EVERY_BYTES`]; otherwise the agent drains on its short
-/// timer. Two CPUs reserving at once may both miss a crossing: the next one wakes.
+/// consumer's wake-up): the default wakes per record whenever the agent has caught up. So a
+/// record wakes the agent only when it carries its CPU's output across a multiple of
+/// the wake-up mark; otherwise the agent drains on its short timer (100 ms), and a burst
+/// never waits for it longer than the ring takes to fill by that much.
 #[inline(always)]
 pub fn deliver<T: 'static>(kind: RecordKind, record: &T) {
     match RST_EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             unsafe { core::ptr::copy_nonoverlapping(record, entry.as_mut_ptr(), 1) };
-            // Counts this record, reserved but not yet submitted.
-            let unread = RST_EVENTS.query(BPF_RB_AVAIL_DATA);
-            let wake = if unread % WAKE_EVERY_BYTES < ring_len(core::mem::size_of::<T>())
-                && unread >= WAKE_EVERY_BYTES
-            {
+            let wake = if crosses_wake_mark(ring_len(core::mem::size_of::<T>())) {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP

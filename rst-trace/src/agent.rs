@@ -546,6 +546,9 @@ fn load_kernel_side(
     }
     facts.layout.filter_netns = netns.map_or(0, |n| n.inode);
     facts.layout.filter_port = args.port.unwrap_or(0);
+    facts.layout.ring_wake_shift = rst_trace_common::ring_wake_shift(
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+    );
     preflight::raise_memlock();
     let loaded = loader::load(
         &facts.layout,
