@@ -15,10 +15,16 @@ pub const MAPS: [&str; 4] = [
 pub mod program {
     // Tracepoints.
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
+    /// [`TCP_SEND_RESET`] for raw arguments, where BTF tracepoints are refused.
+    pub const TCP_SEND_RESET_RAW: &str = "tcp_send_reset_raw";
     pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
+    /// [`TCP_RECEIVE_RESET`] for raw arguments, where BTF tracepoints are refused.
+    pub const TCP_RECEIVE_RESET_RAW: &str = "tcp_receive_reset_raw";
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const KFREE_SKB: &str = "kfree_skb";
     pub const NET_DEV_QUEUE: &str = "net_dev_queue";
+    /// [`NET_DEV_QUEUE`] for raw arguments, where BTF tracepoints are refused.
+    pub const NET_DEV_QUEUE_RAW: &str = "net_dev_queue_raw";
     pub const TCP_RETRANSMIT_SYNACK: &str = "tcp_retransmit_synack";
     pub const SYS_ENTER_LISTEN: &str = "sys_enter_listen";
     pub const SYS_ENTER_ACCEPT: &str = "sys_enter_accept";

@@ -45,6 +45,58 @@ pub fn member<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
+/// Reads `base + off` with a plain load, for `base` the verifier knows the type of (an
+/// argument of a BTF tracepoint): it checks the member against that type when loading the
+/// program, and a load that faults reads 0. No helper call, so a fraction of [`member`]'s
+/// cost. `None` when the member is unknown.
+#[inline(always)]
+pub fn btf_member<T>(base: u64, off: u32) -> Option<T> {
+    // The NULL test comes first: verifiers that know an argument or a loaded pointer may be
+    // NULL refuse any offset from it until tested (6.18: tcp_send_reset's `skb`, a packet's
+    // socket). Where the verifier takes an argument for non-NULL it drops the test, and a
+    // load through NULL reads 0.
+    if base == 0 || off == MEMBER_NONE {
+        return None;
+    }
+    // SAFETY: the verifier turns this load into one that cannot fault (PROBE_MEM), after
+    // checking that `off` names a member of `base`'s type of this size.
+    Some(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
+}
+
+/// How a program reads the kernel structs of an event.
+pub trait Kmem {
+    /// Whether one read may take several members at once: a helper copies bytes, while a
+    /// plain load is checked against one member of the pointer's type.
+    const SPANS_MEMBERS: bool;
+    /// Member `off` of the struct at `base`.
+    fn get<T>(base: u64, off: u32) -> Option<T>;
+}
+
+/// Through `bpf_probe_read_kernel`: any address.
+pub struct Probe;
+
+impl Kmem for Probe {
+    const SPANS_MEMBERS: bool = true;
+    #[inline(always)]
+    fn get<T>(base: u64, off: u32) -> Option<T> {
+        member(base, off)
+    }
+}
+
+/// Plain loads ([`btf_member`]): for the typed pointers a BTF tracepoint passes, and the
+/// struct pointers loaded from them. Decisions on whether an argument is NULL are taken on
+/// its value as a number (some verifiers take a tracepoint's argument for non-NULL and drop
+/// the test); a load through NULL reads nothing.
+pub struct Typed;
+
+impl Kmem for Typed {
+    const SPANS_MEMBERS: bool = false;
+    #[inline(always)]
+    fn get<T>(base: u64, off: u32) -> Option<T> {
+        btf_member(base, off)
+    }
+}
+
 /// Two members of the struct at `base`, in one read when they sit as [`Pair`] lays them out;
 /// otherwise one read each.
 #[inline(always)]
@@ -88,19 +140,64 @@ pub fn sk_netns(sk: u64) -> u32 {
     member(net, lay!(st.net_ns_inum)).unwrap_or(0)
 }
 
+/// [`sk_netns`] read as `M` reads.
+#[inline(always)]
+pub fn sk_netns_in<M: Kmem>(sk: u64) -> u32 {
+    if M::SPANS_MEMBERS {
+        return sk_netns(sk);
+    }
+    let net: u64 = M::get(sk, lay!(st.skc_net)).unwrap_or(0);
+    M::get(net, lay!(st.net_ns_inum)).unwrap_or(0)
+}
+
+/// [`sk_netns`] and the socket's cookie (`skc_cookie`, 0 until something asked for one). The
+/// cookie sits a few words after `skc_net`, past the IPv6 addresses: one read takes both where
+/// it does, else one read each.
+#[inline(always)]
+pub fn sk_netns_cookie<M: Kmem>(sk: u64) -> (u32, u64) {
+    let (net_off, cookie_off) = (lay!(st.skc_net), lay!(st.skc_cookie));
+    if !M::SPANS_MEMBERS {
+        return (sk_netns_in::<M>(sk), M::get(sk, cookie_off).unwrap_or(0));
+    }
+    let words = if net_off != MEMBER_NONE && cookie_off != MEMBER_NONE && cookie_off > net_off {
+        let rel = cookie_off - net_off;
+        if rel % 8 == 0 && rel / 8 < 6 {
+            rel / 8
+        } else {
+            0
+        }
+    } else {
+        0
+    };
+    if words == 0 {
+        return (sk_netns(sk), member(sk, cookie_off).unwrap_or(0));
+    }
+    let w: [u64; 6] = member_logged(sk, net_off).unwrap_or([0; 6]);
+    // Registers only: a variable index into the array would need a constant offset on older
+    // verifiers.
+    let cookie = match words {
+        1 => w[1],
+        2 => w[2],
+        3 => w[3],
+        4 => w[4],
+        _ => w[5],
+    };
+    (member(w[0], lay!(st.net_ns_inum)).unwrap_or(0), cookie)
+}
+
 /// Network namespace inode of a packet, from the device it arrived on, else its socket.
 #[inline(always)]
-pub fn skb_netns(skb: u64) -> u32 {
-    let dev: u64 = member(skb, lay!(st.skb_dev)).unwrap_or(0);
-    if dev != 0 {
-        let net: u64 = member(dev, lay!(st.netdev_nd_net)).unwrap_or(0);
-        let ns = member(net, lay!(st.net_ns_inum)).unwrap_or(0);
-        if ns != 0 {
-            return ns;
-        }
+pub fn skb_netns<M: Kmem>(skb: u64) -> u32 {
+    // The device pointer is only looked through, never tested: as typed loads, a packet
+    // without one reads namespace 0 and falls back to its socket.
+    let dev: u64 = M::get(skb, lay!(st.skb_dev)).unwrap_or(0);
+    let net: u64 = M::get(dev, lay!(st.netdev_nd_net)).unwrap_or(0);
+    let ns = M::get(net, lay!(st.net_ns_inum)).unwrap_or(0);
+    if ns != 0 {
+        return ns;
     }
-    let sk: u64 = member(skb, lay!(st.skb_sk)).unwrap_or(0);
-    sk_netns(sk)
+    let sk: u64 = M::get(skb, lay!(st.skb_sk)).unwrap_or(0);
+    sk_netns_in::<M>(sk)
 }
 
 /// The endpoints recorded in a socket, local side first.
@@ -111,18 +208,18 @@ pub fn sk_tuple(sk: u64) -> Tuple {
     let mut t = core::mem::MaybeUninit::<Tuple>::uninit();
     // SAFETY: fill_tuple writes every field and every address byte on all paths.
     unsafe {
-        fill_tuple(sk, &mut *t.as_mut_ptr());
+        fill_tuple_state::<Probe>(sk, &mut *t.as_mut_ptr());
         t.assume_init()
     }
 }
 
 /// [`sk_tuple`] and the socket's TCP state, from the same read where the layout allows.
 #[inline(always)]
-pub fn sk_tuple_state(sk: u64) -> (Tuple, u8) {
+pub fn sk_tuple_state<M: Kmem>(sk: u64) -> (Tuple, u8) {
     let mut t = core::mem::MaybeUninit::<Tuple>::uninit();
     // SAFETY: as in `sk_tuple`.
     let (t, state) = unsafe {
-        let state = fill_tuple_state(sk, &mut *t.as_mut_ptr());
+        let state = fill_tuple_state::<M>(sk, &mut *t.as_mut_ptr());
         (t.assume_init(), state)
     };
     let state = match state {
@@ -138,7 +235,7 @@ pub fn sk_tuple_state(sk: u64) -> (Tuple, u8) {
 /// (`inet_csk_accept` fexit on 5.10 and 6.1).
 #[inline(always)]
 pub fn fill_tuple(sk: u64, t: &mut Tuple) {
-    let _ = fill_tuple_state(sk, t);
+    let _ = fill_tuple_state::<Probe>(sk, t);
 }
 
 /// Bytes read at once where several members sit together (`struct sock_common` from
@@ -196,29 +293,53 @@ fn read_head(sk: u64) -> Option<(u16, u16, u16, u32, u32, u8)> {
     ))
 }
 
+/// [`read_head`] as plain loads, one per member (a load may not span members): the two
+/// addresses are one member (`skc_addrpair`), the ports another (`skc_portpair`).
+#[inline(always)]
+fn read_head_typed<M: Kmem>(sk: u64) -> Option<(u16, u16, u16, u32, u32, u8)> {
+    let daddr = lay!(st.skc_daddr);
+    if lay!(st.skc_rcv_saddr) != daddr.wrapping_add(4) {
+        return None;
+    }
+    let pair: u64 = M::get(sk, daddr)?;
+    Some((
+        M::get(sk, lay!(st.skc_family))?,
+        M::get(sk, lay!(st.skc_num))?,
+        M::get(sk, lay!(st.skc_dport))?,
+        (pair >> 32) as u32,
+        pair as u32,
+        M::get(sk, lay!(st.skc_state))?,
+    ))
+}
+
 /// Where a packet's network header starts (`skb->head + skb->network_header`). The offset sits
 /// a few bytes before `head` (only `mac_header`, `tail` and `end` lie between): one read takes
 /// both where the layout allows, else one read each.
 #[inline(always)]
-pub fn skb_network_header(skb: u64) -> Option<u64> {
+pub fn skb_network_header<M: Kmem>(skb: u64) -> Option<u64> {
     let (nh_off, head_off) = (lay!(st.skb_network_header), lay!(st.skb_head));
-    if nh_off != MEMBER_NONE {
+    if M::SPANS_MEMBERS && nh_off != MEMBER_NONE {
         let base = nh_off & !7;
         if let (Some(nh), Some(head)) = (head_slot(base, nh_off, 2), head_slot(base, head_off, 8)) {
             let w: [u64; 3] = member(skb, base)?;
             return Some(head_field(&w, head, 8) + head_field(&w, nh, 2));
         }
     }
-    let head: u64 = member(skb, head_off)?;
-    let nh: u16 = member(skb, nh_off)?;
+    let head: u64 = M::get(skb, head_off)?;
+    let nh: u16 = M::get(skb, nh_off)?;
     Some(head + nh as u64)
 }
 
 /// [`fill_tuple`], also returning the socket's state when it came with the same read.
 #[inline(always)]
-pub fn fill_tuple_state(sk: u64, t: &mut Tuple) -> Option<u8> {
+pub fn fill_tuple_state<M: Kmem>(sk: u64, t: &mut Tuple) -> Option<u8> {
     t._pad = 0;
-    if let Some((family, num, dport, saddr, daddr, state)) = read_head(sk) {
+    let head = if M::SPANS_MEMBERS {
+        read_head(sk)
+    } else {
+        read_head_typed::<M>(sk)
+    };
+    if let Some((family, num, dport, saddr, daddr, state)) = head {
         t.family = family;
         t.local_port = num;
         t.remote_port = u16::from_be(dport);
@@ -388,12 +509,25 @@ pub fn current_fd_sock(fd: i32) -> u64 {
     if fd < 0 {
         return 0;
     }
-    let task = unsafe { generated::bpf_get_current_task() };
-    let files: u64 = member(task, lay!(st.task_files)).unwrap_or(0);
-    let fdt: u64 = member(files, lay!(st.files_fdt)).unwrap_or(0);
-    // `max_fds` and the array pointer start `struct fdtable`: one read for both.
-    let (max_fds, fds) =
-        member_pair::<u32, u64>(fdt, lay!(st.fdtable_max_fds), lay!(st.fdtable_fd));
+    let (max_fds, fds) = if lay!(st.regs_arg0) != MEMBER_NONE {
+        // Where the registers saved at syscall entry can be had (≥ 5.15), the current task
+        // comes as a typed pointer too (≥ 5.11): the walk to its descriptor table is plain
+        // loads. A fault (no table) reads 0, which no descriptor passes.
+        // SAFETY: a helper without arguments.
+        let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
+        let files: u64 = btf_member(task, lay!(st.task_files)).unwrap_or(0);
+        let fdt: u64 = btf_member(files, lay!(st.files_fdt)).unwrap_or(0);
+        (
+            btf_member::<u32>(fdt, lay!(st.fdtable_max_fds)),
+            btf_member::<u64>(fdt, lay!(st.fdtable_fd)),
+        )
+    } else {
+        let task = unsafe { generated::bpf_get_current_task() };
+        let files: u64 = member(task, lay!(st.task_files)).unwrap_or(0);
+        let fdt: u64 = member(files, lay!(st.files_fdt)).unwrap_or(0);
+        // `max_fds` and the array pointer start `struct fdtable`: one read for both.
+        member_pair::<u32, u64>(fdt, lay!(st.fdtable_max_fds), lay!(st.fdtable_fd))
+    };
     if fd as u32 >= max_fds.unwrap_or(0) {
         return 0;
     }

@@ -31,7 +31,7 @@ fn backlog(sk: u64) -> (u32, u32) {
 #[inline(always)]
 fn emit(sk: u64, skb: u64, stage: u32, ack: u32, max: u32, qlen: u32) -> Option<()> {
     let mut seen = Tuple::default();
-    segment_tuple(skb, &mut seen)?;
+    segment_tuple::<crate::kread::Probe>(skb, &mut seen)?;
     // The listener's own address may be a wildcard; the segment says which address was hit.
     let mut tuple = sk_tuple(sk);
     tuple.family = seen.family;

@@ -2,10 +2,12 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
     helpers::generated,
-    macros::{fentry, kprobe, map, raw_tracepoint},
+    macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint},
     maps::PerCpuArray,
-    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
+    EbpfContext,
 };
 use rst_trace_common::{
     tcp::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT, TCP_TIME_WAIT},
@@ -17,8 +19,8 @@ use rst_trace_common::{
 use crate::{
     emit::{count, deliver},
     kread::{
-        fill_tuple, is_fullsock_state, keepalive_on, linger_zero, member, sk_netns, sk_tuple_state,
-        skb_netns, tcp_snapshot,
+        fill_tuple_state, is_fullsock_state, keepalive_on, linger_zero, member, sk_netns,
+        sk_netns_cookie, sk_netns_in, sk_tuple_state, skb_netns, tcp_snapshot, Kmem, Probe, Typed,
     },
     layout::{lay, wanted},
     owners,
@@ -92,38 +94,60 @@ pub fn sent_by_stack(local_port: u16, remote_port: u16) -> bool {
 
 /// A raw tracepoint (see `inet_sock_set_state`): the classic one formats both endpoints
 /// before any program runs, for every RST of a storm; the raw one passes `(sk, skb[,
-/// reason])` as they are, and the endpoints are read only once the event is wanted.
+/// reason])` as they are, and the endpoints are read only once the event is wanted. Used
+/// where [`tcp_send_reset`] is refused.
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: RawTracePointContext) -> u32 {
-    let _ = try_tcp_send_reset(&ctx);
-    0
-}
-
-/// The kernel's reason for the RST, if this kernel passes one (≥ 6.10).
-#[inline(always)]
-fn send_reset_reason(ctx: &RawTracePointContext) -> u32 {
-    // A constant position behind a test of the frozen layout: on kernels without the argument
-    // the verifier drops the read, which attaching would otherwise refuse.
-    if lay!(tp.rst_reason_arg) == TCP_SEND_RESET_REASON_ARG {
+pub fn tcp_send_reset_raw(ctx: RawTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    // A constant position behind a test of the frozen layout: on kernels without the reason
+    // argument the verifier drops the read, which attaching would otherwise refuse.
+    let reason = if lay!(tp.rst_reason_arg) == TCP_SEND_RESET_REASON_ARG {
         ctx.arg::<u64>(2) as u32
     } else {
         REASON_NONE
-    }
+    };
+    let _ = send_reset::<Probe>(sk, sk, ctx.arg(1), reason);
+    0
+}
+
+/// The same hook as a BTF tracepoint: the socket and the packet arrive typed, so the
+/// endpoints and the namespace of a socket-less RST (a storm's) are plain loads; only the
+/// packet's bytes take a helper call.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
+    let reason = if lay!(tp.rst_reason_arg) == TCP_SEND_RESET_REASON_ARG {
+        ctx.arg::<u64>(2) as u32
+    } else {
+        REASON_NONE
+    };
+    let _ = send_reset::<Typed>(ctx.arg(0), arg_value(&ctx, 0), ctx.arg(1), reason);
+    0
+}
+
+/// Argument `n` of a BTF tracepoint as a number: a typed argument allows no arithmetic but
+/// offsets (an owner look-up hashes the socket's address), and some verifiers take it for
+/// non-NULL and drop tests against NULL. A copy read through a helper is a plain number.
+#[inline(always)]
+fn arg_value(ctx: &BtfTracePointContext, n: usize) -> u64 {
+    // SAFETY: the context is the tracepoint's array of u64 arguments.
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(n)) }.unwrap_or(0)
 }
 
 /// The RST's endpoints, local (its sender) first, where the classic tracepoint takes them:
-/// from a full socket, else reversed from the segment being answered.
+/// from a full socket (`sk` as `M` reads it, `skaddr` its address as a number), else reversed
+/// from the segment being answered (`skb`). Only a full socket's own RST may come without a
+/// segment, so `skb` is not tested here.
 #[inline(always)]
-fn send_reset_tuple(skaddr: u64, skbaddr: u64, fullsock: bool, t: &mut Tuple) {
+fn send_reset_tuple<M: Kmem>(sk: u64, skaddr: u64, skb: u64, fullsock: bool, t: &mut Tuple) {
     if fullsock {
-        fill_tuple(skaddr, t);
+        let _ = fill_tuple_state::<M>(sk, t);
         if t.local_port == 0 {
             // Closing sockets send their RST after releasing the bind hash, which zeroes
-            // skc_num; inet_sport stays as it was.
+            // skc_num; inet_sport (beyond `struct sock`) stays as it was.
             t.local_port = u16::from_be(member::<u16>(skaddr, lay!(st.inet_sport)).unwrap_or(0));
         }
-    } else if skbaddr != 0 {
-        let _ = crate::skbdrop::segment_tuple(skbaddr, t);
+    } else {
+        let _ = crate::skbdrop::segment_tuple::<M>(skb, t);
     }
 }
 
@@ -132,12 +156,12 @@ fn send_reset_tuple(skaddr: u64, skbaddr: u64, fullsock: bool, t: &mut Tuple) {
 #[map(name = "RST_SCRATCH_RESET")]
 static RST_SCRATCH_RESET: PerCpuArray<ResetSentRecord> = PerCpuArray::with_max_entries(1, 0);
 
-fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Option<()> {
-    let skaddr: u64 = ctx.arg(0);
-    let skbaddr: u64 = ctx.arg(1);
-    let reason = send_reset_reason(ctx);
+/// An RST the stack sends: from socket `sk` (as `M` reads it; `skaddr` its address as a
+/// number, 0 for none) in answer to segment `skb`, if any, for `reason`.
+#[inline(always)]
+fn send_reset<M: Kmem>(sk: u64, skaddr: u64, skb: u64, reason: u32) -> Option<()> {
     let state = if skaddr != 0 {
-        member::<u8>(skaddr, lay!(st.skc_state)).unwrap_or(0) as u32
+        M::get::<u8>(sk, lay!(st.skc_state)).unwrap_or(0) as u32
     } else {
         0
     };
@@ -146,16 +170,16 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Option<()> {
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
     crate::mem::zero(rec);
     // In place: the record was just zeroed, as the tuple's unused bytes must be.
-    send_reset_tuple(skaddr, skbaddr, fullsock, &mut rec.tuple);
+    send_reset_tuple::<M>(sk, skaddr, skb, fullsock, &mut rec.tuple);
     // An RST sent on a listener (tcp_abort_on_overflow=1, bad handshake ACKs) carries the
     // listener's wildcard addresses; the segment it answers has the real connection.
-    if state == TCP_LISTEN && skbaddr != 0 {
-        let _ = crate::skbdrop::segment_tuple(skbaddr, &mut rec.tuple);
+    if state == TCP_LISTEN {
+        let _ = crate::skbdrop::segment_tuple::<M>(skb, &mut rec.tuple);
     }
     let netns = if skaddr != 0 {
-        sk_netns(skaddr)
+        sk_netns_in::<M>(sk)
     } else {
-        skb_netns(skbaddr)
+        skb_netns::<M>(skb)
     };
     if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;
@@ -200,20 +224,32 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Option<()> {
 }
 
 /// A raw tracepoint: every RST a socket receives, refused connects included, and only the
-/// socket to read.
+/// socket to read. Used where [`tcp_receive_reset`] is refused.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: RawTracePointContext) -> u32 {
-    let _ = try_tcp_receive_reset(&ctx);
+pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let _ = receive_reset::<Probe>(sk, sk);
     0
 }
 
-fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Option<()> {
-    let skaddr: u64 = ctx.arg(0);
+/// The same hook as a BTF tracepoint: the socket's endpoints, namespace and cookie are plain
+/// loads.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
+    let _ = receive_reset::<Typed>(ctx.arg(0), arg_value(&ctx, 0));
+    0
+}
+
+/// An RST received by socket `sk` (as `M` reads it; `skaddr` its address as a number).
+#[inline(always)]
+fn receive_reset<M: Kmem>(sk: u64, skaddr: u64) -> Option<()> {
     if skaddr == 0 {
         return None;
     }
-    let (tuple, state) = sk_tuple_state(skaddr);
-    let netns = sk_netns(skaddr);
+    let (tuple, state) = sk_tuple_state::<M>(sk);
+    // The cookie the socket already has: the classic tracepoint generated one for every
+    // socket it saw; a cookie nobody asked for before (sock_diag, SO_COOKIE, BPF) is 0.
+    let (netns, sock_cookie) = sk_netns_cookie::<M>(sk);
     if !wanted(netns, tuple.local_port, tuple.remote_port) {
         return None;
     }
@@ -221,9 +257,7 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Option<()> {
         header: header(RecordKind::ResetReceived, netns),
         tuple,
         skaddr,
-        // The cookie the socket already has: the classic tracepoint generated one for every
-        // socket it saw; a cookie nobody asked for before (sock_diag, SO_COOKIE, BPF) is 0.
-        sock_cookie: member(skaddr, lay!(st.skc_cookie)).unwrap_or(0),
+        sock_cookie,
         state: state as u32,
         ..Default::default()
     };
@@ -261,14 +295,14 @@ fn function_reset(sk: u64, skb: u64) -> Option<()> {
     }
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
     crate::mem::zero(rec);
-    let flags = crate::skbdrop::segment_tuple(skb, &mut rec.tuple)?;
+    let flags = crate::skbdrop::segment_tuple::<Probe>(skb, &mut rec.tuple)?;
     if flags & 0x04 != 0 {
         return None;
     }
     let netns = if sk != 0 {
         sk_netns(sk)
     } else {
-        skb_netns(skb)
+        skb_netns::<Probe>(skb)
     };
     if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;

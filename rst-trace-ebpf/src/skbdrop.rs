@@ -2,9 +2,9 @@
 //! queue overflow, netfilter drops, ...). The reasons to watch come from the agent, which
 //! reads their values from the running kernel's BTF.
 use aya_ebpf::{
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::PerCpuArray,
-    programs::RawTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -17,7 +17,10 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{accept_queue, member, sk_netns, skb_netns, skb_network_header, AF_INET, AF_INET6},
+    kread::{
+        accept_queue, btf_member, member, sk_netns, skb_netns, skb_network_header, Kmem, Probe,
+        Typed, AF_INET, AF_INET6,
+    },
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -86,41 +89,75 @@ fn reason_slot(reason: u32) -> Option<u32> {
 /// IP version of the packet in `skb` (4 or 6), from its network header.
 #[inline(always)]
 pub fn ip_version(skb: u64) -> Option<u8> {
-    let first: u8 = member(skb_network_header(skb)?, 0)?;
+    let first: u8 = member(skb_network_header::<Probe>(skb)?, 0)?;
     Some(first >> 4)
 }
+
+/// An IPv4 header without options and the TCP header after it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct V4Segment {
+    ip: Ipv4Hdr,
+    tcp: TcpHdr,
+}
+
+/// An IPv6 header and the TCP header after it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct V6Segment {
+    ip: Ipv6Hdr,
+    tcp: TcpHdr,
+}
+
+/// The first bytes of a segment as either family lays them out, taken in one read. Past a
+/// short packet's end it reads the rest of the buffer the packet sits in (the shared info
+/// follows the data), which is mapped kernel memory; a read that faults loses the segment as
+/// a faulting header read did.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union Segment {
+    v4: V4Segment,
+    v6: V6Segment,
+}
+
+const _: () = assert!(core::mem::size_of::<V4Segment>() == Ipv4Hdr::LEN + TcpHdr::LEN);
+const _: () = assert!(core::mem::size_of::<Segment>() == Ipv6Hdr::LEN + TcpHdr::LEN);
 
 /// Source and destination of the TCP segment in `skb`, from its IP and TCP headers, local
 /// (the receiver) first; returns the segment's flags byte (CWR ECE URG ACK PSH RST SYN FIN).
 #[inline(always)]
-pub fn segment_tuple(skb: u64, t: &mut Tuple) -> Option<u8> {
-    let ip = skb_network_header(skb)?;
-    // An IPv4 header's size read at once: it says the version too, and is no longer than the
-    // IPv6 header's start, so one read serves IPv4 segments whole.
-    let h4: Ipv4Hdr = member(ip, 0)?;
-    let tcp_at = match h4.vihl >> 4 {
+pub fn segment_tuple<M: Kmem>(skb: u64, t: &mut Tuple) -> Option<u8> {
+    let ip = skb_network_header::<M>(skb)?;
+    let seg: Segment = member(ip, 0)?;
+    // SAFETY: both views are plain bytes of the same read.
+    let (v4, v6) = unsafe { (seg.v4, seg.v6) };
+    let th = match v4.ip.vihl >> 4 {
         4 => {
-            if h4.proto != IPPROTO_TCP {
+            if v4.ip.proto != IPPROTO_TCP {
                 return None;
             }
             t.family = AF_INET;
-            t.local_addr[..4].copy_from_slice(&h4.dst_addr);
-            t.remote_addr[..4].copy_from_slice(&h4.src_addr);
-            ip + ((h4.vihl & 0xf) as u64) * 4
+            t.local_addr[..4].copy_from_slice(&v4.ip.dst_addr);
+            t.remote_addr[..4].copy_from_slice(&v4.ip.src_addr);
+            let ihl = (v4.ip.vihl & 0xf) as u64;
+            if ihl == 5 {
+                v4.tcp
+            } else {
+                // IP options push the TCP header further.
+                member(ip + ihl * 4, 0)?
+            }
         }
         6 => {
-            let h: Ipv6Hdr = member(ip, 0)?;
-            if h.next_hdr != IPPROTO_TCP {
+            if v6.ip.next_hdr != IPPROTO_TCP {
                 return None;
             }
             t.family = AF_INET6;
-            t.local_addr = h.dst_addr;
-            t.remote_addr = h.src_addr;
-            ip + Ipv6Hdr::LEN as u64
+            t.local_addr = v6.ip.dst_addr;
+            t.remote_addr = v6.ip.src_addr;
+            v6.tcp
         }
         _ => return None,
     };
-    let th: TcpHdr = member(tcp_at, 0)?;
     t.local_port = u16::from_be_bytes(th.dest);
     t.remote_port = u16::from_be_bytes(th.source);
     // Byte 13 of the header: bits 8 to 15 of the data-offset/flags bitfield.
@@ -148,7 +185,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     rec.rx_sk = rx_sk;
     rec.location = ctx.arg(1);
     rec.reason = reason;
-    let flags = segment_tuple(skbaddr, &mut rec.tuple)?;
+    let flags = segment_tuple::<Probe>(skbaddr, &mut rec.tuple)?;
     rec.tcp_flags = flags;
     rec.flags |= SKB_TUPLE_VALID;
     // Locally generated segments have a sending socket and no device yet when netfilter drops
@@ -164,7 +201,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         rec.tuple.local_port = t.remote_port;
         rec.tuple.remote_port = t.local_port;
     }
-    let mut netns = skb_netns(skbaddr);
+    let mut netns = skb_netns::<Probe>(skbaddr);
     if netns == 0 && rx_sk != 0 {
         netns = sk_netns(rx_sk);
     }
@@ -182,10 +219,35 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
 }
 
 /// A raw tracepoint: the classic one copies the device name into a record for every packet
-/// sent, before any program runs.
+/// sent, before any program runs. Used where [`net_dev_queue`] is refused.
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
-pub fn net_dev_queue(ctx: RawTracePointContext) -> u32 {
-    let _ = try_net_dev_queue(&ctx);
+pub fn net_dev_queue_raw(ctx: RawTracePointContext) -> u32 {
+    let skbaddr: u64 = ctx.arg(0);
+    // Packets with a socket (all but forwarded ones and netfilter's replies) leave here.
+    if member::<u64>(skbaddr, lay!(st.skb_sk)) != Some(0) {
+        return 0;
+    }
+    let _ = foreign_reset::<Probe>(
+        skbaddr,
+        member::<u32>(skbaddr, lay!(st.skb_len)).unwrap_or(0),
+    );
+    0
+}
+
+/// The same hook as a BTF tracepoint: the packet arrives as a pointer of known type, so its
+/// socket and length are plain loads rather than helper calls. Every packet the host sends
+/// pays for exactly those two reads.
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn net_dev_queue(ctx: BtfTracePointContext) -> u32 {
+    let skbaddr: u64 = ctx.arg(0);
+    // Packets with a socket (all but forwarded ones and netfilter's replies) leave here.
+    if btf_member::<u64>(skbaddr, lay!(st.skb_sk)) != Some(0) {
+        return 0;
+    }
+    let _ = foreign_reset::<Typed>(
+        skbaddr,
+        btf_member::<u32>(skbaddr, lay!(st.skb_len)).unwrap_or(0),
+    );
     0
 }
 
@@ -196,21 +258,16 @@ const TCP_FLAG_RST: u8 = 0x04;
 /// header. Forwarded traffic has no socket either; its data segments leave on the length.
 const MAX_FOREIGN_RST_LEN: u32 = 128;
 
-/// Every transmitted packet passes here, so the common case (a packet with a socket) leaves
-/// after one read, and a forwarded one (no socket) after two. TCP's own RSTs always carry a
-/// socket (the connection's, or the per-netns control socket for socket-less replies); an RST
-/// without one was built elsewhere.
-fn try_net_dev_queue(ctx: &RawTracePointContext) -> Option<()> {
-    let skbaddr: u64 = ctx.arg(0);
-    let sk: u64 = member(skbaddr, lay!(st.skb_sk))?;
-    if sk != 0 {
-        return None;
-    }
-    if member::<u32>(skbaddr, lay!(st.skb_len)).unwrap_or(0) > MAX_FOREIGN_RST_LEN {
+/// A transmitted packet of `len` bytes without a socket: a forwarded one leaves on its
+/// length. TCP's own RSTs always carry a socket (the connection's, or the per-netns control
+/// socket for socket-less replies); an RST without one was built elsewhere.
+#[inline(always)]
+fn foreign_reset<M: Kmem>(skbaddr: u64, len: u32) -> Option<()> {
+    if len > MAX_FOREIGN_RST_LEN {
         return None;
     }
     let mut seen = Tuple::default();
-    let flags = segment_tuple(skbaddr, &mut seen)?;
+    let flags = segment_tuple::<M>(skbaddr, &mut seen)?;
     if flags & TCP_FLAG_RST == 0 {
         return None;
     }
@@ -227,7 +284,7 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Option<()> {
         local_addr: seen.remote_addr,
         remote_addr: seen.local_addr,
     };
-    let netns = skb_netns(skbaddr);
+    let netns = skb_netns::<M>(skbaddr);
     if !wanted(netns, tuple.local_port, tuple.remote_port) {
         return None;
     }

@@ -61,7 +61,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
     let skaddr: u64 = ctx.arg(0);
     // First the transitions only TCP makes (SCTP, which changes states here too, has no
     // SYN_SENT or SYN_RECV; MPTCP's subflows are TCP), and closes, which act only on an owner
-    // entry, and only TCP sockets get one (below): no read of the protocol for them.
+    // entry: no read of the protocol for them.
     match (old, new) {
         // A child socket is born as a clone of its listener (inet_csk_clone_lock). An entry a
         // closed socket at the same address left behind belongs to that earlier socket: it
@@ -83,6 +83,14 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
             // and tcp_close reset only synchronised states), and a refusing RST was read
             // before this change (tcp_reset traces it, then closes): nothing is left to own.
             owners::forget(skaddr);
+            return None;
+        }
+        // connect() runs this in the caller's context, before the local port is chosen.
+        // Besides TCP only MPTCP's own socket connects through this state (its subflows are
+        // TCP): an owner entry for it is never read, and goes at its close, so no read of
+        // the protocol for every connect.
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            owners::learn(skaddr, OWNER_CONNECT);
             return None;
         }
         (TCP_LISTEN, _) => {}
@@ -109,11 +117,6 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
             let r = listener_record(skaddr, old, new, false);
             owners::closed(skaddr, false);
             r
-        }
-        // connect() runs this in the caller's context, before the local port is chosen.
-        (TCP_CLOSE, TCP_SYN_SENT) => {
-            owners::learn(skaddr, OWNER_CONNECT);
-            None
         }
         _ => None,
     }

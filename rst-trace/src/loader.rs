@@ -30,7 +30,11 @@ pub enum LoadError {
 
 /// One program and where it attaches.
 pub struct Hook {
+    /// The program tried first, and the hook's name in reports. A BTF tracepoint program
+    /// (typed arguments, plain loads) needs the kernel's BTF.
     pub program: &'static str,
+    /// A raw tracepoint program for the same tracepoints, tried where `program` is refused.
+    pub fallback: Option<&'static str>,
     pub tracepoints: &'static [(&'static str, &'static str)],
     pub serves: &'static [Cause],
     /// Without it the agent still runs, but loses evidence rather than causes.
@@ -40,6 +44,7 @@ pub struct Hook {
 pub const HOOKS: &[Hook] = &[
     Hook {
         program: program::TCP_SEND_RESET,
+        fallback: Some(program::TCP_SEND_RESET_RAW),
         tracepoints: &[("tcp", "tcp_send_reset")],
         serves: &[
             Cause::NoListener,
@@ -55,11 +60,13 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         program: program::TCP_RECEIVE_RESET,
+        fallback: Some(program::TCP_RECEIVE_RESET_RAW),
         tracepoints: &[("tcp", "tcp_receive_reset")],
         serves: &[Cause::ResetByPeer, Cause::ConnectionRefused],
         purpose: "RSTs received",
     },
     Hook {
+        fallback: None,
         program: program::INET_SOCK_SET_STATE,
         tracepoints: &[("sock", "inet_sock_set_state")],
         // connect() that finds no local port falls back from SYN_SENT to CLOSE with port 0.
@@ -68,6 +75,7 @@ pub const HOOKS: &[Hook] = &[
             "socket ownership in the kernel (listen, connect, close) and connect() EADDRNOTAVAIL",
     },
     Hook {
+        fallback: None,
         program: program::KFREE_SKB,
         tracepoints: &[("skb", "kfree_skb")],
         // What it serves depends on the drop reasons this kernel has: listed by `doctor`.
@@ -76,23 +84,27 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         program: program::NET_DEV_QUEUE,
+        fallback: Some(program::NET_DEV_QUEUE_RAW),
         tracepoints: &[("net", "net_dev_queue")],
         serves: &[Cause::FirewallReject],
         purpose: "RSTs transmitted without a socket (netfilter REJECT)",
     },
     Hook {
+        fallback: None,
         program: program::TCP_RETRANSMIT_SYNACK,
         tracepoints: &[("tcp", "tcp_retransmit_synack")],
         serves: &[],
         purpose: "half-open connections: when to read a namespace's SYN-queue counters",
     },
     Hook {
+        fallback: None,
         program: program::SYS_ENTER_LISTEN,
         tracepoints: &[("syscalls", "sys_enter_listen")],
         serves: &[],
         purpose: "the backlog passed to listen()",
     },
     Hook {
+        fallback: None,
         program: program::SYS_ENTER_ACCEPT,
         tracepoints: &[
             ("syscalls", "sys_enter_accept4"),
@@ -102,6 +114,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "accept() arguments",
     },
     Hook {
+        fallback: None,
         program: program::SYS_EXIT_ACCEPT,
         tracepoints: &[
             ("syscalls", "sys_exit_accept4"),
@@ -672,8 +685,21 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
         }
         let mut at = Vec::new();
         let mut errors = Vec::new();
-        if let Err(e) = attach(&mut ebpf, hook, &mut at, &mut errors) {
+        if let Err(e) = attach(
+            &mut ebpf,
+            hook.program,
+            hook,
+            fbtf.btf.as_ref(),
+            &mut at,
+            &mut errors,
+        ) {
             errors.push(e);
+            if let Some(fallback) = hook.fallback {
+                at.clear();
+                if let Err(e) = attach(&mut ebpf, fallback, hook, None, &mut at, &mut errors) {
+                    errors.push(e);
+                }
+            }
         }
         for e in &errors {
             log::warn!("hook {}: {e}", hook.program);
@@ -726,20 +752,45 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
     })
 }
 
-/// Loads a hook's program and attaches it to each of its tracepoints: as a classic
-/// tracepoint ("tcp:tcp_send_reset"), or as a raw one ("raw_tp:inet_sock_set_state") where the
-/// program is built for raw arguments.
+/// Loads `name`, one of a hook's programs, and attaches it to each of the hook's tracepoints:
+/// as a classic tracepoint ("tcp:tcp_send_reset"), as a raw one ("raw_tp:inet_sock_set_state")
+/// where the program is built for raw arguments, or as a BTF one ("tp_btf:net_dev_queue")
+/// where it is built for typed arguments (`btf` needed). Fails when nothing attached.
 fn attach(
     ebpf: &mut Ebpf,
+    name: &'static str,
     hook: &Hook,
+    btf: Option<&Btf>,
     at: &mut Vec<String>,
     errors: &mut Vec<String>,
 ) -> Result<(), String> {
-    let rejected = |e: ProgramError| load_failure(hook.program, &e);
+    let rejected = |e: ProgramError| load_failure(name, &e);
     match ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program))?
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
     {
+        Program::BtfTracePoint(program) => {
+            let btf = btf.ok_or_else(|| format!("{name}: no kernel BTF for a BTF tracepoint"))?;
+            for (_, tracepoint) in hook.tracepoints {
+                // A BTF tracepoint program is verified against one tracepoint's arguments.
+                if !at.is_empty() {
+                    errors.push(format!(
+                        "{BTF_TRACEPOINT}:{tracepoint}: one tracepoint per program"
+                    ));
+                    continue;
+                }
+                program.load(tracepoint, btf).map_err(rejected)?;
+                match program.attach() {
+                    Ok(_) => at.push(format!("{BTF_TRACEPOINT}:{tracepoint}")),
+                    Err(e) => {
+                        let failed = format!("{BTF_TRACEPOINT}:{tracepoint}: {}", with_sources(&e));
+                        // Unloaded, so that a fallback program takes the hook alone.
+                        let _ = program.unload();
+                        return Err(failed);
+                    }
+                }
+            }
+        }
         Program::TracePoint(program) => {
             program.load().map_err(rejected)?;
             for (category, name) in hook.tracepoints {
@@ -771,6 +822,8 @@ fn attach(
 
 /// How a raw tracepoint attach point is named in reports.
 pub const RAW_TRACEPOINT: &str = "raw_tp";
+/// How a BTF tracepoint attach point is named in reports.
+pub const BTF_TRACEPOINT: &str = "tp_btf";
 
 #[cfg(test)]
 mod tests {
@@ -899,7 +952,10 @@ mod tests {
             }
         }
 
-        let mut wanted: Vec<&str> = HOOKS.iter().map(|h| h.program).collect();
+        let mut wanted: Vec<&str> = HOOKS
+            .iter()
+            .flat_map(|h| std::iter::once(h.program).chain(h.fallback))
+            .collect();
         for hook in FUNCTION_HOOKS {
             for (family, _) in hook.trampoline {
                 match FEXIT_BY_ARITY.iter().find(|(f, _)| f == family) {

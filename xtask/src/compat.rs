@@ -50,7 +50,10 @@ fn hook_column(hooks: &Value) -> BTreeMap<String, String> {
                     .and_then(|a| a.split_once(':'))
                     .map(|(k, _)| k)
                     .filter(|k| {
-                        matches!(*k, "fentry" | "fexit" | "kprobe" | "kretprobe" | "raw_tp")
+                        matches!(
+                            *k,
+                            "fentry" | "fexit" | "kprobe" | "kretprobe" | "raw_tp" | "tp_btf"
+                        )
                     })
                     .unwrap_or("tp");
                 if !kinds.contains(&kind) {
@@ -150,7 +153,7 @@ pub fn write(summary: &Path, agent: &Path, readme: &Path) -> Result<()> {
     hook_columns.push((host_name, hook_column(&host["hooks"])));
 
     let mut table = format!(
-        "{BEGIN}\n{}\nHooks per kernel (`tp`: tracepoint; `raw_tp`: raw tracepoint (arguments as the kernel passes them, no formatted record); `not needed`: the kernel reports the same events through a tracepoint or a drop reason; `—`: did not load or attach, `rst-trace doctor` says why):\n\n{}",
+        "{BEGIN}\n{}\nHooks per kernel (`tp`: tracepoint; `raw_tp`: raw tracepoint (arguments as the kernel passes them, no formatted record); `tp_btf`: BTF tracepoint (the same, typed: members are plain loads); `not needed`: the kernel reports the same events through a tracepoint or a drop reason; `—`: did not load or attach, `rst-trace doctor` says why):\n\n{}",
         self::table("cause", &columns),
         self::table("hook", &hook_columns)
     );

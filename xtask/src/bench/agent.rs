@@ -32,10 +32,13 @@ impl Started {
     /// Programs (hook names, which are the BPF program names) whose hook serves `cause` on
     /// this kernel: those whose attached tracepoints appear in the cause's `via`. `via` names a
     /// tracepoint as "category:name" however it is attached; a raw one is attached as
-    /// "raw_tp:name".
+    /// "raw_tp:name", a BTF one as "tp_btf:name".
     fn programs_serving(&self, cause: &str) -> BTreeSet<String> {
         let via = self.0["causes"][cause]["via"].as_str().unwrap_or("");
-        let named = |at: &str| match at.strip_prefix("raw_tp:") {
+        let named = |at: &str| match at
+            .strip_prefix("raw_tp:")
+            .or_else(|| at.strip_prefix("tp_btf:"))
+        {
             Some(name) => via
                 .split(|c: char| c.is_whitespace() || c == ';' || c == '+')
                 .any(|w| w.rsplit(':').next() == Some(name) && w.contains(':')),
@@ -146,7 +149,7 @@ mod tests {
     use super::*;
 
     const STARTED_LINE: &str = r#"{"event":{"name":"rst_trace.started","kind":"state"},
-        "hooks":{"tcp_send_reset":{"attached":["raw_tp:tcp_send_reset"]},
+        "hooks":{"tcp_send_reset":{"attached":["tp_btf:tcp_send_reset"]},
                  "tcp_receive_reset":{"attached":["tcp:tcp_receive_reset"]},
                  "tcp_retransmit_synack":{"attached":["raw_tp:tcp_retransmit"]},
                  "inet_csk_accept":{"attached":[],"errors":["x"]},
