@@ -2,6 +2,7 @@
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated},
     programs::TracePointContext,
+    EbpfContext,
 };
 use rst_trace_common::{
     TaskInfo, TcpSnapshot, Tuple, MEMBER_NONE, OFFSET_NONE, SNAP_BACKLOG, SNAP_LINGER, SNAP_SEQ,
@@ -61,6 +62,16 @@ pub fn btf_member<T>(base: u64, off: u32) -> Option<T> {
     // SAFETY: the verifier turns this load into one that cannot fault (PROBE_MEM), after
     // checking that `off` names a member of `base`'s type of this size.
     Some(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
+}
+
+/// Argument `n` of a BTF-typed program (BTF tracepoint, fentry, fexit) as a number: a typed
+/// argument allows no arithmetic but offsets (an owner look-up hashes the socket's address),
+/// and some verifiers take it for non-NULL and drop tests against NULL. A copy read through a
+/// helper is a plain number.
+#[inline(always)]
+pub fn arg_value<C: EbpfContext>(ctx: &C, n: usize) -> u64 {
+    // SAFETY: the context of these programs is the array of their u64 arguments.
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(n)) }.unwrap_or(0)
 }
 
 /// How a program reads the kernel structs of an event.

@@ -2,12 +2,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
     helpers::generated,
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint},
     maps::PerCpuArray,
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
-    EbpfContext,
 };
 use rst_trace_common::{
     tcp::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT, TCP_TIME_WAIT},
@@ -19,8 +17,9 @@ use rst_trace_common::{
 use crate::{
     emit::{count, deliver},
     kread::{
-        fill_tuple_state, is_fullsock_state, keepalive_on, linger_zero, member, sk_netns,
-        sk_netns_cookie, sk_netns_in, sk_tuple_state, skb_netns, tcp_snapshot, Kmem, Probe, Typed,
+        arg_value, fill_tuple_state, is_fullsock_state, keepalive_on, linger_zero, member,
+        sk_netns, sk_netns_cookie, sk_netns_in, sk_tuple_state, skb_netns, tcp_snapshot, Kmem,
+        Probe, Typed,
     },
     layout::{lay, wanted},
     owners,
@@ -122,15 +121,6 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
     };
     let _ = send_reset::<Typed>(ctx.arg(0), arg_value(&ctx, 0), ctx.arg(1), reason);
     0
-}
-
-/// Argument `n` of a BTF tracepoint as a number: a typed argument allows no arithmetic but
-/// offsets (an owner look-up hashes the socket's address), and some verifiers take it for
-/// non-NULL and drop tests against NULL. A copy read through a helper is a plain number.
-#[inline(always)]
-fn arg_value(ctx: &BtfTracePointContext, n: usize) -> u64 {
-    // SAFETY: the context is the tracepoint's array of u64 arguments.
-    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(n)) }.unwrap_or(0)
 }
 
 /// The RST's endpoints, local (its sender) first, where the classic tracepoint takes them:

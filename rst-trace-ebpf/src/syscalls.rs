@@ -12,7 +12,10 @@ use rst_trace_common::{
 
 use crate::{
     emit::{count, deliver},
-    kread::{accept_queue, current_fd_sock, current_task, fill_tuple, sk_netns, syscall_arg, tp},
+    kread::{
+        accept_queue, arg_value, current_fd_sock, current_task, fill_tuple, sk_netns, syscall_arg,
+        tp,
+    },
     layout::{lay, wanted},
     owners,
     resets::header,
@@ -193,16 +196,17 @@ fn accepted(child: u64) -> Option<()> {
 }
 
 // inet_csk_accept(sk, arg) on ≥ 6.10; (sk, flags, err, kern) before: the agent loads the
-// program whose arity matches the kernel's BTF.
+// program whose arity matches the kernel's BTF. The child, typed, comes as a number: its
+// owner's place in the cache is a hash of its address.
 #[aya_ebpf::macros::fexit(function = "inet_csk_accept")]
 pub fn inet_csk_accept_fexit2(ctx: aya_ebpf::programs::FExitContext) -> u32 {
-    let _ = accepted(ctx.arg::<*const core::ffi::c_void>(2) as u64);
+    let _ = accepted(arg_value(&ctx, 2));
     0
 }
 
 #[aya_ebpf::macros::fexit(function = "inet_csk_accept")]
 pub fn inet_csk_accept_fexit4(ctx: aya_ebpf::programs::FExitContext) -> u32 {
-    let _ = accepted(ctx.arg::<*const core::ffi::c_void>(4) as u64);
+    let _ = accepted(arg_value(&ctx, 4));
     0
 }
 

@@ -268,7 +268,10 @@ impl Agent {
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
-                    .filter(|e| e.contains("verifier rejected"))
+                    // A refusal with EACCES says "verifier rejected", one with EINVAL "failed to
+                    // load"; both carry the verifier's log. A tier refused and its fallback
+                    // attached is still a program of ours the verifier refused.
+                    .filter(|e| e.contains("verifier rejected") || e.contains("the verifier's log"))
                     .map(move |e| {
                         let lines: Vec<&str> = e.lines().collect();
                         let end = &lines[lines.len().saturating_sub(4).max(1)..];
