@@ -199,8 +199,8 @@ pub fn sk_netns_cookie<M: Kmem>(sk: u64) -> (u32, u64) {
 /// Network namespace inode of a packet, from the device it arrived on, else its socket.
 #[inline(always)]
 pub fn skb_netns<M: Kmem>(skb: u64) -> u32 {
-    // The device pointer is only looked through, never tested: as typed loads, a packet
-    // without one reads namespace 0 and falls back to its socket.
+    // Each read tests its base: a packet without a device reads namespace 0 and falls back to
+    // its socket.
     let dev: u64 = M::get(skb, lay!(st.skb_dev)).unwrap_or(0);
     let net: u64 = M::get(dev, lay!(st.netdev_nd_net)).unwrap_or(0);
     let ns = M::get(net, lay!(st.net_ns_inum)).unwrap_or(0);

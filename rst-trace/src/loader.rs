@@ -66,8 +66,8 @@ pub const HOOKS: &[Hook] = &[
         purpose: "RSTs received",
     },
     Hook {
-        fallback: None,
         program: program::INET_SOCK_SET_STATE,
+        fallback: None,
         tracepoints: &[("sock", "inet_sock_set_state")],
         // connect() that finds no local port falls back from SYN_SENT to CLOSE with port 0.
         serves: &[Cause::EphemeralPortExhaustion],
@@ -75,8 +75,8 @@ pub const HOOKS: &[Hook] = &[
             "socket ownership in the kernel (listen, connect, close) and connect() EADDRNOTAVAIL",
     },
     Hook {
-        fallback: None,
         program: program::KFREE_SKB,
+        fallback: None,
         tracepoints: &[("skb", "kfree_skb")],
         // What it serves depends on the drop reasons this kernel has: listed by `doctor`.
         serves: &[],
@@ -90,22 +90,22 @@ pub const HOOKS: &[Hook] = &[
         purpose: "RSTs transmitted without a socket (netfilter REJECT)",
     },
     Hook {
-        fallback: None,
         program: program::TCP_RETRANSMIT_SYNACK,
+        fallback: None,
         tracepoints: &[("tcp", "tcp_retransmit_synack")],
         serves: &[],
         purpose: "half-open connections: when to read a namespace's SYN-queue counters",
     },
     Hook {
-        fallback: None,
         program: program::SYS_ENTER_LISTEN,
+        fallback: None,
         tracepoints: &[("syscalls", "sys_enter_listen")],
         serves: &[],
         purpose: "the backlog passed to listen()",
     },
     Hook {
-        fallback: None,
         program: program::SYS_ENTER_ACCEPT,
+        fallback: None,
         tracepoints: &[
             ("syscalls", "sys_enter_accept4"),
             ("syscalls", "sys_enter_accept"),
@@ -114,8 +114,8 @@ pub const HOOKS: &[Hook] = &[
         purpose: "accept() arguments",
     },
     Hook {
-        fallback: None,
         program: program::SYS_EXIT_ACCEPT,
+        fallback: None,
         tracepoints: &[
             ("syscalls", "sys_exit_accept4"),
             ("syscalls", "sys_exit_accept"),
@@ -678,6 +678,7 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
         let why = "the arguments are read from the registers saved at syscall entry (bpf_task_pt_regs), and an entry tracepoint would add work to every syscall's entry on the host";
         tracepoints_served.extend(SYSCALL_ENTRY_PROGRAMS.map(|p| (p, why.to_owned())));
     }
+    let raw_only = std::env::var(RAW_TRACEPOINTS_ENV).is_ok_and(|v| v == "1");
     for hook in HOOKS {
         if let Some((_, why)) = tracepoints_served.iter().find(|(p, _)| *p == hook.program) {
             hooks.push(HookStatus::not_needed(hook.program, why.clone()));
@@ -685,14 +686,22 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
         }
         let mut at = Vec::new();
         let mut errors = Vec::new();
-        if let Err(e) = attach(
-            &mut ebpf,
-            hook.program,
-            hook,
-            fbtf.btf.as_ref(),
-            &mut at,
-            &mut errors,
-        ) {
+        let first = if hook.fallback.is_some() && raw_only {
+            Err(format!(
+                "{}: not tried, {RAW_TRACEPOINTS_ENV}=1 asks for raw tracepoints",
+                hook.program
+            ))
+        } else {
+            attach(
+                &mut ebpf,
+                hook.program,
+                hook,
+                fbtf.btf.as_ref(),
+                &mut at,
+                &mut errors,
+            )
+        };
+        if let Err(e) = first {
             errors.push(e);
             if let Some(fallback) = hook.fallback {
                 at.clear();
@@ -755,7 +764,9 @@ pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, Load
 /// Loads `name`, one of a hook's programs, and attaches it to each of the hook's tracepoints:
 /// as a classic tracepoint ("tcp:tcp_send_reset"), as a raw one ("raw_tp:inet_sock_set_state")
 /// where the program is built for raw arguments, or as a BTF one ("tp_btf:net_dev_queue")
-/// where it is built for typed arguments (`btf` needed). Fails when nothing attached.
+/// where it is built for typed arguments (`btf` needed). Fails when the program cannot be
+/// loaded, or when a BTF one cannot be attached (it is then unloaded, for a fallback to take
+/// the hook); a tracepoint that refuses a classic or raw one is an error in `errors`.
 fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -819,6 +830,11 @@ fn attach(
     }
     Ok(())
 }
+
+/// Set to 1, hooks that have a raw tracepoint program attach it rather than their BTF one: to
+/// tell the two apart when diagnosing, and so that tests run the fallbacks on kernels where the
+/// BTF programs load.
+pub const RAW_TRACEPOINTS_ENV: &str = "RST_TRACE_RAW_TRACEPOINTS";
 
 /// How a raw tracepoint attach point is named in reports.
 pub const RAW_TRACEPOINT: &str = "raw_tp";

@@ -61,3 +61,35 @@ scenarios!(
     abort_by_application_v4,
     abort_by_application_v6,
 );
+
+/// The raw tracepoint programs the agent keeps as fallbacks for its BTF ones (`tcp_send_reset`,
+/// `tcp_receive_reset`, `net_dev_queue`), which this kernel would not otherwise run: the
+/// scenarios of the causes they serve, on both families, with the agent asked for them.
+mod raw_tracepoint_fallbacks {
+    use super::{host, PEER};
+
+    const RAW: &[(&str, &str)] = &[("RST_TRACE_RAW_TRACEPOINTS", "1")];
+
+    macro_rules! fallback_scenarios {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    host::run_with(stringify!($name), PEER, RAW);
+                }
+            )*
+        };
+    }
+
+    fallback_scenarios!(
+        no_listener_v4,
+        no_listener_v6,
+        firewall_v4,
+        firewall_v6,
+        rst_storm_v4,
+        rst_storm_v6,
+        reset_after_idle_v4,
+        abort_on_close_v6,
+        timewait_segment_v4,
+    );
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{Env, Run};
 use crate::{Agent, Mib, Netns};
@@ -21,9 +21,17 @@ pub struct HostEnv {
 impl HostEnv {
     /// A fresh namespace and an agent watching it; `peer` is the rst-trace-peer binary.
     pub fn new(peer: impl Into<PathBuf>) -> HostEnv {
+        HostEnv::with_agent_env(peer, &[])
+    }
+
+    /// [`HostEnv::new`], the agent started with `agent_env` set.
+    pub fn with_agent_env(peer: impl Into<PathBuf>, agent_env: &[(&str, &str)]) -> HostEnv {
         crate::require_root();
         let ns = Netns::new();
-        let agent = Agent::start(&ns, None);
+        let mut cmd = Command::new(crate::agent::agent_binary());
+        cmd.args(["run", "--format", "json", "--netns", ns.name()])
+            .envs(agent_env.iter().copied());
+        let agent = Agent::start_command(cmd);
         assert_eq!(
             crate::event::u64_at(agent.started(), "netns"),
             Some(ns.inode()),
@@ -113,9 +121,40 @@ impl Env for HostEnv {
 /// Runs the scenario `name` (as listed by [`super::all`]) on the host; panics with every failed
 /// check and the scenario's record when one does not hold.
 pub fn run(name: &str, peer: &str) {
+    run_with(name, peer, &[]);
+}
+
+/// [`run`] with the agent started with `agent_env` set (`RST_TRACE_RAW_TRACEPOINTS=1`: the
+/// raw tracepoint programs where BTF ones would attach).
+pub fn run_with(name: &str, peer: &str, agent_env: &[(&str, &str)]) {
     let (family, body) = super::find(name).unwrap_or_else(|| panic!("no scenario called {name}"));
-    let mut env = HostEnv::new(peer);
+    let mut env = HostEnv::with_agent_env(peer, agent_env);
+    let attached = |env: &HostEnv, hook: &str| {
+        env.agent.started()["hooks"][hook]["attached"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let raw = agent_env.contains(&("RST_TRACE_RAW_TRACEPOINTS", "1"));
+    let kinds: Vec<(&str, Vec<String>)> = ["tcp_send_reset", "tcp_receive_reset", "net_dev_queue"]
+        .into_iter()
+        .map(|h| (h, attached(&env, h)))
+        .collect();
     let mut run = Run::new(&mut env, family);
+    if raw {
+        for (hook, at) in kinds {
+            run.check(
+                &format!("{hook} attached as a raw tracepoint"),
+                json!([format!("raw_tp:{hook}")]),
+                json!(at),
+            );
+        }
+    }
     body(&mut run);
     let (passed, failures, detail) = (run.passed(), run.failures(), run.detail());
     drop(run);
