@@ -18,8 +18,8 @@ use rst_trace_common::{
 use crate::{
     emit::{count, deliver},
     kread::{
-        accept_queue, btf_member, member, sk_netns, skb_netns, skb_network_header, Kmem, Probe,
-        Typed, AF_INET, AF_INET6,
+        accept_queue, member, sk_netns, skb_netns, skb_network_header, Kmem, Probe, Typed, AF_INET,
+        AF_INET6,
     },
     layout::{lay, wanted},
     owners,
@@ -222,16 +222,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
 /// sent, before any program runs. Used where [`net_dev_queue`] is refused.
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn net_dev_queue_raw(ctx: RawTracePointContext) -> u32 {
-    let skbaddr: u64 = ctx.arg(0);
-    // Packets with a socket (all but forwarded ones and netfilter's replies) leave here.
-    if member::<u64>(skbaddr, lay!(st.skb_sk)) != Some(0) {
-        return 0;
-    }
-    let _ = foreign_reset::<Probe>(
-        skbaddr,
-        member::<u32>(skbaddr, lay!(st.skb_len)).unwrap_or(0),
-    );
-    0
+    queued::<Probe>(ctx.arg(0))
 }
 
 /// The same hook as a BTF tracepoint: the packet arrives as a pointer of known type, so its
@@ -239,14 +230,19 @@ pub fn net_dev_queue_raw(ctx: RawTracePointContext) -> u32 {
 /// pays for exactly those two reads.
 #[btf_tracepoint(function = "net_dev_queue")]
 pub fn net_dev_queue(ctx: BtfTracePointContext) -> u32 {
-    let skbaddr: u64 = ctx.arg(0);
+    queued::<Typed>(ctx.arg(0))
+}
+
+/// A packet about to be sent, as `M` reads it.
+#[inline(always)]
+fn queued<M: Kmem>(skbaddr: u64) -> u32 {
     // Packets with a socket (all but forwarded ones and netfilter's replies) leave here.
-    if btf_member::<u64>(skbaddr, lay!(st.skb_sk)) != Some(0) {
+    if M::get::<u64>(skbaddr, lay!(st.skb_sk)) != Some(0) {
         return 0;
     }
-    let _ = foreign_reset::<Typed>(
+    let _ = foreign_reset::<M>(
         skbaddr,
-        btf_member::<u32>(skbaddr, lay!(st.skb_len)).unwrap_or(0),
+        M::get::<u32>(skbaddr, lay!(st.skb_len)).unwrap_or(0),
     );
     0
 }
