@@ -3,6 +3,11 @@
 //! spells them itself; the loader's unit test `object_has_every_name` checks each name here
 //! against the built object, so a rename on either side fails the build's tests.
 
+/// Set to 1 in the agent's environment, hooks that have a raw tracepoint program beside their
+/// BTF one attach the raw one: for diagnosis, and so that the tests run the fallbacks on kernels
+/// where the BTF programs load.
+pub const RAW_TRACEPOINTS_ENV: &str = "RST_TRACE_RAW_TRACEPOINTS";
+
 /// Every map the agent opens by name.
 pub const MAPS: [&str; 4] = [
     crate::EVENTS_MAP,

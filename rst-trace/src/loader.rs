@@ -8,7 +8,7 @@ use aya::{
 };
 use rst_trace_common::event;
 use rst_trace_common::{
-    names::{program, KERNEL_LOG_LEVEL_GLOBAL},
+    names::{program, KERNEL_LOG_LEVEL_GLOBAL, RAW_TRACEPOINTS_ENV},
     KernelLayout, LAYOUT_GLOBAL,
 };
 use serde_json::Value;
@@ -830,11 +830,6 @@ fn attach(
     }
     Ok(())
 }
-
-/// Set to 1, hooks that have a raw tracepoint program attach it rather than their BTF one: to
-/// tell the two apart when diagnosing, and so that tests run the fallbacks on kernels where the
-/// BTF programs load.
-pub const RAW_TRACEPOINTS_ENV: &str = "RST_TRACE_RAW_TRACEPOINTS";
 
 /// How a raw tracepoint attach point is named in reports.
 pub const RAW_TRACEPOINT: &str = "raw_tp";

@@ -90,15 +90,19 @@ pub struct Agent {
 impl Agent {
     /// `rst-trace run --format json --netns NS [--port P]`, waiting for `rst_trace.started`.
     pub fn start(ns: &Netns, port: Option<u16>) -> Agent {
-        let mut args: Vec<String> = ["run", "--format", "json", "--netns", ns.name()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        Agent::start_with_env(ns, port, &[])
+    }
+
+    /// [`Agent::start`] with `env` set in the agent's environment
+    /// (`rst_trace_common::names::RAW_TRACEPOINTS_ENV`, ...).
+    pub fn start_with_env(ns: &Netns, port: Option<u16>, env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(agent_binary());
+        cmd.args(["run", "--format", "json", "--netns", ns.name()])
+            .envs(env.iter().copied());
         if let Some(p) = port {
-            args.push("--port".into());
-            args.push(p.to_string());
+            cmd.args(["--port", &p.to_string()]);
         }
-        Agent::start_args(&args)
+        Agent::start_command(cmd)
     }
 
     /// Start the agent with explicit arguments (they must make it print JSON), waiting (bounded)

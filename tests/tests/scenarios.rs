@@ -67,8 +67,9 @@ scenarios!(
 /// scenarios of the causes they serve, on both families, with the agent asked for them.
 mod raw_tracepoint_fallbacks {
     use super::{host, PEER};
+    use rst_trace_common::names::RAW_TRACEPOINTS_ENV;
 
-    const RAW: &[(&str, &str)] = &[("RST_TRACE_RAW_TRACEPOINTS", "1")];
+    const RAW: &[(&str, &str)] = &[(RAW_TRACEPOINTS_ENV, "1")];
 
     macro_rules! fallback_scenarios {
         ($($name:ident),* $(,)?) => {

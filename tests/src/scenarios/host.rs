@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use rst_trace_common::names::RAW_TRACEPOINTS_ENV;
 use serde_json::{json, Value};
 
 use super::{Env, Run};
@@ -28,10 +29,7 @@ impl HostEnv {
     pub fn with_agent_env(peer: impl Into<PathBuf>, agent_env: &[(&str, &str)]) -> HostEnv {
         crate::require_root();
         let ns = Netns::new();
-        let mut cmd = Command::new(crate::agent::agent_binary());
-        cmd.args(["run", "--format", "json", "--netns", ns.name()])
-            .envs(agent_env.iter().copied());
-        let agent = Agent::start_command(cmd);
+        let agent = Agent::start_with_env(&ns, None, agent_env);
         assert_eq!(
             crate::event::u64_at(agent.started(), "netns"),
             Some(ns.inode()),
@@ -124,8 +122,8 @@ pub fn run(name: &str, peer: &str) {
     run_with(name, peer, &[]);
 }
 
-/// [`run`] with the agent started with `agent_env` set (`RST_TRACE_RAW_TRACEPOINTS=1`: the
-/// raw tracepoint programs where BTF ones would attach).
+/// [`run`] with the agent started with `agent_env` set (`RAW_TRACEPOINTS_ENV` at 1: the raw
+/// tracepoint programs where BTF ones would attach, which the run checks).
 pub fn run_with(name: &str, peer: &str, agent_env: &[(&str, &str)]) {
     let (family, body) = super::find(name).unwrap_or_else(|| panic!("no scenario called {name}"));
     let mut env = HostEnv::with_agent_env(peer, agent_env);
@@ -140,7 +138,7 @@ pub fn run_with(name: &str, peer: &str, agent_env: &[(&str, &str)]) {
             })
             .unwrap_or_default()
     };
-    let raw = agent_env.contains(&("RST_TRACE_RAW_TRACEPOINTS", "1"));
+    let raw = agent_env.contains(&(RAW_TRACEPOINTS_ENV, "1"));
     let kinds: Vec<(&str, Vec<String>)> = ["tcp_send_reset", "tcp_receive_reset", "net_dev_queue"]
         .into_iter()
         .map(|h| (h, attached(&env, h)))
