@@ -52,6 +52,9 @@ pub const OWNERS_MAP: &str = "RST_OWNERS";
 /// and no allocation. An LRU hash did, and once full it took 40 % of the state-change
 /// program's samples in a profile of healthy churn.
 pub const TW_OWNERS_MAP: &str = "RST_TW_OWNERS";
+/// [`TwIdentity`]s: the owners that [`TW_OWNERS_MAP`]'s slots name, one per (process, thread,
+/// how learnt), so that a slot is 16 bytes (see [`twcache`]).
+pub const TW_IDS_MAP: &str = "RST_TW_IDS";
 /// [`AcceptorKey`] → [`OwnerInfo`]: processes that accepted on a (netns, port), with the time
 /// of their latest accept: "the process serving the queue" of a listener.
 pub const ACCEPTORS_MAP: &str = "RST_ACCEPTORS";
@@ -61,9 +64,11 @@ pub const OWNERS_CAPACITY: u32 = 131_072;
 /// Slots of one set of [`OWNERS_MAP`].
 pub const OWNERS_WAYS: u32 = 8;
 /// Capacity of [`TW_OWNERS_MAP`] (slots; a power of two, a multiple of [`TW_OWNERS_WAYS`]).
-pub const TW_OWNERS_CAPACITY: u32 = 65_536;
-/// Slots a TIME_WAIT owner may take in [`TW_OWNERS_MAP`]: the set its key hashes to.
-pub const TW_OWNERS_WAYS: u32 = 4;
+pub const TW_OWNERS_CAPACITY: u32 = 131_072;
+/// Slots of one set of [`TW_OWNERS_MAP`]: four to a cache line.
+pub const TW_OWNERS_WAYS: u32 = 8;
+/// Capacity of [`TW_IDS_MAP`] (a power of two).
+pub const TW_IDS_CAPACITY: u32 = 16_384;
 /// Capacity of [`ACCEPTORS_MAP`].
 pub const ACCEPTORS_CAPACITY: u32 = 16_384;
 
@@ -167,7 +172,8 @@ pub const TABLE_OWNERS_STORED: u32 = 1;
 /// Last owners stored in [`TW_OWNERS_MAP`].
 pub const TABLE_TW_STORED: u32 = 2;
 /// A last owner stored in [`TW_OWNERS_MAP`] took the slot of another connection's that was
-/// still live (its set was full): that TIME_WAIT socket's RST will have no owner.
+/// still live (its sets were full), or its identity took the [`TW_IDS_MAP`] slot of another
+/// owner still named by live slots: those TIME_WAIT sockets' RSTs will have no owner.
 pub const TABLE_TW_EVICTED: u32 = 3;
 /// An event's socket had an owner entry.
 pub const TABLE_LOOKUP_HIT: u32 = 4;
@@ -261,7 +267,7 @@ pub struct OwnerInfo {
     /// `comm` when the owner was learnt; the agent reports the current name.
     pub comm: [u8; 16],
     /// `bpf_ktime_get_ns()` when the owner was learnt (for accepts in [`ACCEPTORS_MAP`]: the
-    /// latest accept).
+    /// latest accept); 0 for a TIME_WAIT socket's last owner, which keeps no such time.
     pub since_ns: u64,
     /// `bpf_ktime_get_ns()` when the socket entered CLOSE; 0 while it is open.
     pub closed_ns: u64,
@@ -274,20 +280,9 @@ pub struct OwnerInfo {
     pub flags: u32,
 }
 
-/// What identifies a TIME_WAIT socket in [`TW_OWNERS_MAP`]. 8-byte aligned: the kernel
-/// compares and hashes it a word at a time.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TwKey {
-    pub netns: u32,
-    pub _pad: u32,
-    pub tuple: Tuple,
-}
-
-/// What a store or a look-up reads first of a slot of [`TW_OWNERS_MAP`] or [`OWNERS_MAP`]: a
-/// set's tags sit together at its start (four to a cache line), so a set is judged without
-/// touching the entries (the caches are megabytes, and every slot read from them is likely a
-/// cache miss).
+/// What a store or a look-up reads first of a slot of [`OWNERS_MAP`]: a set's tags sit
+/// together at its start (four to a cache line), so a set is judged without touching the
+/// entries (the cache is megabytes, and every slot read from it is likely a cache miss).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotTag {
@@ -296,26 +291,50 @@ pub struct SlotTag {
     pub seq: u32,
     /// A check of the key from its hash (never 0); 0 for a slot never used.
     pub check: u32,
-    /// When the socket entered CLOSE (`bpf_ktime_get_ns`), which ages the slot; 0 while an
-    /// [`OWNERS_MAP`] slot's socket is open.
+    /// When the socket entered CLOSE (`bpf_ktime_get_ns`), which ages the slot; 0 while its
+    /// socket is open.
     pub closed_ns: u64,
 }
 
-/// The rest of a [`TW_OWNERS_MAP`] slot, read once its tag matched.
+/// One slot of [`TW_OWNERS_MAP`]: a connection that closed actively, and who owned it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TwEntry {
-    pub key: TwKey,
-    pub owner: OwnerInfo,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwSlot {
+    /// The connection's key hash (never 0; see [`twcache::placement`]); 0 for an empty slot,
+    /// and while a program rewrites the slot.
+    pub key: u64,
+    /// The owner: a [`TW_IDS_MAP`] slot and a check of its identity ([`twcache::IdRef`]).
+    pub owner: u32,
+    /// When the connection closed, in [`twcache::CLOCK_SHIFT`] units of `bpf_ktime_get_ns`.
+    pub closed: u32,
 }
 
-/// One set of [`TW_OWNERS_MAP`] (an array of them): 512 bytes, the tags in its first cache
-/// line. An empty slot is all zeroes.
-#[repr(C)]
+/// One set of [`TW_OWNERS_MAP`] (an array of them): two cache lines; a store touches only the
+/// first while it has room.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TwSet {
-    pub tags: [SlotTag; TW_OWNERS_WAYS as usize],
-    pub entries: [TwEntry; TW_OWNERS_WAYS as usize],
+    pub slots: [TwSlot; TW_OWNERS_WAYS as usize],
+}
+
+/// An owner that [`TW_OWNERS_MAP`]'s slots name (the fields of [`OwnerInfo`] that say who, not
+/// when). One cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwIdentity {
+    /// Odd while a program writes the slot, as [`SlotTag::seq`].
+    pub seq: u32,
+    pub how: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub start_boottime_ns: u64,
+    pub comm: [u8; 16],
+    /// When a slot last named it, in [`twcache::CLOCK_SHIFT`] units: one unnamed for longer
+    /// than a TIME_WAIT lasts may be replaced.
+    pub named: u32,
+    pub _pad: u32,
+    pub _pad2: u64,
 }
 
 /// The rest of an [`OWNERS_MAP`] slot, read once its tag matched.
@@ -805,8 +824,8 @@ mod pod {
     unsafe impl aya::Pod for ListenDropRecord {}
     unsafe impl aya::Pod for ListenerHotRecord {}
     unsafe impl aya::Pod for OwnerInfo {}
-    unsafe impl aya::Pod for TwKey {}
     unsafe impl aya::Pod for TwSet {}
+    unsafe impl aya::Pod for TwIdentity {}
     unsafe impl aya::Pod for OwnerSet {}
     unsafe impl aya::Pod for AcceptorKey {}
 }
@@ -819,15 +838,16 @@ const _: () = {
     assert!(size_of::<TaskInfo>() == 8 + 8 + 16);
     assert!(size_of::<TcpSnapshot>() == 6 * 4 + 8 * 3 + 4 * 4);
     assert!(size_of::<OwnerInfo>() == 8 + 8 + 16 + 8 * 3 + 8);
-    assert!(size_of::<TwKey>() == 8 + 40);
     assert!(size_of::<SlotTag>() == 16);
-    assert!(size_of::<TwEntry>() == 48 + 64);
-    assert!(size_of::<TwSet>() == 64 + 4 * 112);
+    assert!(size_of::<TwSlot>() == 16);
+    assert!(size_of::<TwSet>() == 128 && TW_OWNERS_WAYS * 16 == 128);
+    assert!(size_of::<TwIdentity>() == 4 * 4 + 8 * 2 + 16 + 4 * 2 + 8);
+    assert!(TW_IDS_CAPACITY.is_power_of_two());
     assert!(size_of::<OwnerEntry>() == 8 + 64);
     assert!(size_of::<OwnerSet>() == 8 * 16 + 8 * 72);
     assert!(OWNERS_CAPACITY.is_power_of_two() && OWNERS_CAPACITY.is_multiple_of(OWNERS_WAYS));
-    // The agent counts both caches' slots from the tags at the start of each set.
-    assert!(core::mem::offset_of!(TwSet, tags) == 0 && core::mem::offset_of!(OwnerSet, tags) == 0);
+    // The agent counts the owner cache's slots from the tags at the start of each set.
+    assert!(core::mem::offset_of!(OwnerSet, tags) == 0);
     assert!(
         TW_OWNERS_CAPACITY.is_power_of_two() && TW_OWNERS_CAPACITY.is_multiple_of(TW_OWNERS_WAYS)
     );

@@ -240,6 +240,115 @@ pub fn sk_tuple_state<M: Kmem>(sk: u64) -> (Tuple, u8) {
     (t, state)
 }
 
+/// Words of `struct sock_common` read at once from `skc_daddr` for a connection's key: the
+/// IPv4 addresses, the ports, the family, the namespace and the IPv6 addresses lie within its
+/// first 96 bytes on every kernel this runs on (`skc_v6_rcv_saddr` ends at byte 88).
+pub const COMMON_WORDS: u32 = 12;
+
+/// Where [`sk_conn_words`] reads them: a per-CPU slot the caller owns (on the stack, they made
+/// the state-change program's frame too large for 5.10's verifier).
+pub type CommonWords = [u64; COMMON_WORDS as usize];
+
+/// Word `i` of the words read from `sock_common`. Registers only: a variable index into the
+/// array would need a constant offset on older verifiers.
+#[inline(always)]
+fn common_word(w: &CommonWords, i: u32) -> u64 {
+    match i {
+        0 => w[0],
+        1 => w[1],
+        2 => w[2],
+        3 => w[3],
+        4 => w[4],
+        5 => w[5],
+        6 => w[6],
+        7 => w[7],
+        8 => w[8],
+        9 => w[9],
+        10 => w[10],
+        _ => w[11],
+    }
+}
+
+/// Which word of the `sock_common` words a member of `size` bytes at `off` starts, if it
+/// lies whole, word-aligned, within them.
+#[inline(always)]
+fn common_index(base: u32, off: u32, size: u32) -> Option<u32> {
+    if off == MEMBER_NONE || off < base || !(off - base).is_multiple_of(8) {
+        return None;
+    }
+    let i = (off - base) / 8;
+    (i * 8 + size <= COMMON_WORDS * 8).then_some(i)
+}
+
+/// What names a connection in the TIME_WAIT owner cache, read alike from a socket that
+/// closes and from the TIME_WAIT socket that replaces it (which copies its `sock_common`):
+/// the namespace's address (a key only, never reported: one read fewer than its inode), the
+/// family and ports, the addresses. One read of `sock_common` where the layout allows, else
+/// a read per member; plus the source port where the closing socket's bind hash is already
+/// released (recent kernels zero `skc_num` before tracing CLOSE). `w`: room for the read.
+#[inline(always)]
+pub fn sk_conn_words(sk: u64, w: &mut CommonWords) -> [u64; 6] {
+    let base = lay!(st.skc_daddr);
+    let (net, ports, a) = match (
+        common_index(base, lay!(st.skc_net), 8),
+        common_index(base, lay!(st.skc_v6_daddr), 16),
+        common_index(base, lay!(st.skc_v6_rcv_saddr), 16),
+        read_head_at(base),
+    ) {
+        (Some(net), Some(v6d), Some(v6s), Some((family, num, dport, saddr))) => {
+            read_words(sk, base, w);
+            let w = &*w;
+            let h = [w[0], w[1], w[2]];
+            let family = head_field(&h, family, 2) as u16;
+            let num = head_field(&h, num, 2) as u16;
+            let dport = head_field(&h, dport, 2) as u16;
+            let addrs = if family == AF_INET6 {
+                [
+                    common_word(w, v6d),
+                    common_word(w, v6d + 1),
+                    common_word(w, v6s),
+                    common_word(w, v6s + 1),
+                ]
+            } else {
+                [head_field(&h, 0, 4), head_field(&h, saddr, 4), 0, 0]
+            };
+            (common_word(w, net), (u64::from(family), num, dport), addrs)
+        }
+        _ => {
+            let t = sk_tuple(sk);
+            let net: u64 = member(sk, lay!(st.skc_net)).unwrap_or(0);
+            let word = |a: &[u8; 16], i: usize| {
+                // SAFETY: 8-byte reads within the 16-byte address, unaligned allowed.
+                unsafe { core::ptr::read_unaligned(a.as_ptr().add(i * 8) as *const u64) }
+            };
+            (
+                net,
+                (u64::from(t.family), t.local_port, t.remote_port),
+                [
+                    word(&t.remote_addr, 0),
+                    word(&t.remote_addr, 1),
+                    word(&t.local_addr, 0),
+                    word(&t.local_addr, 1),
+                ],
+            )
+        }
+    };
+    let (family, num, dport) = ports;
+    let local_port = if num != 0 {
+        num
+    } else {
+        u16::from_be(member::<u16>(sk, lay!(st.inet_sport)).unwrap_or(0))
+    };
+    [
+        net,
+        family | (u64::from(local_port) << 16) | (u64::from(dport) << 32),
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+    ]
+}
+
 /// Writes a socket's endpoints into `t` in place. Programs that fill a record in a per-CPU
 /// scratch map use this rather than `sk_tuple`: a tuple built on the stack and copied costs
 /// stack the 512-byte limit cannot spare where the program also calls `memset`
@@ -288,10 +397,7 @@ fn head_field(w: &[u64; 3], rel: u32, size: u32) -> u64 {
 #[inline(always)]
 fn read_head(sk: u64) -> Option<(u16, u16, u16, u32, u32, u8)> {
     let base = lay!(st.skc_daddr);
-    let family = head_slot(base, lay!(st.skc_family), 2)?;
-    let num = head_slot(base, lay!(st.skc_num), 2)?;
-    let dport = head_slot(base, lay!(st.skc_dport), 2)?;
-    let saddr = head_slot(base, lay!(st.skc_rcv_saddr), 4)?;
+    let (family, num, dport, saddr) = read_head_at(base)?;
     let state = head_slot(base, lay!(st.skc_state), 1)?;
     let w: [u64; 3] = member(sk, base).unwrap_or([0; 3]);
     Some((
@@ -301,6 +407,33 @@ fn read_head(sk: u64) -> Option<(u16, u16, u16, u32, u32, u8)> {
         head_field(&w, saddr, 4) as u32,
         head_field(&w, 0, 4) as u32,
         head_field(&w, state, 1) as u8,
+    ))
+}
+
+/// Reads `w`'s size at `base + off`; zeroes it when the read fails.
+#[inline(always)]
+fn read_words(base: u64, off: u32, w: &mut CommonWords) {
+    let size = core::mem::size_of::<CommonWords>() as u32;
+    let dst = w.as_mut_ptr() as *mut core::ffi::c_void;
+    // SAFETY: `w` is `size` bytes; the helper zero-fills it when the read faults.
+    unsafe {
+        if base == 0
+            || generated::bpf_probe_read_kernel(dst, size, (base + u64::from(off)) as *const _) != 0
+        {
+            crate::mem::zero(w);
+        }
+    }
+}
+
+/// Where [`read_head`] finds the family, the local and remote ports and the local IPv4
+/// address in the head words from `base` (the remote address starts them).
+#[inline(always)]
+fn read_head_at(base: u32) -> Option<(u32, u32, u32, u32)> {
+    Some((
+        head_slot(base, lay!(st.skc_family), 2)?,
+        head_slot(base, lay!(st.skc_num), 2)?,
+        head_slot(base, lay!(st.skc_dport), 2)?,
+        head_slot(base, lay!(st.skc_rcv_saddr), 4)?,
     ))
 }
 

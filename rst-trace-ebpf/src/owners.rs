@@ -10,18 +10,19 @@ use aya_ebpf::{
 use rst_trace_common::{
     ownercache::{self, OWNERS_SETS},
     twcache::{self, TW_OWNERS_SETS},
-    AcceptorKey, CounterFamily, OwnerEntry, OwnerInfo, OwnerSet, SlotTag, TwKey, TwSet,
-    ACCEPTORS_CAPACITY, OWNERS_WAYS, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS,
-    TABLE_OWNERS_FULL, TABLE_OWNERS_STORED, TABLE_TW_EVICTED, TABLE_TW_STORED, TW_OWNERS_WAYS,
+    AcceptorKey, CounterFamily, OwnerEntry, OwnerInfo, OwnerSet, SlotTag, TwIdentity, TwSet,
+    TwSlot, ACCEPTORS_CAPACITY, OWNERS_WAYS, OWNER_CLOSED, TABLE_LOOKUP_HIT, TABLE_LOOKUP_MISS,
+    TABLE_OWNERS_FULL, TABLE_OWNERS_STORED, TABLE_TW_EVICTED, TABLE_TW_STORED, TW_IDS_CAPACITY,
+    TW_OWNERS_WAYS,
 };
 
 use crate::{
     emit::count,
-    kread::{member, sk_netns, sk_tuple},
+    kread::{member, sk_conn_words, sk_netns, CommonWords},
     layout::lay,
 };
 
-/// The agent maps both caches read-only to count their live slots without a syscall per slot.
+/// The agent maps the caches read-only to count their live slots without a syscall per slot.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Owners of live sockets: a set-associative cache (placement in
@@ -36,6 +37,27 @@ static RST_OWNERS: Array<OwnerSet> = Array::with_max_entries(OWNERS_SETS, BPF_F_
 /// `rst_trace_common::twcache`), written on every active close.
 #[map(name = "RST_TW_OWNERS")]
 static RST_TW_OWNERS: Array<TwSet> = Array::with_max_entries(TW_OWNERS_SETS, BPF_F_MMAPABLE);
+
+/// Room for the `sock_common` words a TIME_WAIT key is read from (`kread::sk_conn_words`):
+/// slot [`CONN_WORDS_CLOSE`] for the state-change program, [`CONN_WORDS_RESET`] for the reset
+/// programs, which may interrupt it on its CPU (a program never interrupts itself there: the
+/// kernel skips such a run).
+#[map(name = "RST_SCRATCH_CONN")]
+static RST_SCRATCH_CONN: PerCpuArray<CommonWords> = PerCpuArray::with_max_entries(2, 0);
+const CONN_WORDS_CLOSE: u32 = 0;
+const CONN_WORDS_RESET: u32 = 1;
+
+/// A connection's TIME_WAIT key, read through scratch slot `slot`.
+#[inline(always)]
+fn conn_key(sk: u64, slot: u32) -> Option<[u64; 6]> {
+    // SAFETY: a per-CPU slot only this program uses while it runs (see RST_SCRATCH_CONN).
+    let w = unsafe { &mut *RST_SCRATCH_CONN.get_ptr_mut(slot)? };
+    Some(sk_conn_words(sk, w))
+}
+
+/// The owners `RST_TW_OWNERS`'s slots name (the agent counts them as it counts the caches).
+#[map(name = "RST_TW_IDS")]
+static RST_TW_IDS: Array<TwIdentity> = Array::with_max_entries(TW_IDS_CAPACITY, BPF_F_MMAPABLE);
 
 #[map(name = "RST_ACCEPTORS")]
 static RST_ACCEPTORS: LruHashMap<AcceptorKey, OwnerInfo> =
@@ -266,12 +288,10 @@ fn clear(tag: &mut SlotTag) {
     }
 }
 
-/// `sk` is a new socket that no task owns yet, or one that never got connected: whatever
-/// entries are at its address were left by an earlier socket there (sockets are
-/// SLAB_TYPESAFE_BY_RCU), or are its own and no longer needed. Every one goes: a child aborted
-/// before any accept() (the listener closing with it in its queue) would otherwise be blamed
-/// on the earlier socket's process, since the abort's reader takes a closed entry as the
-/// closing socket's own. No lock: a look at the tags of two sets.
+/// `sk` never got connected: the entries at its address are its own, no longer needed (a
+/// connection that never left SYN_SENT sends no RST on its way out), or were left by an
+/// earlier socket there (sockets are SLAB_TYPESAFE_BY_RCU). Every one goes. No lock: a look at
+/// the tags of two sets.
 #[inline(always)]
 pub fn forget(sk: u64) {
     let Some((a, b, check)) = owner_sets(sk) else {
@@ -331,138 +351,271 @@ pub fn owner_into(sk: u64, closing: bool, out: &mut OwnerInfo) -> bool {
 /// The last owner of a TIME_WAIT mini socket, from the connection it replaced.
 #[inline(always)]
 pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
-    let key = tw_key(tw);
-    let at = twcache::placement(&key_words(&key));
+    let Some(key) = conn_key(tw, CONN_WORDS_RESET) else {
+        return false;
+    };
+    let at = twcache::placement(&key);
     let (Some(a), Some(b)) = (RST_TW_OWNERS.get_ptr(at.a), RST_TW_OWNERS.get_ptr(at.b)) else {
         return false;
     };
-    // SAFETY: array elements, valid for this run; other CPUs may be writing their slots,
-    // which their sequences tell.
+    // SAFETY: array elements, valid for this run; other CPUs may be rewriting their slots,
+    // which their keys tell.
     let (a, b) = unsafe { (&*a, &*b) };
+    match tw_find(a, at.key).or_else(|| tw_find(b, at.key)) {
+        Some((owner, closed)) => identity_into(owner, closed, out),
+        None => false,
+    }
+}
+
+/// The owner reference and close time in the slot of `set` that holds `key`.
+#[inline(always)]
+fn tw_find(set: &TwSet, key: u64) -> Option<(u32, u32)> {
     let mut way = 0;
     while way < TW_OWNERS_WAYS as usize {
-        if let Some(found) = tw_find(a, way, at.check, &key, out) {
-            return found;
-        }
-        if let Some(found) = tw_find(b, way, at.check, &key, out) {
-            return found;
+        let slot = &set.slots[way];
+        // SAFETY: fields of a map value, read as they are. A writer empties the key before it
+        // changes the rest and sets it last: the same key on both sides of the read means
+        // the rest is the key's.
+        unsafe {
+            if core::ptr::read_volatile(&slot.key) == key {
+                let owner = core::ptr::read_volatile(&slot.owner);
+                let closed = core::ptr::read_volatile(&slot.closed);
+                return (core::ptr::read_volatile(&slot.key) == key).then_some((owner, closed));
+            }
         }
         way += 1;
     }
-    false
+    None
 }
 
-/// Whether way `way` of `set` holds `key`: `Some(copied)` when it does (`false`: it was
-/// rewritten while being copied), `None` when it does not.
+/// Copies the identity a slot names into `out`, with the close time the slot kept; `false`
+/// when that identity has been replaced since, or was being rewritten.
 #[inline(always)]
-fn tw_find(set: &TwSet, way: usize, check: u32, key: &TwKey, out: &mut OwnerInfo) -> Option<bool> {
-    let (tag, entry) = (&set.tags[way], &set.entries[way]);
-    // SAFETY: fields of a map value, read as they are.
-    let seq = unsafe { core::ptr::read_volatile(&tag.seq) };
-    if seq & 1 != 0
-        || unsafe { core::ptr::read_volatile(&tag.check) } != check
-        || !crate::mem::same(&entry.key, key)
+fn identity_into(owner: u32, closed: u32, out: &mut OwnerInfo) -> bool {
+    let Some(id) = RST_TW_IDS.get_ptr(twcache::id_index(owner)) else {
+        return false;
+    };
+    // SAFETY: an array element, valid for this run; its sequence tells a copy taken while
+    // another CPU rewrote it.
+    let id = unsafe { &*id };
+    let seq = unsafe { core::ptr::read_volatile(&id.seq) };
+    if seq & 1 != 0 {
+        return false;
+    }
+    let words = identity_words(id);
+    if unsafe { core::ptr::read_volatile(&id.seq) } != seq
+        || !twcache::id_matches(owner, &twcache::id_placement(&words))
     {
-        return None;
+        return false;
     }
-    crate::mem::copy(out, &entry.owner);
-    if unsafe { core::ptr::read_volatile(&tag.seq) } == seq {
-        return Some(true);
+    out.pid = words[0] as u32;
+    out.tid = (words[0] >> 32) as u32;
+    out.start_boottime_ns = words[1];
+    out.cgroup_id = words[2];
+    // SAFETY: `comm` is 16 bytes at 8-byte alignment within `OwnerInfo`.
+    unsafe {
+        let comm = out.comm.as_mut_ptr() as *mut u64;
+        core::ptr::write_volatile(comm, words[3]);
+        core::ptr::write_volatile(comm.add(1), words[4]);
     }
-    // Rewritten under the copy: what was read may be another connection's.
-    crate::mem::zero(out);
-    Some(false)
+    out.how = words[5] as u32;
+    out.flags = OWNER_CLOSED;
+    // A TIME_WAIT owner keeps no time it was learnt.
+    out.since_ns = 0;
+    out.closed_ns = twcache::ns_of(closed, unsafe { generated::bpf_ktime_get_ns() });
+    true
 }
 
+/// An identity slot's contents as `twcache::id_words` lays an identity out, read as they are.
 #[inline(always)]
-fn key_words(key: &TwKey) -> [u64; 6] {
-    use crate::mem::word;
+fn identity_words(id: &TwIdentity) -> [u64; 6] {
+    // SAFETY: fields of a map value, read as they are (another CPU may be writing them).
+    unsafe {
+        let comm = id.comm.as_ptr() as *const u64;
+        [
+            u64::from(core::ptr::read_volatile(&id.pid))
+                | (u64::from(core::ptr::read_volatile(&id.tid)) << 32),
+            core::ptr::read_volatile(&id.start_boottime_ns),
+            core::ptr::read_volatile(&id.cgroup_id),
+            core::ptr::read_volatile(comm),
+            core::ptr::read_volatile(comm.add(1)),
+            u64::from(core::ptr::read_volatile(&id.how)),
+        ]
+    }
+}
+
+/// An owner's identity as `twcache::id_words` lays it out.
+#[inline(always)]
+fn owner_words(o: &OwnerInfo) -> [u64; 6] {
+    let comm = o.comm.as_ptr() as *const u64;
+    // SAFETY: `comm` is 16 bytes at 8-byte alignment within `OwnerInfo`.
+    let (lo, hi) = unsafe {
+        (
+            core::ptr::read_volatile(comm),
+            core::ptr::read_volatile(comm.add(1)),
+        )
+    };
     [
-        word(key, 0),
-        word(key, 1),
-        word(key, 2),
-        word(key, 3),
-        word(key, 4),
-        word(key, 5),
+        u64::from(o.pid) | (u64::from(o.tid) << 32),
+        o.start_boottime_ns,
+        o.cgroup_id,
+        lo,
+        hi,
+        u64::from(o.how),
     ]
 }
 
-/// Stores the last owner of the connection `key` names, which just closed actively at `now`:
-/// in the first slot that fits, in look-up order (the ways of the two sets interleaved), else
-/// over a live one (counted). Each way either writes and leaves or goes on: no comparison
-/// between slots, so the verifier walks one path per way.
+/// How often an identity that stays named has its time moved: a store by the same thread
+/// within this leaves its slot's line unwritten.
+const ID_NAMED_EVERY: u32 = (1_000_000_000u64 >> twcache::CLOCK_SHIFT) as u32;
+
+/// The reference a TIME_WAIT slot names `owner` by: its identity's slot, found or (re)written.
+/// A thread closes connection after connection as the same identity, so its slot is found
+/// warm in the CPU's cache and left as it is.
 #[inline(always)]
-fn tw_store(key: &TwKey, owner: &OwnerInfo, now: u64) -> Option<()> {
-    let at = twcache::placement(&key_words(key));
+fn identity_ref(owner: &OwnerInfo, now: u32) -> Option<u32> {
+    let words = owner_words(owner);
+    let at = twcache::id_placement(&words);
+    // SAFETY: array elements, valid for this run; other CPUs may be writing them, which their
+    // sequences tell.
+    let (a, b) = unsafe {
+        (
+            &mut *RST_TW_IDS.get_ptr_mut(at.a)?,
+            &mut *RST_TW_IDS.get_ptr_mut(at.b)?,
+        )
+    };
+    if identity_held(a, &words, now) {
+        return Some(twcache::id_ref(at.a, at.check));
+    }
+    if identity_held(b, &words, now) {
+        return Some(twcache::id_ref(at.b, at.check));
+    }
+    // Neither slot holds it: the first that no live TIME_WAIT owner names takes it, else the
+    // first slot's identity goes (its owners are lost, counted as evicted).
+    if twcache::id_replaceable(a, now) {
+        identity_write(a, &words, now);
+        return Some(twcache::id_ref(at.a, at.check));
+    }
+    if twcache::id_replaceable(b, now) {
+        identity_write(b, &words, now);
+        return Some(twcache::id_ref(at.b, at.check));
+    }
+    count(CounterFamily::Table, TABLE_TW_EVICTED);
+    identity_write(a, &words, now);
+    Some(twcache::id_ref(at.a, at.check))
+}
+
+/// Whether `id` holds the identity `words`; if it does, it is named now.
+#[inline(always)]
+fn identity_held(id: &mut TwIdentity, words: &[u64; 6], now: u32) -> bool {
+    // SAFETY: fields of a map value, read as they are.
+    let seq = unsafe { core::ptr::read_volatile(&id.seq) };
+    if seq & 1 != 0 || !same_words(&identity_words(id), words) {
+        return false;
+    }
+    // SAFETY: as above; a racing write of the time by another CPU loses one of two moments.
+    unsafe {
+        if now.wrapping_sub(core::ptr::read_volatile(&id.named)) >= ID_NAMED_EVERY {
+            core::ptr::write_volatile(&mut id.named, now);
+        }
+    }
+    true
+}
+
+/// `a == b` without a branch per word: `==` on arrays, or a chain of word comparisons,
+/// becomes a call of the object's byte-at-a-time `memcmp`.
+#[inline(always)]
+fn same_words(a: &[u64; 6], b: &[u64; 6]) -> bool {
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]))
+        == 0
+}
+
+/// Writes identity `words` into `id` under its sequence.
+#[inline(always)]
+fn identity_write(id: &mut TwIdentity, words: &[u64; 6], now: u32) {
+    // SAFETY: fields of a map value, valid for this run; every access is volatile, so none
+    // moves across the sequence writes.
+    unsafe {
+        let seq = core::ptr::read_volatile(&id.seq) | 1;
+        core::ptr::write_volatile(&mut id.seq, seq);
+        core::ptr::write_volatile(&mut id.pid, words[0] as u32);
+        core::ptr::write_volatile(&mut id.tid, (words[0] >> 32) as u32);
+        core::ptr::write_volatile(&mut id.start_boottime_ns, words[1]);
+        core::ptr::write_volatile(&mut id.cgroup_id, words[2]);
+        let comm = id.comm.as_mut_ptr() as *mut u64;
+        core::ptr::write_volatile(comm, words[3]);
+        core::ptr::write_volatile(comm.add(1), words[4]);
+        core::ptr::write_volatile(&mut id.how, words[5] as u32);
+        core::ptr::write_volatile(&mut id.named, now);
+        core::ptr::write_volatile(&mut id.seq, seq.wrapping_add(1));
+    }
+}
+
+/// Stores the last owner of the connection `key` (its [`sk_conn_words`]) names, which just closed actively at
+/// `now_ns`: in the first slot that fits, first set then second (the order look-ups read
+/// them), else over a live one of the first set (counted). Each way either writes and leaves
+/// or goes on: no comparison between slots, so the verifier walks one path per way.
+#[inline(always)]
+fn tw_store(key: &[u64; 6], owner: &OwnerInfo, now_ns: u64) -> Option<()> {
+    let now = twcache::units(now_ns);
+    let owner = identity_ref(owner, now)?;
+    let at = twcache::placement(key);
     count(CounterFamily::Table, TABLE_TW_STORED);
     // SAFETY: array elements, valid for this run; other CPUs may be writing their slots,
-    // which their sequences tell.
+    // which their keys tell.
     let (a, b) = unsafe {
         (
             &mut *RST_TW_OWNERS.get_ptr_mut(at.a)?,
             &mut *RST_TW_OWNERS.get_ptr_mut(at.b)?,
         )
     };
-    let mut way = 0;
-    while way < TW_OWNERS_WAYS as usize {
-        if tw_fits(a, way, at.check, key, now) {
-            tw_write(a, way, at.check, key, owner, now);
-            return Some(());
-        }
-        if tw_fits(b, way, at.check, key, now) {
-            tw_write(b, way, at.check, key, owner, now);
-            return Some(());
-        }
-        way += 1;
+    if tw_place(a, at.key, owner, now) || tw_place(b, at.key, owner, now) {
+        return Some(());
     }
     count(CounterFamily::Table, TABLE_TW_EVICTED);
-    let way = twcache::evicted_way(at.check) as usize;
+    let way = twcache::evicted_way(at.key) as usize;
     if way < TW_OWNERS_WAYS as usize {
-        tw_write(a, way, at.check, key, owner, now);
+        tw_write(&mut a.slots[way], at.key, owner, now);
     }
     Some(())
 }
 
+/// Writes the first slot of `set` that fits; `false` when none does.
 #[inline(always)]
-fn tw_fits(set: &TwSet, way: usize, check: u32, key: &TwKey, now: u64) -> bool {
-    let tag = &set.tags[way];
-    // SAFETY: fields of a map value, read as they are (another CPU may be writing them).
-    let (seq, tag_check, closed) = unsafe {
-        (
-            core::ptr::read_volatile(&tag.seq),
-            core::ptr::read_volatile(&tag.check),
-            core::ptr::read_volatile(&tag.closed_ns),
-        )
-    };
-    let same = tag_check == check && crate::mem::same(&set.entries[way].key, key);
-    twcache::fits(seq & 1 != 0, same, closed, now)
-}
-
-/// Fills one slot. Readers on other CPUs see its sequence odd while it changes; every access
-/// is volatile, so none moves across the sequence writes (x86 keeps stores in order; weaker
-/// CPUs may let a reader see a torn slot).
-#[inline(always)]
-fn tw_write(set: &mut TwSet, way: usize, check: u32, key: &TwKey, owner: &OwnerInfo, now: u64) {
-    let (tag, entry) = (&mut set.tags[way], &mut set.entries[way]);
-    // SAFETY: fields of a map value, valid for this run.
-    let seq = unsafe { core::ptr::read_volatile(&tag.seq) } | 1;
-    unsafe {
-        core::ptr::write_volatile(&mut tag.seq, seq);
-        core::ptr::write_volatile(&mut tag.check, check);
-        core::ptr::write_volatile(&mut tag.closed_ns, now);
+fn tw_place(set: &mut TwSet, key: u64, owner: u32, now: u32) -> bool {
+    let mut way = 0;
+    while way < TW_OWNERS_WAYS as usize {
+        let slot = &mut set.slots[way];
+        // SAFETY: fields of a map value, read as they are (another CPU may be writing them).
+        let (slot_key, closed) = unsafe {
+            (
+                core::ptr::read_volatile(&slot.key),
+                core::ptr::read_volatile(&slot.closed),
+            )
+        };
+        if twcache::fits(slot_key, closed, key, now) {
+            tw_write(slot, key, owner, now);
+            return true;
+        }
+        way += 1;
     }
-    crate::mem::copy(&mut entry.key, key);
-    crate::mem::copy(&mut entry.owner, owner);
-    unsafe { core::ptr::write_volatile(&mut tag.seq, seq.wrapping_add(1)) };
+    false
 }
 
+/// Fills one slot: its key goes first to 0 and last to `key`, so a reader on another CPU that
+/// sees the same key before and after its read read this owner. Two stores that take one
+/// slot at the same instant can still leave one's owner under the other's key (no atomic
+/// compare-and-swap before 5.12).
 #[inline(always)]
-fn tw_key(sk: u64) -> TwKey {
-    // Not `Default::default()` then a fill: zeroing the tuple first is a `memset` call.
-    TwKey {
-        netns: sk_netns(sk),
-        _pad: 0,
-        tuple: sk_tuple(sk),
+fn tw_write(slot: &mut TwSlot, key: u64, owner: u32, now: u32) {
+    // SAFETY: fields of a map value, valid for this run; every access is volatile, so none
+    // moves across the key writes (x86 keeps stores in order; weaker CPUs may let a reader see
+    // a torn slot).
+    unsafe {
+        core::ptr::write_volatile(&mut slot.key, 0);
+        core::ptr::write_volatile(&mut slot.owner, owner);
+        core::ptr::write_volatile(&mut slot.closed, now);
+        core::ptr::write_volatile(&mut slot.key, key);
     }
 }
 
@@ -474,10 +627,16 @@ pub fn sock_inode(sk: u64) -> u64 {
     member::<u64>(socket, lay!(st.socket_ino)).unwrap_or(0)
 }
 
-/// `sk` entered CLOSE. Its entry is marked closed, and its slot is reused once the grace
-/// period is over (`ownercache::OWNER_CLOSE_GRACE_NS`): close() sends its abort RST after the
-/// state change. An active close leaves a TIME_WAIT socket behind, which inherits the owner as
-/// its last owner. An entry already closed was left by an earlier socket at this address.
+/// `sk` entered CLOSE (from another state). Its entry is marked closed, and its slot is
+/// reused once the grace period is over (`ownercache::OWNER_CLOSE_GRACE_NS`): close() sends its
+/// abort RST after the state change. An active close leaves a TIME_WAIT socket behind, which
+/// inherits the owner as its last owner.
+///
+/// An entry already closed was left by an earlier socket at this address (a child nobody
+/// accepted, closing with its listener, has none of its own): it goes, or the abort RST that
+/// follows would be blamed on the earlier socket's process, since that RST's reader takes a
+/// closed entry as the closing socket's own. Dropping it here rather than when the child is
+/// born spares every incoming connection a look at both sets.
 #[inline(always)]
 pub fn closed(sk: u64, active_close: bool) -> Option<()> {
     let (tag, entry) = find(sk)?;
@@ -485,6 +644,7 @@ pub fn closed(sk: u64, active_close: bool) -> Option<()> {
     // open slot: no store takes a slot while its socket is open.
     let (tag, entry) = unsafe { (&mut *tag, &mut *entry) };
     if unsafe { core::ptr::read_volatile(&tag.closed_ns) } != 0 {
+        clear(tag);
         return None;
     }
     let now = unsafe { generated::bpf_ktime_get_ns() };
@@ -499,13 +659,9 @@ pub fn closed(sk: u64, active_close: bool) -> Option<()> {
         core::ptr::write_volatile(&mut tag.seq, seq.wrapping_add(1));
     }
     if active_close {
-        let mut key = tw_key(sk);
-        if key.tuple.local_port == 0 {
-            // Recent kernels trace CLOSE after releasing the bind hash, which zeroes skc_num.
-            key.tuple.local_port =
-                u16::from_be(member::<u16>(sk, lay!(st.inet_sport)).unwrap_or(0));
+        if let Some(key) = conn_key(sk, CONN_WORDS_CLOSE) {
+            let _ = tw_store(&key, &entry.owner, now);
         }
-        let _ = tw_store(&key, &entry.owner, now);
     }
     Some(())
 }

@@ -63,15 +63,13 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
     // SYN_SENT or SYN_RECV; MPTCP's subflows are TCP), and closes, which act only on an owner
     // entry: no read of the protocol for them.
     match (old, new) {
-        // A child socket is born as a clone of its listener (inet_csk_clone_lock). An entry a
-        // closed socket at the same address left behind belongs to that earlier socket: it
-        // goes, or a child aborted before any accept() (the listener closing with it in its
-        // queue) would be blamed on the earlier socket's process, since the abort's reader
-        // takes a closed entry as the closing socket's own.
-        (TCP_LISTEN, TCP_SYN_RECV) => {
-            owners::forget(skaddr);
-            return crate::hot::child_born(skaddr);
-        }
+        // A child socket is born as a clone of its listener (inet_csk_clone_lock). An entry
+        // an earlier socket at the same address left behind is not its own: the child's
+        // accept() overwrites it, and its close drops it (`owners::closed`), before the abort
+        // RST that would read it.
+        (TCP_LISTEN, TCP_SYN_RECV) => return crate::hot::child_born(skaddr),
+        // Nothing changes, and a closed entry here is this socket's own, for its abort RST.
+        (TCP_CLOSE, TCP_CLOSE) => return None,
         (TCP_SYN_SENT, TCP_CLOSE) => {
             // Still in connect(): no local port could be found (inet_hash_connect failed). The
             // source port, not skc_num: recent kernels trace CLOSE after releasing the bind

@@ -195,7 +195,8 @@ impl<H: HostInfo> Enricher<H> {
             cgroup_id: info.cgroup_id,
         };
         let mut o = Owner::from_task(&task, k.learned, p.cgroup);
-        o.learned_at = Some(self.wall(k.since_ns));
+        // A TIME_WAIT socket's last owner keeps no time it was learnt (0).
+        o.learned_at = (k.since_ns != 0).then(|| self.wall(k.since_ns));
         Some(Arc::new(o))
     }
 
@@ -348,7 +349,8 @@ impl<H: HostInfo> Enricher<H> {
             let closed = (info.closed_ns != 0).then_some(info.closed_ns);
             let just_closed = closed.is_some_and(|t| now.saturating_sub(t) <= JUST_CLOSED_NS);
             if closed.is_none() || (just_closed && cause != Cause::TimewaitSegment) {
-                c.age_seconds = Some(secs(closed.unwrap_or(now).saturating_sub(info.since_ns)));
+                c.age_seconds = (info.since_ns != 0)
+                    .then(|| secs(closed.unwrap_or(now).saturating_sub(info.since_ns)));
                 c.owner = Some(owner);
             } else {
                 c.last_owner = Some(LastOwner {

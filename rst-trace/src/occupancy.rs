@@ -8,8 +8,9 @@ use aya::{
 use rst_trace_common::{
     ownercache::{self, OWNERS_SETS},
     twcache::{self, TW_OWNERS_SETS},
-    AcceptorKey, OwnerInfo, OwnerSet, SlotTag, TwSet, ACCEPTORS_CAPACITY, ACCEPTORS_MAP,
-    OWNERS_CAPACITY, OWNERS_MAP, OWNERS_WAYS, TW_OWNERS_CAPACITY, TW_OWNERS_MAP, TW_OWNERS_WAYS,
+    AcceptorKey, OwnerInfo, OwnerSet, SlotTag, TwIdentity, TwSet, TwSlot, ACCEPTORS_CAPACITY,
+    ACCEPTORS_MAP, OWNERS_CAPACITY, OWNERS_MAP, OWNERS_WAYS, TW_IDS_CAPACITY, TW_IDS_MAP,
+    TW_OWNERS_CAPACITY, TW_OWNERS_MAP, TW_OWNERS_WAYS,
 };
 use std::{collections::BTreeMap, num::NonZeroUsize, os::fd::AsFd};
 
@@ -112,19 +113,20 @@ fn open_hot(ebpf: &Ebpf) -> Option<Counter> {
 /// it by syscall would take one per set.
 const CACHE_WINDOW_BYTES: usize = 512 * 1024;
 
-/// Which slots of a set cache count as entries, from their tag, at `now` (monotonic ns).
-type Live = fn(&SlotTag, u64) -> bool;
+/// Which slots of a set cache count as entries, from the `T` (a tag, or a whole slot) that
+/// starts each, at `now` (monotonic ns).
+type Live<T> = fn(&T, u64) -> bool;
 
 /// Counts the live slots of a set-associative cache in an array (the kernel's owner caches:
-/// `sets` sets of `set_bytes` bytes, each starting with its `ways` tags), through read-only
-/// mappings of a window at a time.
-fn open_cache(
+/// `sets` sets of `set_bytes` bytes, each starting with its `ways` tags or slots, `T`),
+/// through read-only mappings of a window at a time.
+fn open_cache<T: Copy + 'static>(
     ebpf: &Ebpf,
     name: &'static str,
     sets: u32,
     set_bytes: usize,
     ways: u32,
-    live: Live,
+    live: Live<T>,
 ) -> Option<Counter> {
     let id = match ebpf.map(name)? {
         Map::Array(m) => m.info().ok()?.id(),
@@ -137,7 +139,9 @@ fn open_cache(
     let unit = lcm(page, set_bytes)?;
     let window = unit * (CACHE_WINDOW_BYTES / unit).max(1);
     let ways = usize::try_from(ways).ok()?;
-    if ways * std::mem::size_of::<SlotTag>() > set_bytes {
+    if ways * std::mem::size_of::<T>() > set_bytes
+        || !set_bytes.is_multiple_of(std::mem::align_of::<T>())
+    {
         log::debug!("{name}: {ways} tags do not fit a set of {set_bytes} bytes");
         return None;
     }
@@ -148,7 +152,8 @@ fn open_cache(
             let bytes = window.min(total - offset);
             let len = NonZeroUsize::new(bytes)?;
             // SAFETY: a shared read-only mapping of the map's values, unmapped below; the kernel
-            // writes slots under it, so every field is read volatile and judged by its sequence.
+            // writes slots under it, so every field is read volatile and judged by its sequence
+            // or key.
             let base = unsafe {
                 nix::sys::mman::mmap(
                     None,
@@ -162,18 +167,19 @@ fn open_cache(
             .ok()?;
             for set in 0..bytes / set_bytes {
                 for way in 0..ways {
-                    // SAFETY: tag `way` of set `set` lies inside the mapping (the tags start
-                    // each set, checked above), 8-byte aligned.
+                    // SAFETY: `T` number `way` of set `set` lies inside the mapping (they
+                    // start each set, checked above), aligned (the set size is a multiple of
+                    // `T`'s alignment, the mapping page-aligned).
                     let tag = unsafe {
                         let t = base
                             .as_ptr()
                             .cast::<u8>()
                             .add(set * set_bytes)
-                            .cast::<SlotTag>()
+                            .cast::<T>()
                             .add(way);
                         std::ptr::read_volatile(t)
                     };
-                    if tag.seq & 1 == 0 && live(&tag, now) {
+                    if live(&tag, now) {
                         n += 1;
                     }
                 }
@@ -219,7 +225,7 @@ impl KernelTables {
                 OWNERS_SETS,
                 std::mem::size_of::<OwnerSet>(),
                 OWNERS_WAYS,
-                |t, _| ownercache::is_open(t.check, t.closed_ns),
+                |t: &SlotTag, _| t.seq & 1 == 0 && ownercache::is_open(t.check, t.closed_ns),
             ),
         );
         add(
@@ -231,7 +237,21 @@ impl KernelTables {
                 TW_OWNERS_SETS,
                 std::mem::size_of::<TwSet>(),
                 TW_OWNERS_WAYS,
-                |t, now| twcache::is_live(t.closed_ns, now),
+                |t: &TwSlot, now| twcache::slot_live(t, twcache::units(now)),
+            ),
+        );
+        add(
+            TW_IDS_MAP,
+            TW_IDS_CAPACITY,
+            open_cache(
+                ebpf,
+                TW_IDS_MAP,
+                TW_IDS_CAPACITY,
+                std::mem::size_of::<TwIdentity>(),
+                1,
+                |t: &TwIdentity, now| {
+                    t.seq & 1 == 0 && !twcache::id_replaceable(t, twcache::units(now))
+                },
             ),
         );
         add(
@@ -259,6 +279,8 @@ impl KernelTables {
                 };
                 match t.name {
                     OWNERS_MAP => f.refused = Some(owners.full),
+                    // An identity replaced while live slots named it loses their owners: one
+                    // count, kept by the TIME_WAIT cache's figure.
                     TW_OWNERS_MAP => f.evicted = Some(owners.timewait_evicted),
                     _ => {}
                 }

@@ -601,6 +601,8 @@ mod tests {
         let mut o = kernel_owner(200, b"server", OWNER_ACCEPT);
         o.closed_ns = 500_000_000;
         o.flags = OWNER_CLOSED;
+        // The kernel keeps no time a TIME_WAIT socket's last owner was learnt.
+        o.since_ns = 0;
         let d = p.handle(&Record::ResetSent(ResetSentRecord {
             header: header(RecordKind::ResetSent, 3_000_000_000),
             tuple: tuple(80, 50000),
@@ -614,6 +616,7 @@ mod tests {
         assert!(d[0].owner.is_none(), "{:?}", d[0].owner);
         assert_eq!(ev(&d[0])["last_owner"]["process"]["pid"], 200);
         assert_eq!(ev(&d[0])["last_owner"]["closed_seconds_ago"], 2.5);
+        assert!(ev(&d[0]).get("connection_age_seconds").is_none());
     }
 
     #[test]

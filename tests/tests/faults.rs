@@ -201,6 +201,7 @@ fn assert_tables_in_metrics(stats: &Value, scrape: &str) {
     for kernel_map in [
         "RST_OWNERS",
         "RST_TW_OWNERS",
+        "RST_TW_IDS",
         "RST_ACCEPTORS",
         "RST_HOT_SENT",
     ] {

@@ -53,6 +53,7 @@ const TOLERANCES: &[(&str, f64, &str)] = &[
 /// caches cleared when full): judged by their bound, not by their slope.
 const BOUNDED_BY_EVICTION: &[&str] = &[
     "table:RST_TW_OWNERS",
+    "table:RST_TW_IDS",
     "table:RST_ACCEPTORS",
     "table:RST_HOT_SENT",
     "table:processes",
