@@ -812,6 +812,15 @@ fn markdown(
     let _ = writeln!(s, "\nRecords: {} delivered, {} lost and counted, {} undecodable, {} events folded into summaries; nothing lost uncounted: {}.",
         r["delivered"], r["lost"], r["undecodable"], r["suppressed"], if checks.iter().all(|c| c.ok) { "yes" } else { "NO" });
     let _ = writeln!(s, "\nFinal per-cause totals: `{}`", fin["causes"]);
+    // A program run the kernel skipped (it was already running on that CPU) is in no counter:
+    // beside a count that falls short, this says whether that is why.
+    let _ = writeln!(
+        s,
+        "\nRuns the kernel skipped (`kernel.skipped_runs`, absent when none): `{}`",
+        fin["kernel"]
+            .get("skipped_runs")
+            .unwrap_or(&serde_json::Value::Null)
+    );
     let _ = writeln!(
         s,
         "\nTables at the end (entries, capacity, refused, evicted): `{}`",
