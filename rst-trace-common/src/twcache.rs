@@ -112,45 +112,25 @@ pub struct IdPlacement {
     pub check: u32,
 }
 
-/// The words of an identity, as [`id_placement`] hashes them.
+/// The words of an identity, as [`id_placement`] hashes them and the kernel compares them:
+/// `comm` as its two 8-byte halves (a byte loop here would compile to a `memcpy` call).
 #[inline(always)]
 pub fn id_words(
     pid: u32,
     tid: u32,
     start_ns: u64,
     cgroup: u64,
-    comm: &[u8; 16],
+    comm: [u64; 2],
     how: u32,
 ) -> [u64; 6] {
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    let mut i = 0;
-    while i < 8 {
-        lo[i] = comm[i];
-        hi[i] = comm[i + 8];
-        i += 1;
-    }
     [
         u64::from(pid) | (u64::from(tid) << 32),
         start_ns,
         cgroup,
-        u64::from_ne_bytes(lo),
-        u64::from_ne_bytes(hi),
+        comm[0],
+        comm[1],
         u64::from(how),
     ]
-}
-
-/// The words of a stored identity.
-#[inline(always)]
-pub fn identity_words(id: &TwIdentity) -> [u64; 6] {
-    id_words(
-        id.pid,
-        id.tid,
-        id.start_boottime_ns,
-        id.cgroup_id,
-        &id.comm,
-        id.how,
-    )
 }
 
 /// The placement of an identity (its [`id_words`]).
@@ -239,9 +219,9 @@ mod tests {
 
     #[test]
     fn an_identity_reference_tells_a_replaced_identity() {
-        let comm = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
-        let one = id_placement(&id_words(100, 101, 5 * S, 7, &comm, 3));
-        let two = id_placement(&id_words(200, 200, 6 * S, 7, &comm, 3));
+        let comm = [u64::from_ne_bytes(*b"nginx\0\0\0"), 0];
+        let one = id_placement(&id_words(100, 101, 5 * S, 7, comm, 3));
+        let two = id_placement(&id_words(200, 200, 6 * S, 7, comm, 3));
         assert!(one.a < TW_IDS_CAPACITY && one.b < TW_IDS_CAPACITY);
         let r = id_ref(one.a, one.check);
         assert_eq!(id_index(r), one.a);

@@ -426,43 +426,47 @@ fn identity_into(owner: u32, closed: u32, out: &mut OwnerInfo) -> bool {
     true
 }
 
-/// An identity slot's contents as `twcache::id_words` lays an identity out, read as they are.
+/// An identity slot's contents as `twcache::id_words` lays them out, read as they are.
 #[inline(always)]
 fn identity_words(id: &TwIdentity) -> [u64; 6] {
-    // SAFETY: fields of a map value, read as they are (another CPU may be writing them).
+    // SAFETY: fields of a map value, read as they are (another CPU may be writing them);
+    // `comm` is 16 bytes at 8-byte alignment.
     unsafe {
-        let comm = id.comm.as_ptr() as *const u64;
-        [
-            u64::from(core::ptr::read_volatile(&id.pid))
-                | (u64::from(core::ptr::read_volatile(&id.tid)) << 32),
+        twcache::id_words(
+            core::ptr::read_volatile(&id.pid),
+            core::ptr::read_volatile(&id.tid),
             core::ptr::read_volatile(&id.start_boottime_ns),
             core::ptr::read_volatile(&id.cgroup_id),
-            core::ptr::read_volatile(comm),
-            core::ptr::read_volatile(comm.add(1)),
-            u64::from(core::ptr::read_volatile(&id.how)),
-        ]
+            comm_words(&id.comm),
+            core::ptr::read_volatile(&id.how),
+        )
     }
 }
 
 /// An owner's identity as `twcache::id_words` lays it out.
 #[inline(always)]
 fn owner_words(o: &OwnerInfo) -> [u64; 6] {
-    let comm = o.comm.as_ptr() as *const u64;
-    // SAFETY: `comm` is 16 bytes at 8-byte alignment within `OwnerInfo`.
-    let (lo, hi) = unsafe {
-        (
-            core::ptr::read_volatile(comm),
-            core::ptr::read_volatile(comm.add(1)),
-        )
-    };
-    [
-        u64::from(o.pid) | (u64::from(o.tid) << 32),
+    twcache::id_words(
+        o.pid,
+        o.tid,
         o.start_boottime_ns,
         o.cgroup_id,
-        lo,
-        hi,
-        u64::from(o.how),
-    ]
+        comm_words(&o.comm),
+        o.how,
+    )
+}
+
+/// A `comm` (8-byte aligned in both structs that hold one) as two words.
+#[inline(always)]
+fn comm_words(comm: &[u8; 16]) -> [u64; 2] {
+    let w = comm.as_ptr() as *const u64;
+    // SAFETY: 16 bytes at 8-byte alignment (`OwnerInfo` and `TwIdentity` place it so).
+    unsafe {
+        [
+            core::ptr::read_volatile(w),
+            core::ptr::read_volatile(w.add(1)),
+        ]
+    }
 }
 
 /// How often an identity that stays named has its time moved: a store by the same thread
@@ -510,7 +514,7 @@ fn identity_ref(owner: &OwnerInfo, now: u32) -> Option<u32> {
 fn identity_held(id: &mut TwIdentity, words: &[u64; 6], now: u32) -> bool {
     // SAFETY: fields of a map value, read as they are.
     let seq = unsafe { core::ptr::read_volatile(&id.seq) };
-    if seq & 1 != 0 || !same_words(&identity_words(id), words) {
+    if seq & 1 != 0 || !crate::mem::same(&identity_words(id), words) {
         return false;
     }
     // SAFETY: as above; a racing write of the time by another CPU loses one of two moments.
@@ -520,14 +524,6 @@ fn identity_held(id: &mut TwIdentity, words: &[u64; 6], now: u32) -> bool {
         }
     }
     true
-}
-
-/// `a == b` without a branch per word: `==` on arrays, or a chain of word comparisons,
-/// becomes a call of the object's byte-at-a-time `memcmp`.
-#[inline(always)]
-fn same_words(a: &[u64; 6], b: &[u64; 6]) -> bool {
-    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]))
-        == 0
 }
 
 /// Writes identity `words` into `id` under its sequence.
