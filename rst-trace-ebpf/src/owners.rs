@@ -514,7 +514,7 @@ fn identity_ref(owner: &OwnerInfo, now: u32) -> Option<u32> {
 fn identity_held(id: &mut TwIdentity, words: &[u64; 6], now: u32) -> bool {
     // SAFETY: fields of a map value, read as they are.
     let seq = unsafe { core::ptr::read_volatile(&id.seq) };
-    if seq & 1 != 0 || !crate::mem::same(&identity_words(id), words) {
+    if seq & 1 != 0 || !crate::mem::same_words(&identity_words(id), words) {
         return false;
     }
     // SAFETY: as above; a racing write of the time by another CPU loses one of two moments.
