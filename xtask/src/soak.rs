@@ -556,6 +556,9 @@ struct Check {
     agent: i64,
     kernel: i64,
     ok: bool,
+    /// What else the agent and the kernel counted that bears on the check, for a reader of a
+    /// failed one.
+    evidence: String,
 }
 
 fn reconcile(
@@ -566,17 +569,39 @@ fn reconcile(
 ) -> Vec<Check> {
     let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     let n = |v: &Value| v.as_i64().unwrap_or(-1);
+    // The RSTs by reason as the programs counted them, and every MIB counter of resets and
+    // aborts that moved (TCPAbortFailed: an RST counted but never built, so never traced).
+    let moved: Vec<String> = after
+        .keys()
+        .filter(|k| {
+            ["Rst", "Abort", "Reset", "AttemptFails"]
+                .iter()
+                .any(|w| k.contains(w))
+        })
+        .filter(|k| d(k) != 0)
+        .map(|k| format!("{k} {}", d(k)))
+        .collect();
     let mut checks = vec![Check {
         what: "RSTs sent by TCP (resets_sent.tcp_stack vs Tcp.OutRsts)".into(),
         agent: n(&fin["resets_sent"]["tcp_stack"]),
         kernel: d("Tcp.OutRsts"),
         ok: false,
+        evidence: format!(
+            "the programs counted, by reason: `{}`, on sockets with SO_LINGER 0: `{}`; the MIB counters of resets that moved: {}",
+            fin["kernel"]["resets_sent"],
+            fin["kernel"]["resets_sent_linger_zero"],
+            moved.join(", ")
+        ),
     }];
     checks.push(Check {
         what: "accept_queue_overflow (vs TcpExt.ListenOverflows)".into(),
         agent: fin["causes"]["accept_queue_overflow"].as_i64().unwrap_or(0),
         kernel: d("TcpExt.ListenOverflows"),
         ok: false,
+        evidence: format!(
+            "TcpExt.ListenDrops {} (overflows and the other listener drops)",
+            d("TcpExt.ListenDrops")
+        ),
     });
     // Nothing lost uncounted: what the per-cause totals hold beyond the events written
     // (their folded counts included) is covered by the records counted as lost.
@@ -598,6 +623,7 @@ fn reconcile(
         agent: unwritten,
         kernel: lost,
         ok: unwritten <= lost,
+        evidence: String::new(),
     });
     for c in checks.iter_mut().take(2) {
         c.ok = c.agent == c.kernel;
@@ -807,6 +833,9 @@ fn markdown(
             c.kernel,
             if c.ok { "exact" } else { "FAIL" }
         );
+    }
+    for c in checks.iter().filter(|c| !c.evidence.is_empty()) {
+        let _ = writeln!(s, "\n{}: {}.", c.what, c.evidence);
     }
     let r = &fin["records"];
     let _ = writeln!(s, "\nRecords: {} delivered, {} lost and counted, {} undecodable, {} events folded into summaries; nothing lost uncounted: {}.",
