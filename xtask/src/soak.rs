@@ -642,21 +642,8 @@ fn mib(ns: &str) -> Result<BTreeMap<String, i64>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut m = BTreeMap::new();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    for pair in lines.chunks(2) {
-        let [h, v] = pair else { continue };
-        let (Some((hp, hn)), Some((_, vv))) = (h.split_once(':'), v.split_once(':')) else {
-            continue;
-        };
-        for (name, val) in hn.split_whitespace().zip(vv.split_whitespace()) {
-            if let Ok(val) = val.parse() {
-                m.insert(format!("{hp}.{name}"), val);
-            }
-        }
-    }
-    Ok(m)
+    rst_trace_common::mib::parse(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("parsing the MIB of {ns}"))
 }
 
 /// The MIB once traffic stopped moving it (bounded: 10 s).
