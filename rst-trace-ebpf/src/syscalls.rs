@@ -4,6 +4,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, map, tracepoint},
     maps::PerCpuArray,
     programs::{FEntryContext, FExitContext, TracePointContext},
+    EbpfContext,
 };
 use rst_trace_common::{
     errno::{EMFILE, ENFILE},
@@ -91,9 +92,29 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Where every kernel's syscall exit record has `long ret`: after the 8-byte common header and
+/// the `int __syscall_nr` (padded to 8).
+const SYS_EXIT_RET_OFFSET: u16 = 16;
+
+/// The syscall's result. A load from the record at a constant offset is a plain load (the
+/// verifier refuses a context offset known only at load time, so those go through a helper
+/// call); the layout read from tracefs says whether `ret` is where every kernel has had it, and
+/// the verifier keeps only the branch it chooses.
+#[inline(always)]
+fn sys_exit_ret(ctx: &TracePointContext) -> Option<i64> {
+    if lay!(tp.sys_exit_ret) == SYS_EXIT_RET_OFFSET {
+        // SAFETY: inside the record, which the verifier checks against the tracepoint's size.
+        return Some(unsafe {
+            core::ptr::read(
+                (ctx.as_ptr() as *const u8).add(SYS_EXIT_RET_OFFSET as usize) as *const i64,
+            )
+        });
+    }
+    tp(ctx, lay!(tp.sys_exit_ret))
+}
+
 fn try_exit_accept(ctx: &TracePointContext) -> Option<()> {
-    let ret: i64 = tp(ctx, lay!(tp.sys_exit_ret))?;
-    let ret = ret as i32;
+    let ret = sys_exit_ret(ctx)? as i32;
     if ret >= 0 || !fd_limit(ret) {
         return accept_returned(ret, -1);
     }
