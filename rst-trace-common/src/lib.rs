@@ -14,6 +14,7 @@ pub mod names;
 pub mod ownercache;
 pub mod setcache;
 pub mod tcp;
+pub mod tickclock;
 pub mod twcache;
 
 pub use drops::{WatchedDrop, WATCHED_DROP_REASONS};
@@ -266,10 +267,11 @@ pub struct OwnerInfo {
     pub cgroup_id: u64,
     /// `comm` when the owner was learnt; the agent reports the current name.
     pub comm: [u8; 16],
-    /// `bpf_ktime_get_ns()` when the owner was learnt (for accepts in [`ACCEPTORS_MAP`]: the
-    /// latest accept); 0 for a TIME_WAIT socket's last owner, which keeps no such time.
+    /// When the owner was learnt (for accepts in [`ACCEPTORS_MAP`]: the latest accept), as
+    /// [`tickclock`] reads CLOCK_MONOTONIC: up to two ticks early; 0 for a TIME_WAIT socket's
+    /// last owner, which keeps no such time.
     pub since_ns: u64,
-    /// `bpf_ktime_get_ns()` when the socket entered CLOSE; 0 while it is open.
+    /// When the socket entered CLOSE ([`tickclock`]'s time, as `since_ns`); 0 while open.
     pub closed_ns: u64,
     /// `task_struct.start_boottime` of the process (ns since boot, suspend included): with the
     /// pid it names one process even after the pid is reused.
@@ -291,8 +293,8 @@ pub struct SlotTag {
     pub seq: u32,
     /// A check of the key from its hash (never 0); 0 for a slot never used.
     pub check: u32,
-    /// When the socket entered CLOSE (`bpf_ktime_get_ns`), which ages the slot; 0 while its
-    /// socket is open.
+    /// When the socket entered CLOSE ([`tickclock`]'s time), which ages the slot; 0 while
+    /// its socket is open.
     pub closed_ns: u64,
 }
 

@@ -35,13 +35,15 @@ pub fn is_open(check: u32, closed_ns: u64) -> bool {
 }
 
 /// Whether a slot may take a new owner: it is not being written (`busy`), and it is empty,
-/// holds the same socket, or holds a socket closed more than the grace period ago.
+/// holds the same socket, or holds a socket closed more than the grace period ago. A close
+/// time ahead of `now_ns` is a close just now: both come from `tickclock`, whose readings on
+/// two CPUs may differ by two ticks either way.
 #[inline(always)]
 pub fn fits(busy: bool, check: u32, same_key: bool, closed_ns: u64, now_ns: u64) -> bool {
     !busy
         && (check == 0
             || same_key
-            || (closed_ns != 0 && now_ns.wrapping_sub(closed_ns) >= OWNER_CLOSE_GRACE_NS))
+            || (closed_ns != 0 && now_ns.saturating_sub(closed_ns) >= OWNER_CLOSE_GRACE_NS))
 }
 
 /// Whether an entry found for a socket is that socket's: an open one always; a closed one
@@ -76,6 +78,10 @@ mod tests {
             "closed, within grace"
         );
         assert!(!fits(true, 0, false, 0, now), "a slot being written");
+        assert!(
+            !fits(false, 7, false, now + 4 * MS, now),
+            "closed a tick ahead of this CPU's reading: within grace"
+        );
     }
 
     #[test]

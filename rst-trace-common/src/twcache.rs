@@ -36,23 +36,41 @@ pub const TW_OWNERS_SETS: u32 = TW_OWNERS_CAPACITY / TW_OWNERS_WAYS;
 /// TIME_WAIT socket still there.
 pub const TW_OWNER_KEEP_NS: u64 = 90_000_000_000;
 
-/// Times in the cache are `bpf_ktime_get_ns() >> CLOCK_SHIFT` (about a millisecond), kept in
-/// 32 bits: they wrap after 52 days, and only differences under [`TW_OWNER_KEEP_NS`] are
-/// ever taken.
+/// Times in the cache are CLOCK_MONOTONIC as [`crate::tickclock`] reads it, `>> CLOCK_SHIFT`
+/// (about a millisecond), kept in 32 bits: they wrap after 52 days, and only differences under
+/// [`TW_OWNER_KEEP_NS`] are ever taken.
 pub const CLOCK_SHIFT: u32 = 20;
 
 const KEEP_UNITS: u32 = (TW_OWNER_KEEP_NS >> CLOCK_SHIFT) as u32;
 
-/// `ns` (`bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC) as the cache keeps times.
+/// `ns` (CLOCK_MONOTONIC, as `bpf_ktime_get_ns` or [`crate::tickclock`] reads it) as the cache
+/// keeps times.
 #[inline(always)]
 pub fn units(ns: u64) -> u32 {
     (ns >> CLOCK_SHIFT) as u32
 }
 
+/// How far a kept time may lie ahead of a later reading and still count as just now: the
+/// caches are stamped with `tickclock`'s time, up to two ticks (20 ms at `HZ`=100) behind the
+/// clock and behind another CPU's reading; 128 units are 134 ms.
+const AHEAD_SLACK_UNITS: u32 = 128;
+
+/// Units from `kept` to `now`; 0 when `kept` is slightly ahead (see [`AHEAD_SLACK_UNITS`]),
+/// where a plain wrapping difference would make a time just stored look 52 days old.
+#[inline(always)]
+pub fn elapsed(kept: u32, now: u32) -> u32 {
+    let d = now.wrapping_sub(kept);
+    if d > u32::MAX - AHEAD_SLACK_UNITS {
+        0
+    } else {
+        d
+    }
+}
+
 /// A time the cache kept, back in ns, taken to lie within the 52 days before `now_ns`.
 #[inline(always)]
 pub fn ns_of(kept: u32, now_ns: u64) -> u64 {
-    let ago = u64::from(units(now_ns).wrapping_sub(kept)) << CLOCK_SHIFT;
+    let ago = u64::from(elapsed(kept, units(now_ns))) << CLOCK_SHIFT;
     now_ns.saturating_sub(ago)
 }
 
@@ -79,7 +97,7 @@ pub fn placement(words: &[u64; 6]) -> Placement {
 /// Whether something kept at `kept` is within the TIME_WAIT span at `now` (both [`units`]).
 #[inline(always)]
 pub fn is_live(kept: u32, now: u32) -> bool {
-    now.wrapping_sub(kept) < KEEP_UNITS
+    elapsed(kept, now) < KEEP_UNITS
 }
 
 /// Whether a slot holds the last owner of a TIME_WAIT socket that may still be there.
@@ -215,6 +233,25 @@ mod tests {
             "{back} vs {closed}"
         );
         assert_eq!(ns_of(u(now), now), now);
+    }
+
+    #[test]
+    fn a_time_stored_a_tick_ahead_is_just_now_not_long_ago() {
+        // Stored on another CPU whose reading ran 8 ms ahead of this one's.
+        let now = 1000 * S;
+        let ahead = u(now + 8_000_000);
+        assert_eq!(elapsed(ahead, u(now)), 0);
+        assert!(is_live(ahead, u(now)));
+        assert!(!fits(9, ahead, 7, u(now)), "a live owner is not displaced");
+        assert_eq!(ns_of(ahead, now), now);
+        let mut id = TwIdentity {
+            pid: 100,
+            named: ahead,
+            ..Default::default()
+        };
+        assert!(!id_replaceable(&id, u(now)));
+        id.named = u(now - 100 * S);
+        assert!(id_replaceable(&id, u(now)));
     }
 
     #[test]

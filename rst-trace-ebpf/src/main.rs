@@ -11,6 +11,7 @@
 // them in place on the 512-byte BPF stack instead of copying them into the call.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod clock;
 mod diag;
 mod emit;
 mod hot;

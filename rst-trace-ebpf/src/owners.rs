@@ -80,10 +80,11 @@ static RST_LAST_ACCEPT: PerCpuArray<LastAccept> = PerCpuArray::with_max_entries(
 
 /// The calling thread's identity as last read in full on this CPU: a thread that connects or
 /// accepts again and again (a client pool, a server's accept loop) is read once a
-/// millisecond rather than at every connection, three helper calls fewer each time. A name or
-/// cgroup changed since (exec, a move between cgroups) shows at most that much later; the
-/// agent reports a live process's current name anyway. The slot is also where the owner being
-/// stored is built: an owner on the stack does not fit beside a listener's record.
+/// millisecond (once a tick, as the owner clock moves) rather than at every connection, three
+/// helper calls fewer each time. A name or cgroup changed since (exec, a move between cgroups)
+/// shows at most that much later; the agent reports a live process's current name anyway. The
+/// slot is also where the owner being stored is built: an owner on the stack does not fit
+/// beside a listener's record.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TaskMemo {
@@ -140,7 +141,7 @@ pub fn learn(sk: u64, how: u32) {
     if sk == 0 {
         return;
     }
-    if let Some(owner) = current_owner(how, unsafe { generated::bpf_ktime_get_ns() }) {
+    if let Some(owner) = current_owner(how, crate::clock::owner_now_ns()) {
         store(sk, owner);
     }
 }
@@ -348,9 +349,10 @@ pub fn owner_into(sk: u64, closing: bool, out: &mut OwnerInfo) -> bool {
     found
 }
 
-/// The last owner of a TIME_WAIT mini socket, from the connection it replaced.
+/// The last owner of a TIME_WAIT mini socket, from the connection it replaced, as of `now_ns`
+/// (the record's time).
 #[inline(always)]
-pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
+pub fn tw_owner_into(tw: u64, now_ns: u64, out: &mut OwnerInfo) -> bool {
     let Some(key) = conn_key(tw, CONN_WORDS_RESET) else {
         return false;
     };
@@ -362,7 +364,7 @@ pub fn tw_owner_into(tw: u64, out: &mut OwnerInfo) -> bool {
     // which their keys tell.
     let (a, b) = unsafe { (&*a, &*b) };
     match tw_find(a, at.key).or_else(|| tw_find(b, at.key)) {
-        Some((owner, closed)) => identity_into(owner, closed, out),
+        Some((owner, closed)) => identity_into(owner, closed, now_ns, out),
         None => false,
     }
 }
@@ -391,7 +393,7 @@ fn tw_find(set: &TwSet, key: u64) -> Option<(u32, u32)> {
 /// Copies the identity a slot names into `out`, with the close time the slot kept; `false`
 /// when that identity has been replaced since, or was being rewritten.
 #[inline(always)]
-fn identity_into(owner: u32, closed: u32, out: &mut OwnerInfo) -> bool {
+fn identity_into(owner: u32, closed: u32, now_ns: u64, out: &mut OwnerInfo) -> bool {
     let Some(id) = RST_TW_IDS.get_ptr(twcache::id_index(owner)) else {
         return false;
     };
@@ -422,7 +424,7 @@ fn identity_into(owner: u32, closed: u32, out: &mut OwnerInfo) -> bool {
     out.flags = OWNER_CLOSED;
     // A TIME_WAIT owner keeps no time it was learnt.
     out.since_ns = 0;
-    out.closed_ns = twcache::ns_of(closed, unsafe { generated::bpf_ktime_get_ns() });
+    out.closed_ns = twcache::ns_of(closed, now_ns);
     true
 }
 
@@ -643,7 +645,7 @@ pub fn closed(sk: u64, active_close: bool) -> Option<()> {
         clear(tag);
         return None;
     }
-    let now = unsafe { generated::bpf_ktime_get_ns() };
+    let now = crate::clock::owner_now_ns();
     // SAFETY: as above.
     unsafe {
         let seq = core::ptr::read_volatile(&tag.seq) | 1;
@@ -668,7 +670,7 @@ pub fn accepted(child: u64) {
     if child == 0 {
         return;
     }
-    let now = unsafe { generated::bpf_ktime_get_ns() };
+    let now = crate::clock::owner_now_ns();
     let Some(owner) = current_owner(rst_trace_common::OWNER_ACCEPT, now) else {
         return;
     };

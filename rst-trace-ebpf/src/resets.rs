@@ -181,7 +181,7 @@ fn send_reset<M: Kmem>(sk: u64, skaddr: u64, skb: u64, reason: u32) -> Option<()
     if skaddr != 0 {
         rec.flags |= RST_HAS_SOCK;
         if state == TCP_TIME_WAIT {
-            owners::tw_owner_into(skaddr, &mut rec.owner);
+            owners::tw_owner_into(skaddr, rec.header.ktime_ns, &mut rec.owner);
         }
     }
     stack_reset_sent(&rec.tuple, rec.header.ktime_ns);
@@ -304,7 +304,7 @@ fn function_reset(sk: u64, skb: u64) -> Option<()> {
         rec.state = state;
         rec.flags |= RST_HAS_SOCK;
         if state == TCP_TIME_WAIT {
-            owners::tw_owner_into(sk, &mut rec.owner);
+            owners::tw_owner_into(sk, rec.header.ktime_ns, &mut rec.owner);
         }
     }
     stack_reset_sent(&rec.tuple, rec.header.ktime_ns);

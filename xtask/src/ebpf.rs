@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use object::{Object, ObjectSection};
+use object::{Object, ObjectSection, ObjectSymbol};
 
 use crate::cmd;
 use crate::workspace::Workspace;
@@ -107,8 +107,25 @@ fn verify(data: &[u8]) -> Result<()> {
     match elf.section_by_name(".BTF") {
         None => bail!("no .BTF section (was bpf-linker given --btf?)"),
         Some(s) if s.size() == 0 => bail!("the .BTF section is empty"),
-        Some(_) => Ok(()),
+        Some(_) => {}
     }
+    let panics: Vec<String> = elf
+        .symbols()
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .filter(|name| name.contains("panicking"))
+        .collect();
+    if !panics.is_empty() {
+        // A division or an index the compiler could not prove safe leaves a call into
+        // core::panicking, which ends in a call rather than an exit: the verifier refuses
+        // every program that reaches it ("last insn is not an exit or jmp"), on whichever
+        // kernel loads that program, which may not be the one the tests run on.
+        bail!(
+            "the object keeps a panic path ({}): make the operation that leads there checked \
+             (checked_div, get, …)",
+            panics.join(", ")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
