@@ -59,12 +59,22 @@ pub fn tick_ns_of(elapsed_ns: u64, ticks: u64) -> Option<u64> {
 /// it may not be ahead, nor more than two ticks behind. A tick measured wrong, or jiffies that
 /// stopped, fail this, and the tick is measured again.
 #[inline(always)]
-pub fn prediction_holds(predicted_ns: u64, now_ns: u64, tick_ns: u64) -> bool {
+fn prediction_holds(predicted_ns: u64, now_ns: u64, tick_ns: u64) -> bool {
     predicted_ns <= now_ns && now_ns - predicted_ns <= 2 * tick_ns
 }
 
-/// The time at tick `jiffies` from an anchor (`anchor_ktime_ns` read at tick
-/// `anchor_jiffies`), or `None` when the anchor is too old (or ahead) to serve.
+/// What an anchor (`anchor_ktime_ns` read at tick `anchor_jiffies`) predicts for tick
+/// `jiffies`: its reading plus the ticks since, less one.
+#[inline(always)]
+fn predict(anchor_jiffies: u64, anchor_ktime_ns: u64, tick_ns: u64, jiffies: u64) -> u64 {
+    let ticks = jiffies.wrapping_sub(anchor_jiffies);
+    anchor_ktime_ns
+        .wrapping_add(ticks.wrapping_mul(tick_ns))
+        .saturating_sub(tick_ns)
+}
+
+/// The time at tick `jiffies` from an anchor, or `None` when the anchor has no tick yet, is
+/// too old, or is ahead (another program renewed it meanwhile).
 #[inline(always)]
 pub fn from_anchor(
     anchor_jiffies: u64,
@@ -73,10 +83,40 @@ pub fn from_anchor(
     jiffies: u64,
 ) -> Option<u64> {
     let ticks = jiffies.checked_sub(anchor_jiffies)?;
-    if tick_ns == 0 || ticks >= ANCHOR_TICKS {
-        return None;
+    (tick_ns != 0 && ticks < ANCHOR_TICKS)
+        .then(|| predict(anchor_jiffies, anchor_ktime_ns, tick_ns, jiffies))
+}
+
+/// For an anchor that could not serve, and a reading of the exact clock (`now_ns` at tick
+/// `jiffies`): the tick's length to renew the anchor with at this reading (0: not measured),
+/// or `None` to keep the anchor as it is, while its baseline grows long enough to measure on.
+#[inline(always)]
+pub fn renewed_tick(
+    anchor_jiffies: u64,
+    anchor_ktime_ns: u64,
+    tick_ns: u64,
+    jiffies: u64,
+    now_ns: u64,
+) -> Option<u64> {
+    if tick_ns != 0 {
+        // The anchor has served its span: its tick is kept if what it predicts for now is
+        // what the clock says.
+        let predicted = predict(anchor_jiffies, anchor_ktime_ns, tick_ns, jiffies);
+        return Some(if prediction_holds(predicted, now_ns, tick_ns) {
+            tick_ns
+        } else {
+            0
+        });
     }
-    Some((anchor_ktime_ns + ticks * tick_ns).saturating_sub(tick_ns))
+    if anchor_jiffies == 0 {
+        return Some(0);
+    }
+    let ticks = jiffies.wrapping_sub(anchor_jiffies);
+    match tick_ns_of(now_ns.saturating_sub(anchor_ktime_ns), ticks) {
+        Some(t) => Some(t),
+        None if ticks < ANCHOR_TICKS => None,
+        None => Some(0),
+    }
 }
 
 #[cfg(test)]
@@ -130,14 +170,38 @@ mod tests {
             !prediction_holds(100, 101 + 2 * tick, tick),
             "too far behind"
         );
+    }
+
+    #[test]
+    fn an_anchor_is_measured_then_renewed_or_sent_back_to_measuring() {
+        let tick = 4_000_000;
+        let (j0, k0) = (1_000, 1_000 * tick + 1);
+        assert_eq!(renewed_tick(0, 0, 0, j0, k0), Some(0), "the first anchor");
+        let j = j0 + MEASURE_TICKS - 1;
+        assert_eq!(
+            renewed_tick(j0, k0, 0, j, j * tick),
+            None,
+            "kept while the baseline is short"
+        );
+        let j = j0 + MEASURE_TICKS;
+        assert_eq!(renewed_tick(j0, k0, 0, j, j * tick + 5), Some(tick));
+        let j = j0 + ANCHOR_TICKS;
+        assert_eq!(
+            renewed_tick(j0, k0, 0, j, 3 * j * tick),
+            Some(0),
+            "no such HZ: start over"
+        );
+        assert_eq!(
+            renewed_tick(j0, k0, tick, j, j * tick + 7),
+            Some(tick),
+            "served its span, prediction held"
+        );
         // A tick measured as HZ=250 on a 256 Hz kernel drifts out within an anchor's span.
         let true_tick = 3_906_250;
-        let predicted = from_anchor(0, 0, tick, ANCHOR_TICKS - 1).unwrap_or(0);
-        assert!(!prediction_holds(
-            predicted,
-            (ANCHOR_TICKS - 1) * true_tick,
-            tick
-        ));
+        assert_eq!(
+            renewed_tick(j0, j0 * true_tick, tick, j, j * true_tick),
+            Some(0)
+        );
     }
 
     #[test]

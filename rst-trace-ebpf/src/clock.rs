@@ -49,27 +49,10 @@ pub fn owner_now_ns() -> u64 {
         if !settled {
             return now;
         }
-        let ticks = jiffies.wrapping_sub(anchor_jiffies);
-        let tick_ns = if tick_ns != 0 {
-            // The anchor has served its span: it is renewed, and its tick kept if what it
-            // predicts for now is what the clock says.
-            let predicted = anchor_ns
-                .wrapping_add(ticks.wrapping_mul(tick_ns))
-                .saturating_sub(tick_ns);
-            if tickclock::prediction_holds(predicted, now, tick_ns) {
-                tick_ns
-            } else {
-                0
-            }
-        } else if anchor_jiffies == 0 {
-            0
-        } else {
-            match tickclock::tick_ns_of(now.saturating_sub(anchor_ns), ticks) {
-                Some(t) => t,
-                // Keep the first anchor while the baseline grows long enough to measure on.
-                None if ticks < tickclock::ANCHOR_TICKS => return now,
-                None => 0,
-            }
+        let Some(tick_ns) =
+            tickclock::renewed_tick(anchor_jiffies, anchor_ns, tick_ns, jiffies, now)
+        else {
+            return now;
         };
         write_volatile(&mut (*a).seq, seq | 1);
         write_volatile(&mut (*a).jiffies, jiffies);
