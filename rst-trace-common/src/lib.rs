@@ -8,6 +8,7 @@
 
 pub mod drops;
 pub mod errno;
+pub mod fold;
 #[cfg(any(test, feature = "std"))]
 pub mod mib;
 pub mod names;
@@ -181,6 +182,8 @@ pub const TABLE_LOOKUP_HIT: u32 = 4;
 /// An event's full socket had no owner entry (older than the agent, or never listened,
 /// connected or accepted by a process).
 pub const TABLE_LOOKUP_MISS: u32 = 5;
+/// A storm's RST found no room in [`fold::FOLDS_MAP`] and was sent as a record instead.
+pub const TABLE_FOLDS_FULL: u32 = 6;
 
 /// SYN arrived with the accept queue full: it is dropped (ListenOverflows).
 pub const LISTEN_DROP_SYN_ACCEPT_FULL: u32 = 1;
@@ -830,6 +833,8 @@ mod pod {
     unsafe impl aya::Pod for TwIdentity {}
     unsafe impl aya::Pod for OwnerSet {}
     unsafe impl aya::Pod for AcceptorKey {}
+    unsafe impl aya::Pod for crate::fold::FoldKey {}
+    unsafe impl aya::Pod for crate::fold::FoldBudget {}
 }
 
 // No implicit padding anywhere: each size equals the sum of its fields.

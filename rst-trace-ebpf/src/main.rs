@@ -14,6 +14,7 @@
 mod clock;
 mod diag;
 mod emit;
+mod fold;
 mod hot;
 mod kread;
 mod layout;

@@ -209,6 +209,9 @@ fn send_reset<M: Kmem>(sk: u64, skaddr: u64, skb: u64, reason: u32) -> Option<()
         CounterFamily::ResetSent
     };
     count(family, slot);
+    if skaddr == 0 && crate::fold::sent_folded(netns, &rec.tuple, reason) {
+        return Some(());
+    }
     deliver(RecordKind::ResetSent, &*rec);
     Some(())
 }
@@ -262,6 +265,9 @@ fn receive_reset<M: Kmem>(sk: u64, skaddr: u64) -> Option<()> {
         }
     }
     count(CounterFamily::ResetReceived, state as u32);
+    if state as u32 == TCP_SYN_SENT && crate::fold::refusal_folded(netns, &tuple, &rec.owner) {
+        return Some(());
+    }
     deliver(RecordKind::ResetReceived, &rec);
     Some(())
 }
@@ -309,6 +315,9 @@ fn function_reset(sk: u64, skb: u64) -> Option<()> {
     }
     stack_reset_sent(&rec.tuple, rec.header.ktime_ns);
     count(CounterFamily::ResetSent, SLOT_NO_REASON);
+    if sk == 0 && crate::fold::sent_folded(netns, &rec.tuple, REASON_NONE) {
+        return Some(());
+    }
     deliver(RecordKind::ResetSent, &*rec);
     Some(())
 }

@@ -9,8 +9,11 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use rst_trace_common::{
-    event, names::program, AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN,
-    COUNTERS_MAP, EVENTS_MAP, STATE_TASK_VALID,
+    event,
+    fold::{FOLDS_MAP, FOLD_BUDGET_MAP},
+    names::program,
+    AcceptorKey, OwnerInfo, WatchedDrop, ACCEPTORS_MAP, COUNTERS_LEN, COUNTERS_MAP, EVENTS_MAP,
+    STATE_TASK_VALID,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -35,7 +38,7 @@ use crate::{
     poller::{self, Poller},
     preflight, procowners,
     records::{DecodeError, Endpoint, Record, Task},
-    sensor::Sensor,
+    sensor::{folds::KernelFolds, Sensor},
     skipped_runs::{self, SkippedRuns},
     sockdiag::{self, NetnsSnapshot},
     stats::{exact_cause_counts, kernel_counts, merged_causes, AgentCounts, KernelCounters},
@@ -76,6 +79,8 @@ struct Agent {
     skipped: SkippedRuns,
     /// The total of skipped runs last warned about.
     skipped_warned_at: u64,
+    /// Storm folding in the kernel; `None` when folding is off (`--max-events-per-sec 0`).
+    kernel_folds: Option<KernelFolds>,
 }
 
 impl Agent {
@@ -113,6 +118,27 @@ impl Agent {
 
     fn drain(&mut self, sensor: &mut Sensor) {
         sensor.drain(|decoded| self.process(decoded));
+    }
+
+    /// Once a second: a new budget for every CPU, and the summaries of what the kernel folded
+    /// in epochs no program can still add to (all of them at the end, `last`).
+    fn kernel_folds(&mut self, last: bool) {
+        let Some(folds) = self.kernel_folds.as_mut() else {
+            return;
+        };
+        let now = monotonic_ns();
+        if !last {
+            if let Err(e) = folds.arm(now) {
+                log::warn!("could not renew the kernel's record budget: {e}");
+            }
+        }
+        let taken = folds.take(last, now);
+        let per_cpu = folds.records_per_cpu();
+        let summaries: Vec<_> = taken
+            .iter()
+            .filter_map(|f| self.pipeline.folded(f, per_cpu))
+            .collect();
+        self.emit(summaries);
     }
 
     /// Records that say a namespace's listen-drop counters are worth reading.
@@ -292,6 +318,12 @@ impl Agent {
     fn table_figures(&self, k: &KernelCounters) -> Vec<crate::occupancy::TableFigure> {
         use crate::occupancy::TableFigure;
         let mut v = self.kernel_tables.figures(&k.owner_table_counts());
+        if let Some(f) = &self.kernel_folds {
+            v.push(f.figure(k.get(
+                rst_trace_common::CounterFamily::Table,
+                rst_trace_common::TABLE_FOLDS_FULL,
+            )));
+        }
         v.extend(self.pipeline.figures());
         v.push(self.poller.figures());
         v.push(TableFigure::new(
@@ -427,7 +459,7 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
     }
     // Before the pipeline takes the acceptor map.
     let kernel_tables = crate::occupancy::KernelTables::open(&loaded.ebpf);
-    let maps = KernelMaps::take(&mut loaded)?;
+    let maps = KernelMaps::take(&mut loaded, args.max_events_per_sec)?;
     let mut sensor = maps.sensor;
     let pipeline = new_pipeline(&facts, maps.acceptors);
     let accept_per_packet = accept_drops_per_packet(&loaded, &facts);
@@ -449,6 +481,7 @@ pub async fn run_with(args: RunArgs, mut ext: Embedding) -> anyhow::Result<Snaps
         proc_hidden: procowners::hidden_processes(),
         skipped: SkippedRuns::open(&loaded.ebpf),
         skipped_warned_at: 0,
+        kernel_folds: maps.folds,
     };
     if let Some(why) = &agent.proc_hidden {
         log::warn!("{why}");
@@ -565,10 +598,13 @@ struct KernelMaps {
     sensor: Sensor,
     counters: PerCpuArray<MapData, u64>,
     acceptors: aya::maps::HashMap<MapData, AcceptorKey, OwnerInfo>,
+    folds: Option<KernelFolds>,
 }
 
 impl KernelMaps {
-    fn take(loaded: &mut loader::Loaded) -> anyhow::Result<Self> {
+    /// `per_second`: the records a second each CPU may send of the kinds that fold (0: fold
+    /// nothing in the kernel).
+    fn take(loaded: &mut loader::Loaded, per_second: u64) -> anyhow::Result<Self> {
         let ring = RingBuf::try_from(
             loaded
                 .ebpf
@@ -591,10 +627,41 @@ impl KernelMaps {
                 .context("acceptor map missing from the eBPF object")?,
         )
         .context("opening the acceptor map")?;
+        let folds = if per_second == 0 {
+            None
+        } else {
+            let budget = PerCpuArray::try_from(
+                loaded
+                    .ebpf
+                    .take_map(FOLD_BUDGET_MAP)
+                    .context("fold budget map missing from the eBPF object")?,
+            )
+            .context("opening the fold budget")?;
+            let counts = aya::maps::PerCpuHashMap::try_from(
+                loaded
+                    .ebpf
+                    .take_map(FOLDS_MAP)
+                    .context("fold map missing from the eBPF object")?,
+            )
+            .context("opening the fold map")?;
+            let cpus =
+                aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+            let mut folds = KernelFolds::new(
+                budget,
+                counts,
+                u32::try_from(per_second).unwrap_or(u32::MAX),
+                cpus,
+            );
+            folds
+                .arm(monotonic_ns())
+                .context("arming the kernel's record budget")?;
+            Some(folds)
+        };
         Ok(KernelMaps {
             sensor,
             counters,
             acceptors,
+            folds,
         })
     }
 }
@@ -730,6 +797,7 @@ impl Agent {
                     self.emit(held);
                 }
                 _ = ticks.fold.tick() => {
+                    self.kernel_folds(false);
                     self.pipeline.expire();
                     let stale = self.pipeline.expire_foreign_resets();
                     self.emit(stale);
@@ -796,6 +864,7 @@ impl Agent {
         self.emit(stale);
         let held = self.pipeline.release_received(true);
         self.emit(held);
+        self.kernel_folds(true);
         self.stats(true);
     }
 }

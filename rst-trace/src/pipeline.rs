@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use rst_trace_common::{
-    tcp::TCP_LISTEN, ResetSentRecord, SkbDropRecord, SockStateRecord, REASON_NONE, RST_HAS_SOCK,
-    RST_KEEPALIVE_ON, RST_LINGER_ZERO, SNAP_BACKLOG, SNAP_SEQ, STATE_TASK_VALID,
+    event::Sampled, tcp::TCP_LISTEN, ResetSentRecord, SkbDropRecord, SockStateRecord, REASON_NONE,
+    RST_HAS_SOCK, RST_KEEPALIVE_ON, RST_LINGER_ZERO, SNAP_BACKLOG, SNAP_SEQ, STATE_TASK_VALID,
 };
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
     listeners::{Finding, Saturation},
     owner::{Learned, Owner},
     records::{Endpoint, Endpoints, Record, Task},
+    sensor::folds::Folded,
     sockdiag::NetnsSnapshot,
     sockets::{ListenerSock, SocketTable},
 };
@@ -139,6 +140,22 @@ impl<H: HostInfo> Pipeline<H> {
             self.remember_sent(d);
         }
         out
+    }
+
+    /// Events the kernel folded in a storm, as one summary: explained as one of them would
+    /// be, without linking sent and received RSTs (a count has no 4-tuple to link by).
+    pub fn folded(&mut self, f: &Folded, records_per_cpu: u32) -> Option<Diagnosis> {
+        let mut d = match f.record()? {
+            Record::ResetSent(r) => self.on_reset_sent(&r),
+            Record::ResetReceived(r) => connection::received(&mut self.ctx, &r),
+            _ => return None,
+        };
+        d.count = f.count;
+        d.evidence.set_sampled(Sampled {
+            note: format!("storm: folded in the kernel past {records_per_cpu} records a second per CPU; one summary stands for this many events, client ports not kept"),
+            events: f.count,
+        });
+        Some(d)
     }
 
     /// RSTs this host sent are remembered, so the receiving side (loopback, or another local
@@ -431,6 +448,67 @@ mod tests {
 
     /// Monotonic time the fake clock starts at.
     const NOW: u64 = 1_000_000_000;
+
+    fn folded(kind: u16, port: u16, count: u64) -> Folded {
+        let t = tuple(port, port);
+        Folded {
+            key: rst_trace_common::fold::FoldKey {
+                epoch: 1,
+                netns: NS,
+                kind,
+                family: t.family,
+                port,
+                local_addr: t.local_addr,
+                remote_addr: t.remote_addr,
+                reason: if kind == rst_trace_common::fold::FOLD_SENT_NO_SOCKET {
+                    1
+                } else {
+                    0
+                },
+                owner_pid: if kind == rst_trace_common::fold::FOLD_REFUSED {
+                    4242
+                } else {
+                    0
+                },
+                owner_tid: 4243,
+                owner_comm: *b"gone-client\0\0\0\0\0",
+                ..Default::default()
+            },
+            count,
+            at_ns: NOW,
+        }
+    }
+
+    #[test]
+    fn a_storm_folded_in_the_kernel_is_one_summary_per_key() {
+        let mut p = pipeline();
+        let d = p
+            .folded(
+                &folded(rst_trace_common::fold::FOLD_SENT_NO_SOCKET, 8080, 5000),
+                200,
+            )
+            .expect("a summary");
+        assert_eq!((d.cause, d.count, d.netns), (Cause::NoListener, 5000, NS));
+        assert_eq!(d.endpoints.map(|e| e.local.port), Some(8080));
+        assert_eq!(d.reason.as_deref(), Some("NO_SOCKET"));
+        let sampled = d.evidence.sampled().expect("marked as a summary");
+        assert_eq!(sampled.events, 5000);
+        assert!(sampled.note.contains("in the kernel"), "{}", sampled.note);
+
+        let d = p
+            .folded(&folded(rst_trace_common::fold::FOLD_REFUSED, 9, 12), 200)
+            .expect("a summary");
+        assert_eq!((d.cause, d.count), (Cause::ConnectionRefused, 12));
+        assert_eq!(d.endpoints.map(|e| e.remote.port), Some(9));
+        let o = d.owner.expect("the connecting process");
+        assert_eq!((o.pid, o.tid), (4242, 4243));
+        assert_eq!(
+            o.comm, "myapp",
+            "named as it is called now, when it still runs"
+        );
+        assert!(d.related.is_none(), "a count is not linked by 4-tuple");
+        assert!(!p.holding_received(), "a summary is not held for linking");
+    }
 
     fn header(kind: RecordKind, t: u64) -> rst_trace_common::RecordHeader {
         rst_trace_common::RecordHeader {

@@ -35,6 +35,10 @@ impl Limiter {
         let n = self.emitted.entry(d.cause).or_insert(0);
         if self.per_second == 0 || *n < self.per_second {
             *n += 1;
+            // A summary the kernel folded: its events had no line of their own either.
+            if d.evidence.sampled().is_some() {
+                self.suppressed += d.count;
+            }
             out.push(d);
             return out;
         }
@@ -114,6 +118,29 @@ mod tests {
         assert_eq!(summary[0].count, 7);
         let total: u64 = out.iter().chain(summary.iter()).map(|d| d.count).sum();
         assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn a_summary_from_the_kernel_counts_as_suppressed_whether_folded_or_not() {
+        let mut l = Limiter::new(1);
+        let summary = || {
+            let mut s = d();
+            s.count = 500;
+            s.evidence.set_sampled(Sampled {
+                note: "folded in the kernel".into(),
+                events: 500,
+            });
+            s
+        };
+        assert_eq!(
+            l.admit(summary(), 0).len(),
+            1,
+            "within the rate: its own line"
+        );
+        assert_eq!(l.suppressed, 500);
+        assert!(l.admit(summary(), 1).is_empty(), "past it: folded again");
+        assert_eq!(l.suppressed, 1000);
+        assert_eq!(l.flush()[0].count, 500);
     }
 
     #[test]

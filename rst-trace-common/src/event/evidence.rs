@@ -113,6 +113,18 @@ impl Evidence {
         }
     }
 
+    /// The storm summary this event is, if it is one.
+    pub fn sampled(&self) -> Option<&Sampled> {
+        match self {
+            Evidence::NoListener(e) => e.sampled.as_ref(),
+            Evidence::ListenQueue(e) => e.sampled.as_ref(),
+            Evidence::FdExhaustion(e) => e.sampled.as_ref(),
+            Evidence::EphemeralPorts(e) => e.sampled.as_ref(),
+            Evidence::Connection(e) => e.sampled.as_ref(),
+            Evidence::Firewall(e) => e.sampled.as_ref(),
+        }
+    }
+
     /// Marks the event as a storm summary.
     pub fn set_sampled(&mut self, s: Sampled) {
         *self.common_mut().0 = Some(s);

@@ -146,6 +146,20 @@ pub fn on_reset_received<H: HostInfo>(
     rst_link: &mut RstLink<Diagnosis>,
     r: &ResetReceivedRecord,
 ) -> Option<Diagnosis> {
+    let mut d = received(ctx, r);
+    let Some(e) = d.endpoints else { return Some(d) };
+    let mono = ctx.now();
+    match rst_link.take_counterpart(mono, e) {
+        Some(sent) => {
+            link(&mut d, &sent);
+            Some(d)
+        }
+        None => rst_link.hold(mono, e, d),
+    }
+}
+
+/// The event of an RST that arrived, before it is linked to the local RST it may be.
+pub fn received<H: HostInfo>(ctx: &mut Enricher<H>, r: &ResetReceivedRecord) -> Diagnosis {
     let now = r.header.ktime_ns;
     let endpoints = Endpoints::try_from(&r.tuple).ok();
     let cause = classify_received_reset(r.state);
@@ -173,15 +187,7 @@ pub fn on_reset_received<H: HostInfo>(
         ..Default::default()
     };
     d.advice = advice(cause, &f);
-    let Some(e) = endpoints else { return Some(d) };
-    let mono = ctx.now();
-    match rst_link.take_counterpart(mono, e) {
-        Some(sent) => {
-            link(&mut d, &sent);
-            Some(d)
-        }
-        None => rst_link.hold(mono, e, d),
-    }
+    d
 }
 
 /// The operator's next step for each connection cause.

@@ -1,5 +1,6 @@
 //! The sensor: the kernel's ring buffer drained and decoded into typed kernel records
 //! ([`records::Record`]). It knows nothing of causes; what it decodes goes to the pipeline.
+pub mod folds;
 pub mod records;
 
 use aya::maps::{MapData, RingBuf};

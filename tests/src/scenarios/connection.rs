@@ -556,6 +556,23 @@ pub fn rst_storm(r: &mut Run) {
         folded > 0 || rate < 200.0,
         json!({"folded": folded, "connects_per_second": rate.round()}),
     );
+    // Past the agent's record budget the kernel folds refusals under the connecting process
+    // (and the agent may fold those summaries further): every line must still name it.
+    let refusals = with_cause(&lines, "connection_refused");
+    let summaries = refusals
+        .iter()
+        .filter(|v| event::get(v, "evidence.sampled").is_some())
+        .count();
+    r.info("connection_refused_summaries", json!(summaries));
+    r.check(
+        "connection_refused lines (summaries included) without an owner",
+        json!(0),
+        json!(refusals
+            .iter()
+            .filter(|v| event::peer_port(v) == Some(port)
+                && event::u64_at(v, "owner.process.pid").is_none())
+            .count()),
+    );
     if let Some(s) = stats {
         r.check(
             "final stats causes.no_listener == Tcp.OutRsts delta",

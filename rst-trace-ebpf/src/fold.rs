@@ -1,0 +1,122 @@
+//! Storms folded in the kernel (see `rst_trace_common::fold`): past this CPU's budget for the
+//! second, a socket-less sent RST or a refused connect() adds one to a count instead of
+//! sending a record. The caller has already bumped the exact counters.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap},
+};
+use rst_trace_common::{
+    fold::{FoldBudget, FoldKey, FOLDS_CAPACITY, FOLD_REFUSED, FOLD_SENT_NO_SOCKET},
+    CounterFamily, OwnerInfo, Tuple, TABLE_FOLDS_FULL,
+};
+
+use crate::emit::count;
+
+#[map(name = "RST_FOLD_BUDGET")]
+static RST_FOLD_BUDGET: PerCpuArray<FoldBudget> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "RST_FOLDS")]
+static RST_FOLDS: PerCpuHashMap<FoldKey, u64> = PerCpuHashMap::with_max_entries(FOLDS_CAPACITY, 0);
+
+/// The epoch to fold under, or `None` when the record is to be sent: folding is not armed, or
+/// this CPU has budget left this second (one record of it is taken).
+#[inline(always)]
+fn fold_epoch() -> Option<u32> {
+    let b = RST_FOLD_BUDGET.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot. The agent rewrites it whole once a second; a program between
+    // its read and its write can only leave one record more or less in the budget.
+    unsafe {
+        let epoch = core::ptr::read_volatile(&(*b).epoch);
+        if epoch == 0 {
+            return None;
+        }
+        let left = (*b).records_left;
+        if left > 0 {
+            (*b).records_left = left - 1;
+            return None;
+        }
+        Some(epoch)
+    }
+}
+
+/// Adds one to `key`'s count on this CPU. False when the map has no room for a new key: the
+/// record is sent instead.
+#[inline(always)]
+fn add(key: &FoldKey) -> bool {
+    let c = match RST_FOLDS.get_ptr_mut(key) {
+        Some(c) => c,
+        None => {
+            if RST_FOLDS.insert(key, &1, BPF_NOEXIST as u64).is_ok() {
+                return true;
+            }
+            // Another CPU inserted the key meanwhile (each CPU has its own count in it), or
+            // the map is full.
+            match RST_FOLDS.get_ptr_mut(key) {
+                Some(c) => c,
+                None => {
+                    count(CounterFamily::Table, TABLE_FOLDS_FULL);
+                    return false;
+                }
+            }
+        }
+    };
+    // SAFETY: this CPU's value of a map entry. The agent deletes only epochs closed a full
+    // second ago, never the one a program is adding to.
+    unsafe { *c += 1 };
+    true
+}
+
+/// Whether a socket-less RST the stack sent (endpoints `t`, local first) was folded.
+#[inline(always)]
+pub fn sent_folded(netns: u32, t: &Tuple, reason: u32) -> bool {
+    let Some(epoch) = fold_epoch() else {
+        return false;
+    };
+    add(&FoldKey {
+        epoch,
+        netns,
+        kind: FOLD_SENT_NO_SOCKET,
+        family: t.family,
+        port: t.local_port,
+        _pad: 0,
+        reason,
+        owner_pid: 0,
+        owner_tid: 0,
+        _pad2: 0,
+        owner_start_ns: 0,
+        owner_cgroup_id: 0,
+        owner_comm: [0; 16],
+        local_addr: t.local_addr,
+        remote_addr: t.remote_addr,
+    })
+}
+
+/// Whether an RST that refused `owner`'s connect() (endpoints `t`) was folded. Without a
+/// known owner the record goes: the agent may still find one (a socket older than it).
+#[inline(always)]
+pub fn refusal_folded(netns: u32, t: &Tuple, owner: &OwnerInfo) -> bool {
+    if owner.pid == 0 {
+        return false;
+    }
+    let Some(epoch) = fold_epoch() else {
+        return false;
+    };
+    add(&FoldKey {
+        epoch,
+        netns,
+        kind: FOLD_REFUSED,
+        family: t.family,
+        port: t.remote_port,
+        _pad: 0,
+        reason: 0,
+        owner_pid: owner.pid,
+        owner_tid: owner.tid,
+        _pad2: 0,
+        owner_start_ns: owner.start_boottime_ns,
+        owner_cgroup_id: owner.cgroup_id,
+        owner_comm: owner.comm,
+        local_addr: t.local_addr,
+        remote_addr: t.remote_addr,
+    })
+}
