@@ -67,29 +67,33 @@ fn add(key: &FoldKey) -> bool {
     true
 }
 
+/// Fills `k` (whatever it held) with a key of every byte zero but the endpoints, the epoch
+/// and the namespace, in place and word by word: a struct literal with zeroed arrays, or a key
+/// returned by value, becomes byte-at-a-time `memset` loops (hundreds of instructions).
+#[inline(always)]
+fn fill_key(k: &mut FoldKey, epoch: u32, netns: u32, kind: u16, port: u16, t: &Tuple) {
+    crate::mem::zero(k);
+    k.epoch = epoch;
+    k.netns = netns;
+    k.kind = kind;
+    k.family = t.family;
+    k.port = port;
+    k.local_addr = t.local_addr;
+    k.remote_addr = t.remote_addr;
+}
+
 /// Whether a socket-less RST the stack sent (endpoints `t`, local first) was folded.
 #[inline(always)]
 pub fn sent_folded(netns: u32, t: &Tuple, reason: u32) -> bool {
     let Some(epoch) = fold_epoch() else {
         return false;
     };
-    add(&FoldKey {
-        epoch,
-        netns,
-        kind: FOLD_SENT_NO_SOCKET,
-        family: t.family,
-        port: t.local_port,
-        _pad: 0,
-        reason,
-        owner_pid: 0,
-        owner_tid: 0,
-        _pad2: 0,
-        owner_start_ns: 0,
-        owner_cgroup_id: 0,
-        owner_comm: [0; 16],
-        local_addr: t.local_addr,
-        remote_addr: t.remote_addr,
-    })
+    let mut k = core::mem::MaybeUninit::<FoldKey>::uninit();
+    // SAFETY: plain integers and byte arrays, valid for any bits; `fill_key` writes all of it.
+    let k = unsafe { &mut *k.as_mut_ptr() };
+    fill_key(k, epoch, netns, FOLD_SENT_NO_SOCKET, t.local_port, t);
+    k.reason = reason;
+    add(k)
 }
 
 /// Whether an RST that refused `owner`'s connect() (endpoints `t`) was folded. Without a
@@ -102,21 +106,14 @@ pub fn refusal_folded(netns: u32, t: &Tuple, owner: &OwnerInfo) -> bool {
     let Some(epoch) = fold_epoch() else {
         return false;
     };
-    add(&FoldKey {
-        epoch,
-        netns,
-        kind: FOLD_REFUSED,
-        family: t.family,
-        port: t.remote_port,
-        _pad: 0,
-        reason: 0,
-        owner_pid: owner.pid,
-        owner_tid: owner.tid,
-        _pad2: 0,
-        owner_start_ns: owner.start_boottime_ns,
-        owner_cgroup_id: owner.cgroup_id,
-        owner_comm: owner.comm,
-        local_addr: t.local_addr,
-        remote_addr: t.remote_addr,
-    })
+    let mut k = core::mem::MaybeUninit::<FoldKey>::uninit();
+    // SAFETY: as above.
+    let k = unsafe { &mut *k.as_mut_ptr() };
+    fill_key(k, epoch, netns, FOLD_REFUSED, t.remote_port, t);
+    k.owner_pid = owner.pid;
+    k.owner_tid = owner.tid;
+    k.owner_start_ns = owner.start_boottime_ns;
+    k.owner_cgroup_id = owner.cgroup_id;
+    k.owner_comm = owner.comm;
+    add(k)
 }

@@ -19,7 +19,7 @@ use crate::{
     kread::{
         arg_value, fill_tuple_state, is_fullsock_state, keepalive_on, linger_zero, member,
         sk_netns, sk_netns_cookie, sk_netns_in, sk_tuple_state, skb_netns, tcp_snapshot, Kmem,
-        Probe, Typed,
+        Probe, Typed, AF_INET6,
     },
     layout::{lay, wanted},
     owners,
@@ -150,12 +150,11 @@ static RST_SCRATCH_RESET: PerCpuArray<ResetSentRecord> = PerCpuArray::with_max_e
 /// number, 0 for none) in answer to segment `skb`, if any, for `reason`.
 #[inline(always)]
 fn send_reset<M: Kmem>(sk: u64, skaddr: u64, skb: u64, reason: u32) -> Option<()> {
-    let state = if skaddr != 0 {
-        M::get::<u8>(sk, lay!(st.skc_state)).unwrap_or(0) as u32
-    } else {
-        0
-    };
-    let fullsock = skaddr != 0 && is_fullsock_state(state);
+    if skaddr == 0 {
+        return socketless_reset::<M>(skb, reason);
+    }
+    let state = M::get::<u8>(sk, lay!(st.skc_state)).unwrap_or(0) as u32;
+    let fullsock = is_fullsock_state(state);
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
     crate::mem::zero(rec);
@@ -166,11 +165,7 @@ fn send_reset<M: Kmem>(sk: u64, skaddr: u64, skb: u64, reason: u32) -> Option<()
     if state == TCP_LISTEN {
         let _ = crate::skbdrop::segment_tuple::<M>(skb, &mut rec.tuple);
     }
-    let netns = if skaddr != 0 {
-        sk_netns_in::<M>(sk)
-    } else {
-        skb_netns::<M>(skb)
-    };
+    let netns = sk_netns_in::<M>(sk);
     if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;
     }
@@ -178,11 +173,9 @@ fn send_reset<M: Kmem>(sk: u64, skaddr: u64, skb: u64, reason: u32) -> Option<()
     rec.skaddr = skaddr;
     rec.state = state;
     rec.reason = reason;
-    if skaddr != 0 {
-        rec.flags |= RST_HAS_SOCK;
-        if state == TCP_TIME_WAIT {
-            owners::tw_owner_into(skaddr, rec.header.ktime_ns, &mut rec.owner);
-        }
+    rec.flags |= RST_HAS_SOCK;
+    if state == TCP_TIME_WAIT {
+        owners::tw_owner_into(skaddr, rec.header.ktime_ns, &mut rec.owner);
     }
     stack_reset_sent(&rec.tuple, rec.header.ktime_ns);
     if fullsock {
@@ -198,20 +191,51 @@ fn send_reset<M: Kmem>(sk: u64, skaddr: u64, skb: u64, reason: u32) -> Option<()
             rec.flags |= RST_KEEPALIVE_ON;
         }
     }
-    let slot = if reason == REASON_NONE {
-        SLOT_NO_REASON
-    } else {
-        reason
-    };
     let family = if rec.flags & RST_LINGER_ZERO != 0 {
         CounterFamily::ResetSentLingerZero
     } else {
         CounterFamily::ResetSent
     };
-    count(family, slot);
-    if skaddr == 0 && crate::fold::sent_folded(netns, &rec.tuple, reason) {
+    count(family, reason_slot(reason));
+    deliver(RecordKind::ResetSent, &*rec);
+    Some(())
+}
+
+#[inline(always)]
+fn reason_slot(reason: u32) -> u32 {
+    if reason == REASON_NONE {
+        SLOT_NO_REASON
+    } else {
+        reason
+    }
+}
+
+/// An RST the stack sends with no socket, in answer to segment `skb` (a closed port): what a
+/// storm is made of. Counted, and folded past this CPU's record budget before anything of a
+/// record is built.
+#[inline(always)]
+fn socketless_reset<M: Kmem>(skb: u64, reason: u32) -> Option<()> {
+    // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
+    let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
+    // Zeroed word by word (a tuple on the stack would be zeroed by a byte loop): the
+    // segment's fields leave the rest of the addresses as they find them.
+    crate::mem::zero(rec);
+    let _ = crate::skbdrop::segment_tuple::<M>(skb, &mut rec.tuple);
+    let netns = skb_netns::<M>(skb);
+    if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
+        return None;
+    }
+    // Only IPv6 leaves its socket-less RSTs without a socket at the device (IPv4 attaches the
+    // namespace's control socket), so only IPv6 needs the mark, and its clock read.
+    if rec.tuple.family == AF_INET6 {
+        stack_reset_sent(&rec.tuple, unsafe { generated::bpf_ktime_get_ns() });
+    }
+    count(CounterFamily::ResetSent, reason_slot(reason));
+    if crate::fold::sent_folded(netns, &rec.tuple, reason) {
         return Some(());
     }
+    rec.header = header(RecordKind::ResetSent, netns);
+    rec.reason = reason;
     deliver(RecordKind::ResetSent, &*rec);
     Some(())
 }
@@ -246,6 +270,9 @@ fn receive_reset<M: Kmem>(sk: u64, skaddr: u64) -> Option<()> {
     if !wanted(netns, tuple.local_port, tuple.remote_port) {
         return None;
     }
+    if state as u32 == TCP_SYN_SENT {
+        return refusal(skaddr, &tuple, netns, sock_cookie);
+    }
     let mut rec = ResetReceivedRecord {
         header: header(RecordKind::ResetReceived, netns),
         tuple,
@@ -255,20 +282,44 @@ fn receive_reset<M: Kmem>(sk: u64, skaddr: u64) -> Option<()> {
         ..Default::default()
     };
     if is_fullsock_state(state as u32) {
-        // A refused connect() has no data, no idle time and no linger to show: skip the dozen
-        // reads of the snapshot for it (RST storms are mostly refusals).
-        if state as u32 != TCP_SYN_SENT {
-            tcp_snapshot(skaddr, &mut rec.snap);
-        }
+        tcp_snapshot(skaddr, &mut rec.snap);
         if !owners::owner_into(skaddr, false, &mut rec.owner) {
             rec.sock_inode = owners::sock_inode(skaddr);
         }
     }
     count(CounterFamily::ResetReceived, state as u32);
-    if state as u32 == TCP_SYN_SENT && crate::fold::refusal_folded(netns, &tuple, &rec.owner) {
+    deliver(RecordKind::ResetReceived, &rec);
+    Some(())
+}
+
+/// Per-CPU room for a refusal's record: the receive program's other record is on its stack,
+/// and both do not fit there.
+#[map(name = "RST_SCRATCH_REFUSAL")]
+static RST_SCRATCH_REFUSAL: PerCpuArray<ResetReceivedRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// An RST that refused a connect() (socket `skaddr` in SYN_SENT, endpoints `t`): what a storm
+/// of refusals is made of. It has no data, no idle time and no linger to show, so no snapshot;
+/// past this CPU's record budget it is folded under its owner before a record is built.
+#[inline(always)]
+fn refusal(skaddr: u64, t: &Tuple, netns: u32, sock_cookie: u64) -> Option<()> {
+    // SAFETY: a per-CPU slot, used by this program only and never across a sleep (a run that
+    // would interrupt this one on the same CPU is not made).
+    let rec = unsafe { &mut *RST_SCRATCH_REFUSAL.get_ptr_mut(0)? };
+    crate::mem::zero(rec);
+    rec.tuple = *t;
+    rec.skaddr = skaddr;
+    rec.sock_cookie = sock_cookie;
+    rec.state = TCP_SYN_SENT;
+    let found = owners::owner_into(skaddr, false, &mut rec.owner);
+    count(CounterFamily::ResetReceived, TCP_SYN_SENT);
+    if found && crate::fold::refusal_folded(netns, t, &rec.owner) {
         return Some(());
     }
-    deliver(RecordKind::ResetReceived, &rec);
+    rec.header = header(RecordKind::ResetReceived, netns);
+    if !found {
+        rec.sock_inode = owners::sock_inode(skaddr);
+    }
+    deliver(RecordKind::ResetReceived, &*rec);
     Some(())
 }
 

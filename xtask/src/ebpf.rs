@@ -125,7 +125,55 @@ fn verify(data: &[u8]) -> Result<()> {
             panics.join(", ")
         );
     }
+    let loops = byte_loops(&elf, STORM_PROGRAMS);
+    if !loops.is_empty() {
+        bail!(
+            "programs on an RST storm's path call the object's byte-at-a-time {}: zero or copy \
+             word by word (mem::zero, mem::copy) or into a per-CPU scratch map",
+            loops.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// The sections of the programs that run once or more per RST of a storm.
+const STORM_PROGRAMS: &[&str] = &[
+    "tp_btf/tcp_send_reset",
+    "tp_btf/tcp_receive_reset",
+    "raw_tp/tcp_send_reset",
+    "raw_tp/tcp_receive_reset",
+];
+
+/// Calls from `sections` to `memset`, `memcpy` or `memmove` ("section: symbol"). The BPF
+/// backend emits them for struct literals with zeroed arrays, values returned by copy and
+/// `..Default::default()` when it does not inline them; the object's own versions move one
+/// byte per loop turn, which made a 96-byte key cost a storm's programs more than the ring
+/// buffer record it replaced.
+fn byte_loops(elf: &object::File, sections: &[&str]) -> Vec<String> {
+    use object::RelocationTarget;
+    let mut found = Vec::new();
+    for section in elf.sections() {
+        let Ok(name) = section.name() else { continue };
+        if !sections.contains(&name) {
+            continue;
+        }
+        for (_, reloc) in section.relocations() {
+            let RelocationTarget::Symbol(index) = reloc.target() else {
+                continue;
+            };
+            let Ok(symbol) = elf.symbol_by_index(index) else {
+                continue;
+            };
+            let Ok(callee) = symbol.name() else { continue };
+            if matches!(callee, "memset" | "memcpy" | "memmove") {
+                let call = format!("{name}: {callee}");
+                if !found.contains(&call) {
+                    found.push(call);
+                }
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub struct KernelFolds {
     epoch: u32,
     /// When each recent epoch was armed (CLOCK_MONOTONIC ns).
     armed_at: BTreeMap<u32, u64>,
-    /// Keys in the map at the last take.
+    /// Keys taken at the last take: about a second's worth.
     last_keys: usize,
 }
 
@@ -59,7 +59,7 @@ impl KernelFolds {
         }
     }
 
-    /// How full the map was at the last take; `refused`: storm RSTs it had no room for,
+    /// How many keys the last take found; `refused`: storm RSTs it had no room for,
     /// which were sent as records ([`rst_trace_common::TABLE_FOLDS_FULL`]).
     pub fn figure(&self, refused: u64) -> TableFigure {
         TableFigure {
@@ -94,7 +94,7 @@ impl KernelFolds {
     }
 
     /// The counts no program can still add to (every count when `all`: the programs are
-    /// going), summed over CPUs and deleted from the map, in key order.
+    /// going), summed over CPUs and deleted from the map, oldest epoch first.
     pub fn take(&mut self, all: bool, now_ns: u64) -> Vec<Folded> {
         let keys: Vec<FoldKey> = self
             .counts
