@@ -23,6 +23,7 @@ use crate::{
     },
     layout::{lay, wanted},
     owners,
+    skbdrop::TCP_FLAG_RST,
 };
 
 #[inline(always)]
@@ -212,7 +213,7 @@ fn reason_slot(reason: u32) -> u32 {
 
 /// An RST the stack sends with no socket, in answer to segment `skb` (a closed port): what a
 /// storm is made of. Counted, and folded past this CPU's record budget before anything of a
-/// record is built.
+/// record is built. The tracepoint and the function hooks of older kernels both come here.
 #[inline(always)]
 fn socketless_reset<M: Kmem>(skb: u64, reason: u32) -> Option<()> {
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
@@ -220,7 +221,11 @@ fn socketless_reset<M: Kmem>(skb: u64, reason: u32) -> Option<()> {
     // Zeroed word by word (a tuple on the stack would be zeroed by a byte loop): the
     // segment's fields leave the rest of the addresses as they find them.
     crate::mem::zero(rec);
-    let _ = crate::skbdrop::segment_tuple::<M>(skb, &mut rec.tuple);
+    let flags = crate::skbdrop::segment_tuple::<M>(skb, &mut rec.tuple);
+    // The stack never answers an RST: a function hook sees the call before that test.
+    if flags.is_some_and(|f| f & TCP_FLAG_RST != 0) {
+        return None;
+    }
     let netns = skb_netns::<M>(skb);
     if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;
@@ -332,43 +337,34 @@ fn function_reset(sk: u64, skb: u64) -> Option<()> {
     if skb == 0 {
         return None;
     }
-    let state = if sk != 0 {
-        member::<u8>(sk, lay!(st.skc_state)).unwrap_or(0) as u32
-    } else {
-        0
-    };
-    if sk != 0 && is_fullsock_state(state) {
+    if sk == 0 {
+        return socketless_reset::<Probe>(skb, REASON_NONE);
+    }
+    let state = member::<u8>(sk, lay!(st.skc_state)).unwrap_or(0) as u32;
+    if is_fullsock_state(state) {
         return None;
     }
+    // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
     crate::mem::zero(rec);
     let flags = crate::skbdrop::segment_tuple::<Probe>(skb, &mut rec.tuple)?;
-    if flags & 0x04 != 0 {
+    if flags & TCP_FLAG_RST != 0 {
         return None;
     }
-    let netns = if sk != 0 {
-        sk_netns(sk)
-    } else {
-        skb_netns::<Probe>(skb)
-    };
+    let netns = sk_netns(sk);
     if !wanted(netns, rec.tuple.local_port, rec.tuple.remote_port) {
         return None;
     }
     rec.header = header(RecordKind::ResetSent, netns);
     rec.reason = REASON_NONE;
-    if sk != 0 {
-        rec.skaddr = sk;
-        rec.state = state;
-        rec.flags |= RST_HAS_SOCK;
-        if state == TCP_TIME_WAIT {
-            owners::tw_owner_into(sk, rec.header.ktime_ns, &mut rec.owner);
-        }
+    rec.skaddr = sk;
+    rec.state = state;
+    rec.flags |= RST_HAS_SOCK;
+    if state == TCP_TIME_WAIT {
+        owners::tw_owner_into(sk, rec.header.ktime_ns, &mut rec.owner);
     }
     stack_reset_sent(&rec.tuple, rec.header.ktime_ns);
     count(CounterFamily::ResetSent, SLOT_NO_REASON);
-    if sk == 0 && crate::fold::sent_folded(netns, &rec.tuple, REASON_NONE) {
-        return Some(());
-    }
     deliver(RecordKind::ResetSent, &*rec);
     Some(())
 }

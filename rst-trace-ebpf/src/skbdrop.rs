@@ -247,7 +247,7 @@ fn queued<M: Kmem>(skbaddr: u64) -> u32 {
     0
 }
 
-const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_RST: u8 = 0x04;
 
 /// The longest packet taken for an RST built outside TCP: netfilter's (nf_reject) carries no
 /// payload, no IP options and no TCP options, so 40 (IPv4) or 60 (IPv6) bytes and a link-layer

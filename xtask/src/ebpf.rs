@@ -136,12 +136,17 @@ fn verify(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The sections of the programs that run once or more per RST of a storm.
+/// The sections of the programs that run once or more per RST of a storm (the function hooks
+/// on kernels whose tracepoint does not see socket-less RSTs; `kprobe` holds only the
+/// send-reset kprobe).
 const STORM_PROGRAMS: &[&str] = &[
     "tp_btf/tcp_send_reset",
     "tp_btf/tcp_receive_reset",
     "raw_tp/tcp_send_reset",
     "raw_tp/tcp_receive_reset",
+    "fentry/tcp_v4_send_reset",
+    "fentry/tcp_v6_send_reset",
+    "kprobe",
 ];
 
 /// Calls from `sections` to `memset`, `memcpy` or `memmove` ("section: symbol"). The BPF
