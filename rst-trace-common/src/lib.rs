@@ -221,7 +221,7 @@ pub struct RecordHeader {
 }
 
 /// A connection's endpoints, as seen from this host: `local` is our side.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuple {
     /// AF_INET (2) or AF_INET6 (10); 0 when unknown.

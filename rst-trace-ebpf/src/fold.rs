@@ -2,22 +2,32 @@
 //! second, a socket-less sent RST or a refused connect() adds one to a count instead of
 //! sending a record. The caller has already bumped the exact counters.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    helpers::generated,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray},
 };
 use rst_trace_common::{
-    fold::{FoldBudget, FoldKey, FOLDS_CAPACITY, FOLD_REFUSED, FOLD_SENT_NO_SOCKET},
+    fold::{
+        mix, slot_index, slot_of, FoldBudget, FoldKey, FoldSlot, FOLD_CPU_SLOTS, FOLD_PROBES,
+        FOLD_REFUSED, FOLD_SENT_NO_SOCKET,
+    },
     CounterFamily, OwnerInfo, Tuple, TABLE_FOLDS_FULL,
 };
 
-use crate::emit::count;
+use crate::{
+    emit::count,
+    mem::{copy, same, word},
+};
+
+/// The agent maps the counts to take and clear them without a syscall per slot.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map(name = "RST_FOLD_BUDGET")]
 static RST_FOLD_BUDGET: PerCpuArray<FoldBudget> = PerCpuArray::with_max_entries(1, 0);
 
+/// One CPU's region here; the loader gives the map one per possible CPU.
 #[map(name = "RST_FOLDS")]
-static RST_FOLDS: PerCpuHashMap<FoldKey, u64> = PerCpuHashMap::with_max_entries(FOLDS_CAPACITY, 0);
+static RST_FOLDS: Array<FoldSlot> = Array::with_max_entries(FOLD_CPU_SLOTS, BPF_F_MMAPABLE);
 
 /// The epoch to fold under, or `None` when the record is to be sent: folding is not armed, or
 /// this CPU has budget left this second (one record of it is taken).
@@ -40,31 +50,45 @@ fn fold_epoch() -> Option<u32> {
     }
 }
 
-/// Adds one to `key`'s count on this CPU. False when the map has no room for a new key: the
-/// record is sent instead.
+/// Adds one to `key`'s count on this CPU. False when its slots hold other keys: the record
+/// is sent instead.
 #[inline(always)]
 fn add(key: &FoldKey) -> bool {
-    let c = match RST_FOLDS.get_ptr_mut(key) {
-        Some(c) => c,
-        None => {
-            if RST_FOLDS.insert(key, &1, BPF_NOEXIST as u64).is_ok() {
-                return true;
-            }
-            // Another CPU inserted the key meanwhile (each CPU has its own count in it), or
-            // the map is full.
-            match RST_FOLDS.get_ptr_mut(key) {
-                Some(c) => c,
-                None => {
-                    count(CounterFamily::Table, TABLE_FOLDS_FULL);
-                    return false;
-                }
-            }
+    let mut acc = 0;
+    let mut i = 0;
+    while i < 12 {
+        acc = mix(acc, word(key, i), i);
+        i += 1;
+    }
+    let slot = slot_of(acc);
+    // SAFETY: no arguments; the CPU cannot change under a tracing program.
+    let cpu = unsafe { generated::bpf_get_smp_processor_id() };
+    let mut probe = 0;
+    while probe < FOLD_PROBES {
+        let Some(s) = RST_FOLDS.get_ptr_mut(slot_index(cpu, key.epoch, slot, probe)) else {
+            break;
+        };
+        // SAFETY: a slot of this CPU's region: only programs on this CPU write it, and the
+        // agent only clears slots of due epochs, which no program writes (see FoldSlot). A
+        // reset program nested in another on this CPU (a softirq's over a process context's)
+        // is of the other kind, so never at the same key: it may see a key half written,
+        // which differs from its own, and goes on.
+        let s = unsafe { &mut *s };
+        let epoch = unsafe { core::ptr::read_volatile(&s.key.epoch) };
+        if epoch == 0 {
+            // Word by word, the epoch's first: the slot is taken from the first store.
+            copy(&mut s.key, key);
+            s.count = 1;
+            return true;
         }
-    };
-    // SAFETY: this CPU's value of a map entry. The agent deletes only epochs closed a full
-    // second ago, never the one a program is adding to.
-    unsafe { *c += 1 };
-    true
+        if epoch == key.epoch && same(&s.key, key) {
+            s.count += 1;
+            return true;
+        }
+        probe += 1;
+    }
+    count(CounterFamily::Table, TABLE_FOLDS_FULL);
+    false
 }
 
 /// Fills `k` (whatever it held) with a key of every byte zero but the endpoints, the epoch

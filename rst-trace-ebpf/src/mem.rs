@@ -22,6 +22,20 @@ pub fn zero<T>(dst: &mut T) {
     }
 }
 
+/// Zeroes `len` bytes of `dst` from byte `offset` (both multiples of 8, within `dst`), 8 bytes
+/// at a time: one member of a record, when the rest is written later or not at all.
+#[inline(always)]
+pub fn zero_span<T>(dst: &mut T, offset: usize, len: usize) {
+    let p = dst as *mut T as *mut u64;
+    let mut i = offset / 8;
+    let end = (offset + len) / 8;
+    while i < end && i < words::<T>() {
+        // SAFETY: word `i` lies inside `dst` (checked against its size), 8-byte aligned.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+
 /// `*dst = *src`, 8 bytes at a time.
 #[inline(always)]
 pub fn copy<T: Copy>(dst: &mut T, src: &T) {

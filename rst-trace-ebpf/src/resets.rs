@@ -218,9 +218,11 @@ fn reason_slot(reason: u32) -> u32 {
 fn socketless_reset<M: Kmem>(skb: u64, reason: u32) -> Option<()> {
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep.
     let rec = unsafe { &mut *RST_SCRATCH_RESET.get_ptr_mut(0)? };
-    // Zeroed word by word (a tuple on the stack would be zeroed by a byte loop): the
-    // segment's fields leave the rest of the addresses as they find them.
-    crate::mem::zero(rec);
+    // Only the endpoints, word by word (a tuple on the stack would be zeroed by a byte loop):
+    // the segment's fields leave the rest of the addresses as they find them. The rest of the
+    // record is zeroed only if it is sent.
+    const TUPLE_AT: usize = core::mem::offset_of!(ResetSentRecord, tuple);
+    crate::mem::zero_span(rec, TUPLE_AT, core::mem::size_of::<Tuple>());
     let flags = crate::skbdrop::segment_tuple::<M>(skb, &mut rec.tuple);
     // The stack never answers an RST: a function hook sees the call before that test.
     if flags.is_some_and(|f| f & TCP_FLAG_RST != 0) {
@@ -239,8 +241,23 @@ fn socketless_reset<M: Kmem>(skb: u64, reason: u32) -> Option<()> {
     if crate::fold::sent_folded(netns, &rec.tuple, reason) {
         return Some(());
     }
-    rec.header = header(RecordKind::ResetSent, netns);
-    rec.reason = reason;
+    // Every member but the endpoints: a member added later fails to compile here.
+    let ResetSentRecord {
+        header,
+        tuple: _,
+        skaddr,
+        state,
+        reason: rec_reason,
+        flags,
+        _pad,
+        snap,
+        owner,
+        sock_inode,
+    } = rec;
+    *header = crate::resets::header(RecordKind::ResetSent, netns);
+    (*skaddr, *state, *rec_reason, *flags, *_pad, *sock_inode) = (0, 0, reason, 0, 0, 0);
+    crate::mem::zero(snap);
+    crate::mem::zero(owner);
     deliver(RecordKind::ResetSent, &*rec);
     Some(())
 }
@@ -302,28 +319,79 @@ fn receive_reset<M: Kmem>(sk: u64, skaddr: u64) -> Option<()> {
 #[map(name = "RST_SCRATCH_REFUSAL")]
 static RST_SCRATCH_REFUSAL: PerCpuArray<ResetReceivedRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// The socket whose connect() an RST just refused on this CPU, and the tick it was: its change
+/// to CLOSE follows at once (tcp_reset closes it after tracing), and the state-change program
+/// needs no read of the socket to know it is no failed port allocation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct JustRefused {
+    skaddr: u64,
+    jiffies: u64,
+}
+
+#[map(name = "RST_JUST_REFUSED")]
+static RST_JUST_REFUSED: PerCpuArray<JustRefused> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether socket `skaddr`, changing from SYN_SENT to CLOSE, is the one an RST refused just
+/// before on this CPU. The mark is consumed: a later socket at the same address (freed
+/// sockets' memory is reused at once) is judged by its own reads. A mark whose change to
+/// CLOSE was never seen (the state-change program skipped as a nested run) is no longer
+/// believed a tick later.
+#[inline(always)]
+pub fn refused_just_now(skaddr: u64) -> bool {
+    let Some(m) = RST_JUST_REFUSED.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot; the refusal and its change to CLOSE run in one call chain on
+    // this CPU.
+    unsafe {
+        if (*m).skaddr != skaddr {
+            return false;
+        }
+        (*m).skaddr = 0;
+        (*m).jiffies == generated::bpf_jiffies64()
+    }
+}
+
 /// An RST that refused a connect() (socket `skaddr` in SYN_SENT, endpoints `t`): what a storm
 /// of refusals is made of. It has no data, no idle time and no linger to show, so no snapshot;
 /// past this CPU's record budget it is folded under its owner before a record is built.
 #[inline(always)]
 fn refusal(skaddr: u64, t: &Tuple, netns: u32, sock_cookie: u64) -> Option<()> {
+    if let Some(m) = RST_JUST_REFUSED.get_ptr_mut(0) {
+        // SAFETY: as in `refused_just_now`.
+        unsafe {
+            (*m).skaddr = skaddr;
+            (*m).jiffies = generated::bpf_jiffies64();
+        }
+    }
     // SAFETY: a per-CPU slot, used by this program only and never across a sleep (a run that
     // would interrupt this one on the same CPU is not made).
     let rec = unsafe { &mut *RST_SCRATCH_REFUSAL.get_ptr_mut(0)? };
-    crate::mem::zero(rec);
-    rec.tuple = *t;
-    rec.skaddr = skaddr;
-    rec.sock_cookie = sock_cookie;
-    rec.state = TCP_SYN_SENT;
+    // Only the owner is zeroed now (a miss leaves it so); the rest only if the record is sent.
+    crate::mem::zero(&mut rec.owner);
     let found = owners::owner_into(skaddr, false, &mut rec.owner);
     count(CounterFamily::ResetReceived, TCP_SYN_SENT);
     if found && crate::fold::refusal_folded(netns, t, &rec.owner) {
         return Some(());
     }
-    rec.header = header(RecordKind::ResetReceived, netns);
-    if !found {
-        rec.sock_inode = owners::sock_inode(skaddr);
-    }
+    // Every member but the owner: a member added later fails to compile here.
+    let ResetReceivedRecord {
+        header,
+        tuple,
+        skaddr: rec_skaddr,
+        sock_cookie: rec_cookie,
+        state,
+        _pad,
+        snap,
+        owner: _,
+        sock_inode,
+    } = rec;
+    *header = crate::resets::header(RecordKind::ResetReceived, netns);
+    *tuple = *t;
+    (*rec_skaddr, *rec_cookie, *state, *_pad) = (skaddr, sock_cookie, TCP_SYN_SENT, 0);
+    crate::mem::zero(snap);
+    *sock_inode = if found { 0 } else { owners::sock_inode(skaddr) };
     deliver(RecordKind::ResetReceived, &*rec);
     Some(())
 }

@@ -74,7 +74,10 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Option<()> {
             // Still in connect(): no local port could be found (inet_hash_connect failed). The
             // source port, not skc_num: recent kernels trace CLOSE after releasing the bind
             // hash, which zeroes skc_num of every closing socket; inet_sport stays as it was.
-            if member::<u16>(skaddr, lay!(st.inet_sport)).unwrap_or(1) == 0 {
+            // A refused connect (a storm's) had its port: no read for it.
+            if !crate::resets::refused_just_now(skaddr)
+                && member::<u16>(skaddr, lay!(st.inet_sport)).unwrap_or(1) == 0
+            {
                 port_exhausted(skaddr);
             }
             // A connection that never left SYN_SENT sends no RST on its way out (tcp_disconnect

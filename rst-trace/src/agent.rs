@@ -637,13 +637,14 @@ impl KernelMaps {
                     .context("fold budget map missing from the eBPF object")?,
             )
             .context("opening the fold budget")?;
-            let counts = aya::maps::PerCpuHashMap::try_from(
-                loaded
-                    .ebpf
-                    .take_map(FOLDS_MAP)
-                    .context("fold map missing from the eBPF object")?,
-            )
-            .context("opening the fold map")?;
+            let counts = match loaded
+                .ebpf
+                .take_map(FOLDS_MAP)
+                .context("fold map missing from the eBPF object")?
+            {
+                aya::maps::Map::Array(data) => data,
+                _ => anyhow::bail!("the fold map {FOLDS_MAP} is not an array"),
+            };
             let cpus =
                 aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
             let mut folds = KernelFolds::new(
@@ -651,7 +652,8 @@ impl KernelMaps {
                 counts,
                 u32::try_from(per_second).unwrap_or(u32::MAX),
                 cpus,
-            );
+            )
+            .map_err(|e| anyhow::anyhow!("opening the fold map: {e}"))?;
             folds
                 .arm(monotonic_ns())
                 .context("arming the kernel's record budget")?;

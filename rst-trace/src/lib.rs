@@ -21,6 +21,7 @@ pub mod listeners;
 pub mod loader;
 #[cfg(test)]
 mod malformed;
+pub mod mapped;
 pub mod metrics;
 pub mod netns;
 pub mod occupancy;

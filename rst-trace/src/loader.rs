@@ -654,7 +654,13 @@ fn attach_function_hooks(
 /// kernel frees an overflowing handshake ACK with reason TCP_LISTEN_OVERFLOW.
 pub fn load(layout: &KernelLayout, ack_drop_reason: bool) -> Result<Loaded, LoadError> {
     let kernel_log_level = crate::kernel_log::level();
+    // One region of the fold array per possible CPU (a program writes its own CPU's).
+    let fold_slots = aya::util::nr_cpus()
+        .ok()
+        .and_then(|cpus| u32::try_from(crate::sensor::folds::slots_for(cpus)).ok())
+        .unwrap_or(rst_trace_common::fold::FOLD_CPU_SLOTS);
     let mut ebpf = EbpfLoader::new()
+        .map_max_entries(rst_trace_common::fold::FOLDS_MAP, fold_slots)
         .override_global(LAYOUT_GLOBAL, layout, true)
         // Always set: the programs' default (0xff) would log everything.
         .override_global(KERNEL_LOG_LEVEL_GLOBAL, &kernel_log_level, true)

@@ -12,7 +12,9 @@ use rst_trace_common::{
     ACCEPTORS_MAP, OWNERS_CAPACITY, OWNERS_MAP, OWNERS_WAYS, TW_IDS_CAPACITY, TW_IDS_MAP,
     TW_OWNERS_CAPACITY, TW_OWNERS_MAP, TW_OWNERS_WAYS,
 };
-use std::{collections::BTreeMap, num::NonZeroUsize, os::fd::AsFd};
+use std::collections::BTreeMap;
+
+use crate::mapped::MappedArray;
 
 use rst_trace_common::event::{ProcessResources, TableOccupancy};
 use serde_json::Value;
@@ -108,11 +110,6 @@ fn open_hot(ebpf: &Ebpf) -> Option<Counter> {
     }))
 }
 
-/// Bytes of a set cache mapped at a time: whole pages and whole sets, about 512 KiB. Mapping
-/// a cache whole would put its megabytes in the agent's resident set while it is read; reading
-/// it by syscall would take one per set.
-const CACHE_WINDOW_BYTES: usize = 512 * 1024;
-
 /// Which slots of a set cache count as entries, from the `T` (a tag, or a whole slot) that
 /// starts each, at `now` (monotonic ns).
 type Live<T> = fn(&T, u64) -> bool;
@@ -132,12 +129,6 @@ fn open_cache<T: Copy + 'static>(
         Map::Array(m) => m.info().ok()?.id(),
         _ => return None,
     };
-    let map = MapData::from_id(id).ok()?;
-    let page =
-        usize::try_from(nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??).ok()?;
-    let total = usize::try_from(sets).ok()?.checked_mul(set_bytes)?;
-    let unit = lcm(page, set_bytes)?;
-    let window = unit * (CACHE_WINDOW_BYTES / unit).max(1);
     let ways = usize::try_from(ways).ok()?;
     if ways * std::mem::size_of::<T>() > set_bytes
         || !set_bytes.is_multiple_of(std::mem::align_of::<T>())
@@ -145,62 +136,37 @@ fn open_cache<T: Copy + 'static>(
         log::debug!("{name}: {ways} tags do not fit a set of {set_bytes} bytes");
         return None;
     }
+    let array = MappedArray::new(
+        name,
+        MapData::from_id(id).ok()?,
+        set_bytes,
+        usize::try_from(sets).ok()?,
+    )?;
     Some(Box::new(move || {
         let now = crate::clock::monotonic_ns();
         let mut n = 0u64;
-        for offset in (0..total).step_by(window) {
-            let bytes = window.min(total - offset);
-            let len = NonZeroUsize::new(bytes)?;
-            // SAFETY: a shared read-only mapping of the map's values, unmapped below; the kernel
-            // writes slots under it, so every field is read volatile and judged by its sequence
-            // or key.
-            let base = unsafe {
-                nix::sys::mman::mmap(
-                    None,
-                    len,
-                    nix::sys::mman::ProtFlags::PROT_READ,
-                    nix::sys::mman::MapFlags::MAP_SHARED,
-                    map.fd().as_fd(),
-                    libc::off_t::try_from(offset).ok()?,
-                )
-            }
-            .ok()?;
-            for set in 0..bytes / set_bytes {
-                for way in 0..ways {
-                    // SAFETY: `T` number `way` of set `set` lies inside the mapping (they
-                    // start each set, checked above), aligned (the set size is a multiple of
-                    // `T`'s alignment, the mapping page-aligned).
-                    let tag = unsafe {
-                        let t = base
-                            .as_ptr()
-                            .cast::<u8>()
-                            .add(set * set_bytes)
-                            .cast::<T>()
-                            .add(way);
-                        std::ptr::read_volatile(t)
-                    };
-                    if live(&tag, now) {
-                        n += 1;
+        array
+            .for_each_window(false, |_, base, count| {
+                for set in 0..count {
+                    for way in 0..ways {
+                        // SAFETY: `T` number `way` of set `set` lies inside the mapping (they
+                        // start each set, checked above), aligned (the set size is a multiple
+                        // of `T`'s alignment, the mapping page-aligned); the kernel writes
+                        // slots under it, so the tag is read volatile and judged by its
+                        // sequence or key.
+                        let tag = unsafe {
+                            let t = base.as_ptr().add(set * set_bytes).cast::<T>().add(way);
+                            std::ptr::read_volatile(t)
+                        };
+                        if live(&tag, now) {
+                            n += 1;
+                        }
                     }
                 }
-            }
-            // SAFETY: the mapping made above, no longer read.
-            if let Err(e) = unsafe { nix::sys::mman::munmap(base, len.get()) } {
-                log::debug!("unmapping {name}: {e}");
-            }
-        }
+            })
+            .ok()?;
         Some(n)
     }))
-}
-
-/// Least common multiple (`None` on overflow): the smallest window of whole pages and whole
-/// sets.
-fn lcm(a: usize, b: usize) -> Option<usize> {
-    let (mut x, mut y) = (a, b);
-    while y != 0 {
-        (x, y) = (y, x % y);
-    }
-    (a / x.max(1)).checked_mul(b)
 }
 
 impl KernelTables {
@@ -337,15 +303,6 @@ pub fn process() -> ProcessResources {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_windows_hold_whole_pages_and_whole_sets() {
-        use rst_trace_common::{OwnerSet, TwSet};
-        assert_eq!(lcm(4096, std::mem::size_of::<TwSet>()), Some(4096));
-        assert_eq!(lcm(4096, std::mem::size_of::<OwnerSet>()), Some(45_056));
-        assert_eq!(lcm(65_536, 704), Some(720_896));
-        assert_eq!(lcm(usize::MAX, 2), None);
-    }
 
     #[test]
     fn figures_as_json() {

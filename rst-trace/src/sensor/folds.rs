@@ -1,12 +1,13 @@
 //! The counts the kernel folded in a storm (see `rst_trace_common::fold`): the budget armed
-//! for every CPU once a second, and the counts of closed epochs taken out of the map. What
-//! they mean is the pipeline's business ([`crate::pipeline::Pipeline::folded`]).
-use std::collections::BTreeMap;
+//! for every CPU once a second, and the counts of closed epochs taken out of the kernel's
+//! array. What they mean is the pipeline's business ([`crate::pipeline::Pipeline::folded`]).
+use std::{collections::BTreeMap, ptr::NonNull};
 
-use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuValues};
 use rst_trace_common::{
     fold::{
-        due, next_epoch, FoldBudget, FoldKey, FOLDS_CAPACITY, FOLD_REFUSED, FOLD_SENT_NO_SOCKET,
+        due, next_epoch, FoldBudget, FoldKey, FoldSlot, FOLD_CPU_SLOTS, FOLD_REFUSED,
+        FOLD_SENT_NO_SOCKET, FOLD_SLOTS,
     },
     tcp::TCP_SYN_SENT,
     OwnerInfo, RecordHeader, RecordKind, ResetReceivedRecord, ResetSentRecord, Tuple,
@@ -14,14 +15,111 @@ use rst_trace_common::{
 };
 
 use super::records::Record;
-use crate::occupancy::TableFigure;
+use crate::{mapped::MappedArray, occupancy::TableFigure};
 
 /// Epoch start times kept for the summaries' timestamps; older epochs are due long before.
 const EPOCH_TIMES_KEPT: usize = 8;
 
+/// Slots of the kernel's array, as the agent reaches them: through a mapping, or a vector in
+/// tests.
+pub trait FoldSlots {
+    /// Calls `f` with each run of consecutive slots: the index of the first, and the slots.
+    fn visit(&mut self, f: &mut dyn FnMut(usize, &mut SlotView<'_>)) -> Result<(), String>;
+}
+
+/// A run of slots, read and cleared the way the kernel's programs expect (see
+/// [`FoldSlot`]): the epoch read first, a slot freed with its epoch cleared last.
+pub struct SlotView<'a> {
+    base: NonNull<FoldSlot>,
+    len: usize,
+    _slots: std::marker::PhantomData<&'a mut [FoldSlot]>,
+}
+
+impl SlotView<'_> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn at(&self, i: usize) -> Option<*mut FoldSlot> {
+        // SAFETY: `i` is within the run, which `base` starts.
+        (i < self.len).then(|| unsafe { self.base.as_ptr().add(i) })
+    }
+
+    /// The epoch of slot `i`, 0 when it is free.
+    pub fn epoch(&self, i: usize) -> u32 {
+        // SAFETY: a slot of the run, aligned; the kernel may write it meanwhile, hence
+        // volatile.
+        self.at(i).map_or(0, |s| unsafe {
+            std::ptr::read_volatile(&raw const (*s).key.epoch)
+        })
+    }
+
+    /// Slot `i` as it is now.
+    pub fn read(&self, i: usize) -> Option<FoldSlot> {
+        // SAFETY: as above.
+        self.at(i).map(|s| unsafe { std::ptr::read_volatile(s) })
+    }
+
+    /// Frees slot `i`: everything but the epoch zeroed first, then the epoch, so that a
+    /// program that finds it free finds nothing else of the old count.
+    pub fn free(&mut self, i: usize) {
+        let Some(s) = self.at(i) else {
+            return;
+        };
+        let cleared = FoldSlot {
+            key: FoldKey {
+                epoch: self.epoch(i),
+                ..Default::default()
+            },
+            count: 0,
+        };
+        // SAFETY: as above; the slot's epoch is due, so no program writes it.
+        unsafe {
+            std::ptr::write_volatile(s, cleared);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            std::ptr::write_volatile(&raw mut (*s).key.epoch, 0);
+        }
+    }
+}
+
+/// The kernel's array through shared mappings, a window at a time.
+pub struct MappedSlots(MappedArray);
+
+impl FoldSlots for MappedSlots {
+    fn visit(&mut self, f: &mut dyn FnMut(usize, &mut SlotView<'_>)) -> Result<(), String> {
+        self.0
+            .for_each_window(true, |first, base, len| {
+                let mut view = SlotView {
+                    base: base.cast(),
+                    len,
+                    _slots: std::marker::PhantomData,
+                };
+                f(first, &mut view);
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl FoldSlots for Vec<FoldSlot> {
+    fn visit(&mut self, f: &mut dyn FnMut(usize, &mut SlotView<'_>)) -> Result<(), String> {
+        let len = self.len();
+        let mut view = SlotView {
+            base: NonNull::new(self.as_mut_ptr()).ok_or("no slots")?,
+            len,
+            _slots: std::marker::PhantomData,
+        };
+        f(0, &mut view);
+        Ok(())
+    }
+}
+
 pub struct KernelFolds {
     budget: PerCpuArray<MapData, FoldBudget>,
-    counts: PerCpuHashMap<MapData, FoldKey, u64>,
+    slots: Box<dyn FoldSlots + Send>,
     cpus: usize,
     records_per_cpu: u32,
     epoch: u32,
@@ -39,18 +137,44 @@ pub struct Folded {
     pub at_ns: u64,
 }
 
+/// Slots the kernel's array has for `cpus` possible CPUs (the loader sizes it so).
+pub fn slots_for(cpus: usize) -> usize {
+    cpus.saturating_mul(FOLD_CPU_SLOTS as usize)
+}
+
 impl KernelFolds {
     /// Each of the `cpus` possible CPUs may send `records_per_cpu` records a second of the
-    /// kinds that fold.
+    /// kinds that fold; `counts` is the kernel's array, sized for them.
     pub fn new(
         budget: PerCpuArray<MapData, FoldBudget>,
-        counts: PerCpuHashMap<MapData, FoldKey, u64>,
+        counts: MapData,
+        records_per_cpu: u32,
+        cpus: usize,
+    ) -> Result<Self, String> {
+        let mapped = MappedArray::new(
+            rst_trace_common::fold::FOLDS_MAP,
+            counts,
+            std::mem::size_of::<FoldSlot>(),
+            slots_for(cpus),
+        )
+        .ok_or("the fold array cannot be mapped")?;
+        Ok(Self::with_slots(
+            budget,
+            Box::new(MappedSlots(mapped)),
+            records_per_cpu,
+            cpus,
+        ))
+    }
+
+    fn with_slots(
+        budget: PerCpuArray<MapData, FoldBudget>,
+        slots: Box<dyn FoldSlots + Send>,
         records_per_cpu: u32,
         cpus: usize,
     ) -> Self {
         Self {
             budget,
-            counts,
+            slots,
             cpus,
             records_per_cpu,
             epoch: 0,
@@ -59,15 +183,16 @@ impl KernelFolds {
         }
     }
 
-    /// How many keys the last take found; `refused`: storm RSTs it had no room for,
-    /// which were sent as records ([`rst_trace_common::TABLE_FOLDS_FULL`]).
+    /// How many keys the last take found; `refused`: storm RSTs that found their slots
+    /// taken, which were sent as records ([`rst_trace_common::TABLE_FOLDS_FULL`]). The
+    /// capacity is a second's keys: one partition of every CPU.
     pub fn figure(&self, refused: u64) -> TableFigure {
         TableFigure {
             refused: Some(refused),
             ..TableFigure::new(
                 rst_trace_common::fold::FOLDS_MAP,
                 self.last_keys,
-                FOLDS_CAPACITY as usize,
+                self.cpus.saturating_mul(FOLD_SLOTS as usize),
             )
         }
     }
@@ -76,7 +201,8 @@ impl KernelFolds {
         self.records_per_cpu
     }
 
-    /// Opens the next epoch with a full budget on every CPU (once a second).
+    /// Opens the next epoch with a full budget on every CPU (once a second, after a take:
+    /// the partition the new epoch reuses held an epoch that is due by then).
     pub fn arm(&mut self, now_ns: u64) -> Result<(), MapError> {
         let epoch = next_epoch(self.epoch);
         let grant = FoldBudget {
@@ -94,32 +220,53 @@ impl KernelFolds {
     }
 
     /// The counts no program can still add to (every count when `all`: the programs are
-    /// going), summed over CPUs and deleted from the map, oldest epoch first.
+    /// going), summed over CPUs and cleared from the array, oldest epoch first.
     pub fn take(&mut self, all: bool, now_ns: u64) -> Vec<Folded> {
-        let keys: Vec<FoldKey> = self
-            .counts
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| due(k.epoch, self.epoch, all))
+        let counts = match take_due(self.slots.as_mut(), self.epoch, all) {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("folded counts not read: {e}");
+                return Vec::new();
+            }
+        };
+        self.last_keys = counts.len();
+        let mut out: Vec<Folded> = counts
+            .into_iter()
+            .map(|(key, count)| Folded {
+                key,
+                count,
+                at_ns: self.armed_at.get(&key.epoch).copied().unwrap_or(now_ns),
+            })
             .collect();
-        self.last_keys = keys.len();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let count = self
-                .counts
-                .get(&key, 0)
-                .map_or(0, |per_cpu| per_cpu.iter().sum());
-            if let Err(e) = self.counts.remove(&key) {
-                log::debug!("folded count not removed: {e}");
-            }
-            if count > 0 {
-                let at_ns = self.armed_at.get(&key.epoch).copied().unwrap_or(now_ns);
-                out.push(Folded { key, count, at_ns });
-            }
-        }
         out.sort_by_key(|f| (f.at_ns, f.key.epoch));
         out
     }
+}
+
+/// Every due slot's count, summed per key over CPUs (a key folds on each CPU its RSTs came
+/// to), and freed.
+fn take_due(
+    slots: &mut dyn FoldSlots,
+    current: u32,
+    all: bool,
+) -> Result<Vec<(FoldKey, u64)>, String> {
+    let mut sums: std::collections::HashMap<FoldKey, u64> = std::collections::HashMap::new();
+    slots.visit(&mut |_, view| {
+        for i in 0..view.len() {
+            let epoch = view.epoch(i);
+            if epoch == 0 || !due(epoch, current, all) {
+                continue;
+            }
+            if let Some(slot) = view.read(i) {
+                if slot.count > 0 {
+                    let sum = sums.entry(slot.key).or_default();
+                    *sum = sum.saturating_add(slot.count);
+                }
+            }
+            view.free(i);
+        }
+    })?;
+    Ok(sums.into_iter().collect())
 }
 
 impl Folded {
@@ -240,6 +387,49 @@ mod tests {
         assert_eq!(r.owner.how, OWNER_CONNECT);
         assert_eq!(&r.owner.comm[..7], b"client\0", "the name at connect()");
         assert_eq!((r.tuple.local_port, r.tuple.remote_port), (0, 8080));
+    }
+
+    fn slot(epoch: u32, port: u16, count: u64) -> FoldSlot {
+        FoldSlot {
+            key: FoldKey {
+                epoch,
+                port,
+                ..key(FOLD_SENT_NO_SOCKET)
+            },
+            count,
+        }
+    }
+
+    #[test]
+    fn only_due_slots_are_taken_summed_over_cpus_and_freed() {
+        let mut slots = vec![FoldSlot::default(); slots_for(2)];
+        let cpu1 = FOLD_CPU_SLOTS as usize;
+        slots[3] = slot(8, 80, 1000);
+        slots[cpu1 + 77] = slot(8, 80, 234);
+        slots[5] = slot(8, 443, 7);
+        slots[130] = slot(9, 80, 50);
+        slots[cpu1 + 300] = slot(10, 80, 60);
+        let mut taken = take_due(&mut slots, 10, false).expect("a vector");
+        taken.sort_by_key(|(k, _)| k.port);
+        let got: Vec<(u32, u16, u64)> = taken.iter().map(|(k, n)| (k.epoch, k.port, *n)).collect();
+        assert_eq!(
+            got,
+            [(8, 80, 1234), (8, 443, 7)],
+            "epoch 8 only, one per key"
+        );
+        for i in [3, cpu1 + 77, 5] {
+            assert_eq!(slots[i], FoldSlot::default(), "slot {i} freed whole");
+        }
+        assert_eq!(
+            slots[130].count, 50,
+            "closed just now: a program may hold it"
+        );
+        assert_eq!(slots[cpu1 + 300].count, 60, "the current epoch");
+        let mut rest = take_due(&mut slots, 10, true).expect("a vector");
+        rest.sort_by_key(|(k, _)| k.epoch);
+        let got: Vec<(u32, u64)> = rest.iter().map(|(k, n)| (k.epoch, *n)).collect();
+        assert_eq!(got, [(9, 50), (10, 60)], "at the end everything");
+        assert!(slots.iter().all(|s| *s == FoldSlot::default()));
     }
 
     #[test]
