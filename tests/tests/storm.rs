@@ -96,6 +96,13 @@ fn rst_storm_totals_stay_exact() {
         delivered < total / 2,
         "the kernel sent {delivered} records for {total} RSTs: storms are folded in the kernel"
     );
+    // One source, one port: one key per CPU a second, which always finds a slot.
+    assert_eq!(
+        event::get(&stopped.final_stats, "tables.RST_FOLDS.refused")
+            .and_then(serde_json::Value::as_u64),
+        Some(0),
+        "no storm RST found its fold slots taken"
+    );
     for v in events
         .iter()
         .filter(|v| event::get(v, "evidence.sampled").is_some())
