@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// Interleaved rounds per workload; the median is reported [default: 3, short: 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=20))]
     rounds: Option<u64>,
+    /// Interleaved rounds of the RST storm [default: 9, short: 2]. Its runs last under a
+    /// second, and this shared machine's speed shifts between runs: three rounds put the same
+    /// build anywhere from about 85 % to 106 % of untraced, nine settle it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=30))]
+    storm_rounds: Option<u64>,
     /// Healthy connect → accept → close cycles per run [default: 20000, short: 2000].
     #[arg(long, value_name = "N")]
     churn: Option<u64>,
@@ -79,6 +84,7 @@ enum WorkloadKind {
 /// Counts of one bench run, after defaults and `--short`.
 struct Plan {
     rounds: usize,
+    storm_rounds: usize,
     churn: u64,
     storm: u64,
     syscalls: u64,
@@ -95,6 +101,7 @@ impl Plan {
             |v: Option<u64>, full: u64, small: u64| v.unwrap_or(if short { small } else { full });
         let plan = Plan {
             rounds: usize::try_from(pick(args.rounds, 3, 2))?,
+            storm_rounds: usize::try_from(pick(args.storm_rounds, 9, 2))?,
             churn: pick(args.churn, 20_000, 2_000),
             storm: pick(args.storm, 100_000, 5_000),
             syscalls: pick(args.syscalls, 3_000_000, 300_000),
@@ -126,6 +133,14 @@ impl Plan {
             bail!("--idle-netns counts must be at least 1");
         }
         Ok(plan)
+    }
+
+    /// Rounds of a group whose first workload is `w`.
+    fn rounds_of(&self, w: Option<&Workload>) -> usize {
+        match w {
+            Some(Workload::Storm { .. }) => self.storm_rounds,
+            _ => self.rounds,
+        }
     }
 
     /// Workload groups, each a list of (workload, variant) run interleaved round by round.
@@ -234,7 +249,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     let began = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
     for group in plan.groups() {
-        for round in 1..=plan.rounds {
+        for round in 1..=plan.rounds_of(group.first().map(|(w, _)| w)) {
             for &(w, v) in &group {
                 samples.push(workload::run(&ctx, w, v, round)?);
             }
@@ -274,6 +289,10 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         cpu_model: procfs::cpu_model(),
         memory_mib: procfs::memory_mib()?,
         rounds: plan.rounds,
+        storm_rounds: plan
+            .kinds
+            .contains(&WorkloadKind::Storm)
+            .then_some(plan.storm_rounds),
         short: args.short,
         idle_seconds: plan.idle_seconds,
         wall_s: began.elapsed().as_secs_f64(),

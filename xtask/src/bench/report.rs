@@ -22,6 +22,8 @@ pub struct Meta {
     pub cpu_model: String,
     pub memory_mib: u64,
     pub rounds: usize,
+    /// Rounds of the RST storm, when it ran.
+    pub storm_rounds: Option<usize>,
     pub short: bool,
     pub idle_seconds: u64,
     pub wall_s: f64,
@@ -219,8 +221,12 @@ pub fn markdown(
     );
     let _ = writeln!(
         m,
-        "| Method | {} interleaved round(s) per workload (A B C D A B C D …), medians; ratios taken within a round; {}{} |",
+        "| Method | {} interleaved round(s) per workload{} (A B C D A B C D …), medians; ratios taken within a round; {}{} |",
         meta.rounds,
+        match meta.storm_rounds {
+            Some(n) if n != meta.rounds => format!(", {n} for the RST storm"),
+            _ => String::new(),
+        },
         match meta.load_cpu {
             Some(cpu) => format!("each timed load on CPU {cpu} only, tracers unpinned"),
             None => "loads unpinned".to_owned(),
@@ -504,9 +510,9 @@ fn section_programs(m: &mut String, profiles: &[Profile]) {
         m,
         "\n## In-kernel cost per program\n\nSeparate agent runs with \
          `kernel.bpf_stats_enabled=1` (timing every run costs a little itself, so the rounds \
-         above run without it), as many rounds per workload as above, interleaved: \
-         `run_cnt` and `run_time_ns` from `bpftool prog show -j`, differences over the load; \
-         per program the round with the median ns/run. *Hot*: at least one run per hundred \
+         above run without it), as many rounds per workload as the Method row gives first (the \
+         storm too), interleaved: `run_cnt` and `run_time_ns` from `bpftool prog show -j`, \
+         differences over the load; per program the round with the median ns/run. *Hot*: at least one run per hundred \
          events; the targets apply to hot programs. *Emits*: the program serves a cause the \
          agent counted in that workload (per its `rst_trace.started` line).\n"
     );
@@ -600,6 +606,7 @@ pub fn json(
         "kernel": meta.kernel,
         "machine": {"cpus": meta.cpus, "cpu_model": meta.cpu_model, "memory_mib": meta.memory_mib},
         "rounds": meta.rounds,
+        "storm_rounds": meta.storm_rounds,
         "short": meta.short,
         "wall_seconds": meta.wall_s,
         "targets": targets.iter().map(|t| json!({
@@ -797,6 +804,7 @@ mod tests {
                 cpu_model: "m".into(),
                 memory_mib: 1024,
                 rounds: 3,
+                storm_rounds: Some(9),
                 short: false,
                 idle_seconds: 10,
                 wall_s: 1.0,
