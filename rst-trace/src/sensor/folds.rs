@@ -201,8 +201,9 @@ impl KernelFolds {
         self.records_per_cpu
     }
 
-    /// Opens the next epoch with a full budget on every CPU (once a second, after a take:
-    /// the partition the new epoch reuses held an epoch that is due by then).
+    /// Opens the next epoch with a full budget on every CPU (once a second). The partition
+    /// it reuses held the epoch four armings back, which an earlier take cleared (it has been
+    /// due since two armings ago); a slot left over anyway only sends its key's records.
     pub fn arm(&mut self, now_ns: u64) -> Result<(), MapError> {
         let epoch = next_epoch(self.epoch);
         let grant = FoldBudget {
