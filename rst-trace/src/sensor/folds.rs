@@ -77,11 +77,13 @@ impl SlotView<'_> {
             },
             count: 0,
         };
-        // SAFETY: as above; the slot's epoch is due, so no program writes it.
+        // SAFETY: as above; the slot's epoch is due, so no program writes it. The epoch is a
+        // naturally aligned u32, so it can be stored as an atomic: a release store, after which
+        // the zeroes before it are visible to any CPU that sees the slot free.
         unsafe {
             std::ptr::write_volatile(s, cleared);
-            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-            std::ptr::write_volatile(&raw mut (*s).key.epoch, 0);
+            let epoch = &*(&raw const (*s).key.epoch).cast::<std::sync::atomic::AtomicU32>();
+            epoch.store(0, std::sync::atomic::Ordering::Release);
         }
     }
 }
