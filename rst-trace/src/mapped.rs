@@ -44,13 +44,13 @@ impl MappedArray {
         })
     }
 
-    /// Maps each window in turn (`writable`: read-write, else read-only) and hands `f` the
-    /// index of its first value, its base and how many values it holds. The kernel writes
+    /// Maps each window in turn (`writable`: read-write, else read-only) and hands `f` its
+    /// base and how many values it holds. The kernel writes
     /// values under the mapping: `f` reads them volatile and judges them by their content.
     pub fn for_each_window(
         &self,
         writable: bool,
-        mut f: impl FnMut(usize, NonNull<u8>, usize),
+        mut f: impl FnMut(NonNull<u8>, usize),
     ) -> nix::Result<()> {
         let prot = if writable {
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
@@ -75,11 +75,7 @@ impl MappedArray {
                     at,
                 )?
             };
-            f(
-                offset / self.value_size,
-                base.cast(),
-                bytes / self.value_size,
-            );
+            f(base.cast(), bytes / self.value_size);
             // SAFETY: the mapping made above, no longer used.
             if let Err(e) = unsafe { munmap(base, bytes) } {
                 log::debug!("unmapping {}: {e}", self.name);

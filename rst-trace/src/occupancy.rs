@@ -146,7 +146,7 @@ fn open_cache<T: Copy + 'static>(
         let now = crate::clock::monotonic_ns();
         let mut n = 0u64;
         array
-            .for_each_window(false, |_, base, count| {
+            .for_each_window(false, |base, count| {
                 for set in 0..count {
                     for way in 0..ways {
                         // SAFETY: `T` number `way` of set `set` lies inside the mapping (they

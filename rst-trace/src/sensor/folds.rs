@@ -23,8 +23,8 @@ const EPOCH_TIMES_KEPT: usize = 8;
 /// Slots of the kernel's array, as the agent reaches them: through a mapping, or a vector in
 /// tests.
 pub trait FoldSlots {
-    /// Calls `f` with each run of consecutive slots: the index of the first, and the slots.
-    fn visit(&mut self, f: &mut dyn FnMut(usize, &mut SlotView<'_>)) -> Result<(), String>;
+    /// Calls `f` with each run of consecutive slots.
+    fn visit(&mut self, f: &mut dyn FnMut(&mut SlotView<'_>)) -> Result<(), String>;
 }
 
 /// A run of slots, read and cleared the way the kernel's programs expect (see
@@ -92,29 +92,29 @@ impl SlotView<'_> {
 pub struct MappedSlots(MappedArray);
 
 impl FoldSlots for MappedSlots {
-    fn visit(&mut self, f: &mut dyn FnMut(usize, &mut SlotView<'_>)) -> Result<(), String> {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut SlotView<'_>)) -> Result<(), String> {
         self.0
-            .for_each_window(true, |first, base, len| {
+            .for_each_window(true, |base, len| {
                 let mut view = SlotView {
                     base: base.cast(),
                     len,
                     _slots: std::marker::PhantomData,
                 };
-                f(first, &mut view);
+                f(&mut view);
             })
             .map_err(|e| e.to_string())
     }
 }
 
 impl FoldSlots for Vec<FoldSlot> {
-    fn visit(&mut self, f: &mut dyn FnMut(usize, &mut SlotView<'_>)) -> Result<(), String> {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut SlotView<'_>)) -> Result<(), String> {
         let len = self.len();
         let mut view = SlotView {
             base: NonNull::new(self.as_mut_ptr()).ok_or("no slots")?,
             len,
             _slots: std::marker::PhantomData,
         };
-        f(0, &mut view);
+        f(&mut view);
         Ok(())
     }
 }
@@ -254,7 +254,7 @@ fn take_due(
     all: bool,
 ) -> Result<Vec<(FoldKey, u64)>, String> {
     let mut sums: std::collections::HashMap<FoldKey, u64> = std::collections::HashMap::new();
-    slots.visit(&mut |_, view| {
+    slots.visit(&mut |view| {
         for i in 0..view.len() {
             let epoch = view.epoch(i);
             if epoch == 0 || !due(epoch, current, all) {
