@@ -127,7 +127,7 @@ pub struct KernelFolds {
     epoch: u32,
     /// When each recent epoch was armed (CLOCK_MONOTONIC ns).
     armed_at: BTreeMap<u32, u64>,
-    /// Keys taken at the last take: about a second's worth.
+    /// The most keys one epoch had at the last take: a second's worth.
     last_keys: usize,
 }
 
@@ -232,7 +232,7 @@ impl KernelFolds {
                 return Vec::new();
             }
         };
-        self.last_keys = counts.len();
+        self.last_keys = busiest_epoch(&counts);
         let mut out: Vec<Folded> = counts
             .into_iter()
             .map(|(key, count)| Folded {
@@ -270,6 +270,17 @@ fn take_due(
         }
     })?;
     Ok(sums.into_iter().collect())
+}
+
+/// The most keys of any one epoch among `counts`. A take can hold several epochs (the final
+/// one takes all, a late timer two), but one epoch's keys fit in one partition of every CPU,
+/// which is what the figure's capacity counts.
+fn busiest_epoch(counts: &[(FoldKey, u64)]) -> usize {
+    let mut per_epoch: BTreeMap<u32, usize> = BTreeMap::new();
+    for (key, _) in counts {
+        *per_epoch.entry(key.epoch).or_default() += 1;
+    }
+    per_epoch.into_values().max().unwrap_or(0)
 }
 
 impl Folded {
@@ -433,6 +444,29 @@ mod tests {
         let got: Vec<(u32, u64)> = rest.iter().map(|(k, n)| (k.epoch, *n)).collect();
         assert_eq!(got, [(9, 50), (10, 60)], "at the end everything");
         assert!(slots.iter().all(|s| *s == FoldSlot::default()));
+    }
+
+    #[test]
+    fn a_final_take_of_full_partitions_stays_within_the_figures_capacity() {
+        let cpus = 2;
+        let mut slots = vec![FoldSlot::default(); slots_for(cpus)];
+        // Every partition of every CPU full of keys of its own, as a namespace churn leaves
+        // them when the agent stops: epochs 5..=8, the current one 8.
+        for (i, s) in slots.iter_mut().enumerate() {
+            let part = (i % FOLD_CPU_SLOTS as usize) / FOLD_SLOTS as usize;
+            let epoch = 5 + u32::try_from(part).expect("4 partitions");
+            let port = u16::try_from(i).expect("1,024 slots");
+            *s = slot(epoch, port, 1);
+        }
+        let taken = take_due(&mut slots, 8, true).expect("a vector");
+        let capacity = cpus * FOLD_SLOTS as usize;
+        assert_eq!(taken.len(), 4 * capacity, "every epoch taken at the end");
+        assert_eq!(
+            busiest_epoch(&taken),
+            capacity,
+            "one epoch fills its partitions"
+        );
+        assert_eq!(busiest_epoch(&[]), 0);
     }
 
     #[test]
