@@ -10,6 +10,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd;
 
+/// How long a process that ignored its first stop signal gets after the second.
+const RESIGNAL_WAIT: Duration = Duration::from_secs(15);
+
 pub struct Process {
     name: String,
     child: Child,
@@ -95,15 +98,27 @@ impl Process {
         }
     }
 
-    /// Asks the process to stop with `signal` and waits up to `timeout` for it. One that does
-    /// not stop by then is killed: `None`.
+    /// Asks the process to stop with `signal` and waits up to `timeout` for it, then sends
+    /// `signal` once more and waits [`RESIGNAL_WAIT`]. One that does not stop by then is
+    /// killed: `None`.
     pub fn stop(&mut self, signal: libc::c_int, timeout: Duration) -> Result<Option<ExitStatus>> {
         self.signal(signal)?;
         if let Some(status) = self.wait_timeout(timeout)? {
             return Ok(Some(status));
         }
+        // A signal that lands between a tracer's check of its exit flag and its next blocking
+        // wait is not seen until something wakes that wait: a second one does.
         eprintln!(
-            "xtask: bench: {} (pid {}) did not stop within {timeout:?} of signal {signal}; killing it",
+            "xtask: bench: {} (pid {}) did not stop within {timeout:?} of signal {signal}; sending it again",
+            self.name,
+            self.pid()
+        );
+        self.signal(signal)?;
+        if let Some(status) = self.wait_timeout(RESIGNAL_WAIT)? {
+            return Ok(Some(status));
+        }
+        eprintln!(
+            "xtask: bench: {} (pid {}) did not stop after signal {signal} twice; killing it",
             self.name,
             self.pid()
         );

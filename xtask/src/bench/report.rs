@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::figures::{Cell, Key};
 use super::tracer::{Variant, BPFTRACE_PROGRAM, TCPDUMP_FILTER};
-use super::workload::{Profile, Sample, Workload, IDLE_STOP_SECONDS};
+use super::workload::{Profile, Sample, Workload, IDLE_STOP_SECONDS, TIMED_STOP_SECONDS};
 
 /// Where and how the figures were taken.
 pub struct Meta {
@@ -391,7 +391,7 @@ fn section_storm(m: &mut String, cells: &BTreeMap<Key, Cell>) {
     if rows.is_empty() {
         return;
     }
-    for ((_, v), c) in rows {
+    for ((_, v), c) in &rows {
         let _ = writeln!(
             m,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -425,6 +425,17 @@ fn section_storm(m: &mut String, cells: &BTreeMap<Key, Cell>) {
          `tcpdump -Z root -i lo -w FILE '{TCPDUMP_FILTER}'` in the workload's namespace; \
          bpftrace: `{BPFTRACE_PROGRAM}` to a file."
     );
+    for ((_, v), c) in rows.into_iter().filter(|(_, c)| c.stops_killed > 0) {
+        let _ = writeln!(
+            m,
+            "\n{}: {} of {} rounds did not exit within {TIMED_STOP_SECONDS} s of its stop \
+             signal and its repeat, and were killed; *delivered* and *lost* are of the other \
+             rounds.",
+            v.key(),
+            c.stops_killed,
+            c.rounds
+        );
+    }
 }
 
 fn section_idle(m: &mut String, cells: &BTreeMap<Key, Cell>, seconds: u64) {
@@ -742,6 +753,38 @@ mod tests {
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(1000.0), "1,000");
         assert_eq!(thousands(1234567.8), "1,234,568");
+    }
+
+    #[test]
+    fn a_killed_storm_tracer_is_said_under_the_table() {
+        let storm = Workload::Storm { connects: 1000 };
+        let mut cells = BTreeMap::new();
+        cells.insert(
+            (storm, Variant::Bpftrace),
+            Cell {
+                rounds: 9,
+                stops_killed: 1,
+                delivered: Some(1000.0),
+                ..Cell::default()
+            },
+        );
+        cells.insert(
+            (storm, Variant::Tcpdump),
+            Cell {
+                rounds: 9,
+                ..Cell::default()
+            },
+        );
+        let mut m = String::new();
+        section_storm(&mut m, &cells);
+        assert!(m.contains(&format!(
+            "bpftrace: 1 of 9 rounds did not exit within {TIMED_STOP_SECONDS} s"
+        )));
+        assert_eq!(
+            m.matches("rounds did not exit").count(),
+            1,
+            "only the tracer that was killed"
+        );
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct Finished {
 }
 
 impl Tracer {
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
     /// Starts `variant` for a workload in namespace `netns`; `None` for the untraced variant.
     /// `tag` names its log files.
     pub fn start(

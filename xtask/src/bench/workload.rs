@@ -27,6 +27,8 @@ use super::tracer::{Finished, Tools, Tracer, Variant};
 const CONNECTIONS_PER_HOLDER: u64 = 9_000;
 /// How long an agent may take to stop when its final output is not needed.
 pub const IDLE_STOP_SECONDS: u64 = 30;
+/// How long a tracer of a timed workload gets to stop before its stop signal is sent again.
+pub const TIMED_STOP_SECONDS: u64 = 120;
 /// Listener ports of the start-up workload's holders: one each, so no two holders share one.
 const HOLDER_BASE_PORT: u16 = 20_000;
 
@@ -235,9 +237,14 @@ fn timed(
         sample.rss_start_kib = Some(t.rss_start_kib);
     }
     let started = tracer.as_ref().and_then(|t| t.started.clone());
-    // The final stats line carries the records delivered: wait for it.
+    // The agent's final stats line carries the records delivered and the counts the totals
+    // check needs: wait for it. The other tracers' outputs only fill their rows, which show a
+    // round whose tracer had to be killed.
     let finished = tracer
-        .map(|t| t.stop(Duration::from_secs(120), true))
+        .map(|t| {
+            let needed = t.variant() == Variant::RstTrace;
+            t.stop(Duration::from_secs(TIMED_STOP_SECONDS), needed)
+        })
         .transpose()?;
     drop(ns);
 
