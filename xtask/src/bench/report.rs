@@ -696,7 +696,7 @@ fn stop(c: &Cell) -> String {
     let killed = match c.stops_killed {
         0 => String::new(),
         n => format!(
-            "{n} of {} rounds: no exit within {IDLE_STOP_SECONDS} s, killed",
+            "{n} of {} rounds: no exit within {IDLE_STOP_SECONDS} s of SIGTERM nor after a second one, killed",
             c.rounds
         ),
     };
