@@ -121,7 +121,7 @@ impl FoldSlots for Vec<FoldSlot> {
 
 pub struct KernelFolds {
     budget: PerCpuArray<MapData, FoldBudget>,
-    slots: Box<dyn FoldSlots + Send>,
+    slots: MappedSlots,
     cpus: usize,
     records_per_cpu: u32,
     epoch: u32,
@@ -160,29 +160,15 @@ impl KernelFolds {
             slots_for(cpus),
         )
         .ok_or("the fold array cannot be mapped")?;
-        Ok(Self::with_slots(
+        Ok(Self {
             budget,
-            Box::new(MappedSlots(mapped)),
-            records_per_cpu,
-            cpus,
-        ))
-    }
-
-    fn with_slots(
-        budget: PerCpuArray<MapData, FoldBudget>,
-        slots: Box<dyn FoldSlots + Send>,
-        records_per_cpu: u32,
-        cpus: usize,
-    ) -> Self {
-        Self {
-            budget,
-            slots,
+            slots: MappedSlots(mapped),
             cpus,
             records_per_cpu,
             epoch: 0,
             armed_at: BTreeMap::new(),
             last_keys: 0,
-        }
+        })
     }
 
     /// How many keys the last take found; `refused`: storm RSTs that found their slots
@@ -225,7 +211,7 @@ impl KernelFolds {
     /// The counts no program can still add to (every count when `all`: the programs are
     /// going), summed over CPUs and cleared from the array, oldest epoch first.
     pub fn take(&mut self, all: bool, now_ns: u64) -> Vec<Folded> {
-        let counts = match take_due(self.slots.as_mut(), self.epoch, all) {
+        let counts = match take_due(&mut self.slots, self.epoch, all) {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("folded counts not read: {e}");
